@@ -1,0 +1,265 @@
+"""open_clip models loaded by name and driven block by block from outside.
+
+The frozen CLIP is never patched: the stepper calls open_clip's own modules (`conv1`, `ln_pre`,
+`transformer.resblocks`, `ln_post`, `proj`; `token_embedding`, `attn_mask`, `ln_final`,
+`text_projection`) so that a method can act before, inside or after any block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import ClipadaptError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+NO_WEIGHTS = ("none", "", None)
+
+
+@dataclass
+class TextBatch:
+    """Token embeddings of a set of prompts and the position each prompt is pooled at."""
+
+    embeddings: torch.Tensor  # [prompts, context, width], before positional embeddings
+    pool_index: torch.Tensor  # [prompts], the end-of-text position for CLIP's tokenizer
+
+    def to(self, device) -> "TextBatch":
+        """Move to a device."""
+        return TextBatch(self.embeddings.to(device), self.pool_index.to(device))
+
+
+def is_openai_torchscript(path: str) -> bool:
+    """True when a file is one of OpenAI's TorchScript CLIP archives (they need QuickGELU)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in archive.namelist()[:200])
+
+
+def resolve_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether the weights were trained with QuickGELU (OpenAI's), so the model must use it too."""
+    if pretrained in NO_WEIGHTS:
+        return False
+    if os.path.isfile(str(pretrained)):
+        return is_openai_torchscript(str(pretrained))
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    return bool(tag_cfg.get("quick_gelu", False))
+
+
+def weights_identity(name: str, pretrained: str | None) -> str:
+    """A string naming the frozen weights: model name plus tag, file digest, or 'none'."""
+    if pretrained in NO_WEIGHTS:
+        return f"{name}/none"
+    if os.path.isfile(str(pretrained)):
+        digest = hashlib.sha256()
+        with open(pretrained, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        return f"{name}/sha256:{digest.hexdigest()[:16]}"
+    return f"{name}/{pretrained}"
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool) -> torch.Tensor:
+    if batch_first:
+        return block(x, attn_mask=attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+class Backbone(nn.Module):
+    """A frozen open_clip model with its two towers exposed as stem, blocks and head."""
+
+    def __init__(self, clip_model: nn.Module, tokenizer, name: str, identity: str, quick_gelu: bool):
+        super().__init__()
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.identity = identity
+        self.quick_gelu = quick_gelu
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+
+        visual = clip_model.visual
+        self.steppable_image = hasattr(visual, "transformer") and hasattr(visual, "_embeds")
+        # The text tower lives on the CLIP module itself or, for CustomTextCLIP, on `.text`.
+        text = clip_model.text if hasattr(clip_model, "text") else clip_model
+        if getattr(text, "cls_emb", None) is not None:
+            raise ClipadaptError(f"backbone '{name}': text towers with a class token are not supported")
+        if not hasattr(text, "token_embedding"):
+            raise ClipadaptError(f"backbone '{name}': only open_clip's own text transformer is supported")
+        self.__dict__["_text"] = text  # not registered twice: it is already inside self.clip
+        self.pool_type = getattr(text, "pool_type", None) or getattr(clip_model, "text_pool_type", "argmax")
+        # With a causal mask, tokens after the pooled one never influence it: cutting them is exact.
+        self.cut_text = text.attn_mask is not None and self.pool_type in ("argmax", "eos")
+
+    # ---- shapes -------------------------------------------------------------------------------
+    @property
+    def image_blocks(self) -> nn.ModuleList:
+        """The image tower's residual attention blocks."""
+        return self.clip.visual.transformer.resblocks
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        """The text tower's residual attention blocks."""
+        return self._text.transformer.resblocks
+
+    @property
+    def image_width(self) -> int:
+        """Token width of the image transformer."""
+        return self.clip.visual.transformer.width
+
+    @property
+    def text_width(self) -> int:
+        """Token width of the text transformer."""
+        return self._text.transformer.width
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the joint image-text embedding."""
+        proj = self._text.text_projection
+        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        """Input resolution of the image tower."""
+        size = self.clip.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the frozen weights."""
+        return self._text.token_embedding.weight.dtype
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature, exponentiated."""
+        return self.clip.logit_scale.exp()
+
+    @property
+    def preprocess_cfg(self) -> dict:
+        """open_clip's preprocessing settings (size, mean, std, interpolation)."""
+        return open_clip.get_model_preprocess_cfg(self.clip)
+
+    def train(self, mode: bool = True):
+        """The frozen model always stays in eval mode (no dropout, no patch dropout)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # ---- text ---------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [len(texts), context] with open_clip's tokenizer for this model."""
+        return self.tokenizer(texts)
+
+    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position each tokenized prompt is pooled at."""
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (tokens == self._text.text_eos_id).int().argmax(dim=-1)
+        if self.pool_type == "first":
+            return torch.zeros(tokens.shape[0], dtype=torch.long)
+        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings of token ids."""
+        return self._text.token_embedding(tokens)
+
+    def text_batch(self, texts: list[str]) -> TextBatch:
+        """Tokenize prompts and embed their tokens."""
+        tokens = self.tokenize(texts)
+        with torch.no_grad():
+            embeddings = self.embed_tokens(tokens.to(self._text.token_embedding.weight.device))
+        return TextBatch(embeddings, self.pool_index(tokens).to(embeddings.device))
+
+    def text_length(self, batch: TextBatch) -> int:
+        """Sequence length the text blocks run on (cut after the longest prompt)."""
+        if self.cut_text:
+            return int(batch.pool_index.max()) + 1
+        return batch.embeddings.shape[1]
+
+    def text_stem(self, batch: TextBatch) -> torch.Tensor:
+        """Token embeddings plus positional embeddings, cut to the longest prompt."""
+        length = self.text_length(batch)
+        x = batch.embeddings[:, :length]
+        return (x + self._text.positional_embedding[:length]).to(self.dtype)
+
+    def text_attn_mask(self, length: int):
+        """The causal mask cut to `length` tokens (None for bidirectional towers)."""
+        mask = self._text.attn_mask
+        return None if mask is None else mask[:length, :length]
+
+    def text_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Run text block `index` (0-based) on [prompts, length, width]."""
+        return _run_block(self.text_blocks[index], x, self.text_attn_mask(x.shape[1]),
+                          self._text.transformer.batch_first)
+
+    def text_head(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """Final norm, pooling at the end-of-text token and projection."""
+        x = self._text.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        proj = self._text.text_projection
+        if proj is None:
+            return pooled
+        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+    # ---- image --------------------------------------------------------------------------------
+    def image_stem(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, class token, positional embedding and ln_pre: [batch, tokens, width]."""
+        return self.clip.visual._embeds(images.to(self.dtype))
+
+    def image_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Run image block `index` (0-based) on [batch, tokens, width]."""
+        return _run_block(self.image_blocks[index], x, None, self.clip.visual.transformer.batch_first)
+
+    def image_head(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_post, pooling and projection, as open_clip's VisionTransformer does."""
+        pooled, _ = self.clip.visual._pool(x)
+        proj = self.clip.visual.proj
+        return pooled if proj is None else pooled @ proj
+
+    def encode_image_whole(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's own image encoder, for towers that cannot be stepped (ResNets)."""
+        return self.clip.visual(images.to(self.dtype))
+
+
+def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: bool | None = None,
+                  device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
+    """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
+    from .synthetic_weights import resolve_shipped  # the shipped tiny CLIP, if asked for
+
+    name, pretrained = resolve_shipped(name, pretrained)
+    if name not in open_clip.list_models():
+        raise ClipadaptError(f"unknown backbone '{name}'; open_clip knows: {', '.join(open_clip.list_models())}")
+    if quick_gelu is None:
+        quick_gelu = resolve_quick_gelu(name, pretrained)
+    is_file = pretrained not in NO_WEIGHTS and os.path.isfile(str(pretrained))
+    if pretrained not in NO_WEIGHTS and not is_file:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ClipadaptError(
+                f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' (tags: {', '.join(tags) or 'none'})")
+    identity = weights_identity(name, pretrained)
+    try:
+        if is_file and is_openai_torchscript(str(pretrained)):
+            model = open_clip.load_openai_model(str(pretrained), device="cpu", jit=False)
+        else:
+            model = open_clip.create_model(
+                name, pretrained=None if pretrained in NO_WEIGHTS else pretrained,
+                force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+    except RuntimeError as err:
+        if "download" in str(err).lower():
+            raise ClipadaptError(f"could not download weights '{pretrained}' for '{name}': {err}. "
+                                 "Pass a local checkpoint file with --pretrained PATH.") from err
+        raise
+    tokenizer = open_clip.get_tokenizer(name)
+    return Backbone(model, tokenizer, name, identity, quick_gelu).to(device)

@@ -1,0 +1,63 @@
+"""Datasets: CoOp's benchmarks, folders of images, and the synthetic world, behind `build_dataset`."""
+
+from __future__ import annotations
+
+import random
+
+from ..errors import DataError
+from .coop import COOP_DATASETS, read_coop_dataset
+from .datum import DatasetSplits, Datum, classnames_of
+from .fewshot import SUBSAMPLES, sample_few_shot, subsample_classes
+from .folder import read_image_folder
+
+FOLDER = "folder"
+
+__all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes"]
+
+
+def known_datasets() -> list[str]:
+    """Names accepted by build_dataset."""
+    from .synthetic import SYNTHETIC_DATASETS
+
+    return list(COOP_DATASETS) + [FOLDER] + list(SYNTHETIC_DATASETS)
+
+
+def _read(name: str, root: str):
+    from .synthetic import SYNTHETIC_DATASETS, read_synthetic
+
+    if name in COOP_DATASETS:
+        spec = COOP_DATASETS[name]
+        return (*read_coop_dataset(spec, root), spec.template, spec.reader == "imagenet", spec.test_only)
+    if name == FOLDER:
+        return (*read_image_folder(root), "a photo of a {}.", False, False)
+    if name in SYNTHETIC_DATASETS:
+        train, val, test, template = read_synthetic(name, root)
+        return train, val, test, template, False, not train
+    raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(known_datasets())}")
+
+
+def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsample: str = "all") -> DatasetSplits:
+    """Read a dataset, draw Dassl's K-shot train and min(K,4)-shot val sets for `seed`, keep base or new classes."""
+    if subsample not in SUBSAMPLES:
+        raise DataError(f"subsample must be one of {', '.join(SUBSAMPLES)}, got '{subsample}'")
+    train, val, test, template, val_is_test, test_only = _read(name, root)
+    classnames_all = classnames_of(train, val, test)
+    if shots >= 1 and not test_only:
+        rng = random.Random(seed)  # Dassl draws train then val from the globally seeded `random`
+        train = sample_few_shot(train, shots, rng)
+        if not val_is_test:
+            val = sample_few_shot(val, min(shots, 4), rng)
+    splits = (train, test) if val_is_test else ((test,) if test_only else (train, val, test))
+    splits = subsample_classes(*splits, subsample=subsample)
+    if val_is_test:
+        train, test = splits
+        val = test
+    elif test_only:
+        (test,) = splits
+    else:
+        train, val, test = splits
+    classnames = classnames_of(train, val, test)
+    if len(classnames) != 1 + max((d.label for d in (*train, *val, *test)), default=-1):
+        raise DataError(f"dataset '{name}': labels are not contiguous from 0; check its split or class files")
+    info = {"num_classes_all": len(classnames_all), "shots": shots, "seed": seed, "subsample": subsample}
+    return DatasetSplits(name, train, val, test, classnames, template, info)

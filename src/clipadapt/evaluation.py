@@ -1,0 +1,65 @@
+"""Accuracy of a model on a list of items, with per-image predictions for error analysis."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from .data.datum import Datum
+from .data.loader import make_loader
+from .data.transforms import test_transform
+from .fileio import atomic_path
+from .model import AdaptedCLIP
+
+
+@dataclass
+class EvalResult:
+    """Accuracy (percent) and the per-image predictions behind it."""
+
+    accuracy: float
+    num_images: int
+    labels: list[int] = field(default_factory=list)
+    topk: list[list[int]] = field(default_factory=list)  # top-5 class indices, best first
+
+
+def model_transform(model: AdaptedCLIP):
+    """CoOp's test transform at the backbone's size and normalisation."""
+    cfg = model.backbone.preprocess_cfg
+    return test_transform(model.backbone.image_size, cfg["mean"], cfg["std"])
+
+
+@torch.no_grad()
+def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, workers: int = 0,
+             device: str | torch.device = "cpu", progress: bool = True, desc: str = "eval",
+             autocast_dtype: torch.dtype | None = None) -> EvalResult:
+    """Top-1 accuracy of `model` over `items`."""
+    if not items:
+        raise ValueError("nothing to evaluate: the split is empty")
+    model.eval()
+    loader = make_loader(items, model_transform(model), batch_size, workers=workers)
+    labels, topk = [], []
+    correct = 0
+    device_type = torch.device(device).type
+    for images, y, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+        images = images.to(device)
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits = model(images).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices.cpu()
+        correct += int((top[:, 0] == y).sum())
+        labels += y.tolist()
+        topk += top.tolist()
+    return EvalResult(100.0 * correct / len(items), len(items), labels, topk)
+
+
+def write_predictions(path: str, items: list[Datum], result: EvalResult) -> None:
+    """CSV with impath, label, prediction and the top-5 class indices."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["impath", "label", "prediction", "top1", "top2", "top3", "top4", "top5"])
+        for item, label, top in zip(items, result.labels, result.topk):
+            padded = top + [""] * (5 - len(top))
+            writer.writerow([item.impath, label, top[0], *padded])

@@ -1,0 +1,102 @@
+"""The one interface every method implements.
+
+The stepper in `clipadapt.model` calls a method at fixed points of the forward pass:
+
+    text batch  -> prompt_embeddings            (learned prompt tokens, e.g. CoOp)
+    stems       -> after_stems                  (token sequences before block 0)
+    block l     -> step(l, backbone, img, txt)  (both towers in lockstep; default runs both blocks)
+    heads       -> after_heads                  (output features, e.g. CLIP-Adapter)
+    features    -> logits                       (default: CLIP's scaled cosine similarity)
+    training    -> loss(logits, labels)         (task loss plus the method's regularizers)
+
+Image and text sequences are [batch, tokens, width]; either may be None when only one tower is
+encoded (text features are cached at evaluation when `text_depends_on_images` is False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone, TextBatch
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; subclasses add their own."""
+
+    template: str | None = None  # prompt; None means the dataset's CoOp template
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for YAML and checkpoint metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MethodConfig":
+        """Build from a dict, rejecting unknown keys with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for this method; known: {sorted(known)}")
+        return cls(**values)
+
+
+class Method(nn.Module):
+    """Base class: a method that changes nothing is zero-shot CLIP."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    acts_on_blocks: ClassVar[bool] = False  # needs the towers stepped block by block
+    text_depends_on_images: ClassVar[bool] = False  # text features cannot be cached across images
+    # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
+    training_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: MethodConfig, backbone: Backbone, classnames: list[str]):
+        super().__init__()
+        self.config = config
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def begin_forward(self) -> None:
+        """Called before each forward pass; methods clear their per-pass state here."""
+
+    def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
+        """Token embeddings of the class prompts (learned context replaces some of them)."""
+        return batch
+
+    def after_stems(self, img: torch.Tensor | None, txt: torch.Tensor | None):
+        """Sequences after the stems, before block 0."""
+        return img, txt
+
+    def step(self, index: int, backbone: Backbone, img: torch.Tensor | None, txt: torch.Tensor | None):
+        """Block `index` (0-based) of both towers."""
+        if img is not None and index < len(backbone.image_blocks):
+            img = backbone.image_block(index, img)
+        if txt is not None and index < len(backbone.text_blocks):
+            txt = backbone.text_block(index, txt)
+        return img, txt
+
+    def after_heads(self, backbone: Backbone, img_f: torch.Tensor | None, txt_f: torch.Tensor | None):
+        """Output features of both towers."""
+        return img_f, txt_f
+
+    def logits(self, img_f: torch.Tensor, txt_f: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarity of every image with every class prompt: [images, classes]."""
+        return logit_scale * F.normalize(img_f, dim=-1) @ F.normalize(txt_f, dim=-1).t()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Task loss plus regularizers, and the parts for the log."""
+        ce = F.cross_entropy(logits, labels)
+        return ce, {"ce": ce.item()}
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        """How many numbers training changes."""
+        return sum(p.numel() for p in self.trainable_parameters())

@@ -1,0 +1,10 @@
+"""Zero-shot CLIP: nothing trained, the reference every method is measured against."""
+
+from .base import Method, MethodConfig
+
+
+class ZeroShot(Method):
+    """CLIP's own logits with the dataset's prompt template."""
+
+    name = "zeroshot"
+    Config = MethodConfig

@@ -1,0 +1,200 @@
+"""An adapted CLIP: a frozen backbone stepped in lockstep, a method called at its hook points."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import __version__
+from .backbone import Backbone, load_backbone
+from .errors import CheckpointMismatchError, ClipadaptError
+from .fileio import atomic_path
+from .methods import Method, make_config, method_class
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+ADAPTER_FORMAT = "clipadapt-adapter/1"
+
+
+def format_prompt(template: str, classname: str) -> str:
+    """A class prompt, with underscores in the class name read as spaces (as CoOp does)."""
+    return template.format(classname.replace("_", " "))
+
+
+class AdaptedCLIP(nn.Module):
+    """forward(images) gives logits [batch, classes] for the current class names."""
+
+    def __init__(self, backbone: Backbone, method: Method, classnames: list[str], template: str | None = None,
+                 backbone_source: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.backbone_source = backbone_source or {"backbone": backbone.name, "pretrained": None}
+        if method.acts_on_blocks and not backbone.steppable_image:
+            raise ClipadaptError(f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none")
+        self._text_cache: torch.Tensor | None = None
+        self.set_classes(classnames, template)
+
+    # ---- classes ------------------------------------------------------------------------------
+    def set_classes(self, classnames: list[str], template: str | None = None) -> None:
+        """Classify against these class names (they need not be the ones trained on)."""
+        if not classnames:
+            raise ClipadaptError("no class names given")
+        self.classnames = list(classnames)
+        self.template = self.method.config.template or template or DEFAULT_TEMPLATE
+        self.prompts = [format_prompt(self.template, c) for c in self.classnames]
+        device = next(self.backbone.parameters()).device
+        self.text_batch = self.backbone.text_batch(self.prompts).to(device)
+        self._text_cache = None
+
+    def train(self, mode: bool = True):
+        """Training invalidates cached text features."""
+        self._text_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self.text_batch = TextBatchMover.move(self.text_batch, fn)
+        self._text_cache = None
+        return result
+
+    # ---- forward ------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor | None, with_text: bool = True):
+        """Image features [batch, dim] and/or class text features [classes, dim] through the method."""
+        bb, m = self.backbone, self.method
+        m.begin_forward()
+        txt_batch = m.prompt_embeddings(self.text_batch) if with_text else None
+        if images is not None and not bb.steppable_image:
+            img_f = bb.encode_image_whole(images)
+            txt_f = self._run_towers(None, txt_batch)[1] if with_text else None
+            return m.after_heads(bb, img_f, txt_f)
+        img_f, txt_f = self._run_towers(images, txt_batch)
+        return m.after_heads(bb, img_f, txt_f)
+
+    def _run_towers(self, images, txt_batch):
+        bb, m = self.backbone, self.method
+        img = bb.image_stem(images) if images is not None else None
+        txt = bb.text_stem(txt_batch) if txt_batch is not None else None
+        img, txt = m.after_stems(img, txt)
+        depth = max(len(bb.image_blocks) if img is not None else 0, len(bb.text_blocks) if txt is not None else 0)
+        for index in range(depth):
+            img, txt = m.step(index, bb, img, txt)
+        img_f = bb.image_head(img) if img is not None else None
+        txt_f = bb.text_head(txt, txt_batch.pool_index) if txt is not None else None
+        return img_f, txt_f
+
+    def text_features(self) -> torch.Tensor:
+        """Class text features, computed once per evaluation when they do not depend on images."""
+        if self.training or torch.is_grad_enabled() or self.method.text_depends_on_images:
+            return self.encode(None, with_text=True)[1]
+        if self._text_cache is None:
+            self._text_cache = self.encode(None, with_text=True)[1]
+        return self._text_cache
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of each image against every class: [batch, classes]."""
+        if self.method.text_depends_on_images:
+            img_f, txt_f = self.encode(images, with_text=True)
+        elif self.training or torch.is_grad_enabled():
+            img_f, txt_f = self.encode(images, with_text=True)
+        else:
+            txt_f = self.text_features()
+            img_f = self.encode(images, with_text=False)[0]
+        return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
+
+    # ---- adapters on disk ---------------------------------------------------------------------
+    def adapter_metadata(self) -> dict[str, str]:
+        """What a saved adapter records about the model it belongs to."""
+        return {
+            "format": ADAPTER_FORMAT,
+            "clipadapt_version": __version__,
+            "method": self.method.name,
+            "method_config": json.dumps(self.method.config.to_dict()),
+            "backbone_identity": self.backbone.identity,
+            "backbone": str(self.backbone_source.get("backbone")),
+            "pretrained": str(self.backbone_source.get("pretrained")),
+            "classnames": json.dumps(self.classnames),
+        }
+
+    def save_adapter(self, path: str) -> None:
+        """Write the method's parameters (never the frozen backbone) as safetensors, atomically."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=self.adapter_metadata())
+
+    def load_adapter(self, path: str) -> None:
+        """Read a saved adapter; it must belong to this method and this backbone."""
+        meta, tensors = read_adapter(path)
+        if meta.get("method") != self.method.name:
+            raise CheckpointMismatchError(
+                f"adapter '{path}' was trained with method '{meta.get('method')}', not '{self.method.name}'")
+        if meta.get("backbone_identity") != self.backbone.identity:
+            raise CheckpointMismatchError(
+                f"adapter '{path}' was trained on backbone '{meta.get('backbone_identity')}', "
+                f"but the loaded backbone is '{self.backbone.identity}'")
+        saved_cfg = json.loads(meta.get("method_config", "{}"))
+        if saved_cfg != self.method.config.to_dict():
+            raise CheckpointMismatchError(
+                f"adapter '{path}' was saved with config {saved_cfg}, this model has {self.method.config.to_dict()}")
+        device = next(self.backbone.parameters()).device
+        self.method.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
+        self._text_cache = None
+
+
+class TextBatchMover:
+    """Applies a module's _apply function to the (unregistered) prompt tensors."""
+
+    @staticmethod
+    def move(batch, fn):
+        """Move the prompt embeddings like the parameters were moved (device only, not dtype)."""
+        moved = fn(batch.embeddings)
+        return type(batch)(batch.embeddings.to(moved.device), batch.pool_index.to(moved.device))
+
+
+def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a saved adapter file."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise ClipadaptError(f"adapter file '{path}' does not exist") from None
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (safetensors): {err}") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (no '{ADAPTER_FORMAT}' metadata)")
+    return meta, tensors
+
+
+def build_model(method: str, classnames: list[str], backbone: str | Backbone = "ViT-B-16",
+                pretrained: str | None = "openai", template: str | None = None, device: str = "cpu",
+                **options: Any) -> AdaptedCLIP:
+    """A CLIP adapted by `method` (options are the method's config fields), for these class names."""
+    cls = method_class(method)
+    config = make_config(method, options)
+    if isinstance(backbone, Backbone):
+        bb = backbone.to(device)
+        source = {"backbone": backbone.name, "pretrained": pretrained}
+    else:
+        bb = load_backbone(backbone, pretrained, device=device)
+        source = {"backbone": backbone, "pretrained": pretrained}
+    adapter = cls(config, bb, list(classnames)).to(device)
+    return AdaptedCLIP(bb, adapter, classnames, template, backbone_source=source)
+
+
+def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: str | Backbone | None = None,
+               pretrained: str | None = None, device: str = "cpu") -> AdaptedCLIP:
+    """Rebuild a model from a saved adapter; backbone and pretrained default to the recorded ones."""
+    meta, _ = read_adapter(checkpoint)
+    options = json.loads(meta["method_config"])
+    if backbone is None:
+        backbone = meta["backbone"]
+        pretrained = meta["pretrained"] if pretrained is None else pretrained
+    names = classnames or json.loads(meta.get("classnames", "[]"))
+    model = build_model(meta["method"], names, backbone, pretrained, device=device, **options)
+    model.load_adapter(checkpoint)
+    return model
