@@ -22,3 +22,19 @@ def fake_root(tmp_path_factory):
     for name in COOP_DATASETS:
         make_coop_tree(str(root), name)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def learn_root(tmp_path_factory):
+    """A 10-class generated dataset: 5 base and 5 novel classes, 16 train images a class."""
+    root = tmp_path_factory.mktemp("learn")
+    make_coop_tree(str(root), "eurosat", num_classes=10, per_class=(16, 4, 10))
+    return str(root)
+
+
+# Settings under which each trained method must learn on the tiny random-weight backbone within
+# seconds: the papers' scales (0.001) are made for pretrained CLIP and 5 epochs of real data.
+FAST_LEARNING = {
+    "mma": ({"scale": 0.1}, {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}),
+    "rmadapter": ({"scale": 0.1}, {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0}),
+}

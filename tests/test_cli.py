@@ -84,3 +84,29 @@ def test_help_texts():
     assert out.returncode == 0 and "eval" in out.stdout
     out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "eval", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--subsample" in out.stdout and "--save-predictions" in out.stdout
+
+
+def test_info_prints_trainable_parameters(capsys):
+    assert main(["info", "--method", "mma", "--backbone", "ViT-B-16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 674_560
+    assert main(["info", "--method", "zeroshot", "--backbone", "clipadapt-tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 0
+
+
+def test_predict_with_class_names_never_trained_on(fake_root, tmp_path, capsys):
+    from clipadapt.model import build_model
+
+    model = build_model("mma", ["class_000", "class_001"], backbone="clipadapt-tiny", pretrained="none")
+    ckpt = str(tmp_path / "a.safetensors")
+    model.save_adapter(ckpt)
+    images = [os.path.join(fake_root, "dtd", "images", "class_000", f"class_000_{i:04d}.jpg") for i in range(3)]
+    assert main(["predict", "--checkpoint", ckpt, "--classes", "red disc, green square, blue thing",
+                 "--top-k", "2", "--json", *images]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == images
+    assert all(len(line["top"]) == 2 and line["top"][0]["class"] in ("red disc", "green square", "blue thing")
+               for line in lines)
+    code = main(["predict", "--checkpoint", ckpt, "--classes", "one", *images])
+    _one_line_error(capsys, code, "two class names")
+    code = main(["predict", "--checkpoint", ckpt, "--classes", "a,b", str(tmp_path / "missing.jpg")])
+    _one_line_error(capsys, code, "missing.jpg")

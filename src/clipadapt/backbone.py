@@ -253,9 +253,12 @@ def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: boo
         if is_file and is_openai_torchscript(str(pretrained)):
             model = open_clip.load_openai_model(str(pretrained), device="cpu", jit=False)
         else:
-            model = open_clip.create_model(
-                name, pretrained=None if pretrained in NO_WEIGHTS else pretrained,
-                force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+            # Random weights are drawn from a fixed seed, so "none" names one reproducible backbone.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = open_clip.create_model(
+                    name, pretrained=None if pretrained in NO_WEIGHTS else pretrained,
+                    force_quick_gelu=quick_gelu, cache_dir=cache_dir)
     except RuntimeError as err:
         if "download" in str(err).lower():
             raise ClipadaptError(f"could not download weights '{pretrained}' for '{name}': {err}. "

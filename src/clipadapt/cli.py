@@ -61,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         method = model.method.name
     else:
         model = build_model(args.method, data.classnames, args.backbone, args.pretrained,
-                            template=data.template, device=args.device)
+                            default_template=data.template, device=args.device)
         method = args.method
     start = time.time()
     result = evaluate(model, data.test, args.batch_size, args.workers, args.device,
@@ -78,6 +78,136 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(json.dumps({k: metrics[k] for k in ("dataset", "subsample", "method", "accuracy", "num_images")}))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
+    import yaml
+
+    from .fileio import write_json, write_text
+    from .protocols import RunSpec, run_protocol
+    from .runconfig import parse_overrides, read_preset, resolve
+
+    preset = read_preset(args.config) if args.config else {}
+    method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
+    train_cfg.seed = args.seed
+    resolved["seed"] = args.seed
+    run = {"protocol": args.protocol, "dataset": args.dataset, "shots": args.shots, "seed": args.seed,
+           "backbone": args.backbone, "pretrained": str(args.pretrained), **resolved}
+    out = args.out
+    metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
+    if args.overwrite:
+        for name in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", "adapter.safetensors"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    _prepare_out(out, overwrite=False)
+    if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = yaml.safe_load(f)
+        if previous != run:
+            changed = sorted(k for k in set(previous) | set(run) if previous.get(k) != run.get(k))
+            raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
+                                 "rerun with the same settings to resume, or pass --overwrite")
+    write_text(config_path, yaml.safe_dump(run, sort_keys=False))
+    spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
+                   args.pretrained, out, args.device)
+    metrics = run_protocol(args.protocol, spec, method_cfg.to_dict(), train_cfg)
+    write_json(metrics_path, metrics)
+    shown = ("base", "novel", "hm") if args.protocol == "base2novel" else ("accuracy",)
+    print(json.dumps({k: metrics[k] for k in (*shown, "trainable_params", "train_ms_per_image")}))
+    print(f"wrote {metrics_path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a method's trainable parameter count on a backbone."""
+    from .model import build_model
+    from .runconfig import parse_overrides
+
+    model = build_model(args.method, ["a", "b"], args.backbone, "none", **parse_overrides(args.overrides))
+    info = {"method": args.method, "backbone": args.backbone, "trainable_params": model.method.num_trainable(),
+            "image_blocks": len(model.backbone.image_blocks), "text_blocks": len(model.backbone.text_blocks),
+            "config": model.method.config.to_dict()}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"method {info['method']} on {info['backbone']}: {info['trainable_params']:,} trainable parameters")
+        for key, value in info["config"].items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def _read_classes(args: argparse.Namespace) -> list[str]:
+    if args.classes_file:
+        try:
+            with open(args.classes_file) as f:
+                names = [line.strip() for line in f if line.strip()]
+        except OSError as err:
+            raise ClipadaptError(f"cannot read class file '{args.classes_file}': {err.strerror}") from None
+    elif args.classes:
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    else:
+        raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE")
+    if len(names) < 2:
+        raise ClipadaptError("need at least two class names to classify between")
+    return names
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify images against any class names with a saved adapter (or zero-shot CLIP)."""
+    import torch
+
+    from .data.loader import load_image
+    from .evaluation import model_transform
+    from .model import build_model, load_model
+
+    names = _read_classes(args)
+    if args.checkpoint:
+        model = load_model(args.checkpoint, names, backbone=args.backbone, pretrained=args.pretrained,
+                           device=args.device)
+    else:
+        model = build_model("zeroshot", names, args.backbone or "ViT-B-16", args.pretrained or "openai",
+                            device=args.device)
+    model.eval()
+    transform = model_transform(model)
+    k = min(args.top_k, len(names))
+    for start in range(0, len(args.images), 32):
+        paths = args.images[start:start + 32]
+        batch = torch.stack([transform(load_image(p)) for p in paths]).to(args.device)
+        with torch.no_grad():
+            probs = model(batch).float().softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+            preds = [{"class": names[i], "probability": round(v, 4)} for v, i in zip(p, idx)]
+            if args.json:
+                print(json.dumps({"image": path, "top": preds}))
+            else:
+                print(path + ": " + ", ".join(f"{q['class']} ({q['probability']:.3f})" for q in preds))
+    return 0
+
+
+def cmd_import_mma(args: argparse.Namespace) -> int:
+    """Convert a checkpoint of the official MMA code into a clipadapt adapter file."""
+    from safetensors.torch import save_file
+
+    from .backbone import weights_identity
+    from .fileio import atomic_path
+    from .methods.mma import official_config, official_state_dict
+    from .model import ADAPTER_FORMAT
+
+    state = official_state_dict(args.path)
+    config = official_config(state, args.scale)
+    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": "mma",
+            "method_config": json.dumps(config.to_dict()),
+            "backbone_identity": weights_identity(args.backbone, args.pretrained),
+            "backbone": args.backbone, "pretrained": str(args.pretrained), "classnames": "[]",
+            "imported_from": os.path.abspath(args.path)}
+    with atomic_path(args.out) as tmp:
+        save_file({k: v.float().contiguous() for k, v in state.items()}, tmp, metadata=meta)
+    n = sum(v.numel() for v in state.values())
+    print(f"wrote {args.out}: mma adapters on blocks {config.adapter_start}-{config.adapter_end}, "
+          f"width {config.adapter_dim}, {n:,} parameters, for {args.backbone} ({args.pretrained})")
     return 0
 
 
@@ -115,6 +245,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a method under a protocol, then evaluate it",
+                       description="Train on the few-shot split (base classes for base2novel), evaluate, and write "
+                                   "DIR/metrics.json, DIR/adapter.safetensors, DIR/config.yaml and DIR/log.jsonl. "
+                                   "Rerunning an interrupted run with the same command resumes it.")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    _add_data_args(p)
+    p.add_argument("--shots", type=int, default=16, help="images per class for training (default 16)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and of training (default 1)")
+    p.add_argument("--protocol", default="base2novel", choices=["base2novel", "fewshot"],
+                   help="base2novel: train on base classes, test base and novel; fewshot: all classes")
+    _add_backbone_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="YAML preset (see configs/); key=value arguments override it")
+    p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=0.002)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
+                       description="Build a method on a backbone (random weights) and print its trainable parameters.")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
+    p.add_argument("--json", action="store_true", help="print JSON (key trainable_params)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="method options")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", help="classify images against any class names",
+                       description="Print the top classes of each image. The class names may be ones the adapter "
+                                   "never saw in training.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", help="a saved adapter; without it, zero-shot CLIP")
+    p.add_argument("--classes", help="comma-separated class names")
+    p.add_argument("--classes-file", help="a file with one class name a line")
+    p.add_argument("--top-k", type=int, default=5, help="classes to print per image (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.add_argument("--backbone", default=None, help="override the backbone recorded in the checkpoint")
+    p.add_argument("--pretrained", default=None, help="override the weights recorded in the checkpoint")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("import-mma", help="convert a checkpoint of the official MMA code",
+                       description="Read the adapter_learner state dict of an official MMA checkpoint "
+                                   "(model-best.pth.tar, model.pth.tar-5) and write a clipadapt adapter file.")
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
+    p.add_argument("--scale", type=float, default=0.001, help="ADAPTER_SCALE it was trained with (default 0.001)")
+    p.set_defaults(func=cmd_import_mma)
 
     p = sub.add_parser("demo", help="run the whole job on generated data, no download needed",
                        description="Generate a small dataset, run the methods on it and print a report.")

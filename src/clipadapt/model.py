@@ -171,9 +171,12 @@ def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def build_model(method: str, classnames: list[str], backbone: str | Backbone = "ViT-B-16",
-                pretrained: str | None = "openai", template: str | None = None, device: str = "cpu",
+                pretrained: str | None = "openai", default_template: str | None = None, device: str = "cpu",
                 **options: Any) -> AdaptedCLIP:
-    """A CLIP adapted by `method` (options are the method's config fields), for these class names."""
+    """A CLIP adapted by `method` (options are the method's config fields), for these class names.
+
+    The prompt is the method's `template` option if set, else `default_template` (a dataset's CoOp
+    template), else "a photo of a {}."."""
     cls = method_class(method)
     config = make_config(method, options)
     if isinstance(backbone, Backbone):
@@ -183,7 +186,7 @@ def build_model(method: str, classnames: list[str], backbone: str | Backbone = "
         bb = load_backbone(backbone, pretrained, device=device)
         source = {"backbone": backbone, "pretrained": pretrained}
     adapter = cls(config, bb, list(classnames)).to(device)
-    return AdaptedCLIP(bb, adapter, classnames, template, backbone_source=source)
+    return AdaptedCLIP(bb, adapter, classnames, default_template, backbone_source=source)
 
 
 def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: str | Backbone | None = None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
+from .mma import MMA
+from .rmadapter import RMAdapter
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, MMA, RMAdapter]}
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,189 @@
+"""RMAdapter (arXiv 2512.06811): MMA plus a reconstruction branch and a consistency loss.
+
+At each adapted block l of each tower, with u = ln_1(x_l) the adapter's input:
+
+    h   = ReLU(W_down u + b_down)                      shared by both branches (share="down")
+    y   = s * W_up shared_l(h)                         adaptation branch, as MMA
+    û   = head(h)                                      reconstruction branch: Linear, ReLU, Linear
+    L_rec^m = mean over blocks of mean_tokens ||u - û||²
+
+and on the final features (L2-normalised) of the adapted (x_a, w_a) and frozen (x, w) model:
+
+    L_con = λ3 mean_i Σ_d |x_a - x| + λ4 mean_c Σ_d |w_a - w|
+    L     = CE + λ1 L_rec^V + λ2 L_rec^T + L_con
+
+The frozen features are computed alongside the adapted ones from the first adapted block on (the
+blocks below it are shared), and the frozen class-text features once per set of prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone
+from ..errors import ClipadaptError
+from .mma import MMA, MMAConfig, init_adapter_weights
+
+RECON_TOWERS = ("both", "vision", "text", "none")
+SHARING = ("down", "up", "none")
+
+
+@dataclass
+class RMAdapterConfig(MMAConfig):
+    """MMA's settings plus the reconstruction branch, its ablation switches and the loss weights."""
+
+    recon_towers: str = "both"  # which towers reconstruct: both | vision | text | none
+    share: str = "down"  # what the branches share: down | up | none
+    head_layers: int = 2  # reconstruction head depth: 1, 2 or 3 Linear layers
+    head_hidden: int | None = None  # width between head layers; None: adapter_dim
+    recon_target: str = "ln_1"  # what is reconstructed: ln_1 (the adapter's input) | input (the block input)
+    lambda_rec_vision: float = 1.0  # λ1
+    lambda_rec_text: float = 1.0  # λ2
+    lambda_con_vision: float = 0.1  # λ3
+    lambda_con_text: float = 0.1  # λ4
+
+
+def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
+    dims = [in_dim] + [hidden] * (layers - 1)
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    if with_last:
+        mods.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*mods)
+
+
+class RMAdapter(MMA):
+    """MMA with a reconstruction branch sharing the down-projection, and L1 consistency."""
+
+    name = "rmadapter"
+    Config = RMAdapterConfig
+    training_defaults = dict(MMA.training_defaults)
+
+    def __init__(self, config: RMAdapterConfig, backbone: Backbone, classnames: list[str]):
+        super().__init__(config, backbone, classnames)
+        if config.recon_towers not in RECON_TOWERS:
+            raise ClipadaptError(f"recon_towers must be one of {RECON_TOWERS}, got '{config.recon_towers}'")
+        if config.share not in SHARING:
+            raise ClipadaptError(f"share must be one of {SHARING}, got '{config.share}'")
+        if config.head_layers not in (1, 2, 3):
+            raise ClipadaptError(f"head_layers must be 1, 2 or 3, got {config.head_layers}")
+        if config.recon_target not in ("ln_1", "input"):
+            raise ClipadaptError(f"recon_target must be 'ln_1' or 'input', got '{config.recon_target}'")
+        r = config.adapter_dim
+        hidden = config.head_hidden or r
+        if config.share == "up" and config.head_layers > 1 and hidden != r:
+            raise ClipadaptError("share='up' needs head_hidden == adapter_dim (the shared up-projection reads r)")
+        towers = {"both": ("image", "text"), "vision": ("image",), "text": ("text",), "none": ()}[config.recon_towers]
+        self.recon_towers = towers
+        widths = {"image": backbone.image_width, "text": backbone.text_width}
+        self.recon_down = nn.ModuleDict()
+        self.recon_head = nn.ModuleDict()
+        for tower in towers:
+            adapters = self.visual_adapter if tower == "image" else self.text_adapter
+            for b in adapters:
+                key = f"{tower}_{b}"
+                if config.share != "down":
+                    self.recon_down[key] = nn.Sequential(nn.Linear(widths[tower], r), nn.ReLU())
+                # share="up": the head ends in the adaptation branch's up-projection, applied in adapt()
+                self.recon_head[key] = _head(r, hidden, widths[tower], config.head_layers,
+                                             with_last=config.share != "up")
+        init_adapter_weights(self.recon_head)
+        init_adapter_weights(self.recon_down)
+        self._rec_losses: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
+        self._frozen: dict[str, torch.Tensor | None] = {"image": None, "text": None}
+        self._frozen_features: dict[str, torch.Tensor | None] = {"image": None, "text": None}
+        self._frozen_text_cache: tuple[int, torch.Tensor] | None = None
+        self._pool_index: torch.Tensor | None = None
+
+    def _needs_frozen(self, tower: str) -> bool:
+        weight = self.config.lambda_con_vision if tower == "image" else self.config.lambda_con_text
+        return self.training and weight > 0
+
+    def begin_forward(self) -> None:
+        """Clear the reconstruction losses and frozen features of the previous pass."""
+        self._rec_losses = {"image": [], "text": []}
+        self._frozen = {"image": None, "text": None}
+        self._frozen_features = {"image": None, "text": None}
+
+    def prompt_embeddings(self, batch):
+        """Remember where prompts are pooled, for the frozen text head."""
+        self._pool_index = batch.pool_index
+        self._prompt_batch = batch  # identity of the prompt set the frozen text cache belongs to
+        return batch
+
+    def adapt(self, tower, index, block, x):
+        """MMA's residual, plus this block's local reconstruction loss while training."""
+        y = super().adapt(tower, index, block, x)
+        key = f"{tower}_{index + 1}"
+        if self.training and key in self.recon_head:
+            # Local: the loss sees this block's input as a constant, so it trains only this block's
+            # down-projection and head and needs no backward pass through the frozen blocks.
+            x = x.detach()
+            u = block.ln_1(x)
+            target = u if self.config.recon_target == "ln_1" else x
+            h = self.bottleneck(tower, index, u) if self.config.share == "down" else self.recon_down[key](u)
+            recon = self.recon_head[key](h)
+            if self.config.share == "up":
+                recon = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].up(recon)
+            self._rec_losses[tower].append(F.mse_loss(recon.float(), target.float()))
+        return y
+
+    def step(self, index, backbone, img, txt):
+        """Adapted blocks as MMA; the frozen stream forks at the first adapted block while training."""
+        if index + 1 == self.start:
+            if img is not None and self._needs_frozen("image"):
+                self._frozen["image"] = img.detach()
+            if txt is not None and self._needs_frozen("text") and self._cached_frozen_text() is None:
+                self._frozen["text"] = txt.detach()
+        with torch.no_grad():
+            if self._frozen["image"] is not None:
+                self._frozen["image"] = backbone.image_block(index, self._frozen["image"])
+            if self._frozen["text"] is not None:
+                self._frozen["text"] = backbone.text_block(index, self._frozen["text"])
+        return super().step(index, backbone, img, txt)
+
+    def _cached_frozen_text(self):
+        cache = self._frozen_text_cache
+        return cache[1] if cache is not None and cache[0] is self._prompt_batch else None
+
+    def after_heads(self, backbone, img_f, txt_f):
+        """Frozen final features for the consistency loss."""
+        with torch.no_grad():
+            if self._frozen["image"] is not None:
+                self._frozen_features["image"] = backbone.image_head(self._frozen["image"])
+            if txt_f is not None and self._needs_frozen("text"):
+                cached = self._cached_frozen_text()
+                if cached is None:
+                    cached = backbone.text_head(self._frozen["text"], self._pool_index)
+                    self._frozen_text_cache = (self._prompt_batch, cached)
+                self._frozen_features["text"] = cached
+        self._adapted_features = {"image": img_f, "text": txt_f}
+        return img_f, txt_f
+
+    def loss(self, logits, labels):
+        """Cross-entropy + λ1 L_rec^V + λ2 L_rec^T + λ3 L_con^V + λ4 L_con^T."""
+        cfg = self.config
+        total, parts = super().loss(logits, labels)
+        terms = {
+            "rec_vision": (cfg.lambda_rec_vision, self._rec_losses["image"]),
+            "rec_text": (cfg.lambda_rec_text, self._rec_losses["text"]),
+        }
+        for name, (weight, losses) in terms.items():
+            if losses and weight > 0:
+                value = torch.stack(losses).mean()
+                total = total + weight * value
+                parts[name] = value.item()
+        for tower, weight in (("image", cfg.lambda_con_vision), ("text", cfg.lambda_con_text)):
+            frozen = self._frozen_features[tower]
+            if frozen is None or weight <= 0:
+                continue
+            adapted = F.normalize(self._adapted_features[tower].float(), dim=-1)
+            value = (adapted - F.normalize(frozen.float(), dim=-1)).abs().sum(dim=-1).mean()
+            total = total + weight * value
+            parts[f"con_{'vision' if tower == 'image' else 'text'}"] = value.item()
+        return total, parts

@@ -1,0 +1,166 @@
+"""MMA and RMAdapter against the official MMA code's equations."""
+
+import pytest
+import torch
+
+from clipadapt.backbone import load_backbone
+from clipadapt.methods import mma as mma_module
+from clipadapt.model import build_model
+
+TINY = dict(backbone="clipadapt-tiny", pretrained="none")
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(0)
+    return torch.randn(3, 3, 32, 32)
+
+
+def test_vit_b16_parameter_count_and_blocks():
+    model = build_model("mma", ["a", "b"], backbone="ViT-B-16", pretrained="none")
+    assert model.method.num_trainable() == 674_560
+    assert (model.method.start, model.method.end) == (5, 12)
+    assert sorted(model.method.shared_adapter.keys(), key=int) == [str(b) for b in range(5, 13)]
+
+
+@pytest.mark.parametrize("method", ["mma", "rmadapter"])
+def test_scale_zero_gives_zero_shot_logits(method, images):
+    zs = build_model("zeroshot", ["cat", "dog"], default_template="a photo of a {}.", **TINY).eval()
+    adapted = build_model(method, ["cat", "dog"], scale=0.0, **TINY).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(images), zs(images), rtol=0, atol=1e-6)
+
+
+def test_adapter_reads_ln1_and_adds_after_the_block(images):
+    model = build_model("mma", ["cat", "dog"], scale=0.3, adapter_start=2, adapter_end=4, **TINY)
+    bb, m = model.backbone, model.method
+    x = bb.image_stem(images)
+    x = bb.image_block(0, x)  # block 1 carries no adapter
+    block = bb.image_blocks[1]
+    a = m.visual_adapter["2"]
+    expected = block(x) + 0.3 * a.up(m.shared_adapter["2"](a.down(block.ln_1(x))))
+    got, _ = m.step(1, bb, x, None)
+    torch.testing.assert_close(got, expected)
+    assert m.step(0, bb, x, None)[0].equal(bb.image_block(0, x))
+
+
+def test_initialisation_follows_official_code():
+    model = build_model("mma", ["a", "b"], **TINY)
+    for name, p in model.method.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+    w = model.method.visual_adapter["3"].down[0].weight  # fan_out = 32 rows
+    assert abs(w.std().item() - (2 / w.shape[0]) ** 0.5) < 0.1 * (2 / w.shape[0]) ** 0.5
+
+
+def test_adapter_gradient_is_rescaled_as_if_scale_were_one(monkeypatch, images):
+    labels = torch.tensor([0, 1, 0])
+    s = 0.01
+
+    def grads(identity_scaling):
+        if identity_scaling:
+            monkeypatch.setattr(mma_module, "grad_scale", lambda x, f: x)
+        torch.manual_seed(0)
+        model = build_model("mma", ["cat", "dog"], scale=s, **TINY).train()
+        model.zero_grad()
+        inp = images.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(inp), labels).backward()
+        monkeypatch.undo()
+        return {n: p.grad.clone() for n, p in model.method.named_parameters()}, inp.grad.clone()
+
+    true_grads, true_input_grad = grads(identity_scaling=True)
+    scaled_grads, input_grad = grads(identity_scaling=False)
+    for name in true_grads:
+        torch.testing.assert_close(scaled_grads[name], true_grads[name] / s, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(input_grad, true_input_grad, rtol=1e-3, atol=1e-7)  # the frozen path stays exact
+
+
+def _official_checkpoint(tmp_path, model):
+    # The official AdapterLearner's state dict: our adapter keys plus its two fixed buffers, saved by Dassl.
+    state = {k: v.clone().half() for k, v in model.method.state_dict().items()}
+    state["token_embedding"] = torch.zeros(2, 77, 64)
+    state["tokenized_prompts"] = torch.zeros(2, 77, dtype=torch.long)
+    path = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": state, "epoch": 5, "optimizer": {}, "scheduler": {}}, path)
+    return path
+
+
+def test_official_checkpoint_imports(tmp_path, images):
+    torch.manual_seed(5)
+    source = build_model("mma", ["cat", "dog"], scale=0.5, adapter_start=2, **TINY).eval()
+    path = _official_checkpoint(tmp_path, source)
+    target = build_model("mma", ["cat", "dog"], scale=0.5, adapter_start=2, **TINY).eval()
+    mma_module.load_official(target, str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images), rtol=1e-2, atol=1e-3)  # fp16-stored weights
+    wrong = build_model("mma", ["cat", "dog"], scale=0.5, adapter_start=3, **TINY)
+    with pytest.raises(Exception, match="does not fit"):
+        mma_module.load_official(wrong, str(path))
+
+
+def test_import_mma_command(tmp_path, images):
+    from clipadapt.cli import main
+    from clipadapt.model import load_model
+
+    source = build_model("mma", ["cat", "dog"], scale=0.5, adapter_start=2, **TINY).eval()
+    path = _official_checkpoint(tmp_path, source)
+    out = tmp_path / "adapter.safetensors"
+    assert main(["import-mma", str(path), "--out", str(out), "--backbone", "clipadapt-tiny", "--pretrained", "none",
+                 "--scale", "0.5"]) == 0
+    model = load_model(str(out), ["cat", "dog"]).eval()
+    assert (model.method.start, model.method.end, model.method.config.adapter_dim) == (2, 4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), source(images), rtol=1e-2, atol=1e-3)
+
+
+# ---- RMAdapter ---------------------------------------------------------------------------------
+
+def _count(**options):
+    return build_model("rmadapter", ["a", "b"], **TINY, **options).method.num_trainable()
+
+
+def test_rmadapter_ablation_switches_change_the_structure():
+    mma = build_model("mma", ["a", "b"], **TINY).method.num_trainable()
+    assert _count(recon_towers="none") == mma
+    both, vision, text = _count(), _count(recon_towers="vision"), _count(recon_towers="text")
+    assert both - mma == (vision - mma) + (text - mma) and vision > mma and text > mma
+    down, up, none = _count(share="down"), _count(share="up"), _count(share="none")
+    assert none > down and none > up  # sharing removes a projection
+    assert _count(head_layers=1) < _count(head_layers=2) < _count(head_layers=3)
+    m = build_model("rmadapter", ["a", "b"], share="down", **TINY).method
+    assert len(m.recon_down) == 0  # the reconstruction branch reads the adaptation branch's bottleneck
+
+
+def test_rmadapter_bad_switch_is_a_clear_error():
+    from clipadapt.errors import ClipadaptError
+
+    with pytest.raises(ClipadaptError, match="share must be one of"):
+        build_model("rmadapter", ["a", "b"], share="left", **TINY)
+    with pytest.raises(ClipadaptError, match="unknown option"):
+        build_model("rmadapter", ["a", "b"], lambda5=1.0, **TINY)
+
+
+def test_rmadapter_frozen_features_equal_a_separate_frozen_pass(images):
+    model = build_model("rmadapter", ["cat", "dog"], scale=0.5, **TINY).train()
+    logits = model(images)
+    zs = build_model("zeroshot", ["cat", "dog"], default_template="a photo of a {}.", **TINY).eval()
+    with torch.no_grad():
+        ref_img, ref_txt = zs.encode(images)
+    torch.testing.assert_close(model.method._frozen_features["image"], ref_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.method._frozen_features["text"], ref_txt, rtol=1e-5, atol=1e-5)
+    loss, parts = model.method.loss(logits, torch.tensor([0, 1, 0]))
+    assert {"ce", "rec_vision", "rec_text", "con_vision", "con_text"} <= set(parts)
+    assert parts["con_vision"] > 0 and parts["rec_text"] > 0
+
+
+def test_rmadapter_reconstruction_loss_is_local(images):
+    # The loss of block l's head trains that block's down-projection and head, nothing below it.
+    model = build_model("rmadapter", ["cat", "dog"], lambda_con_vision=0, lambda_con_text=0, **TINY).train()
+    model(images)
+    rec = model.method._rec_losses["image"][-1]  # the top block's loss
+    rec.backward()
+    top = str(model.method.end)
+    for name, p in model.method.named_parameters():
+        has_grad = p.grad is not None and p.grad.abs().sum() > 0
+        expected = (name.startswith(f"visual_adapter.{top}.down") or name.startswith(f"recon_head.image_{top}."))
+        assert has_grad == expected, name

@@ -1,0 +1,192 @@
+"""The training engine and the guarantees every trained method gives."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from clipadapt import build_dataset, build_model
+from clipadapt.engine import Trainer, TrainConfig, lr_at_epoch, seed_everything
+from clipadapt.errors import CheckpointMismatchError
+from clipadapt.evaluation import evaluate
+from conftest import FAST_LEARNING
+
+TINY = dict(backbone="clipadapt-tiny", pretrained="none")
+TRAINED = list(FAST_LEARNING)
+
+
+def _base(learn_root, shots=8):
+    return build_dataset("eurosat", learn_root, shots=shots, seed=1, subsample="base")
+
+
+def _fast(method, **train):
+    options, cfg = FAST_LEARNING[method]
+    return options, TrainConfig(**{**cfg, "augment": False, "batch_size": 8, **train})
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_training_changes_only_method_parameters(method, learn_root):
+    data = _base(learn_root)
+    options, cfg = _fast(method, epochs=1)
+    model = build_model(method, data.classnames, **TINY, **options)
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    before = {k: v.clone() for k, v in model.method.state_dict().items()}
+    trainer = Trainer(model, data.train, cfg, progress=False)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.method.parameters()}
+    assert not optimised & {id(p) for p in model.backbone.parameters()}
+    trainer.run()
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert any(not torch.equal(v, before[k]) for k, v in model.method.state_dict().items())
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_training_beats_zero_shot_on_base_classes(method, learn_root):
+    data = _base(learn_root)
+    options, cfg = _fast(method, epochs=15)
+    model = build_model(method, data.classnames, **TINY, **options)
+    zero_shot = evaluate(model, data.test, progress=False).accuracy  # untrained adapters: near zero-shot
+    Trainer(model, data.train, cfg, progress=False).run()
+    trained = evaluate(model, data.test, progress=False).accuracy
+    # 5 classes: chance is 20%; a method that does not learn stays near its zero-shot accuracy.
+    assert trained >= zero_shot + 40, (zero_shot, trained)
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_same_seed_same_numbers(method, learn_root):
+    data = _base(learn_root, shots=4)
+    options, cfg = _fast(method, epochs=2, augment=True)
+    results = []
+    for _ in range(2):
+        seed_everything(7)  # the initial adapter weights come from torch's global generator
+        model = build_model(method, data.classnames, **TINY, **options)
+        Trainer(model, data.train, cfg, progress=False).run()
+        with torch.no_grad():
+            results.append(model.eval()(torch.ones(1, 3, 32, 32)))
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_save_load_round_trip(method, learn_root, tmp_path):
+    data = _base(learn_root, shots=2)
+    options, cfg = _fast(method, epochs=1)
+    model = build_model(method, data.classnames, **TINY, **options)
+    Trainer(model, data.train, cfg, progress=False).run()
+    path = str(tmp_path / "adapter.safetensors")
+    model.save_adapter(path)
+    fresh = build_model(method, data.classnames, **TINY, **options)
+    fresh.load_adapter(path)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), fresh.eval()(images))
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:  # the frozen backbone is never saved
+        assert not any(k.startswith(("backbone", "clip")) for k in f.keys())
+
+
+def test_loading_against_another_backbone_or_method_fails(tmp_path):
+    model = build_model("mma", ["a", "b"], **TINY)
+    path = str(tmp_path / "a.safetensors")
+    model.save_adapter(path)
+    other = build_model("mma", ["a", "b"], backbone="clipadapt-tiny", pretrained=_other_weights(tmp_path, model))
+    with pytest.raises(CheckpointMismatchError, match="backbone"):
+        other.load_adapter(path)
+    with pytest.raises(CheckpointMismatchError, match="method"):
+        build_model("rmadapter", ["a", "b"], **TINY).load_adapter(path)
+    with pytest.raises(CheckpointMismatchError, match="config"):
+        build_model("mma", ["a", "b"], scale=0.5, **TINY).load_adapter(path)
+
+
+def _other_weights(tmp_path, model):
+    path = tmp_path / "other.pt"
+    state = {k: v + 0.01 for k, v in model.backbone.clip.state_dict().items()}
+    torch.save(state, path)
+    return str(path)
+
+
+def test_cosine_schedule_matches_dassl():
+    cfg = TrainConfig(lr=0.0015, epochs=5)
+    assert [round(lr_at_epoch(cfg, e), 8) for e in range(5)] == [
+        round(0.0015 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * e / 5)), 8) for e in range(5)]
+    warm = TrainConfig(lr=0.01, epochs=5, warmup_epochs=1, warmup_lr=1e-5)
+    assert lr_at_epoch(warm, 0) == 1e-5 and lr_at_epoch(warm, 1) == pytest.approx(0.01)
+
+
+def test_interrupted_training_resumes_to_the_same_numbers(learn_root, tmp_path, monkeypatch):
+    data = _base(learn_root, shots=4)
+    options, cfg = _fast("mma", epochs=3, augment=True)
+
+    def final_logits(out_dir, interrupt_at=None):
+        seed_everything(3)
+        model = build_model("mma", data.classnames, **TINY, **options)
+        trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False)
+        if interrupt_at is not None:
+            calls = {"n": 0}
+            real_step = trainer.optimizer.step
+
+            def step_then_die(*a, **k):
+                calls["n"] += 1
+                if calls["n"] == interrupt_at:
+                    raise KeyboardInterrupt
+                return real_step(*a, **k)
+
+            trainer.optimizer.step = step_then_die
+            with pytest.raises(KeyboardInterrupt):
+                trainer.run()
+            model = build_model("mma", data.classnames, **TINY, **options)
+            trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False)
+        trainer.run()
+        with torch.no_grad():
+            return model.eval()(torch.ones(2, 3, 32, 32))
+
+    straight = final_logits(tmp_path / "a")
+    resumed = final_logits(tmp_path / "b", interrupt_at=5)  # 2 steps an epoch: dies in epoch 3
+    assert torch.equal(straight, resumed)
+
+
+def _train_cmd(root, out, *extra):
+    return [sys.executable, "-m", "clipadapt.cli", "train", "--method", "mma", "--dataset", "eurosat",
+            "--data-root", root, "--shots", "8", "--backbone", "clipadapt-tiny", "--pretrained", "none",
+            "--out", str(out), "optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=6", *extra]
+
+
+def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(learn_root, straight), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(learn_root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    out = subprocess.run(_train_cmd(learn_root, killed), capture_output=True, text=True, check=True)
+    assert "resuming" in out.stdout
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    for key in ("base", "novel", "hm", "trainable_params"):
+        assert a[key] == b[key], key
+
+
+def test_train_command_outputs(learn_root, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("base", "novel", "hm", "trainable_params", "train_seconds", "train_ms_per_image"):
+        assert key in metrics
+    assert {"adapter.safetensors", "config.yaml", "log.jsonl"} <= set(os.listdir(out))
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[0])["loss"] > 0
+    # a finished run is refused; an unknown setting is named
+    r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = subprocess.run(_train_cmd(learn_root, tmp_path / "x", "colour=red"), capture_output=True, text=True)
+    assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
