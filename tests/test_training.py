@@ -49,7 +49,8 @@ def test_training_changes_only_method_parameters(method, learn_root):
 @pytest.mark.parametrize("method", TRAINED)
 def test_training_beats_zero_shot_on_base_classes(method, learn_root):
     data = _base(learn_root)
-    options, cfg = _fast(method, epochs=15)
+    options, cfg = _fast(method)
+    seed_everything(0)
     model = build_model(method, data.classnames, **TINY, **options)
     zero_shot = evaluate(model, data.test, progress=False).accuracy  # untrained adapters: near zero-shot
     Trainer(model, data.train, cfg, progress=False).run()

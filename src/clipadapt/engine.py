@@ -170,6 +170,26 @@ class Trainer:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _feature_batches(self, epoch: int, drop_last: bool):
+        """Batches of cached frozen image features, shuffled as the image loader would be."""
+        feats, labels = self._features
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
+        stop = len(order) - len(order) % self.cfg.batch_size if drop_last else len(order)
+        for start in range(0, stop, self.cfg.batch_size):
+            idx = order[start:start + self.cfg.batch_size]
+            yield feats[idx], labels[idx], idx
+
+    def _cache_features(self) -> None:
+        """Frozen image features of every training image, one backbone pass for the whole run."""
+        loader = make_loader(self.items, self.transform, self.cfg.eval_batch_size, workers=self.cfg.workers)
+        feats, labels = [], []
+        for images, y, _ in tqdm(loader, desc="frozen features", disable=not self.progress, leave=False):
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                feats.append(self.model.frozen_image_features(images.to(self.device)).float())
+            labels.append(y.to(self.device))
+        self._features = (torch.cat(feats), torch.cat(labels))
+
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
         cfg, model = self.cfg, self.model
@@ -179,21 +199,33 @@ class Trainer:
             if self.progress:
                 print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
+        use_cache = model.method.output_only and not cfg.augment
+        if model.method.output_only:
+            path = ("frozen image features computed once for the run (augmentation off)" if use_cache else
+                    "augmentation on: frozen image features recomputed for every batch")
+            self._log({"event": "feature_path", "path": path})
+            if self.progress:
+                print(f"{model.method.name}: {path}")
+        if use_cache and self.start_epoch < cfg.epochs:
+            self._cache_features()
         for epoch in range(self.start_epoch, cfg.epochs):
             lr = lr_at_epoch(cfg, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             seed_everything(cfg.seed * 1000 + epoch)
-            loader = make_loader(self.items, self.transform, cfg.batch_size, shuffle=True, workers=cfg.workers,
-                                 seed=cfg.seed * 1000 + epoch, drop_last=drop_last)
+            if use_cache:
+                batches = self._feature_batches(epoch, drop_last)
+            else:
+                batches = make_loader(self.items, self.transform, cfg.batch_size, shuffle=True, workers=cfg.workers,
+                                      seed=cfg.seed * 1000 + epoch, drop_last=drop_last)
             model.train()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
-            for step, (images, labels, _) in enumerate(bar):
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+            for step, (inputs, labels, _) in enumerate(bar):
                 start = time.perf_counter()
-                images, labels = images.to(self.device), labels.to(self.device)
+                inputs, labels = inputs.to(self.device), labels.to(self.device)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    logits = model(images)
+                    logits = model.logits_from_features(inputs) if use_cache else model(inputs)
                     loss, parts = model.method.loss(logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

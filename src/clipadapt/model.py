@@ -37,6 +37,7 @@ class AdaptedCLIP(nn.Module):
         if method.acts_on_blocks and not backbone.steppable_image:
             raise ClipadaptError(f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none")
         self._text_cache: torch.Tensor | None = None
+        self._frozen_text: torch.Tensor | None = None
         self.set_classes(classnames, template)
 
     # ---- classes ------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ class AdaptedCLIP(nn.Module):
         self.prompts = [format_prompt(self.template, c) for c in self.classnames]
         device = next(self.backbone.parameters()).device
         self.text_batch = self.backbone.text_batch(self.prompts).to(device)
-        self._text_cache = None
+        self._text_cache = self._frozen_text = None
 
     def train(self, mode: bool = True):
         """Training invalidates cached text features."""
@@ -59,14 +60,37 @@ class AdaptedCLIP(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         result = super()._apply(fn, *args, **kwargs)
         self.text_batch = TextBatchMover.move(self.text_batch, fn)
-        self._text_cache = None
+        self._text_cache = self._frozen_text = None
         return result
 
     # ---- forward ------------------------------------------------------------------------------
+    def frozen_text_features(self) -> torch.Tensor:
+        """Class text features of the frozen towers, computed once per set of classes."""
+        if self._frozen_text is None:
+            with torch.no_grad():
+                self._frozen_text = self._run_towers(None, self.text_batch)[1]
+        return self._frozen_text
+
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features of the frozen towers (no method involved)."""
+        with torch.no_grad():
+            if not self.backbone.steppable_image:
+                return self.backbone.encode_image_whole(images)
+            return self._run_towers(images, None)[0]
+
+    def logits_from_features(self, img_f: torch.Tensor) -> torch.Tensor:
+        """Logits from frozen image features, for methods that act on output features only."""
+        img_f, txt_f = self.method.after_heads(self.backbone, img_f, self.frozen_text_features())
+        return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
+
     def encode(self, images: torch.Tensor | None, with_text: bool = True):
         """Image features [batch, dim] and/or class text features [classes, dim] through the method."""
         bb, m = self.backbone, self.method
         m.begin_forward()
+        if m.output_only:  # the towers are CLIP's own: no graph through them, text computed once
+            img_f = self.frozen_image_features(images) if images is not None else None
+            txt_f = self.frozen_text_features() if with_text else None
+            return m.after_heads(bb, img_f, txt_f)
         txt_batch = m.prompt_embeddings(self.text_batch) if with_text else None
         if images is not None and not bb.steppable_image:
             img_f = bb.encode_image_whole(images)

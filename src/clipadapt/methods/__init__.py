@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
+from .clip_adapter import CLIPAdapter
+from .coop import CoOp
 from .mma import MMA
+from .mma_attn import MMAAttn
 from .rmadapter import RMAdapter
+from .rmma import RMMA
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, MMA, RMAdapter]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn]}
 
 
 def method_class(name: str) -> type[Method]:

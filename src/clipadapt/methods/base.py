@@ -52,6 +52,8 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     acts_on_blocks: ClassVar[bool] = False  # needs the towers stepped block by block
     text_depends_on_images: ClassVar[bool] = False  # text features cannot be cached across images
+    image_depends_on_text: ClassVar[bool] = False  # image passes read state left by the class-text pass
+    output_only: ClassVar[bool] = False  # acts only on output features: the frozen towers can run once
     # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
     training_defaults: ClassVar[dict[str, Any]] = {}
 

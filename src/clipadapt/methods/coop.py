@@ -1,0 +1,61 @@
+"""CoOp (Zhou et al. 2022): learned context tokens in the text prompt.
+
+    prompt_c = [SOS] [V]_1 ... [V]_M [CLASS_c] . [EOS],   M = 16 unified context vectors
+
+The prompt is tokenized as "X X ... X {class}." and the M placeholder embeddings are replaced by
+the learned context; everything else (the class tokens, the end-of-text position) stays CLIP's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..backbone import TextBatch
+from ..errors import ClipadaptError
+from .base import Method, MethodConfig
+
+
+@dataclass
+class CoOpConfig(MethodConfig):
+    """Number of context vectors, or an initial phrase whose word embeddings start the context."""
+
+    n_ctx: int = 16
+    ctx_init: str = ""  # e.g. "a photo of a": n_ctx becomes its token count
+    template: str | None = None  # derived from n_ctx; set only to change what follows the class name
+
+
+class CoOp(Method):
+    """Unified learned context, class token at the end."""
+
+    name = "coop"
+    Config = CoOpConfig
+    training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200,
+                         "batch_size": 32, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+
+    def __init__(self, config: CoOpConfig, backbone, classnames):
+        super().__init__(config, backbone, classnames)
+        width = backbone.text_width
+        if config.ctx_init:
+            tokens = backbone.tokenize([config.ctx_init])
+            n = int(backbone.pool_index(tokens)[0]) - 1
+            with torch.no_grad():
+                init = backbone.embed_tokens(tokens)[0, 1:1 + n].clone()
+        else:
+            n = config.n_ctx
+            init = torch.empty(n, width).normal_(std=0.02)
+        self.n_ctx = n
+        self.ctx = nn.Parameter(init.float())
+        # The placeholders "X" are single tokens, so the context occupies positions 1..n of every prompt.
+        placeholders = " ".join(["X"] * n)
+        if config.template and not config.template.startswith(placeholders + " "):
+            raise ClipadaptError(f"coop's template must start with {n} 'X' placeholders, got '{config.template}'")
+        self.config.template = config.template or (placeholders + " {}.")
+
+    def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
+        """Replace the placeholder embeddings with the learned context."""
+        emb = batch.embeddings
+        ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
+        return TextBatch(torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1), batch.pool_index)

@@ -1,0 +1,163 @@
+"""Every method behind the one interface: shapes, batch independence, zero-shot at zero strength."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from clipadapt.methods import METHODS
+from clipadapt.model import build_model
+from clipadapt.runconfig import read_preset, resolve
+
+TINY = dict(backbone="clipadapt-tiny", pretrained="none")
+CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
+# The option that switches each method's contribution off.
+OFF = {"mma": {"scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0}, "mma_attn": {"residual": 0.0},
+       "clip_adapter": {"ratio": 0.0}, "zeroshot": {}}
+
+
+def _perturbed(method):
+    """A model whose adapters are not at their initial values (some start as an identity)."""
+    torch.manual_seed(1)
+    model = build_model(method, CLASSES, **TINY)
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_logits_shape_and_batch_independence(method):
+    model = _perturbed(method)
+    torch.manual_seed(2)
+    images = torch.randn(5, 3, 32, 32)
+    others = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        together = model(images)
+        alone = torch.cat([model(images[i:i + 1]) for i in range(5)])
+        mixed = model(torch.cat([others, images[2:3]]))[-1]
+    assert together.shape == (5, len(CLASSES))
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed, together[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(OFF))
+def test_switched_off_method_is_zero_shot(method):
+    zs = build_model("zeroshot", CLASSES, default_template="a photo of a {}.", **TINY).eval()
+    model = build_model(method, CLASSES, **OFF[method], **TINY).eval()
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # trained-looking weights, still switched off
+        images = torch.randn(3, 3, 32, 32)
+        torch.testing.assert_close(model(images), zs(images), rtol=0, atol=1e-5)
+
+
+def test_untrained_rmma_is_zero_shot():
+    zs = build_model("zeroshot", CLASSES, default_template="a photo of a {}.", **TINY).eval()
+    model = build_model("rmma", CLASSES, **TINY).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), zs(images), rtol=0, atol=1e-5)
+
+
+def test_rmma_parameter_count_does_not_grow_with_depth():
+    shallow = build_model("rmma", CLASSES, backbone="clipadapt-tiny", pretrained="none")
+    deep = build_model("rmma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none")
+    assert len(deep.backbone.image_blocks) == 2 * len(shallow.backbone.image_blocks)
+    assert deep.method.num_trainable() == shallow.method.num_trainable() > 0
+    mma_shallow = build_model("mma", CLASSES, backbone="clipadapt-tiny", pretrained="none").method.num_trainable()
+    mma_deep = build_model("mma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none").method.num_trainable()
+    assert mma_deep > mma_shallow  # unlike MMA's, whose adapters are per block
+
+
+def test_rmma_vit_b16_parameter_count():
+    model = build_model("rmma", CLASSES, backbone="ViT-B-16", pretrained="none")
+    d, di, dt = 64, 768, 512
+    expected = (d * di + di) + (d * dt + dt) + (di * d + d) + (dt * d + d) + (2 * d * d + d) + d
+    assert model.method.num_trainable() == expected == 173_568
+
+
+def test_rmma_separation_loss_is_zero_for_disjoint_latent_directions():
+    model = build_model("rmma", CLASSES, **TINY)
+    m = model.method
+    with torch.no_grad():
+        for layer in (m.route_image, m.route_text, m.down_image, m.down_text):
+            layer.weight.zero_()
+        m.route_image.weight[:, :32] = torch.randn(64, 32)  # image uses latent dims 0..31
+        m.route_text.weight[:, 32:] = torch.randn(64, 32)  # text uses 32..63
+        m.down_image.weight[:32] = torch.randn(32, 64)
+        m.down_text.weight[32:] = torch.randn(32, 64)
+        assert m.separation_loss().item() == pytest.approx(0.0, abs=1e-6)
+        m.route_text.weight[:, :32] = 1.0
+        assert m.separation_loss().item() > 1.0
+
+
+def test_rmma_images_need_the_class_text_pass_first():
+    from clipadapt.errors import ClipadaptError
+
+    model = build_model("rmma", CLASSES, **TINY).eval()
+    with pytest.raises(ClipadaptError, match="encode the text first"):
+        model.encode(torch.randn(1, 3, 32, 32), with_text=False)
+
+
+def test_mma_attn_scores_each_class_from_its_own_pair():
+    model = _perturbed("mma_attn")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model(images)
+        model.set_classes(CLASSES[:2] + ["something else entirely"])
+        fewer = model(images)
+    torch.testing.assert_close(full[:, :2], fewer[:, :2], rtol=1e-5, atol=1e-5)
+
+
+def test_coop_context_sits_after_start_token():
+    model = build_model("coop", CLASSES, n_ctx=4, **TINY)
+    assert model.prompts[0] == "X X X X red disc."
+    emb = model.method.prompt_embeddings(model.text_batch).embeddings
+    assert torch.equal(emb[:, 1:5], model.method.ctx.unsqueeze(0).expand(4, -1, -1))
+    assert torch.equal(emb[:, 0], model.text_batch.embeddings[:, 0])
+    assert torch.equal(emb[:, 5:], model.text_batch.embeddings[:, 5:])
+
+
+def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatch):
+    from clipadapt import build_dataset
+    from clipadapt.engine import Trainer, TrainConfig
+
+    data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")
+    for augment, expected_calls in ((False, 1), (True, 2 * 3)):  # 20 images: one cache batch, or 2 full batches x 3 epochs
+        model = build_model("clip_adapter", data.classnames, **TINY)
+        calls = {"n": 0}
+        real = model.frozen_image_features
+
+        def counting(images):
+            calls["n"] += 1
+            return real(images)
+
+        monkeypatch.setattr(model, "frozen_image_features", counting)
+        Trainer(model, data.train, TrainConfig(epochs=3, batch_size=8, augment=augment), progress=False).run()
+        assert calls["n"] == expected_calls, augment
+
+
+def test_every_method_has_presets_that_resolve():
+    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))
+    covered = set()
+    for path in presets:
+        data = read_preset(path)
+        resolve(data["method"], data)
+        covered.add(data["method"])
+    assert covered == set(METHODS) - {"zeroshot"}
+
+
+def test_train_help_and_info_list_every_method(capsys):
+    import json
+    import subprocess
+    import sys
+
+    from clipadapt.cli import main
+
+    out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "train", "--help"], capture_output=True, text=True)
+    for method in METHODS:
+        assert method in out.stdout
+        assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["method"] == method
