@@ -139,8 +139,9 @@ def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatc
         assert calls["n"] == expected_calls, augment
 
 
-def test_every_method_has_presets_that_resolve():
-    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))
+@pytest.mark.parametrize("folder", ["", "synthetic"])
+def test_every_method_has_presets_that_resolve(folder):
+    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", folder, "*.yaml"))
     covered = set()
     for path in presets:
         data = read_preset(path)

@@ -191,3 +191,16 @@ def test_train_command_outputs(learn_root, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr
     r = subprocess.run(_train_cmd(learn_root, tmp_path / "x", "colour=red"), capture_output=True, text=True)
     assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(learn_root):
+    from clipadapt.errors import ClipadaptError
+
+    data = _base(learn_root, shots=2)
+    options, cfg = _fast("mma", epochs=1, precision="bf16")
+    model = build_model("mma", data.classnames, **TINY, **options)
+    result = Trainer(model, data.train, cfg, progress=False).run()
+    assert result.final_loss == result.final_loss and result.final_loss > 0  # finite
+    assert all(p.dtype == torch.float32 for p in model.method.parameters())  # master weights stay fp32
+    with pytest.raises(ClipadaptError, match="CUDA"):
+        Trainer(model, data.train, _fast("mma", precision="fp16")[1], progress=False)

@@ -235,9 +235,12 @@ class Backbone(nn.Module):
 def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: bool | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
     """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
-    from .synthetic_weights import resolve_shipped  # the shipped tiny CLIP, if asked for
+    from .synthetic_weights import SHIPPED_CONFIG, is_shipped, load_shipped
 
-    name, pretrained = resolve_shipped(name, pretrained)
+    if is_shipped(name):
+        model, identity = load_shipped(pretrained)
+        tokenizer = open_clip.get_tokenizer(SHIPPED_CONFIG)
+        return Backbone(model, tokenizer, name, identity, quick_gelu=False).to(device)
     if name not in open_clip.list_models():
         raise ClipadaptError(f"unknown backbone '{name}'; open_clip knows: {', '.join(open_clip.list_models())}")
     if quick_gelu is None:

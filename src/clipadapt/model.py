@@ -58,8 +58,9 @@ class AdaptedCLIP(nn.Module):
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
+        # The prompt tensors are plain attributes: follow the parameters to their device.
         result = super()._apply(fn, *args, **kwargs)
-        self.text_batch = TextBatchMover.move(self.text_batch, fn)
+        self.text_batch = self.text_batch.to(next(self.backbone.parameters()).device)
         self._text_cache = self._frozen_text = None
         return result
 
@@ -121,9 +122,7 @@ class AdaptedCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of each image against every class: [batch, classes]."""
-        if self.method.text_depends_on_images:
-            img_f, txt_f = self.encode(images, with_text=True)
-        elif self.training or torch.is_grad_enabled():
+        if self.method.text_depends_on_images or self.training or torch.is_grad_enabled():
             img_f, txt_f = self.encode(images, with_text=True)
         else:
             txt_f = self.text_features()
@@ -167,16 +166,6 @@ class AdaptedCLIP(nn.Module):
         device = next(self.backbone.parameters()).device
         self.method.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         self._text_cache = None
-
-
-class TextBatchMover:
-    """Applies a module's _apply function to the (unregistered) prompt tensors."""
-
-    @staticmethod
-    def move(batch, fn):
-        """Move the prompt embeddings like the parameters were moved (device only, not dtype)."""
-        moved = fn(batch.embeddings)
-        return type(batch)(batch.embeddings.to(moved.device), batch.pool_index.to(moved.device))
 
 
 def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -9,9 +9,13 @@ from dataclasses import dataclass
 from .data import build_dataset
 from .engine import Trainer, TrainConfig, seed_everything
 from .evaluation import evaluate
+from .errors import ClipadaptError
 from .model import build_model
 
-PROTOCOLS = ("base2novel", "fewshot")
+PROTOCOLS = ("base2novel", "fewshot", "dg")
+# Domain generalization: train on the source (all classes), test on its shifted versions.
+DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
+              "syn_objects": ["syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter"]}
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -66,8 +70,21 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms = _train(spec, data, method_options, cfg)
         metrics = {"accuracy": round(evaluate(model, data.test, desc="test", **kwargs).accuracy, 4)}
+    elif protocol == "dg":
+        if spec.dataset not in DG_TARGETS:
+            raise ClipadaptError(f"no domain-generalization targets for '{spec.dataset}'; "
+                                 f"sources: {', '.join(DG_TARGETS)}")
+        data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
+        model, seconds, ms = _train(spec, data, method_options, cfg)
+        metrics = {"source": round(evaluate(model, data.test, desc=spec.dataset, **kwargs).accuracy, 4)}
+        for target in DG_TARGETS[spec.dataset]:
+            shifted = build_dataset(target, spec.data_root, -1, spec.seed, "all")
+            model.set_classes(shifted.classnames, shifted.template)
+            metrics[target] = round(evaluate(model, shifted.test, desc=target, **kwargs).accuracy, 4)
+        targets = [metrics[t] for t in DG_TARGETS[spec.dataset]]
+        metrics["target_average"] = round(sum(targets) / len(targets), 4)
     else:
-        raise ValueError(f"unknown protocol '{protocol}'; known: {PROTOCOLS}")
+        raise ClipadaptError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
         "train_ms_per_image": round(ms, 3), "total_seconds": round(time.time() - start, 2),

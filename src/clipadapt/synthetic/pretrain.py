@@ -1,0 +1,203 @@
+"""Contrastive pretraining of the tiny CLIP on the synthetic world (`clipadapt pretrain-synthetic`).
+
+A pool of scenes is rendered once; every visit of a scene draws a fresh caption for it. The model is
+open_clip's own CLIP built from the `clipadapt-synthetic` config, trained with the symmetric InfoNCE
+loss and a learned temperature, then exported with the token-embedding rows of the world's
+vocabulary only (the rest of CLIP's 49,408-token table is never trained), in fp16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ..fileio import atomic_path, write_json
+from .render import caption, contrast_group, random_scene, render, vocabulary
+
+CONFIG = "clipadapt-synthetic"
+MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+def render_pool(n: int, seed: int, progress: bool = True):
+    """n random scenes and their images (uint8 [n, H, W, 3])."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(n)]
+    images = np.stack([render(s) for s in tqdm(scenes, desc="rendering", disable=not progress, leave=False)])
+    return scenes, images
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] to CLIP-normalised float [N, 3, H, W]."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - MEAN) / STD
+
+
+def vocabulary_token_ids(tokenizer) -> list[int]:
+    """Token ids of every word the world uses, plus start and end of text."""
+    ids = set()
+    for word in vocabulary():
+        row = tokenizer([word])[0]
+        ids.update(int(t) for t in row[: int(row.argmax()) + 1])
+    return sorted(ids)
+
+
+def export_weights(model: torch.nn.Module, tokenizer, path: str) -> dict:
+    """Save fp16 weights with only the vocabulary's token-embedding rows; returns the metadata."""
+    ids = vocabulary_token_ids(tokenizer)
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
+    state["token_embedding.rows"] = model.token_embedding.weight.detach()[ids].half().contiguous()
+    state["token_embedding.ids"] = torch.tensor(ids, dtype=torch.int64)
+    meta = {"config": CONFIG, "format": "clipadapt-synthetic-clip/1", "vocabulary_tokens": str(len(ids))}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata=meta)
+    return meta
+
+
+def load_exported(path: str) -> torch.nn.Module:
+    """Build the tiny CLIP and load exported weights (tokens outside the vocabulary keep their init)."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(CONFIG)
+    table = model.token_embedding.weight.detach().clone()
+    table[state.pop("token_embedding.ids")] = state.pop("token_embedding.rows").float()
+    state = {k: v.float() for k, v in state.items()}
+    state["token_embedding.weight"] = table
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def pretrain(out_dir: str, steps: int = 1500, batch_size: int = 128, pool_size: int = 40000, lr: float = 1e-3,
+             weight_decay: float = 0.05, warmup: int = 100, seed: int = 0, progress: bool = True,
+             eval_fn=None, eval_every: int = 125, contrast_fraction: float = 0.75) -> str:
+    """Train the tiny CLIP; resumable from out_dir/pretrain_state.pt; returns the exported weights path."""
+    os.makedirs(out_dir, exist_ok=True)
+    log_path = os.path.join(out_dir, "pretrain_log.jsonl")
+    state_path = os.path.join(out_dir, "pretrain_state.pt")
+    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(CONFIG)
+    tokenizer = open_clip.get_tokenizer(CONFIG)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    start = 0
+    if os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"resuming pretraining at step {start}")
+    scenes, images = render_pool(pool_size, seed, progress)
+    pixels = to_tensor(images)
+    n_groups = int(batch_size * contrast_fraction) // 4
+    t0 = time.time()
+    model.train()
+    bar = tqdm(range(start, steps), desc="pretraining", disable=not progress, initial=start, total=steps)
+    for step in bar:
+        rng = random.Random(seed * 1_000_003 + step)  # the batch and its captions depend on the step only
+        # Groups of scenes that differ in one factor only (rendered now): without them the other
+        # factors tell a random batch's captions apart and the model never has to learn shapes.
+        group_scenes, group_texts = [], []
+        for _ in range(n_groups):
+            members, factor = contrast_group(rng)
+            group_scenes += members
+            group_texts += [caption(s, rng, must=factor) for s in members]
+        idx = rng.sample(range(pool_size), batch_size - len(group_scenes))
+        batch_pixels = torch.cat([pixels[idx], to_tensor(np.stack([render(s) for s in group_scenes]))]) \
+            if group_scenes else pixels[idx]
+        texts = tokenizer([caption(scenes[i], rng) for i in idx] + group_texts)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr, warmup)
+        img_f, txt_f, scale = model(batch_pixels, texts)
+        logits = scale * img_f @ txt_f.t()
+        target = torch.arange(batch_size)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        record = {"step": step + 1, "loss": round(loss.item(), 4), "lr": _lr(step, steps, lr, warmup),
+                  "logit_scale": round(model.logit_scale.exp().item(), 2), "seconds": round(time.time() - t0, 1)}
+        if eval_fn is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            model.eval()
+            record["zero_shot"] = eval_fn(model)
+            model.train()
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, tmp)
+    model.eval()
+    weights = os.path.join(out_dir, "synthetic-clip.safetensors")
+    export_weights(model, tokenizer, weights)
+    write_json(os.path.join(out_dir, "pretrain_config.json"), {
+        "steps": steps, "batch_size": batch_size, "pool_size": pool_size, "lr": lr, "weight_decay": weight_decay,
+        "warmup": warmup, "seed": seed, "contrast_fraction": contrast_fraction, "config": CONFIG, "torch": torch.__version__,
+        "open_clip": open_clip.__version__})
+    return weights
+
+
+def zero_shot_probe(n: int = 300, seed: int = 4242):
+    """A function scoring a model's zero-shot accuracy on shape and on colour, on fixed random scenes."""
+    from .render import COLOURS, SHAPES
+
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(n)]
+    pixels = to_tensor(np.stack([render(s) for s in scenes]))
+    tokenizer = open_clip.get_tokenizer(CONFIG)
+    tasks = {"shape": ([f"a photo of a {s}." for s in SHAPES], [SHAPES.index(s.shape) for s in scenes]),
+             "colour": ([f"a photo of a {c} shape." for c in COLOURS], [list(COLOURS).index(s.colour) for s in scenes])}
+
+    @torch.no_grad()
+    def probe(model) -> dict:
+        img = F.normalize(model.encode_image(pixels), dim=-1)
+        out = {}
+        for task, (prompts, labels) in tasks.items():
+            txt = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+            pred = (img @ txt.t()).argmax(dim=1)
+            out[task] = round(100.0 * (pred == torch.tensor(labels)).float().mean().item(), 2)
+        return out
+
+    return probe
+
+
+def zero_shot_record(weights: str, data_root: str, datasets: list[str], progress: bool = True) -> dict:
+    """Zero-shot accuracy (all, base and novel classes) of exported weights on synthetic test splits."""
+    from ..data import build_dataset
+    from ..evaluation import evaluate
+    from ..model import build_model
+
+    record = {}
+    for name in datasets:
+        row = {}
+        for subsample in ("all", "base", "new"):
+            data = build_dataset(name, data_root, subsample=subsample)
+            model = build_model("zeroshot", data.classnames, "synthetic", weights, default_template=data.template)
+            row[subsample] = round(evaluate(model, data.test, progress=progress, desc=f"{name}/{subsample}").accuracy, 2)
+            row[f"chance_{subsample}"] = round(100.0 / data.num_classes, 2)
+        record[name] = row
+    return record
