@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cores with the defaults); writes weights, the training log and its zero-shot "
                                    "accuracy on the synthetic datasets. Rerun the same command to resume.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step (default 128)")
     p.add_argument("--pool-size", type=int, default=40000, help="random scenes rendered up front (default 40000)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")

@@ -86,7 +86,7 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def pretrain(out_dir: str, steps: int = 1500, batch_size: int = 128, pool_size: int = 40000, lr: float = 1e-3,
+def pretrain(out_dir: str, steps: int = 3000, batch_size: int = 128, pool_size: int = 40000, lr: float = 1e-3,
              weight_decay: float = 0.05, warmup: int = 100, seed: int = 0, progress: bool = True,
              eval_fn=None, eval_every: int = 125, contrast_fraction: float = 0.75) -> str:
     """Train the tiny CLIP; resumable from out_dir/pretrain_state.pt; returns the exported weights path."""
