@@ -164,3 +164,16 @@ def test_rmadapter_reconstruction_loss_is_local(images):
         has_grad = p.grad is not None and p.grad.abs().sum() > 0
         expected = (name.startswith(f"visual_adapter.{top}.down") or name.startswith(f"recon_head.image_{top}."))
         assert has_grad == expected, name
+
+
+def test_rmadapter_frozen_features_with_towers_of_unequal_depth():
+    # The shipped synthetic CLIP has 6 image blocks and 4 text blocks.
+    model = build_model("rmadapter", ["cat", "dog"], backbone="synthetic", pretrained="none", scale=0.5).train()
+    images = torch.randn(2, 3, 48, 48)
+    model(images)
+    zs = build_model("zeroshot", ["cat", "dog"], backbone="synthetic", pretrained="none",
+                     default_template="a photo of a {}.").eval()
+    with torch.no_grad():
+        ref_img, ref_txt = zs.encode(images)
+    torch.testing.assert_close(model.method._frozen_features["image"], ref_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.method._frozen_features["text"], ref_txt, rtol=1e-5, atol=1e-5)

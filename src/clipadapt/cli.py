@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_mma)
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
-                       description="Contrastive pretraining of the shipped tiny CLIP (about 25 minutes on 2 CPU "
+                       description="Contrastive pretraining of the shipped tiny CLIP (about 45 minutes on 2 CPU "
                                    "cores with the defaults); writes weights, the training log and its zero-shot "
                                    "accuracy on the synthetic datasets. Rerun the same command to resume.")
     p.add_argument("--out", required=True, help="output folder")

@@ -141,9 +141,9 @@ class RMAdapter(MMA):
             if txt is not None and self._needs_frozen("text") and self._cached_frozen_text() is None:
                 self._frozen["text"] = txt.detach()
         with torch.no_grad():
-            if self._frozen["image"] is not None:
+            if self._frozen["image"] is not None and index < len(backbone.image_blocks):
                 self._frozen["image"] = backbone.image_block(index, self._frozen["image"])
-            if self._frozen["text"] is not None:
+            if self._frozen["text"] is not None and index < len(backbone.text_blocks):
                 self._frozen["text"] = backbone.text_block(index, self._frozen["text"])
         return super().step(index, backbone, img, txt)
 
