@@ -16,9 +16,9 @@ log = logging.getLogger("clipadapt")
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="synthetic",
+    p.add_argument("--backbone", default=None,
                    help="open_clip model name (e.g. ViT-B-16), or 'synthetic' for the tiny CLIP shipped with "
-                        "clipadapt (default synthetic)")
+                        "clipadapt (default: the one recorded in --checkpoint, else synthetic)")
     p.add_argument("--pretrained", default=None,
                    help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' for random "
                         "weights (default: the shipped weights for 'synthetic', openai otherwise)")
@@ -28,7 +28,11 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 def _resolve_pretrained(args: argparse.Namespace) -> None:
     from .synthetic_weights import is_shipped
 
-    if getattr(args, "pretrained", "x") is None and getattr(args, "backbone", None):
+    if not hasattr(args, "backbone") or (args.backbone is None and getattr(args, "checkpoint", None)):
+        return  # the backbone recorded in the checkpoint
+    if args.backbone is None:
+        args.backbone = "synthetic"
+    if getattr(args, "pretrained", "x") is None:
         args.pretrained = "shipped" if is_shipped(args.backbone) else "openai"
 
 
@@ -61,9 +65,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not data.test:
         raise ClipadaptError(f"dataset '{args.dataset}' has no test images for subsample '{args.subsample}'")
     if args.checkpoint:
+        from_file = args.backbone_from_checkpoint or args.backbone is None
         model = load_model(args.checkpoint, data.classnames, device=args.device,
-                           backbone=None if args.backbone_from_checkpoint else args.backbone,
-                           pretrained=None if args.backbone_from_checkpoint else args.pretrained)
+                           backbone=None if from_file else args.backbone,
+                           pretrained=None if from_file else args.pretrained)
         model.set_classes(data.classnames, data.template)
         method = model.method.name
     else:
@@ -76,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = {
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": args.dataset,
         "subsample": args.subsample, "method": method, "backbone": model.backbone.name,
-        "pretrained": str(args.pretrained), "backbone_identity": model.backbone.identity,
+        "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
         "num_classes": data.num_classes, "prompt_template": model.template,
         "checkpoint": args.checkpoint, "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
     }
