@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from clipadapt.backbone import load_backbone
 from clipadapt.methods import mma as mma_module
 from clipadapt.model import build_model
 

@@ -1,13 +1,12 @@
 """The synthetic world: renderer, datasets, the shipped tiny CLIP, and the demo."""
 
-import os
 import random
 
 import numpy as np
 import pytest
 
 from clipadapt import build_dataset
-from clipadapt.data.synthetic import BENCHMARK, DG_TARGETS, SYNTHETIC_DATASETS
+from clipadapt.data.synthetic import BENCHMARK, DG_TARGETS
 from clipadapt.synthetic.render import COLOURS, SHAPES, Scene, caption, random_scene, render
 from clipadapt.synthetic_weights import SHIPPED_WEIGHTS, shipped_record
 
