@@ -338,13 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_mma)
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
-                       description="Contrastive pretraining of the shipped tiny CLIP (about 45 minutes on 2 CPU "
+                       description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "
                                    "cores with the defaults); writes weights, the training log and its zero-shot "
                                    "accuracy on the synthetic datasets. Rerun the same command to resume.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000)")
     p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step (default 128)")
-    p.add_argument("--pool-size", type=int, default=40000, help="random scenes rendered up front (default 40000)")
+    p.add_argument("--pool-size", type=int, default=24000,
+                   help="scenes rendered up front, per kind: random scenes, shape groups, other groups (default 24000)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--install", action="store_true", help="copy the result into the package (src/clipadapt/weights)")
     p.set_defaults(func=cmd_pretrain_synthetic)

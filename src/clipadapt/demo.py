@@ -47,7 +47,7 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
         pretrained = "none"
         print("NOTE: the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
               "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
-              "`clipadapt pretrain-synthetic --install` makes the weights (44 minutes on 2 cores).")
+              "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
     data_root = os.path.join(out, "data")
     jobs = [(d, m) for d in datasets for m in methods]
     start = time.time()

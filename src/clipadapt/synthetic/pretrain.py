@@ -1,9 +1,11 @@
 """Contrastive pretraining of the tiny CLIP on the synthetic world (`clipadapt pretrain-synthetic`).
 
-A pool of scenes is rendered once; every visit of a scene draws a fresh caption for it. The model is
-open_clip's own CLIP built from the `clipadapt-synthetic` config, trained with the symmetric InfoNCE
-loss and a learned temperature, then exported with the token-embedding rows of the world's
-vocabulary only (the rest of CLIP's 49,408-token table is never trained), in fp16.
+Pools of scenes are rendered once: random scenes, groups showing one scene with every shape, and
+groups of four scenes differing in one other factor; every visit of a scene draws a fresh caption
+for it. The model is open_clip's own CLIP built from the `clipadapt-synthetic` config, trained with
+the symmetric InfoNCE loss and a learned temperature (bf16 autocast on the CPU by default), then
+exported with the token-embedding rows of the world's vocabulary only (the rest of CLIP's
+49,408-token table is never trained), in fp16.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -22,23 +25,45 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..fileio import atomic_path, write_json
-from .render import caption, contrast_group, random_scene, render, vocabulary
+from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
 
 CONFIG = "clipadapt-synthetic"
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
-def render_pool(n: int, seed: int, progress: bool = True):
-    """n random scenes and their images (uint8 [n, H, W, 3])."""
+def _render_uint8(scenes: list[Scene], desc: str, progress: bool) -> torch.Tensor:
+    images = np.stack([render(s) for s in tqdm(scenes, desc=desc, disable=not progress, leave=False)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def render_pool(n: int, seed: int, progress: bool = True) -> tuple[list[Scene], torch.Tensor]:
+    """n random scenes and their images (uint8 [n, 3, H, W])."""
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]
-    images = np.stack([render(s) for s in tqdm(scenes, desc="rendering", disable=not progress, leave=False)])
-    return scenes, images
+    return scenes, _render_uint8(scenes, "rendering scenes", progress)
+
+
+@dataclass
+class GroupPool:
+    """Contrast groups (scenes and the factor they differ in) and their images, group after group."""
+
+    groups: list[tuple[list[Scene], str]]
+    pixels: torch.Tensor  # uint8 [total scenes, 3, H, W], group after group
+    starts: list[int]  # where each group's images begin in `pixels`
+
+
+def render_groups(n: int, seed: int, size: int, factor: str | None, progress: bool = True) -> GroupPool:
+    """n contrast groups of `size` scenes each (varying `factor`, or a random factor per group)."""
+    rng = random.Random(seed)
+    groups = [contrast_group(rng, size, factor) for _ in range(n)]
+    scenes = [s for members, _ in groups for s in members]
+    starts = np.cumsum([0] + [len(members) for members, _ in groups[:-1]]).tolist()
+    return GroupPool(groups, _render_uint8(scenes, f"rendering {factor or 'contrast'} groups", progress), starts)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] to CLIP-normalised float [N, 3, H, W]."""
+    """uint8 [N, H, W, 3] (NumPy) to CLIP-normalised float [N, 3, H, W]."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     return (x - MEAN) / STD
 
@@ -86,9 +111,10 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def pretrain(out_dir: str, steps: int = 3000, batch_size: int = 128, pool_size: int = 40000, lr: float = 1e-3,
+def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: int = 24000, lr: float = 1e-3,
              weight_decay: float = 0.05, warmup: int = 100, seed: int = 0, progress: bool = True,
-             eval_fn=None, eval_every: int = 125, contrast_fraction: float = 0.75) -> str:
+             eval_fn=None, eval_every: int = 125, contrast_fraction: float = 0.75, shape_groups: int = 6,
+             precision: str = "bf16", save_every: int = 100) -> str:
     """Train the tiny CLIP; resumable from out_dir/pretrain_state.pt; returns the exported weights path."""
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "pretrain_log.jsonl")
@@ -109,29 +135,44 @@ def pretrain(out_dir: str, steps: int = 3000, batch_size: int = 128, pool_size: 
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"resuming pretraining at step {start}")
-    scenes, images = render_pool(pool_size, seed, progress)
-    pixels = to_tensor(images)
-    n_groups = int(batch_size * contrast_fraction) // 4
+        if os.path.exists(log_path):  # drop the steps after the saved state: they are done again
+            with open(log_path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= start]
+            with atomic_path(log_path) as tmp, open(tmp, "w") as f:
+                f.writelines(kept)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not '{precision}'")
+    n_groups = (int(batch_size * contrast_fraction) - shape_groups * len(SHAPES)) // 4
+    if n_groups < 0:
+        raise ValueError(f"{shape_groups} groups of {len(SHAPES)} shapes do not fit a batch of {batch_size}")
+    scenes, pixels = render_pool(pool_size, seed, progress)
+    # Groups of scenes that differ in one factor only: without them the other factors tell a random
+    # batch's captions apart and the model never has to learn shapes. Groups showing one scene with
+    # every shape make each step a shape lesson, as the tiny ViT learns shape far more slowly than
+    # colour, count or position.
+    shape_pool = render_groups(pool_size // len(SHAPES), seed + 1, len(SHAPES), "shape", progress)
+    other_pool = render_groups(pool_size // 4, seed + 2, 4, None, progress)
     t0 = time.time()
     model.train()
     bar = tqdm(range(start, steps), desc="pretraining", disable=not progress, initial=start, total=steps)
     for step in bar:
         rng = random.Random(seed * 1_000_003 + step)  # the batch and its captions depend on the step only
-        # Groups of scenes that differ in one factor only (rendered now): without them the other
-        # factors tell a random batch's captions apart and the model never has to learn shapes.
-        group_scenes, group_texts = [], []
-        for _ in range(n_groups):
-            members, factor = contrast_group(rng)
-            group_scenes += members
-            group_texts += [caption(s, rng, must=factor) for s in members]
-        idx = rng.sample(range(pool_size), batch_size - len(group_scenes))
-        batch_pixels = torch.cat([pixels[idx], to_tensor(np.stack([render(s) for s in group_scenes]))]) \
-            if group_scenes else pixels[idx]
-        texts = tokenizer([caption(scenes[i], rng) for i in idx] + group_texts)
+        parts, texts = [], []
+        for pool, n in ((shape_pool, shape_groups), (other_pool, n_groups)):
+            for g in rng.sample(range(len(pool.groups)), n):
+                members, factor = pool.groups[g]
+                parts.append(pool.pixels[pool.starts[g]:pool.starts[g] + len(members)])
+                texts += [caption(m, rng, must=factor) for m in members]
+        idx = rng.sample(range(pool_size), batch_size - len(texts))  # groups of two-valued factors are pairs
+        parts.append(pixels[idx])
+        texts += [caption(scenes[i], rng) for i in idx]
+        batch_pixels = torch.cat(parts).float().div_(255.0).sub_(MEAN).div_(STD)
+        texts = tokenizer(texts)
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
-        img_f, txt_f, scale = model(batch_pixels, texts)
-        logits = scale * img_f @ txt_f.t()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            img_f, txt_f, scale = model(batch_pixels, texts)
+        logits = scale * img_f.float() @ txt_f.float().t()
         target = torch.arange(batch_size)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         opt.zero_grad(set_to_none=True)
@@ -148,7 +189,7 @@ def pretrain(out_dir: str, steps: int = 3000, batch_size: int = 128, pool_size: 
             model.train()
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if (step + 1) % 100 == 0 or step + 1 == steps:
+        if (step + 1) % save_every == 0 or step + 1 == steps:
             with atomic_path(state_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, tmp)
     model.eval()
@@ -156,14 +197,15 @@ def pretrain(out_dir: str, steps: int = 3000, batch_size: int = 128, pool_size: 
     export_weights(model, tokenizer, weights)
     write_json(os.path.join(out_dir, "pretrain_config.json"), {
         "steps": steps, "batch_size": batch_size, "pool_size": pool_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup": warmup, "seed": seed, "contrast_fraction": contrast_fraction, "config": CONFIG, "torch": torch.__version__,
+        "warmup": warmup, "seed": seed, "contrast_fraction": contrast_fraction,
+        "shape_groups": shape_groups, "precision": precision, "config": CONFIG, "torch": torch.__version__,
         "open_clip": open_clip.__version__})
     return weights
 
 
 def zero_shot_probe(n: int = 300, seed: int = 4242):
     """A function scoring a model's zero-shot accuracy on shape and on colour, on fixed random scenes."""
-    from .render import COLOURS, SHAPES
+    from .render import COLOURS
 
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]

@@ -208,9 +208,9 @@ FACTOR_VALUES = {"shape": SHAPES, "colour": list(COLOURS), "count": list(COUNTS)
                  "pattern": PATTERNS, "size": SIZES, "style": list(STYLES), "background": BACKGROUNDS}
 
 
-def contrast_group(rng: random.Random, size: int = 4) -> tuple[list[Scene], str]:
+def contrast_group(rng: random.Random, size: int = 4, factor: str | None = None) -> tuple[list[Scene], str]:
     """`size` scenes identical but for one factor, so a caption must name that factor to match its image."""
-    factor = rng.choices(list(CONTRAST_FACTORS), weights=list(CONTRAST_FACTORS.values()))[0]
+    factor = factor or rng.choices(list(CONTRAST_FACTORS), weights=list(CONTRAST_FACTORS.values()))[0]
     fixed = {"count": 1, "style": rng.choice(["photo", "pixel"])} if factor in ("position", "pattern") else {}
     base = random_scene(rng, **fixed)
     values = rng.sample(FACTOR_VALUES[factor], min(size, len(FACTOR_VALUES[factor])))
