@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -32,40 +31,32 @@ MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
-def _render_uint8(scenes: list[Scene], desc: str, progress: bool) -> torch.Tensor:
+def render_images(scenes: list[Scene], desc: str = "rendering", progress: bool = True) -> torch.Tensor:
+    """The scenes' images as uint8 [N, 3, H, W]."""
     images = np.stack([render(s) for s in tqdm(scenes, desc=desc, disable=not progress, leave=False)])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] to CLIP-normalised float."""
+    return pixels.float().div_(255.0).sub_(MEAN).div_(STD)
 
 
 def render_pool(n: int, seed: int, progress: bool = True) -> tuple[list[Scene], torch.Tensor]:
     """n random scenes and their images (uint8 [n, 3, H, W])."""
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]
-    return scenes, _render_uint8(scenes, "rendering scenes", progress)
+    return scenes, render_images(scenes, "rendering scenes", progress)
 
 
-@dataclass
-class GroupPool:
-    """Contrast groups (scenes and the factor they differ in) and their images, group after group."""
-
-    groups: list[tuple[list[Scene], str]]
-    pixels: torch.Tensor  # uint8 [total scenes, 3, H, W], group after group
-    starts: list[int]  # where each group's images begin in `pixels`
-
-
-def render_groups(n: int, seed: int, size: int, factor: str | None, progress: bool = True) -> GroupPool:
-    """n contrast groups of `size` scenes each (varying `factor`, or a random factor per group)."""
+def render_groups(n: int, seed: int, size: int, factor: str | None,
+                  progress: bool = True) -> list[tuple[list[Scene], str, torch.Tensor]]:
+    """n contrast groups of `size` scenes (varying `factor`, or a random factor per group), with their images."""
     rng = random.Random(seed)
     groups = [contrast_group(rng, size, factor) for _ in range(n)]
-    scenes = [s for members, _ in groups for s in members]
-    starts = np.cumsum([0] + [len(members) for members, _ in groups[:-1]]).tolist()
-    return GroupPool(groups, _render_uint8(scenes, f"rendering {factor or 'contrast'} groups", progress), starts)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] (NumPy) to CLIP-normalised float [N, 3, H, W]."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    return (x - MEAN) / STD
+    pixels = render_images([s for members, _ in groups for s in members], f"rendering {factor or 'contrast'} groups",
+                           progress)
+    return [(members, f, images) for (members, f), images in zip(groups, pixels.split([len(m) for m, _ in groups]))]
 
 
 def vocabulary_token_ids(tokenizer) -> list[int]:
@@ -159,14 +150,13 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
         rng = random.Random(seed * 1_000_003 + step)  # the batch and its captions depend on the step only
         parts, texts = [], []
         for pool, n in ((shape_pool, shape_groups), (other_pool, n_groups)):
-            for g in rng.sample(range(len(pool.groups)), n):
-                members, factor = pool.groups[g]
-                parts.append(pool.pixels[pool.starts[g]:pool.starts[g] + len(members)])
+            for members, factor, images in rng.sample(pool, n):
+                parts.append(images)
                 texts += [caption(m, rng, must=factor) for m in members]
         idx = rng.sample(range(pool_size), batch_size - len(texts))  # groups of two-valued factors are pairs
         parts.append(pixels[idx])
         texts += [caption(scenes[i], rng) for i in idx]
-        batch_pixels = torch.cat(parts).float().div_(255.0).sub_(MEAN).div_(STD)
+        batch_pixels = normalise(torch.cat(parts))
         texts = tokenizer(texts)
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
@@ -209,7 +199,7 @@ def zero_shot_probe(n: int = 300, seed: int = 4242):
 
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]
-    pixels = to_tensor(np.stack([render(s) for s in scenes]))
+    pixels = normalise(render_images(scenes, progress=False))
     tokenizer = open_clip.get_tokenizer(CONFIG)
     tasks = {"shape": ([f"a photo of a {s}." for s in SHAPES], [SHAPES.index(s.shape) for s in scenes]),
              "colour": ([f"a photo of a {c} shape." for c in COLOURS], [list(COLOURS).index(s.colour) for s in scenes])}
