@@ -12,9 +12,10 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -26,16 +27,19 @@ from .data.transforms import train_transform
 from .errors import ClipadaptError
 from .fileio import atomic_path
 from .model import AdaptedCLIP
+from .validation import check_fields
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+Optimizer = Literal["sgd", "adamw", "adam"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+OPTIMIZERS = get_args(Optimizer)
+PRECISIONS = get_args(Precision)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings; a method's paper values come from its `training_defaults`."""
 
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -44,20 +48,14 @@ class TrainConfig:
     batch_size: int = 16
     warmup_epochs: int = 0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
     warmup_lr: float = 1e-5
-    precision: str = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
+    precision: Precision = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
     augment: bool = True  # CoOp's random resized crop and flip
     seed: int = 1
     workers: int = 0
     eval_batch_size: int = 100
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ClipadaptError(f"optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
-        if self.precision not in PRECISIONS:
-            raise ClipadaptError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ClipadaptError("epochs, batch_size and lr must be positive")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        check_fields(self, "training setting")  # types and ranges, the same for CLI, YAML and Python
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -156,13 +154,18 @@ class Trainer:
         path = self.checkpoint_path
         if not path or not os.path.exists(path):
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"])
-        self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
-        self.last_loss = float(state["last_loss"])
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.start_epoch = int(state["epoch"])
+            self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+            self.last_loss = float(state["last_loss"])
+        except Exception as err:  # torch raises many types for a truncated or foreign file
+            reason = " ".join(str(err).split())[:200]
+            raise ClipadaptError(f"cannot resume from '{path}': not a readable clipadapt checkpoint "
+                                 f"({type(err).__name__}: {reason}); pass --overwrite to start the run again") from None
         return True
 
     def _log(self, record: dict) -> None:
@@ -197,7 +200,7 @@ class Trainer:
             # Steps logged after this checkpoint belonged to the interrupted epoch, which reruns whole.
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             if self.progress:
-                print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
+                print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}", file=sys.stderr)
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
         use_cache = model.method.output_only and not cfg.augment
         if model.method.output_only:
@@ -205,7 +208,7 @@ class Trainer:
                     "augmentation on: frozen image features recomputed for every batch")
             self._log({"event": "feature_path", "path": path})
             if self.progress:
-                print(f"{model.method.name}: {path}")
+                print(f"{model.method.name}: {path}", file=sys.stderr)
         if use_cache and self.start_epoch < cfg.epochs:
             self._cache_features()
         for epoch in range(self.start_epoch, cfg.epochs):

@@ -7,18 +7,27 @@ from typing import Any
 import yaml
 
 from .engine import TrainConfig
-from .errors import ClipadaptError
+from .errors import ClipadaptError, one_line
 from .methods import make_config, method_class
 
 
+# Settings that have a flag of their own: one setting, one name.
+FLAG_SETTINGS = {"seed": "--seed"}
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict, values read as YAML (numbers, booleans, lists)."""
+    """`key=value` strings to a dict, values read as YAML (numbers, booleans, lists); types are checked later."""
     out = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ClipadaptError(f"override '{pair}' is not of the form key=value")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ClipadaptError(f"argument '{pair}' is not of the form key=value")
+        if key.strip() in out:
+            raise ClipadaptError(f"setting '{key.strip()}' is given twice")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value  # kept as text: the declared type decides whether it fits
     return out
 
 
@@ -29,17 +38,27 @@ def read_preset(path: str) -> dict[str, Any]:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ClipadaptError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ClipadaptError(f"config file '{path}' is a directory, not a YAML file") from None
+    except OSError as err:
+        raise ClipadaptError(f"cannot read config file '{path}': {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ClipadaptError(f"config file '{path}' is not a text (YAML) file") from None
     except yaml.YAMLError as err:
-        raise ClipadaptError(f"config file '{path}' is not valid YAML: {err}") from None
+        raise ClipadaptError(f"config file '{path}' is not valid YAML: {one_line(err)}") from None
     if not isinstance(data, dict):
-        raise ClipadaptError(f"config file '{path}' must hold a mapping of settings")
+        raise ClipadaptError(f"config file '{path}' must hold a mapping of settings, not {type(data).__name__}")
     return data
 
 
 def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None):
     """Method config, TrainConfig and the merged flat dict that produced them."""
     cls = method_class(method)
-    merged: dict[str, Any] = {**cls.training_defaults, **(preset or {}), **(overrides or {})}
+    given = {**(preset or {}), **(overrides or {})}
+    for key, flag in FLAG_SETTINGS.items():
+        if key in given:
+            raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
+    merged: dict[str, Any] = {**cls.training_defaults, **given}
     preset_method = merged.pop("method", method)
     if preset_method != method:
         raise ClipadaptError(f"the config is for method '{preset_method}', not '{method}'")
@@ -50,9 +69,6 @@ def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[s
         raise ClipadaptError(f"unknown setting(s) {unknown} for method '{method}'; method options: "
                              f"{sorted(method_keys)}; training settings: {sorted(train_keys)}")
     method_cfg = make_config(method, {k: v for k, v in merged.items() if k in method_keys})
-    try:
-        train_cfg = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys})
-    except TypeError as err:
-        raise ClipadaptError(f"bad training setting: {err}") from None
+    train_cfg = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys})
     resolved = {"method": method, **method_cfg.to_dict(), **train_cfg.to_dict()}
     return method_cfg, train_cfg, resolved
