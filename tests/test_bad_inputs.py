@@ -90,8 +90,10 @@ def _snapshot(folder: str) -> dict[str, tuple[str, int]]:
 
 
 # (id, argv with {placeholders}, fragments the error line must hold)
-TRAIN = ["train", "--method", "mma", "--dataset", "caltech101", "--data-root", "{data}", "--out", "{done}", *TINY]
-FOLDER = ["train", "--method", "mma", "--dataset", "folder", "--out", "{done}", *TINY, "--data-root"]
+TRAIN = ["train", "--method", "mma", "--dataset", "caltech101", "--data-root", "{data}", "--out", "{done}", *TINY,
+         "--config", "none"]
+FOLDER = ["train", "--method", "mma", "--dataset", "folder", "--out", "{done}", *TINY, "--config", "none",
+          "--data-root"]
 EVAL = ["eval", "--dataset", "caltech101", "--data-root", "{data}", "--out", "{done}", *TINY]
 PREDICT = ["predict", "{img}", *TINY]
 CASES = [
@@ -125,6 +127,7 @@ CASES = [
     ("config-missing", [*TRAIN, "--config", "{root}/nowhere.yaml"], ["nowhere.yaml", "does not exist"]),
     ("config-not-mapping", [*TRAIN, "--config", "{root}/list.yaml"], ["list.yaml", "mapping"]),
     ("config-other-method", [*TRAIN, "--config", "{root}/coop.yaml"], ["coop"]),
+    ("preset-missing", [*TRAIN[:-2], "--protocol", "fewshot"], ["no preset", "mma_fewshot.yaml", "--config none"]),
     # flags
     ("shots-zero", [*TRAIN, "--shots", "0"], ["--shots", "-1"]),
     ("shots-negative", [*TRAIN, "--shots", "-3"], ["--shots", "-3"]),
@@ -231,7 +234,8 @@ def test_unreadable_image_survives_dataloader_workers(world, tmp_path, capsys):
 @pytest.mark.slow
 def test_console_exit_code_and_no_traceback(world):
     out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "train", "--method", "mma", "--dataset",
-                          "caltech101", "--data-root", world["data"], "--out", world["done"], *TINY, "lr=abc"],
+                          "caltech101", "--data-root", world["data"], "--out", world["done"], *TINY, "--config", "none",
+                          "lr=abc"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [line for line in out.stderr.strip().splitlines()

@@ -85,10 +85,18 @@ def test_unreadable_image_names_its_path(fake_root, tmp_path, capsys):
 
 
 def test_help_texts():
-    out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "clipadapt", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "eval" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "eval", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "clipadapt", "eval", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--subsample" in out.stdout and "--save-predictions" in out.stdout
+
+
+def test_building_the_parser_imports_no_torch():
+    # `clipadapt --help` must start fast: benchmarks/cli_startup.py measures it.
+    code = "import sys; from clipadapt.cli import build_parser; build_parser(); print(sorted(m for m in " \
+           "('torch', 'open_clip', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_info_prints_trainable_parameters(capsys):
@@ -119,7 +127,7 @@ def test_predict_with_class_names_never_trained_on(fake_root, tmp_path, capsys):
 
 def _train(root, out, *extra, method="mma", dataset="caltech101"):
     return main(["train", "--method", method, "--dataset", dataset, "--data-root", str(root), "--out", str(out),
-                 "--protocol", "fewshot", "--shots", "2", *TINY, *extra])
+                 "--protocol", "fewshot", "--shots", "2", "--config", "none", *TINY, *extra])
 
 
 def test_results_on_stdout_progress_on_stderr(fake_root, tmp_path, capsys):
@@ -208,4 +216,6 @@ def test_own_folder_defaults_to_fewshot_on_all_classes(tmp_path, capsys):
     captured = capsys.readouterr()
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["protocol"] == "fewshot" and "protocol: fewshot" in captured.err
-    assert yaml_load(tmp_path / "o" / "config.yaml")["protocol"] == "fewshot"
+    recorded = yaml_load(tmp_path / "o" / "config.yaml")
+    assert recorded["protocol"] == "fewshot"
+    assert recorded["preset"] == "preset:zeroshot.yaml" and "settings: preset:zeroshot.yaml" in captured.err

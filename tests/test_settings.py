@@ -11,7 +11,7 @@ import pytest
 from clipadapt.engine import TrainConfig
 from clipadapt.methods import METHODS, make_config
 from clipadapt.methods.base import MethodConfig
-from clipadapt.registry import METHOD_NAMES
+from clipadapt.registry import METHOD_NAMES, dataset_names
 from clipadapt.runconfig import parse_overrides, read_preset, resolve
 from clipadapt.validation import SettingError
 
@@ -63,8 +63,11 @@ def test_a_new_field_is_checked_without_extra_code():
         NewConfig(depth="deep")
 
 
-def test_registry_names_match_the_methods():
-    assert tuple(METHODS) == METHOD_NAMES
+def test_registry_names_match_the_methods_and_datasets():
+    from clipadapt.data import known_datasets
+
+    assert tuple(METHODS) == METHOD_NAMES  # a new method: add its name to clipadapt/registry.py
+    assert dataset_names() == known_datasets()
 
 
 def _library_imports() -> dict[str, set[str]]:

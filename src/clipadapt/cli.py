@@ -17,7 +17,7 @@ import time
 
 from . import __version__
 from .errors import ClipadaptError, one_line
-from .registry import METHOD_NAMES, PROTOCOL_NAMES
+from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 
 log = logging.getLogger("clipadapt")
 
@@ -127,9 +127,7 @@ def _resolve_pretrained(args: argparse.Namespace) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser, loader_flags: bool = False) -> None:
-    from .data import known_datasets
-
-    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(known_datasets())}")
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(dataset_names())}")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout "
                                                       "(for --dataset folder: the image folder itself)")
     if loader_flags:  # train sets these as eval_batch_size=N workers=N, with the other settings
@@ -220,16 +218,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .fileio import write_json, write_text
     from .protocols import RunSpec, run_protocol
-    from .runconfig import parse_overrides, read_preset, resolve
+    from .runconfig import choose_preset, parse_overrides, resolve
 
     protocol = _default_protocol(args)
-    preset = read_preset(args.config) if args.config else {}
+    preset_name, preset = choose_preset(args.config, args.method, protocol, args.backbone)
     method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
     train_cfg.seed = args.seed
     resolved["seed"] = args.seed
     run = {"protocol": protocol, "dataset": args.dataset, "data_root": os.path.abspath(args.data_root),
            "shots": args.shots, "seed": args.seed, "backbone": args.backbone, "pretrained": str(args.pretrained),
-           **resolved}
+           "preset": preset_name, **resolved}
     out = args.out
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(protocol, args)
@@ -247,6 +245,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  "rerun with the same settings to resume, or pass --overwrite")
     if not args.protocol:
         _note(f"protocol: {protocol} (the default for --dataset {args.dataset}; set it with --protocol)")
+    _note(f"settings: {preset_name}" + (" (the shipped preset for this method, protocol and backbone; "
+                                         "--config FILE or --config none to change)" if args.config is None else ""))
     os.makedirs(out, exist_ok=True)
     write_text(config_path, yaml.safe_dump(run, sort_keys=False))
     spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
@@ -449,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: fewshot for --dataset folder, base2novel otherwise)")
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="YAML preset (see configs/); key=value arguments override it")
+    p.add_argument("--config", default=None,
+                   help="YAML settings file, a shipped preset's name (e.g. synthetic/mma.yaml), or 'none' for the "
+                        "method's own defaults (default: the shipped preset for the method, protocol and backbone, "
+                        "from clipadapt/presets/); key=value arguments override it")
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
