@@ -219,3 +219,18 @@ def test_own_folder_defaults_to_fewshot_on_all_classes(tmp_path, capsys):
     recorded = yaml_load(tmp_path / "o" / "config.yaml")
     assert recorded["protocol"] == "fewshot"
     assert recorded["preset"] == "preset:zeroshot.yaml" and "settings: preset:zeroshot.yaml" in captured.err
+
+
+def test_demo_without_matplotlib_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code = main(["demo", "--quick", "--out", str(tmp_path / "d")])
+    _one_line_error(capsys, code, "matplotlib")
+    assert not (tmp_path / "d").exists()
+
+
+def test_matplotlib_is_a_core_dependency():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("matplotlib") for d in project["dependencies"])

@@ -248,6 +248,67 @@ def check_weights_source(name: str, pretrained: str | None) -> None:
                 f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' (tags: {', '.join(tags) or 'none'})")
 
 
+HF_SAFE_NAMES = ("open_clip_model.safetensors",)  # what open_clip tries before its .bin file
+
+
+def _hf_cache_dir(cache_dir: str | None) -> str:
+    if cache_dir:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def cached_weights(cfg: dict, cache_dir: str | None) -> str | None:
+    """The local file open_clip would load for a pretrained tag's config, if it is already cached."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            hub = ""
+    if hub:
+        model_id, filename = os.path.split(hub)
+        for name in (*HF_SAFE_NAMES, filename or "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return None
+    url = cfg.get("url", "")
+    path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return path if url and os.path.isfile(path) else None
+
+
+def host_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:443 opens within `timeout` seconds (False when HF_HUB_OFFLINE is set)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_weights_reachable(name: str, pretrained: str, cache_dir: str | None = None) -> None:
+    """Refuse, in seconds and one line, a tag whose weights are neither cached nor downloadable."""
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    if not cfg or "file" in cfg or cached_weights(cfg, cache_dir):
+        return
+    from urllib.parse import urlparse
+
+    hub = cfg.get("hf_hub", "")
+    host = "huggingface.co" if hub else urlparse(cfg.get("url", "")).hostname or ""
+    if host and host_reachable(host):
+        return
+    where = (f"the Hugging Face cache '{_hf_cache_dir(cache_dir)}' (repo {os.path.split(hub)[0]})" if hub else
+             f"'{os.path.join(cache_dir or os.path.expanduser('~/.cache/clip'), os.path.basename(cfg['url']))}'")
+    raise ClipadaptError(f"weights '{pretrained}' of '{name}' are not cached in {where} and {host} cannot be "
+                         f"reached; copy the weights file to this machine and pass it with --pretrained PATH")
+
+
 def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: bool | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
     """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
@@ -259,6 +320,8 @@ def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: boo
     if quick_gelu is None:
         quick_gelu = resolve_quick_gelu(name, pretrained)
     is_file = pretrained not in NO_WEIGHTS and os.path.isfile(str(pretrained))
+    if pretrained not in NO_WEIGHTS and not is_file:
+        check_weights_reachable(name, str(pretrained), cache_dir)
     identity = weights_identity(name, pretrained)
     try:
         if is_file and is_openai_torchscript(str(pretrained)):

@@ -39,6 +39,11 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
     methods = ["zeroshot", "mma"] if quick else [m for m in DEMO_METHODS if m in METHODS]
     if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
         raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
+    try:  # the chart is drawn last: find out now, not after every run, that it cannot be
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ClipadaptError(f"the demo's chart needs matplotlib, a dependency of clipadapt that this environment "
+                             f"lacks ({err}); reinstall with `pip install clipadapt` or `pip install matplotlib`") from None
     pretrained = "shipped"
     if not SHIPPED_WEIGHTS.exists():
         # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
