@@ -234,3 +234,13 @@ def test_matplotlib_is_a_core_dependency():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("matplotlib") for d in project["dependencies"])
+
+
+def test_eval_scores_the_validation_split(fake_root, tmp_path, capsys):
+    from clipadapt.data import build_dataset
+
+    assert _eval(fake_root, tmp_path / "v", "--split", "val", "--shots", "2", "--seed", "3") == 0
+    metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    expected = build_dataset("caltech101", fake_root, shots=2, seed=3).val
+    assert metrics["split"] == "val" and metrics["num_images"] == len(expected) > 0
+    assert json.loads(capsys.readouterr().out)["split"] == "val"

@@ -153,7 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .fileio import write_json
     from .model import build_model, load_model
 
-    data = build_dataset(args.dataset, args.data_root, shots=-1, subsample=args.subsample)
+    data = build_dataset(args.dataset, args.data_root, shots=args.shots, seed=args.seed, subsample=args.subsample)
+    items = data.test if args.split == "test" else data.val
+    if not items:
+        raise ClipadaptError(f"dataset '{args.dataset}' at '{args.data_root}' has no {args.split} images "
+                             f"({args.subsample} classes)")
     if args.checkpoint:
         from_file = args.backbone_from_checkpoint or args.backbone is None
         model = load_model(args.checkpoint, data.classnames, device=args.device,
@@ -170,10 +174,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)")
     _prepare_out(args.out, args.overwrite)  # after every input check: a bad input names itself
     start = time.time()
-    result = evaluate(model, data.test, args.batch_size, args.workers, args.device,
-                      desc=f"{args.dataset}/{args.subsample}")
+    result = evaluate(model, items, args.batch_size, args.workers, args.device,
+                      desc=f"{args.dataset}/{args.split}/{args.subsample}")
     metrics = {
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": args.dataset,
+        "split": args.split, "shots": args.shots, "seed": args.seed,
         "subsample": args.subsample, "method": method, "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
         "num_classes": data.num_classes, "prompt_template": model.template,
@@ -182,9 +187,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     os.makedirs(args.out, exist_ok=True)
     if args.save_predictions:
-        write_predictions(os.path.join(args.out, "predictions.csv"), data.test, result, data.classnames)
+        write_predictions(os.path.join(args.out, "predictions.csv"), items, result, data.classnames)
     write_json(os.path.join(args.out, "metrics.json"), metrics)
-    print(json.dumps({k: metrics[k] for k in ("dataset", "subsample", "method", "accuracy", "num_images")}))
+    print(json.dumps({k: metrics[k] for k in ("dataset", "split", "subsample", "method", "accuracy", "num_images")}))
     _note(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return 0
 
@@ -418,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("eval", help="evaluate zero-shot CLIP or a saved adapter on a dataset",
-                       description="Evaluate a method on the test split of a dataset and write DIR/metrics.json "
+                       description="Evaluate a method on the test (or validation) split of a dataset and write DIR/metrics.json "
                                    "(accuracy in percent, number of images, dataset, subsample, method, backbone).")
     p.add_argument("--method", default="zeroshot", help=f"one of: {', '.join(METHODS)} (default zeroshot)")
     p.add_argument("--checkpoint", help="a saved adapter (.safetensors) to evaluate instead of --method")
@@ -427,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, loader_flags=True)
     p.add_argument("--subsample", default="all", choices=["all", "base", "new"],
                    help="classes to evaluate on: all, the base half or the new half (default all)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="the split scored: test, or val for choosing settings (default test)")
+    p.add_argument("--shots", type=shots_count, default=-1,
+                   help="with --split val: Dassl's min(K,4)-shot validation draw of `train --shots K` "
+                        "(default -1: the whole validation split)")
+    p.add_argument("--seed", type=int_at_least(0), default=1, help="seed of that draw (default 1)")
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
