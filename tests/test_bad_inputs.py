@@ -116,7 +116,6 @@ CASES = [
     ("template-without-braces", [*TRAIN, "template=a photo"], ["template", "{{}}"]),
     ("seed-as-setting", [*TRAIN, "seed=3"], ["seed", "--seed"]),
     ("not-key-value", [*TRAIN, "epochs"], ["epochs", "key=value"]),
-    ("key-twice", [*TRAIN, "epochs=2", "epochs=3"], ["epochs", "twice"]),
     ("unknown-setting", [*TRAIN, "bogus=1"], ["bogus", "training settings"]),
     ("overwrite-with-bad-setting", [*TRAIN, "--overwrite", "epochs=abc"], ["epochs"]),
     ("info-option-text", ["info", "--method", "mma", "--backbone", "clipadapt-tiny", "scale=abc"], ["scale"]),

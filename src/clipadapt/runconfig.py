@@ -25,14 +25,12 @@ FLAG_SETTINGS = {"seed": "--seed"}
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict, values read as YAML (numbers, booleans, lists); types are checked later."""
+    """`key=value` strings to a dict (a later one wins), values read as YAML; types are checked later."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ClipadaptError(f"argument '{pair}' is not of the form key=value")
-        if key.strip() in out:
-            raise ClipadaptError(f"setting '{key.strip()}' is given twice")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
