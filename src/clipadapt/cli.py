@@ -98,9 +98,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from .fileio import write_json, write_text
-    from .protocols import RunSpec, run_protocol
+    from .protocols import RunSpec, canonical_protocol, run_protocol
     from .runconfig import parse_overrides, read_preset, resolve
 
+    args.protocol = canonical_protocol(args.protocol)
     preset = read_preset(args.config) if args.config else {}
     method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
     train_cfg.seed = args.seed
@@ -126,10 +127,47 @@ def cmd_train(args: argparse.Namespace) -> int:
                    args.pretrained, out, args.device)
     metrics = run_protocol(args.protocol, spec, method_cfg.to_dict(), train_cfg)
     write_json(metrics_path, metrics)
-    shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",),
-             "dg": ("source", "target_average")}[args.protocol]
+    shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)}.get(
+        args.protocol, ("source", "target_average"))
     print(json.dumps({k: metrics[k] for k in (*shown, "trainable_params", "train_ms_per_image")}))
     print(f"wrote {metrics_path}")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Evaluate a saved source adapter, without training, on the targets of cross_dataset or domain_generalization."""
+    import yaml
+
+    from .fileio import write_json
+    from .model import load_model
+    from .protocols import canonical_protocol, evaluate_transfer, transfer_targets
+
+    protocol = canonical_protocol(args.protocol)
+    run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.yaml")
+    trained = {}
+    if os.path.exists(run_config):  # the training run's folder says what the adapter was trained on
+        with open(run_config) as f:
+            trained = yaml.safe_load(f) or {}
+    source = args.source or trained.get("dataset")
+    if not source:
+        raise ClipadaptError(f"give --source: no config.yaml beside '{args.checkpoint}' names the training dataset")
+    transfer_targets(protocol, source)
+    _prepare_out(args.out, args.overwrite)
+    model = load_model(args.checkpoint, device=args.device, backbone=args.backbone,
+                       pretrained=args.pretrained if args.backbone else None)
+    start = time.time()
+    kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=args.device, progress=True)
+    metrics = evaluate_transfer(model, protocol, source, args.data_root, kwargs)
+    metrics.update({
+        "trainable_params": model.method.num_trainable(), "total_seconds": round(time.time() - start, 2),
+        "protocol": protocol, "method": model.method.name, "dataset": source,
+        "shots": trained.get("shots", args.shots), "seed": trained.get("seed", args.seed),
+        "backbone": model.backbone_source.get("backbone"), "pretrained": str(model.backbone_source.get("pretrained")),
+        "backbone_identity": model.backbone.identity, "checkpoint": os.path.abspath(args.checkpoint),
+    })
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(json.dumps({k: metrics[k] for k in ("protocol", "method", "dataset", "source", "target_average")}))
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return 0
 
 
@@ -294,9 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--shots", type=int, default=16, help="images per class for training (default 16)")
     p.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and of training (default 1)")
-    p.add_argument("--protocol", default="base2novel", choices=["base2novel", "fewshot", "dg"],
+    p.add_argument("--protocol", default="base2novel",
+                   choices=["base2novel", "fewshot", "cross_dataset", "domain_generalization", "dg"],
                    help="base2novel: train on base classes, test base and novel; fewshot: all classes; "
-                        "dg: all classes, test on the source and its shifted domains (imagenet, syn_objects)")
+                        "cross_dataset: all classes, test on the source and on other datasets (imagenet, syn_*); "
+                        "domain_generalization (dg): all classes, test on the source and its shifted domains "
+                        "(imagenet, syn_objects)")
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML preset (see configs/); key=value arguments override it")
@@ -304,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=0.002)")
     p.set_defaults(func=cmd_train)
+
+    add_transfer_parser(sub)
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -357,6 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished demo in --out")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def add_transfer_parser(sub) -> None:
+    """`clipadapt transfer`: a trained source adapter on the cross-dataset or domain-generalization targets."""
+    p = sub.add_parser("transfer", help="evaluate a saved source adapter on cross-dataset or DG targets",
+                       description="Evaluate an adapter trained on a source dataset (all classes), without training, "
+                                   "on the source's test set and on every target of the protocol; writes "
+                                   "DIR/metrics.json as `train --protocol cross_dataset|domain_generalization` does.")
+    p.add_argument("--checkpoint", required=True, help="the source run's adapter.safetensors")
+    p.add_argument("--protocol", required=True, choices=["cross_dataset", "domain_generalization", "dg"])
+    p.add_argument("--source", help="the dataset it was trained on (default: read from the run's config.yaml)")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout")
+    p.add_argument("--shots", type=int, default=16, help="recorded shots when no config.yaml is beside the adapter")
+    p.add_argument("--seed", type=int, default=1, help="recorded seed when no config.yaml is beside the adapter")
+    p.add_argument("--batch-size", type=int, default=100, help="evaluation batch size (default 100)")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--backbone", default=None, help="override the backbone recorded in the adapter")
+    p.add_argument("--pretrained", default=None, help="with --backbone: its weights")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished evaluation in --out")
+    p.set_defaults(func=cmd_transfer)
 
 
 def _error_message(err: BaseException) -> str:
