@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     add_transfer_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -422,6 +423,32 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--overwrite", action="store_true", help="replace a finished evaluation in --out")
     p.set_defaults(func=cmd_transfer)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Aggregate the finished runs under a folder into the papers' tables."""
+    from .report import write_report
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    out = args.out or args.dir
+    text = write_report(args.dir, out, split(args.methods), split(args.datasets), references=args.references)
+    print(text)
+    print(f"wrote {os.path.join(out, 'report.md')}, report.csv, report.json")
+    return 0
+
+
+def add_report_parser(sub) -> None:
+    """`clipadapt report DIR`."""
+    p = sub.add_parser("report", help="the papers' tables from a folder of runs (mean ± std over seeds)",
+                       description="Find every run under DIR (metrics.json; failed.json from a sweep), average over "
+                                   "seeds and write report.md, report.csv, report.json and PNG plots for each "
+                                   "protocol present. Missing and failed runs are listed, never averaged over.")
+    p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. a sweep's --out")
+    p.add_argument("--out", help="where to write the report (default DIR)")
+    p.add_argument("--methods", help="comma-separated row order (default: alphabetical)")
+    p.add_argument("--datasets", help="comma-separated dataset order (default: alphabetical)")
+    p.add_argument("--references", action="store_true", help="print published numbers beside ours, with sources")
+    p.set_defaults(func=cmd_report)
 
 
 def _error_message(err: BaseException) -> str:

@@ -15,7 +15,7 @@ from .errors import ClipadaptError
 from .fileio import write_json
 from .methods import METHODS
 from .protocols import RunSpec, run_protocol
-from .report import write_report
+from .report import base2novel_summary, write_report
 from .runconfig import read_preset, resolve
 from .synthetic_weights import SHIPPED_WEIGHTS
 
@@ -75,8 +75,9 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
               f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
               f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
               f"configs/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
-    text = write_report(run_dirs, datasets, methods, out, header)
-    print(text)
-    print(f"\nreport: {os.path.join(out, 'report.md')} (table), {os.path.join(out, 'report.png')} (chart); "
+    write_report(os.path.join(out, "runs"), out, methods, datasets, header=header)
+    print(base2novel_summary(os.path.join(out, "runs"), methods, datasets))
+    print(f"\nreport: {os.path.join(out, 'report.md')} (tables), {os.path.join(out, 'report.csv')}, "
+          f"{os.path.join(out, 'base2novel_' + str(spec.shots) + 'shots.png')} (chart); "
           f"{elapsed / 60:.1f} minutes")
     return 0
