@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_transfer_parser(sub)
     add_report_parser(sub)
+    add_sweep_parser(sub)
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -449,6 +450,52 @@ def add_report_parser(sub) -> None:
     p.add_argument("--datasets", help="comma-separated dataset order (default: alphabetical)")
     p.add_argument("--references", action="store_true", help="print published numbers beside ours, with sources")
     p.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep file's grid of runs under one folder; exit 1 when a run failed."""
+    from .runconfig import parse_overrides
+    from .sweep import read_sweep, run_sweep
+
+    sweep = read_sweep(args.file, parse_overrides(args.overrides))
+    if args.dry_run:
+        for run in sweep.runs:
+            print(" ".join(["clipadapt", *sweep.train_argv(run, args.out, args.data_root or sweep.data_root or "DATA")]))
+        return 0
+    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus_per_job, "cpus": args.cpus_per_job}
+    result = run_sweep(sweep, args.out, args.data_root, args.jobs, args.device, args.gpus, args.launcher, slurm)
+    print(f"{result.total} runs: {result.skipped} already finished, {result.finished} finished now, "
+          f"{len(result.failed)} failed")
+    for run_dir, error in result.failed.items():
+        print(f"  FAILED {run_dir}: {error}")
+    print(f"tables: clipadapt report {args.out}")
+    return 1 if result.failed else 0
+
+
+def add_sweep_parser(sub) -> None:
+    """`clipadapt sweep FILE --out DIR`."""
+    p = sub.add_parser("sweep", help="run a grid of runs (methods x datasets x seeds x shots) from a YAML file",
+                       description="Run every run of a sweep file (configs/sweeps/) as `clipadapt train` into "
+                                   "OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. Finished runs are skipped, "
+                                   "interrupted ones resume, failures are recorded (failed.json) and do not stop "
+                                   "the others. Then `clipadapt report OUT`.")
+    p.add_argument("file", metavar="FILE.yaml", help="the sweep file")
+    p.add_argument("--out", required=True, help="output folder of the sweep")
+    p.add_argument("--data-root", help="folder of the datasets (default: the sweep file's data_root)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: in this process)")
+    p.add_argument("--device", help="torch device of every run (default: the sweep file's, else cpu); with cuda "
+                                    "and --jobs N each run is pinned to one GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--gpus", help="comma-separated GPU ids to spread runs over (default: all visible)")
+    p.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                   help="local (default); slurm: one SLURM job per run through submitit; submitit-local: "
+                        "submitit's local executor (for testing a cluster setup)")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--time", type=int, default=60, help="SLURM time limit per run in minutes (default 60)")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="SLURM GPUs per run (default 1)")
+    p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
+    p.set_defaults(func=cmd_sweep)
 
 
 def _error_message(err: BaseException) -> str:
