@@ -105,3 +105,19 @@ def test_bad_sweep_files_fail_with_one_line_and_touch_nothing(fake_root, tmp_pat
     for fragment in fragments:
         assert fragment in err[0]
     assert sorted(p.name for p in out.rglob("*")) == ["keep", "metrics.json"]
+
+
+def test_sweep_through_submitit_local_executor(fake_root, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    text = SWEEP.replace("[zeroshot, mma]", "[zeroshot]").replace("[eurosat, dtd]", "[eurosat]")
+    sweep = _write(tmp_path, text.replace("method_overrides: {mma: {scale: 0.1}}", "").replace("[1, 2]", "[1]"))
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--launcher", "submitit-local"]) == 0
+    assert "1 runs: 0 already finished, 1 finished now, 0 failed" in capsys.readouterr().out
+    assert json.loads((out / "base2novel/zeroshot/eurosat/shots2/seed1/metrics.json").read_text())["seed"] == 1
+    assert list((out / ".submitit").iterdir())  # the jobs' own folders (logs, pickles)
+    # a job that fails inside is recorded like a local failure
+    assert main(["sweep", sweep, "--out", str(tmp_path / "bad"), "--data-root", str(tmp_path / "nowhere"),
+                 "--launcher", "submitit-local"]) == 1
+    failed = json.loads((tmp_path / "bad/base2novel/zeroshot/eurosat/shots2/seed1/failed.json").read_text())
+    assert "nowhere" in failed["error"]
