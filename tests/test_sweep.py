@@ -55,7 +55,7 @@ def test_sweep_records_failures_skips_finished_and_retries(broken_root, tmp_path
     sweep = _write(tmp_path, SWEEP)
     assert main(["sweep", sweep, "--out", str(out), "--data-root", str(root)]) == 1
     assert "8 runs: 1 already finished, 3 finished now, 4 failed" in capsys.readouterr().out
-    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    runs = json.loads((out / "sweep-sweep.json").read_text())["runs"]
     assert len(runs) == 8 and runs[0]["dir"] == "base2novel/zeroshot/eurosat/shots2/seed1"
     for method in ("zeroshot", "mma"):
         for seed in (1, 2):
@@ -121,3 +121,26 @@ def test_sweep_through_submitit_local_executor(fake_root, tmp_path, capsys):
                  "--launcher", "submitit-local"]) == 1
     failed = json.loads((tmp_path / "bad/base2novel/zeroshot/eurosat/shots2/seed1/failed.json").read_text())
     assert "nowhere" in failed["error"]
+
+
+def test_domain_generalization_sweep_reuses_the_cross_dataset_adapters(fake_root, tmp_path, capsys):
+    common = ("methods: [mma]\ndatasets: [imagenet]\nseeds: [1]\nshots: [2]\nbackbone: clipadapt-tiny\n"
+              "pretrained: none\n")
+    xd = _write(tmp_path, "protocol: cross_dataset\n" + common + "overrides: {epochs: 1, batch_size: 4, "
+                "augment: false, scale: 0.1}\n", "xd.yaml")
+    dg = _write(tmp_path, "protocol: dg\nadapters_from: cross_dataset\n" + common, "dg.yaml")
+    out = tmp_path / "out"
+    assert main(["sweep", dg, "--out", str(out), "--data-root", fake_root]) == 1  # nothing trained yet
+    failed = json.loads((out / "domain_generalization/mma/imagenet/shots2/seed1/failed.json").read_text())
+    assert "cross_dataset/mma/imagenet/shots2/seed1/adapter.safetensors" in failed["error"]
+    assert main(["sweep", xd, "--out", str(out), "--data-root", fake_root]) == 0
+    assert main(["sweep", dg, "--out", str(out), "--data-root", fake_root]) == 0
+    a = json.loads((out / "cross_dataset/mma/imagenet/shots2/seed1/metrics.json").read_text())
+    b = json.loads((out / "domain_generalization/mma/imagenet/shots2/seed1/metrics.json").read_text())
+    assert b["source"] == a["source"] and b["checkpoint"].endswith("cross_dataset/mma/imagenet/shots2/seed1/"
+                                                                     "adapter.safetensors")
+    assert not (out / "domain_generalization/mma/imagenet/shots2/seed1/log.jsonl").exists()  # nothing trained
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "Cross-dataset transfer: source imagenet" in md and "Domain generalization: source imagenet" in md
+    assert "Runs not in the tables" not in md

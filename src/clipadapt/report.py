@@ -1,7 +1,7 @@
 """The papers' tables from a folder of finished runs: mean ± std over seeds, HM as the papers compute it.
 
 Every run folder holds `metrics.json` (finished), `failed.json` (recorded by `clipadapt sweep`) or
-neither (not run yet, or interrupted). A sweep writes `sweep.json` at its root listing every run it
+neither (not run yet, or interrupted). A sweep writes `sweep-<name>.json` at its root listing every run it
 expects; without it, a run group's expected seeds are all the seeds seen under its protocol. Missing
 and failed runs are listed in the report, never averaged over.
 
@@ -15,6 +15,7 @@ How the numbers are combined (CoOp's, MaPLe's and MMA's `parse_test_res.py` and 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from .fileio import atomic_path, write_json, write_text
 from .protocols import PROTOCOL_ALIASES, harmonic_mean
 from .references import REFERENCES
 
-MANIFEST = "sweep.json"
+MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder
 
 
 @dataclass
@@ -86,12 +87,13 @@ def find_runs(root: str) -> RunSet:
     if not finished and not failed:
         raise ClipadaptError(f"no runs under '{root}': no metrics.json or failed.json in it or its sub-folders")
     missing = []
-    manifest = os.path.join(root, MANIFEST)
-    if os.path.exists(manifest):
-        with open(manifest) as f:
-            for run in json.load(f)["runs"]:
-                if run["dir"] not in seen_dirs:
-                    missing.append(run)
+    manifests = sorted(glob.glob(os.path.join(root, MANIFESTS)))
+    if manifests:
+        for manifest in manifests:
+            with open(manifest) as f:
+                for run in json.load(f)["runs"]:
+                    if run["dir"] not in seen_dirs and run not in missing:
+                        missing.append(run)
     else:  # expected seeds: every seed seen under the protocol
         seeds = defaultdict(set)
         groups = defaultdict(set)

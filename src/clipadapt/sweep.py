@@ -3,8 +3,10 @@
 A sweep file (YAML) names the grid; every run is `clipadapt train` with those settings, in
 OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped, an
 interrupted one resumes from its checkpoint, a failing one is recorded in its folder (failed.json,
-with the error) and the others go on. OUT/sweep.json lists every run the sweep expects, so that
-`clipadapt report OUT` can name the ones that are missing.
+with the error) and the others go on. OUT/sweep-<file name>.json lists every run the sweep expects, so that
+`clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
+generalization share their source adapters: a sweep with `adapters_from: cross_dataset` evaluates
+the adapters the cross-dataset sweep trained in the same OUT (`clipadapt transfer`), training nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ KEYS = {
     "presets": "{method: preset file, or {dataset: file, default: file}}",
     "overrides": "{setting: value} for every run",
     "method_overrides": "{method: {setting: value}}",
+    "adapters_from": "cross_dataset | domain_generalization: evaluate the source adapters that protocol's sweep "
+                     "trained in the same --out, instead of training again",
 }
 
 
@@ -60,6 +64,7 @@ class Run:
     seed: int
     preset: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
+    adapters_from: str | None = None  # a protocol whose run folder holds this run's trained source adapter
 
     @property
     def dir(self) -> str:
@@ -67,7 +72,7 @@ class Run:
         return f"{self.protocol}/{self.method}/{self.dataset}/shots{self.shots}/seed{self.seed}"
 
     def record(self) -> dict:
-        """What sweep.json and failed.json say about the run."""
+        """What sweep-<name>.json and failed.json say about the run."""
         return {"protocol": self.protocol, "method": self.method, "dataset": self.dataset, "shots": self.shots,
                 "seed": self.seed, "dir": self.dir}
 
@@ -86,7 +91,12 @@ class Sweep:
     settings: dict = field(default_factory=dict)
 
     def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
-        """The `clipadapt train` arguments of a run."""
+        """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
+        if run.adapters_from:
+            source_dir = os.path.join(out, run.dir.replace(run.protocol, run.adapters_from, 1))
+            return ["transfer", "--checkpoint", os.path.join(source_dir, "adapter.safetensors"),
+                    "--protocol", run.protocol, "--data-root", data_root, "--device", device or self.device,
+                    "--out", os.path.join(out, run.dir)]
         argv = ["train", "--method", run.method, "--dataset", run.dataset, "--data-root", data_root,
                 "--shots", str(run.shots), "--seed", str(run.seed), "--protocol", run.protocol,
                 "--backbone", self.backbone, "--pretrained", self.pretrained, "--device", device or self.device,
@@ -162,6 +172,12 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
             raise ClipadaptError(f"sweep file '{path}': presets and method_overrides map methods of the sweep "
                                  f"({', '.join(methods)}) to settings; got {section}")
     overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
+    adapters_from = data.get("adapters_from")
+    if adapters_from is not None:
+        adapters_from = canonical_protocol(str(adapters_from))
+        if protocol not in TRANSFER_TARGETS or adapters_from not in TRANSFER_TARGETS or adapters_from == protocol:
+            raise ClipadaptError(f"sweep file '{path}': adapters_from reuses the source adapters of one transfer "
+                                 "protocol (cross_dataset, domain_generalization) for the other")
     sweep_dir = os.path.dirname(os.path.abspath(path))
     runs = []
     for method, dataset in itertools.product(methods, datasets):
@@ -179,7 +195,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         except ClipadaptError as err:
             raise ClipadaptError(f"sweep file '{path}', method '{method}': {err}") from None
         for k, s in itertools.product(shots, seeds):
-            runs.append(Run(protocol, method, dataset, k, s, preset, tuple(sorted(merged.items()))))
+            runs.append(Run(protocol, method, dataset, k, s, preset, tuple(sorted(merged.items())), adapters_from))
     return Sweep(path, protocol, runs, backbone, pretrained, data.get("data_root"), str(data.get("device", "cpu")),
                  data)
 
@@ -263,7 +279,7 @@ def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 
         raise ClipadaptError(f"--jobs must be at least 1, got {jobs}")
     device = device or sweep.device
     os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "sweep.json"), {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
+    write_json(os.path.join(out, f"sweep-{Path(sweep.path).stem}.json"), {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
                                                  "runs": [r.record() for r in sweep.runs]})
     todo = []
     for run in sweep.runs:
