@@ -144,3 +144,20 @@ def test_domain_generalization_sweep_reuses_the_cross_dataset_adapters(fake_root
     md = (out / "report.md").read_text()
     assert "Cross-dataset transfer: source imagenet" in md and "Domain generalization: source imagenet" in md
     assert "Runs not in the tables" not in md
+
+
+def test_every_shipped_sweep_file_reads_and_names_its_presets():
+    from pathlib import Path
+
+    from clipadapt.sweep import read_sweep
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"base2novel", "cross_dataset", "domain_generalization", "fewshot",
+                                       "synthetic_base2novel"}
+    for f in files:
+        sweep = read_sweep(str(f))
+        trained = [r for r in sweep.runs if r.method not in ("zeroshot",) and not r.adapters_from]
+        assert all(r.preset for r in trained), f  # every trained method runs with a preset
+    xd = read_sweep(str(files[0].parent / "cross_dataset.yaml"))
+    mma = next(r for r in xd.runs if r.method == "mma")
+    assert mma.preset.endswith("presets/mma_cross_dataset.yaml")

@@ -8,25 +8,15 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+import yaml
 
-from .data.synthetic import BENCHMARK
 from .errors import ClipadaptError
-from .fileio import write_json
-from .methods import METHODS
-from .protocols import RunSpec, run_protocol
+from .fileio import write_text
 from .report import base2novel_summary, write_report
-from .runconfig import read_preset, resolve
+from .sweep import REPO_CONFIGS, read_sweep, run_sweep
 from .synthetic_weights import SHIPPED_WEIGHTS
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn"]
-
-
-def synthetic_preset(method: str) -> dict:
-    """The settings a method runs with on the synthetic world (configs/synthetic/<method>.yaml)."""
-    path = PRESET_DIR / f"{method}.yaml"
-    return read_preset(str(path)) if path.exists() else {"method": method}
+DEMO_SWEEP = REPO_CONFIGS / "sweeps" / "synthetic_base2novel.yaml"
 
 
 def machine() -> str:
@@ -35,49 +25,47 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int = 1, shots: int = 16) -> int:
-    """Run base-to-novel for every method on the synthetic datasets; write and print the report."""
-    datasets = BENCHMARK[:2] if quick else BENCHMARK
-    methods = ["zeroshot", "mma"] if quick else [m for m in DEMO_METHODS if m in METHODS]
-    if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
-        raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
-    pretrained = "shipped"
+def demo_sweep(out: str, quick: bool) -> str:
+    """The sweep file the demo runs: configs/sweeps/synthetic_base2novel.yaml, cut down with --quick."""
+    with open(DEMO_SWEEP) as f:
+        data = yaml.safe_load(f)
+    if quick:
+        data.update(datasets=data["datasets"][:2], methods=["zeroshot", "mma"], shots=[4], overrides={"epochs": 1})
     if not SHIPPED_WEIGHTS.exists():
         # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
-        pretrained = "none"
+        data["pretrained"] = "none"
         print("NOTE: the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
               "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
               "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
-    data_root = os.path.join(out, "data")
-    jobs = [(d, m) for d in datasets for m in methods]
+    path = os.path.join(out, "demo-sweep.yaml")
+    write_text(path, f"# written by `clipadapt demo` from {DEMO_SWEEP}\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> int:
+    """Base-to-novel for every method on the synthetic datasets through `sweep` and `report`; print the table."""
+    if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
+        raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
+    if not DEMO_SWEEP.exists():
+        raise ClipadaptError(f"the demo's sweep file '{DEMO_SWEEP}' is missing: run the demo from a clipadapt checkout")
+    os.makedirs(out, exist_ok=True)
+    sweep = read_sweep(demo_sweep(out, quick))
+    runs = os.path.join(out, "runs")
     start = time.time()
-    run_dirs = []
-    bar = tqdm(jobs, desc="demo", unit="run")
-    for dataset, method in bar:
-        bar.set_postfix_str(f"{dataset} / {method}")
-        run_dir = os.path.join(out, "runs", dataset, method)
-        run_dirs.append(run_dir)
-        metrics_path = os.path.join(run_dir, "metrics.json")
-        if os.path.exists(metrics_path) and not overwrite:
-            continue  # finished in an earlier, interrupted demo
-        preset = synthetic_preset(method)
-        overrides = {"epochs": 1} if quick and method != "zeroshot" else {}
-        method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
-        train_cfg.seed = seed
-        spec = RunSpec(method, dataset, data_root, 4 if quick else shots, seed, "synthetic", pretrained, run_dir,
-                       progress=False)
-        metrics = run_protocol("base2novel", spec, method_cfg.to_dict(), train_cfg)
-        write_json(metrics_path, {**metrics, "settings": resolved})
+    result = run_sweep(sweep, runs, data_root=os.path.join(out, "data"))  # finished runs of an earlier demo are kept
     elapsed = time.time() - start
+    shots, seeds = sweep.runs[0].shots, sorted({r.seed for r in sweep.runs})
+    weights = "shipped pretrained weights" if sweep.pretrained == "shipped" else "RANDOM weights: numbers near chance"
     header = (f"# clipadapt demo: base-to-novel on the synthetic world\n\n"
-              f"{'16' if not quick else '4'} shots, seed {seed}, backbone: the tiny CLIP `--backbone synthetic` "
-              f"({'shipped pretrained weights' if pretrained == 'shipped' else 'RANDOM weights: numbers near chance'}). "
-              f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
-              f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
-              f"configs/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
-    write_report(os.path.join(out, "runs"), out, methods, datasets, header=header)
-    print(base2novel_summary(os.path.join(out, "runs"), methods, datasets))
+              f"{shots} shots, seed {', '.join(map(str, seeds))}, backbone: the tiny CLIP `--backbone synthetic` "
+              f"({weights}). Made by `clipadapt sweep {os.path.join(out, 'demo-sweep.yaml')}` and `clipadapt report` "
+              f"in {elapsed / 60:.1f} minutes on {machine()}. Settings per method: configs/synthetic/.\n\n")
+    methods = list(dict.fromkeys(r.method for r in sweep.runs))
+    datasets = list(dict.fromkeys(r.dataset for r in sweep.runs))
+    write_report(runs, out, methods, datasets, header=header)
+    print(base2novel_summary(runs, methods, datasets))
     print(f"\nreport: {os.path.join(out, 'report.md')} (tables), {os.path.join(out, 'report.csv')}, "
-          f"{os.path.join(out, 'base2novel_' + str(spec.shots) + 'shots.png')} (chart); "
-          f"{elapsed / 60:.1f} minutes")
+          f"{os.path.join(out, f'base2novel_{shots}shots.png')} (chart); {elapsed / 60:.1f} minutes")
+    if result.failed:
+        raise ClipadaptError(f"{len(result.failed)} demo run(s) failed, e.g. {next(iter(result.failed.items()))}")
     return 0

@@ -167,10 +167,12 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     pretrained = str(data.get("pretrained") or ("shipped" if is_shipped(backbone) else "openai"))
     presets = data.get("presets") or {}
     method_overrides = data.get("method_overrides") or {}
-    for section in (presets, method_overrides):
-        if not isinstance(section, dict) or set(section) - set(methods):
-            raise ClipadaptError(f"sweep file '{path}': presets and method_overrides map methods of the sweep "
-                                 f"({', '.join(methods)}) to settings; got {section}")
+    for name, section in (("presets", presets), ("method_overrides", method_overrides)):
+        if not isinstance(section, dict):
+            raise ClipadaptError(f"sweep file '{path}': '{name}' maps method names to settings; got {section!r}")
+        for m in set(section) - set(METHODS):
+            raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
+                                 f"{', '.join(METHODS)}")
     overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
     adapters_from = data.get("adapters_from")
     if adapters_from is not None:
