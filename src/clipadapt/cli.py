@@ -349,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_parser(sub)
     add_report_parser(sub)
     add_sweep_parser(sub)
+    add_datasets_parser(sub)
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -496,6 +497,38 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
     p.set_defaults(func=cmd_sweep)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """List each CoOp dataset's state under a data root; exit 0 only when every one asked for is complete."""
+    from .data.check import check_dataset, format_state
+    from .data.coop import COOP_DATASETS
+
+    names = [n.strip() for n in args.dataset.split(",")] if args.dataset else list(COOP_DATASETS)
+    for name in names:
+        if name not in COOP_DATASETS:
+            raise ClipadaptError(f"unknown dataset '{name}'; CoOp datasets: {', '.join(COOP_DATASETS)}")
+    if not os.path.isdir(os.path.expanduser(args.data_root)):
+        raise ClipadaptError(f"data root '{args.data_root}' is not a folder")
+    states = [check_dataset(n, args.data_root) for n in names]
+    for state in states:
+        print("\n".join(format_state(state)))
+    done = sum(s.complete for s in states)
+    print(f"{done} of {len(states)} datasets complete under {os.path.abspath(os.path.expanduser(args.data_root))}"
+          + ("" if done == len(states) else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"))
+    return 0 if done == len(states) else 1
+
+
+def add_datasets_parser(sub) -> None:
+    """`clipadapt datasets --data-root DIR`."""
+    p = sub.add_parser("datasets", help="check which CoOp datasets a data root holds, and what is missing",
+                       description="For every CoOp dataset (or those given): complete, with its classes and "
+                                   "train/val/test counts, or the exact missing file or folder and where CoOp's "
+                                   "DATASETS.md gets it, and images listed in a split file that are not on disk. "
+                                   "Exit code 0 only when every dataset asked for is complete.")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout")
+    p.add_argument("--dataset", help="comma-separated datasets to check (default: all 15)")
+    p.set_defaults(func=cmd_datasets)
 
 
 def _error_message(err: BaseException) -> str:
