@@ -95,13 +95,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
-    import yaml
-
-    from .fileio import write_json, write_text
-    from .protocols import RunSpec, canonical_protocol, run_protocol
-    from .runconfig import parse_overrides, read_preset, resolve
+    from . import distributed
+    from .protocols import canonical_protocol
 
     args.protocol = canonical_protocol(args.protocol)
+    args.device = distributed.init_from_env(args.device)  # under torchrun: join the group; one GPU per rank
+    code = _train_run(args)  # an error leaves without the final barrier, which would wait forever
+    distributed.shutdown()
+    return code
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from . import distributed
+    from .fileio import write_json, write_text
+    from .protocols import RunSpec, run_protocol
+    from .runconfig import parse_overrides, read_preset, resolve
+
     preset = read_preset(args.config) if args.config else {}
     method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
     train_cfg.seed = args.seed
@@ -110,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
            "backbone": args.backbone, "pretrained": str(args.pretrained), **resolved}
     out = args.out
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
-    if args.overwrite:
+    main_rank = distributed.is_main()
+    if args.overwrite and main_rank:
         for name in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", "adapter.safetensors"):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
@@ -122,10 +134,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             changed = sorted(k for k in set(previous) | set(run) if previous.get(k) != run.get(k))
             raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                                  "rerun with the same settings to resume, or pass --overwrite")
-    write_text(config_path, yaml.safe_dump(run, sort_keys=False))
+    distributed.barrier()
+    if main_rank:
+        write_text(config_path, yaml.safe_dump(run, sort_keys=False))
     spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
-                   args.pretrained, out, args.device)
+                   args.pretrained, out, args.device, progress=main_rank)
     metrics = run_protocol(args.protocol, spec, method_cfg.to_dict(), train_cfg)
+    if not main_rank:
+        return 0
     write_json(metrics_path, metrics)
     shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)}.get(
         args.protocol, ("source", "target_average"))

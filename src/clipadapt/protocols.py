@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from . import distributed
 from .data import build_dataset
 from .data.synthetic import BENCHMARK, DG_TARGETS as SYNTHETIC_DG_TARGETS
 from .engine import Trainer, TrainConfig, seed_everything
@@ -74,7 +75,7 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
         seconds, ms = result.train_seconds, result.ms_per_image
     else:
         seconds, ms = 0.0, 0.0
-    if spec.out_dir:
+    if spec.out_dir and distributed.is_main():
         model.save_adapter(os.path.join(spec.out_dir, "adapter.safetensors"))
     return model, seconds, ms
 
@@ -106,6 +107,8 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base")
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
         model, seconds, ms = _train(spec, base, method_options, cfg)
+        if not distributed.is_main():
+            return {}  # under torchrun rank 0 evaluates
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
         model.set_classes(new.classnames, new.template)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
@@ -114,11 +117,15 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms = _train(spec, data, method_options, cfg)
+        if not distributed.is_main():
+            return {}
         metrics = {"accuracy": round(evaluate(model, data.test, desc="test", **kwargs).accuracy, 4)}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms = _train(spec, data, method_options, cfg)
+        if not distributed.is_main():
+            return {}
         metrics = evaluate_transfer(model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test)
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
