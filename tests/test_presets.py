@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_lookup_by_method_protocol_and_family():
     assert find_preset("mma", "base2novel", "ViT-B-16") == "mma_base2novel.yaml"
-    assert find_preset("mma", "dg", "ViT-B-16") == "mma_imagenet.yaml"  # DG trains with ImageNet's settings
+    assert find_preset("mma", "dg", "ViT-B-16") == "mma_cross_dataset.yaml"  # DG trains the cross-dataset source
+    assert find_preset("mma", "domain_generalization", "ViT-B-16") == "mma_cross_dataset.yaml"
     assert find_preset("mma", "base2novel", "synthetic") == "synthetic/mma.yaml"
     assert find_preset("mma", "fewshot", None) == "synthetic/mma.yaml"  # the default backbone is the shipped one
     with pytest.raises(ClipadaptError, match="mma_fewshot.yaml"):

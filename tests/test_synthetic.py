@@ -92,5 +92,5 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert "report:" in out and "zeroshot" in out and "mma" in out
     report = (tmp_path / "report.md").read_text()
     assert "| zeroshot |" in report and "| mma |" in report and "**Average**" in report
-    assert (tmp_path / "report.png").stat().st_size > 1000
+    assert (tmp_path / "base2novel_4shots.png").stat().st_size > 1000
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2  # a finished demo is kept

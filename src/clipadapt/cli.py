@@ -204,23 +204,33 @@ def _default_protocol(args: argparse.Namespace) -> str:
 def _check_data(protocol: str, args: argparse.Namespace) -> None:
     """Read every split the run will use (file lists only), so that a missing one fails before training."""
     from .data import build_dataset
-    from .protocols import DG_TARGETS
+    from .protocols import TRANSFER_TARGETS, transfer_targets
 
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
     for subsample in subsamples:
         build_dataset(args.dataset, args.data_root, args.shots, args.seed, subsample)
-    if protocol == "dg":
-        if args.dataset not in DG_TARGETS:
-            raise ClipadaptError(f"no domain-generalization targets for '{args.dataset}'; "
-                                 f"sources: {', '.join(DG_TARGETS)}")
-        for target in DG_TARGETS[args.dataset]:
+    if protocol in TRANSFER_TARGETS:
+        for target in transfer_targets(protocol, args.dataset):
             build_dataset(target, args.data_root, -1, args.seed, "all")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
+    from . import distributed
+    from .protocols import canonical_protocol
+
+    if args.protocol:
+        args.protocol = canonical_protocol(args.protocol)
+    args.device = distributed.init_from_env(args.device)  # under torchrun: join the group; one GPU per rank
+    code = _train_run(args)  # an error leaves without the final barrier, which would wait forever
+    distributed.shutdown()
+    return code
+
+
+def _train_run(args: argparse.Namespace) -> int:
     import yaml
 
+    from . import distributed
     from .fileio import write_json, write_text
     from .protocols import RunSpec, run_protocol
     from .runconfig import choose_preset, parse_overrides, resolve
@@ -236,7 +246,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(protocol, args)
-    if args.overwrite:
+    main_rank = distributed.is_main()
+    if args.overwrite and main_rank:
         for name in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", "adapter.safetensors"):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
@@ -252,16 +263,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         _note(f"protocol: {protocol} (the default for --dataset {args.dataset}; set it with --protocol)")
     _note(f"settings: {preset_name}" + (" (the shipped preset for this method, protocol and backbone; "
                                          "--config FILE or --config none to change)" if args.config is None else ""))
-    os.makedirs(out, exist_ok=True)
-    write_text(config_path, yaml.safe_dump(run, sort_keys=False))
+    distributed.barrier()
+    if main_rank:
+        os.makedirs(out, exist_ok=True)
+        write_text(config_path, yaml.safe_dump(run, sort_keys=False))
     spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
-                   args.pretrained, out, args.device)
+                   args.pretrained, out, args.device, progress=main_rank)
     metrics = run_protocol(protocol, spec, method_cfg.to_dict(), train_cfg)
+    if not main_rank:
+        return 0
     write_json(metrics_path, metrics)
-    shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",),
-             "dg": ("source", "target_average")}.get(protocol, ())
+    shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)}.get(
+        protocol, ("source", "target_average"))
     print(json.dumps({k: metrics[k] for k in (*shown, "trainable_params", "train_ms_per_image") if k in metrics}))
     _note(f"wrote {metrics_path}")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Evaluate a saved source adapter, without training, on the targets of cross_dataset or domain_generalization."""
+    import yaml
+
+    from .fileio import write_json
+    from .model import load_model
+    from .protocols import canonical_protocol, evaluate_transfer, transfer_targets
+
+    protocol = canonical_protocol(args.protocol)
+    run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.yaml")
+    trained = {}
+    if os.path.exists(run_config):  # the training run's folder says what the adapter was trained on
+        with open(run_config) as f:
+            trained = yaml.safe_load(f) or {}
+    source = args.source or trained.get("dataset")
+    if not source:
+        raise ClipadaptError(f"give --source: no config.yaml beside '{args.checkpoint}' names the training dataset")
+    transfer_targets(protocol, source)
+    _prepare_out(args.out, args.overwrite)
+    model = load_model(args.checkpoint, device=args.device, backbone=args.backbone,
+                       pretrained=args.pretrained if args.backbone else None)
+    start = time.time()
+    kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=args.device, progress=True)
+    metrics = evaluate_transfer(model, protocol, source, args.data_root, kwargs)
+    metrics.update({
+        "trainable_params": model.method.num_trainable(), "total_seconds": round(time.time() - start, 2),
+        "protocol": protocol, "method": model.method.name, "dataset": source,
+        "shots": trained.get("shots", args.shots), "seed": trained.get("seed", args.seed),
+        "backbone": model.backbone_source.get("backbone"), "pretrained": str(model.backbone_source.get("pretrained")),
+        "backbone_identity": model.backbone.identity, "checkpoint": os.path.abspath(args.checkpoint),
+    })
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(json.dumps({k: metrics[k] for k in ("protocol", "method", "dataset", "source", "target_average")}))
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return 0
 
 
@@ -456,8 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the few-shot draw and of training (default 1)")
     p.add_argument("--protocol", default=None, choices=PROTOCOL_NAMES,
                    help="base2novel: train on base classes, test base and novel; fewshot: all classes; "
-                        "dg: all classes, test on the source and its shifted domains (imagenet, syn_objects) "
-                        "(default: fewshot for --dataset folder, base2novel otherwise)")
+                        "cross_dataset: all classes, test on the source and on other datasets (imagenet, syn_*); "
+                        "domain_generalization (dg): all classes, test on the source and its shifted domains "
+                        "(imagenet, syn_objects) (default: fewshot for --dataset folder, base2novel otherwise)")
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", default=None,
@@ -469,6 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
                         "workers=4 eval_batch_size=100)")
     p.set_defaults(func=cmd_train, out_kind="dir")
+
+    add_transfer_parser(sub)
+    add_report_parser(sub)
+    add_sweep_parser(sub)
+    add_datasets_parser(sub)
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -532,6 +590,132 @@ def _preflight(args: argparse.Namespace) -> None:
         check_device(args.device)
     if getattr(args, "out_kind", None) and getattr(args, "out", None):
         check_writable(args.out, args.out_kind)
+
+
+def add_transfer_parser(sub) -> None:
+    """`clipadapt transfer`: a trained source adapter on the cross-dataset or domain-generalization targets."""
+    p = sub.add_parser("transfer", help="evaluate a saved source adapter on cross-dataset or DG targets",
+                       description="Evaluate an adapter trained on a source dataset (all classes), without training, "
+                                   "on the source's test set and on every target of the protocol; writes "
+                                   "DIR/metrics.json as `train --protocol cross_dataset|domain_generalization` does.")
+    p.add_argument("--checkpoint", required=True, help="the source run's adapter.safetensors")
+    p.add_argument("--protocol", required=True, choices=["cross_dataset", "domain_generalization", "dg"])
+    p.add_argument("--source", help="the dataset it was trained on (default: read from the run's config.yaml)")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout")
+    p.add_argument("--shots", type=shots_count, default=16, help="recorded shots when no config.yaml is beside the adapter")
+    p.add_argument("--seed", type=int_at_least(0), default=1, help="recorded seed when no config.yaml is beside the adapter")
+    p.add_argument("--batch-size", type=int_at_least(1), default=100, help="evaluation batch size (default 100)")
+    p.add_argument("--workers", type=int_at_least(0), default=0, help="data loading processes (default 0)")
+    p.add_argument("--backbone", default=None, help="override the backbone recorded in the adapter")
+    p.add_argument("--pretrained", default=None, help="with --backbone: its weights")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished evaluation in --out")
+    p.set_defaults(func=cmd_transfer, out_kind="dir")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Aggregate the finished runs under a folder into the papers' tables."""
+    from .report import write_report
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    out = args.out or args.dir
+    text = write_report(args.dir, out, split(args.methods), split(args.datasets), references=args.references)
+    print(text)
+    print(f"wrote {os.path.join(out, 'report.md')}, report.csv, report.json")
+    return 0
+
+
+def add_report_parser(sub) -> None:
+    """`clipadapt report DIR`."""
+    p = sub.add_parser("report", help="the papers' tables from a folder of runs (mean ± std over seeds)",
+                       description="Find every run under DIR (metrics.json; failed.json from a sweep), average over "
+                                   "seeds and write report.md, report.csv, report.json and PNG plots for each "
+                                   "protocol present. Missing and failed runs are listed, never averaged over.")
+    p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. a sweep's --out")
+    p.add_argument("--out", help="where to write the report (default DIR)")
+    p.add_argument("--methods", help="comma-separated row order (default: alphabetical)")
+    p.add_argument("--datasets", help="comma-separated dataset order (default: alphabetical)")
+    p.add_argument("--references", action="store_true", help="print published numbers beside ours, with sources")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep file's grid of runs under one folder; exit 1 when a run failed."""
+    from .runconfig import parse_overrides
+    from .sweep import read_sweep, run_sweep
+
+    sweep = read_sweep(args.file, parse_overrides(args.overrides))
+    if args.dry_run:
+        for run in sweep.runs:
+            print(" ".join(["clipadapt", *sweep.train_argv(run, args.out, args.data_root or sweep.data_root or "DATA")]))
+        return 0
+    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus_per_job, "cpus": args.cpus_per_job}
+    result = run_sweep(sweep, args.out, args.data_root, args.jobs, args.device, args.gpus, args.launcher, slurm)
+    print(f"{result.total} runs: {result.skipped} already finished, {result.finished} finished now, "
+          f"{len(result.failed)} failed")
+    for run_dir, error in result.failed.items():
+        print(f"  FAILED {run_dir}: {error}")
+    print(f"tables: clipadapt report {args.out}")
+    return 1 if result.failed else 0
+
+
+def add_sweep_parser(sub) -> None:
+    """`clipadapt sweep FILE --out DIR`."""
+    p = sub.add_parser("sweep", help="run a grid of runs (methods x datasets x seeds x shots) from a YAML file",
+                       description="Run every run of a sweep file (configs/sweeps/) as `clipadapt train` into "
+                                   "OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. Finished runs are skipped, "
+                                   "interrupted ones resume, failures are recorded (failed.json) and do not stop "
+                                   "the others. Then `clipadapt report OUT`.")
+    p.add_argument("file", metavar="FILE.yaml", help="the sweep file")
+    p.add_argument("--out", required=True, help="output folder of the sweep")
+    p.add_argument("--data-root", help="folder of the datasets (default: the sweep file's data_root)")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="runs at once (default 1: in this process)")
+    p.add_argument("--device", help="torch device of every run (default: the sweep file's, else cpu); with cuda "
+                                    "and --jobs N each run is pinned to one GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--gpus", help="comma-separated GPU ids to spread runs over (default: all visible)")
+    p.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                   help="local (default); slurm: one SLURM job per run through submitit; submitit-local: "
+                        "submitit's local executor (for testing a cluster setup)")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--time", type=int, default=60, help="SLURM time limit per run in minutes (default 60)")
+    p.add_argument("--gpus-per-job", type=int, default=1, help="SLURM GPUs per run (default 1)")
+    p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """List each CoOp dataset's state under a data root; exit 0 only when every one asked for is complete."""
+    from .data.check import check_dataset, format_state
+    from .data.coop import COOP_DATASETS
+
+    names = [n.strip() for n in args.dataset.split(",")] if args.dataset else list(COOP_DATASETS)
+    for name in names:
+        if name not in COOP_DATASETS:
+            raise ClipadaptError(f"unknown dataset '{name}'; CoOp datasets: {', '.join(COOP_DATASETS)}")
+    if not os.path.isdir(os.path.expanduser(args.data_root)):
+        raise ClipadaptError(f"data root '{args.data_root}' is not a folder")
+    states = [check_dataset(n, args.data_root) for n in names]
+    for state in states:
+        print("\n".join(format_state(state)))
+    done = sum(s.complete for s in states)
+    print(f"{done} of {len(states)} datasets complete under {os.path.abspath(os.path.expanduser(args.data_root))}"
+          + ("" if done == len(states) else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"))
+    return 0 if done == len(states) else 1
+
+
+def add_datasets_parser(sub) -> None:
+    """`clipadapt datasets --data-root DIR`."""
+    p = sub.add_parser("datasets", help="check which CoOp datasets a data root holds, and what is missing",
+                       description="For every CoOp dataset (or those given): complete, with its classes and "
+                                   "train/val/test counts, or the exact missing file or folder and where CoOp's "
+                                   "DATASETS.md gets it, and images listed in a split file that are not on disk. "
+                                   "Exit code 0 only when every dataset asked for is complete.")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout")
+    p.add_argument("--dataset", help="comma-separated datasets to check (default: all 15)")
+    p.set_defaults(func=cmd_datasets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,20 +5,27 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
+import yaml
 
-from .data.synthetic import BENCHMARK
 from .errors import ClipadaptError
-from .fileio import write_json
-from .methods import METHODS
-from .protocols import RunSpec, run_protocol
-from .report import write_report
-from .runconfig import find_preset, load_preset, resolve
+from .fileio import write_text
+from .report import base2novel_summary, write_report
+from .runconfig import find_preset, load_preset
+from .sweep import read_sweep, run_sweep
 from .synthetic_weights import SHIPPED_WEIGHTS
 
-DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn"]
+DEMO_SWEEP = Path(__file__).resolve().parent / "sweeps" / "synthetic_base2novel.yaml"  # package data
+
+
+def _demo_methods() -> list[str]:
+    with open(DEMO_SWEEP) as f:
+        return list(yaml.safe_load(f)["methods"])
+
+
+DEMO_METHODS = _demo_methods()
 
 
 def synthetic_preset(method: str) -> tuple[str, dict]:
@@ -33,10 +40,25 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int = 1, shots: int = 16) -> int:
-    """Run base-to-novel for every method on the synthetic datasets; write and print the report."""
-    datasets = BENCHMARK[:2] if quick else BENCHMARK
-    methods = ["zeroshot", "mma"] if quick else [m for m in DEMO_METHODS if m in METHODS]
+def demo_sweep(out: str, quick: bool) -> str:
+    """The sweep file the demo runs (the package's sweeps/synthetic_base2novel.yaml), cut down with --quick."""
+    with open(DEMO_SWEEP) as f:
+        data = yaml.safe_load(f)
+    if quick:
+        data.update(datasets=data["datasets"][:2], methods=["zeroshot", "mma"], shots=[4], overrides={"epochs": 1})
+    if not SHIPPED_WEIGHTS.exists():
+        # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
+        data["pretrained"] = "none"
+        print("NOTE: the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
+              "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
+              "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
+    path = os.path.join(out, "demo-sweep.yaml")
+    write_text(path, f"# written by `clipadapt demo` from {DEMO_SWEEP}\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> int:
+    """Base-to-novel for every method on the synthetic datasets through `sweep` and `report`; print the table."""
     if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
         raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
     try:  # the chart is drawn last: find out now, not after every run, that it cannot be
@@ -44,43 +66,24 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
     except ImportError as err:
         raise ClipadaptError(f"the demo's chart needs matplotlib, a dependency of clipadapt that this environment "
                              f"lacks ({err}); reinstall with `pip install clipadapt` or `pip install matplotlib`") from None
-    pretrained = "shipped"
-    if not SHIPPED_WEIGHTS.exists():
-        # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
-        pretrained = "none"
-        print("NOTE: the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
-              "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
-              "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
-    data_root = os.path.join(out, "data")
-    jobs = [(d, m) for d in datasets for m in methods]
+    os.makedirs(out, exist_ok=True)
+    sweep = read_sweep(demo_sweep(out, quick))
+    runs = os.path.join(out, "runs")
     start = time.time()
-    run_dirs = []
-    bar = tqdm(jobs, desc="demo", unit="run")
-    for dataset, method in bar:
-        bar.set_postfix_str(f"{dataset} / {method}")
-        run_dir = os.path.join(out, "runs", dataset, method)
-        run_dirs.append(run_dir)
-        metrics_path = os.path.join(run_dir, "metrics.json")
-        if os.path.exists(metrics_path) and not overwrite:
-            continue  # finished in an earlier, interrupted demo
-        preset_name, preset = synthetic_preset(method)
-        overrides = {"epochs": 1} if quick and method != "zeroshot" else {}
-        method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
-        train_cfg.seed = seed
-        spec = RunSpec(method, dataset, data_root, 4 if quick else shots, seed, "synthetic", pretrained, run_dir,
-                       progress=False)
-        metrics = run_protocol("base2novel", spec, method_cfg.to_dict(), train_cfg)
-        write_json(metrics_path, {**metrics, "preset": preset_name, "settings": resolved})
+    result = run_sweep(sweep, runs, data_root=os.path.join(out, "data"))  # finished runs of an earlier demo are kept
     elapsed = time.time() - start
+    shots, seeds = sweep.runs[0].shots, sorted({r.seed for r in sweep.runs})
+    weights = "shipped pretrained weights" if sweep.pretrained == "shipped" else "RANDOM weights: numbers near chance"
     header = (f"# clipadapt demo: base-to-novel on the synthetic world\n\n"
-              f"{'16' if not quick else '4'} shots, seed {seed}, backbone: the tiny CLIP `--backbone synthetic` "
-              f"({'shipped pretrained weights' if pretrained == 'shipped' else 'RANDOM weights: numbers near chance'}). "
-              f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
-              f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
-              f"the shipped presets clipadapt/presets/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} "
-              f"minutes on {machine()}.\n\n")
-    text = write_report(run_dirs, datasets, methods, out, header)
-    print(text)
-    print(f"\nreport: {os.path.join(out, 'report.md')} (table), {os.path.join(out, 'report.png')} (chart); "
-          f"{elapsed / 60:.1f} minutes")
+              f"{shots} shots, seed {', '.join(map(str, seeds))}, backbone: the tiny CLIP `--backbone synthetic` "
+              f"({weights}). Made by `clipadapt sweep {os.path.join(out, 'demo-sweep.yaml')}` and `clipadapt report` "
+              f"in {elapsed / 60:.1f} minutes on {machine()}. Settings per method: the shipped presets clipadapt/presets/synthetic/.\n\n")
+    methods = list(dict.fromkeys(r.method for r in sweep.runs))
+    datasets = list(dict.fromkeys(r.dataset for r in sweep.runs))
+    write_report(runs, out, methods, datasets, header=header)
+    print(base2novel_summary(runs, methods, datasets))
+    print(f"\nreport: {os.path.join(out, 'report.md')} (tables), {os.path.join(out, 'report.csv')}, "
+          f"{os.path.join(out, f'base2novel_{shots}shots.png')} (chart); {elapsed / 60:.1f} minutes")
+    if result.failed:
+        raise ClipadaptError(f"{len(result.failed)} demo run(s) failed, e.g. {next(iter(result.failed.items()))}")
     return 0

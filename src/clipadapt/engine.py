@@ -24,10 +24,12 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import distributed
 from .data.datum import Datum
-from .data.loader import make_loader
+from .data.loader import ImageItems, make_loader
 from .data.transforms import train_transform
 from .errors import ClipadaptError
 from .fileio import atomic_path
@@ -178,8 +180,10 @@ class Trainer:
                  "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
                                "since_best": self.since_best, "stopped": self.stopped},
                  "best_method": self.best_state}
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        if distributed.is_main():  # under torchrun rank 0 writes; the others wait until it is on disk
+            with atomic_path(self.checkpoint_path) as tmp:
+                torch.save(state, tmp)
+        distributed.barrier()
 
     def try_resume(self) -> bool:
         """Load the last checkpoint if the output folder has one."""
@@ -205,7 +209,7 @@ class Trainer:
         return True
 
     def _log(self, record: dict) -> None:
-        if self.out_dir:
+        if self.out_dir and distributed.is_main():
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -217,6 +221,27 @@ class Trainer:
         for start in range(0, stop, self.cfg.batch_size):
             idx = order[start:start + self.cfg.batch_size]
             yield feats[idx], labels[idx], idx
+
+    def _sharded_batches(self, epoch: int, drop_last: bool, use_cache: bool):
+        """Under torchrun: this rank's slice of each global batch, the global batches a single process draws."""
+        seed, bs = self.cfg.seed * 1000 + epoch, self.cfg.batch_size
+        if use_cache:
+            n = len(self._features[1])
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+            stop = n - n % bs if drop_last else n
+            batches = [order[start:start + bs] for start in range(0, stop, bs)]
+        else:
+            batches = distributed.global_batches(len(self.items), bs, seed, drop_last)
+        mine = [distributed.my_slice(b) for b in batches]
+        if use_cache:
+            feats, labels = self._features
+            for batch, idx in zip(batches, mine):
+                yield feats[idx], labels[idx], len(batch)
+        else:
+            loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
+                                num_workers=self.cfg.workers)
+            for (images, labels, _), batch in zip(loader, batches):
+                yield images, labels, len(batch)
 
     def _cache_features(self) -> None:
         """Frozen image features of every training image, one backbone pass for the whole run."""
@@ -297,14 +322,18 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             seed_everything(cfg.seed * 1000 + epoch)
-            if use_cache:
+            sharded = distributed.world_size() > 1
+            if sharded:
+                batches = self._sharded_batches(epoch, drop_last, use_cache)
+            elif use_cache:
                 batches = self._feature_batches(epoch, drop_last)
             else:
                 batches = make_loader(self.items, self.transform, cfg.batch_size, shuffle=True, workers=cfg.workers,
                                       seed=cfg.seed * 1000 + epoch, drop_last=drop_last)
             model.train()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
-            for step, (inputs, labels, _) in enumerate(bar):
+            for step, (inputs, labels, extra) in enumerate(bar):
+                global_count = extra if sharded else len(labels)
                 start = time.perf_counter()
                 inputs, labels = inputs.to(self.device), labels.to(self.device)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -313,13 +342,14 @@ class Trainer:
                     loss, parts = model.method.loss(logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
+                distributed.average_gradients(self.params, len(labels), global_count)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - start
                 self.train_seconds += elapsed
-                self.images_seen += len(labels)
+                self.images_seen += global_count
                 self.last_loss = loss.item()
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{len(labels) / elapsed:.1f}")
                 self._log({"epoch": epoch + 1, "step": step + 1, "lr": lr, "loss": self.last_loss, **parts,

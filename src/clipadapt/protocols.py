@@ -6,16 +6,43 @@ import os
 import time
 from dataclasses import dataclass
 
+from . import distributed
 from .data import build_dataset
+from .data.synthetic import BENCHMARK, DG_TARGETS as SYNTHETIC_DG_TARGETS
 from .engine import Trainer, TrainConfig, seed_everything
 from .evaluation import evaluate
 from .errors import ClipadaptError
 from .model import build_model
 
-PROTOCOLS = ("base2novel", "fewshot", "dg")
+PROTOCOLS = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
+PROTOCOL_ALIASES = {"dg": "domain_generalization"}
 # Domain generalization: train on the source (all classes), test on its shifted versions.
-DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
-              "syn_objects": ["syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter"]}
+DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"], **SYNTHETIC_DG_TARGETS}
+# Cross-dataset transfer: train on the source (all classes), test on other datasets with their own classes.
+CROSS_DATASET_TARGETS = {
+    "imagenet": ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+                 "sun397", "dtd", "eurosat", "ucf101"],
+    # On the synthetic world every benchmark dataset is a source for the five others.
+    **{source: [d for d in BENCHMARK if d != source] for source in BENCHMARK},
+}
+TRANSFER_TARGETS = {"cross_dataset": CROSS_DATASET_TARGETS, "domain_generalization": DG_TARGETS}
+
+
+def canonical_protocol(name: str) -> str:
+    """The protocol's full name (`dg` is domain_generalization); an unknown name is an error."""
+    name = PROTOCOL_ALIASES.get(name, name)
+    if name not in PROTOCOLS:
+        raise ClipadaptError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)} "
+                             f"(aliases: {', '.join(f'{a}={b}' for a, b in PROTOCOL_ALIASES.items())})")
+    return name
+
+
+def transfer_targets(protocol: str, source: str) -> list[str]:
+    """The target datasets of a cross-dataset or domain-generalization source."""
+    table = TRANSFER_TARGETS[canonical_protocol(protocol)]
+    if source not in table:
+        raise ClipadaptError(f"no {protocol} targets for source '{source}'; sources: {', '.join(table)}")
+    return table[source]
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -53,19 +80,40 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
             training.update(best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4))
     else:
         seconds, ms = 0.0, 0.0
-    if spec.out_dir:
+    if spec.out_dir and distributed.is_main():
         model.save_adapter(os.path.join(spec.out_dir, "adapter.safetensors"))
     return model, seconds, ms, training
+
+
+def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kwargs: dict,
+                      source_test=None) -> dict:
+    """Accuracy of one trained adapter on its source's test set and on every target, and the targets' mean."""
+    targets = transfer_targets(protocol, source)
+    if source_test is None:
+        source_data = build_dataset(source, data_root, -1, 1, "all")
+        model.set_classes(source_data.classnames, source_data.template)
+        source_test = source_data.test
+    metrics = {"source": round(evaluate(model, source_test, desc=source, **eval_kwargs).accuracy, 4)}
+    for target in targets:
+        shifted = build_dataset(target, data_root, -1, 1, "all")  # the whole test split: no draw, no seed
+        model.set_classes(shifted.classnames, shifted.template)
+        metrics[target] = round(evaluate(model, shifted.test, desc=target, **eval_kwargs).accuracy, 4)
+    metrics["targets"] = list(targets)
+    metrics["target_average"] = round(sum(metrics[t] for t in targets) / len(targets), 4)
+    return metrics
 
 
 def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainConfig) -> dict:
     """Train and evaluate under `protocol`; returns the metrics dict."""
     start = time.time()
+    protocol = canonical_protocol(protocol)
     kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress)
     if protocol == "base2novel":
         base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base")
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
         model, seconds, ms, training = _train(spec, base, method_options, cfg)
+        if not distributed.is_main():
+            return {}  # under torchrun rank 0 evaluates
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
         model.set_classes(new.classnames, new.template)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
@@ -74,22 +122,16 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
+        if not distributed.is_main():
+            return {}
         metrics = {"accuracy": round(evaluate(model, data.test, desc="test", **kwargs).accuracy, 4)}
-    elif protocol == "dg":
-        if spec.dataset not in DG_TARGETS:
-            raise ClipadaptError(f"no domain-generalization targets for '{spec.dataset}'; "
-                                 f"sources: {', '.join(DG_TARGETS)}")
+    elif protocol in TRANSFER_TARGETS:
+        transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
-        metrics = {"source": round(evaluate(model, data.test, desc=spec.dataset, **kwargs).accuracy, 4)}
-        for target in DG_TARGETS[spec.dataset]:
-            shifted = build_dataset(target, spec.data_root, -1, spec.seed, "all")
-            model.set_classes(shifted.classnames, shifted.template)
-            metrics[target] = round(evaluate(model, shifted.test, desc=target, **kwargs).accuracy, 4)
-        targets = [metrics[t] for t in DG_TARGETS[spec.dataset]]
-        metrics["target_average"] = round(sum(targets) / len(targets), 4)
-    else:
-        raise ClipadaptError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+        if not distributed.is_main():
+            return {}
+        metrics = evaluate_transfer(model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test)
     metrics.update(training)
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),

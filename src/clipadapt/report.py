@@ -1,115 +1,378 @@
-"""Base-to-novel results aggregated over seeds, as the papers' first table (markdown) and a chart (PNG)."""
+"""The papers' tables from a folder of finished runs: mean ± std over seeds, HM as the papers compute it.
+
+Every run folder holds `metrics.json` (finished), `failed.json` (recorded by `clipadapt sweep`) or
+neither (not run yet, or interrupted). A sweep writes `sweep-<name>.json` at its root listing every run it
+expects; without it, a run group's expected seeds are all the seeds seen under its protocol. Missing
+and failed runs are listed in the report, never averaged over.
+
+How the numbers are combined (CoOp's, MaPLe's and MMA's `parse_test_res.py` and tables):
+- per dataset: mean and sample standard deviation (n - 1) over the seeds present; HM is the harmonic
+  mean of the seed-averaged base and novel accuracies (not the mean of per-seed HMs);
+- the Average row: the mean over datasets of those seed means, and its HM from the averaged base and
+  novel; its std is over the per-seed averages of the seeds present for every dataset.
+"""
 
 from __future__ import annotations
 
+import csv
+import glob
+import io
 import json
 import os
 from collections import defaultdict
-from statistics import mean
+from dataclasses import dataclass, field
+from statistics import mean, stdev
 
-from .fileio import atomic_path, write_text
-from .protocols import harmonic_mean
+from .errors import ClipadaptError
+from .fileio import atomic_path, write_json, write_text
+from .protocols import PROTOCOL_ALIASES, harmonic_mean
+from .references import REFERENCES
 
-
-def collect(run_dirs: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{method: {dataset: {base, novel, hm}}} from base2novel runs, averaged over seeds."""
-    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in run_dirs:
-        path = os.path.join(run, "metrics.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            m = json.load(f)
-        if m.get("protocol") == "base2novel":
-            grouped[(m["method"], m["dataset"])].append(m)
-    table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    for (method, dataset), runs in grouped.items():
-        base, novel = mean(r["base"] for r in runs), mean(r["novel"] for r in runs)
-        table[method][dataset] = {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "seeds": len(runs),
-                                  "trainable_params": runs[0]["trainable_params"]}
-    return table
+MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder
 
 
-def with_average(table: dict, datasets: list[str]) -> dict:
-    """Add an 'Average' column: mean base and novel over datasets, HM of those means (as the papers)."""
-    out = {}
-    for method, rows in table.items():
-        present = [d for d in datasets if d in rows]
-        if not present:
-            continue
-        base, novel = mean(rows[d]["base"] for d in present), mean(rows[d]["novel"] for d in present)
-        out[method] = {"Average": {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}, **rows}
+@dataclass
+class Stat:
+    """Mean and sample std of one number over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+    seeds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: dict[int, float]) -> "Stat":
+        """Statistics of {seed: value}."""
+        xs = [values[s] for s in sorted(values)]
+        return cls(mean(xs), stdev(xs) if len(xs) > 1 else None, len(xs), sorted(values))
+
+    def cell(self, with_n: bool = False) -> str:
+        """'70.12 ± 0.34' (the std omitted for one seed)."""
+        text = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "")
+        return text + (f" ({self.n})" if with_n else "")
+
+
+@dataclass
+class RunSet:
+    """Finished runs, failed runs and expected-but-absent runs found under a folder."""
+
+    finished: list[dict]
+    failed: list[dict]
+    missing: list[dict]
+
+
+def _key(run: dict) -> tuple:
+    protocol = PROTOCOL_ALIASES.get(run["protocol"], run["protocol"])
+    return protocol, run["method"], run["dataset"], int(run.get("shots", -1))
+
+
+def find_runs(root: str) -> RunSet:
+    """Every run under `root`: finished ones (metrics.json), failed ones (failed.json), and missing ones."""
+    if not os.path.isdir(root):
+        raise ClipadaptError(f"report folder '{root}' does not exist")
+    finished, failed, seen_dirs = [], [], set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(folder, root)
+        if "metrics.json" in files:
+            with open(os.path.join(folder, "metrics.json")) as f:
+                m = json.load(f)
+            if "protocol" in m and "method" in m and "dataset" in m:
+                finished.append({**m, "protocol": PROTOCOL_ALIASES.get(m["protocol"], m["protocol"]), "dir": rel})
+                seen_dirs.add(rel)
+        elif "failed.json" in files:
+            with open(os.path.join(folder, "failed.json")) as f:
+                failed.append({**json.load(f), "dir": rel})
+            seen_dirs.add(rel)
+    if not finished and not failed:
+        raise ClipadaptError(f"no runs under '{root}': no metrics.json or failed.json in it or its sub-folders")
+    missing = []
+    manifests = sorted(glob.glob(os.path.join(root, MANIFESTS)))
+    if manifests:
+        for manifest in manifests:
+            with open(manifest) as f:
+                for run in json.load(f)["runs"]:
+                    if run["dir"] not in seen_dirs and run not in missing:
+                        missing.append(run)
+    else:  # expected seeds: every seed seen under the protocol
+        seeds = defaultdict(set)
+        groups = defaultdict(set)
+        for run in finished + [r for r in failed if "protocol" in r]:
+            seeds[run["protocol"]].add(int(run["seed"]))
+            groups[_key(run)].add(int(run["seed"]))
+        for key, present in sorted(groups.items()):
+            for seed in sorted(seeds[key[0]] - present):
+                missing.append({"protocol": key[0], "method": key[1], "dataset": key[2], "shots": key[3],
+                                "seed": seed, "dir": "?"})
+    return RunSet(finished, failed, missing)
+
+
+def _by_seed(runs: list[dict]) -> dict[tuple, dict[int, dict]]:
+    """{(protocol, method, dataset, shots): {seed: metrics}}; a repeated seed keeps the first folder found."""
+    grouped: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for run in sorted(runs, key=lambda r: r["dir"]):
+        grouped[_key(run)].setdefault(int(run["seed"]), run)
+    return grouped
+
+
+def _order(names, preferred: list[str] | None = None) -> list[str]:
+    names = set(names)
+    first = [n for n in preferred or [] if n in names]
+    return first + sorted(names - set(first))
+
+
+# ---- aggregation per protocol ------------------------------------------------------------------
+def base2novel_table(runs: list[dict]) -> dict:
+    """{shots: {method: {dataset | 'Average': {base, novel, hm (float), base_stat, novel_stat, n}}}}."""
+    out: dict = defaultdict(dict)
+    grouped = _by_seed([r for r in runs if r["protocol"] == "base2novel"])
+    per_method: dict = defaultdict(dict)
+    for (_, method, dataset, shots), seeds in grouped.items():
+        per_method[(shots, method)][dataset] = seeds
+    for (shots, method), datasets in per_method.items():
+        rows = {}
+        for dataset, seeds in datasets.items():
+            b = Stat.of({s: r["base"] for s, r in seeds.items()})
+            n = Stat.of({s: r["novel"] for s, r in seeds.items()})
+            rows[dataset] = {"base": b.mean, "novel": n.mean, "hm": harmonic_mean(b.mean, n.mean),
+                             "base_stat": b, "novel_stat": n, "n": b.n, "seeds": b.seeds}
+        base = mean(rows[d]["base"] for d in rows)
+        novel = mean(rows[d]["novel"] for d in rows)
+        common = set.intersection(*(set(seeds) for seeds in datasets.values()))
+        per_seed_b = {s: mean(datasets[d][s]["base"] for d in datasets) for s in common}
+        per_seed_n = {s: mean(datasets[d][s]["novel"] for d in datasets) for s in common}
+        b_std = Stat.of(per_seed_b).std if common else None
+        n_std = Stat.of(per_seed_n).std if common else None
+        rows["Average"] = {"base": base, "novel": novel, "hm": harmonic_mean(base, novel),
+                           "base_stat": Stat(base, b_std, len(common), sorted(common)),
+                           "novel_stat": Stat(novel, n_std, len(common), sorted(common)),
+                           "n": len(common), "seeds": sorted(common), "datasets": sorted(datasets)}
+        out[shots][method] = rows
+    return dict(out)
+
+
+def transfer_table(runs: list[dict], protocol: str) -> dict:
+    """{(source, shots): {'targets': [...], 'methods': {method: {column: Stat}}}} for cross_dataset or DG."""
+    out: dict = {}
+    for (_, method, source, shots), seeds in _by_seed([r for r in runs if r["protocol"] == protocol]).items():
+        first = next(iter(seeds.values()))
+        targets = list(first.get("targets") or [k for k in first if k not in _NOT_TARGETS])
+        entry = out.setdefault((source, shots), {"targets": targets, "methods": {}})
+        columns = {"source": Stat.of({s: r["source"] for s, r in seeds.items()})}
+        for t in targets:
+            columns[t] = Stat.of({s: r[t] for s, r in seeds.items() if t in r})
+        columns["average"] = Stat.of({s: mean(r[t] for t in targets) for s, r in seeds.items()})
+        entry["methods"][method] = columns
     return out
 
 
-def markdown(table: dict, datasets: list[str], methods: list[str]) -> str:
-    """One small table per dataset (Average first), methods as rows, Base / Novel / HM as columns."""
-    table = with_average(table, datasets)
-    lines = []
-    for dataset in ["Average", *datasets]:
-        lines += [f"**{dataset}**", "", "| method | base | novel | HM |", "| --- | ---: | ---: | ---: |"]
-        for method in methods:
-            row = table.get(method, {}).get(dataset)
-            if row:
-                lines.append(f"| {method} | {row['base']:.2f} | {row['novel']:.2f} | {row['hm']:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
+_NOT_TARGETS = {"source", "target_average", "targets", "trainable_params", "train_seconds", "train_ms_per_image",
+                "total_seconds", "protocol", "method", "dataset", "shots", "seed", "backbone", "pretrained",
+                "backbone_identity", "settings", "dir", "checkpoint"}
 
 
-def summary(table: dict, datasets: list[str], methods: list[str]) -> str:
-    """A compact plain-text table: per method, HM per dataset and the average base/novel/HM."""
-    table = with_average(table, datasets)
-    short = [d.replace("syn_", "") for d in datasets]
-    header = f"{'method':<14}" + "".join(f"{s[:9]:>10}" for s in short) + f"{'avg base':>10}{'avg novel':>10}{'avg HM':>9}"
-    lines = ["HM per dataset, and the average over datasets:", header]
-    for method in methods:
-        rows = table.get(method)
-        if not rows:
-            continue
-        cells = "".join(f"{rows[d]['hm']:>10.2f}" if d in rows else f"{'-':>10}" for d in datasets)
-        avg = rows["Average"]
-        lines.append(f"{method:<14}{cells}{avg['base']:>10.2f}{avg['novel']:>10.2f}{avg['hm']:>9.2f}")
-    return "\n".join(lines)
+def fewshot_table(runs: list[dict]) -> dict:
+    """{method: {dataset | 'Average': {shots: Stat}}}; Average over the datasets a method has at that K."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for (_, method, dataset, shots), seeds in _by_seed([r for r in runs if r["protocol"] == "fewshot"]).items():
+        out[method][dataset][shots] = Stat.of({s: r["accuracy"] for s, r in seeds.items()})
+    for method, datasets in out.items():
+        ks = sorted({k for per_k in datasets.values() for k in per_k})
+        avg = {}
+        for k in ks:
+            having = [d for d in datasets if k in datasets[d]]
+            common = set.intersection(*(set(datasets[d][k].seeds) for d in having))
+            value = mean(datasets[d][k].mean for d in having)
+            per_seed = {s: mean(_seed_value(runs, method, d, k, s) for d in having) for s in common}
+            avg[k] = Stat(value, Stat.of(per_seed).std if common else None, len(common), sorted(common))
+        datasets["Average"] = avg
+    return {m: dict(d) for m, d in out.items()}
 
 
-def chart(table: dict, datasets: list[str], methods: list[str], path: str) -> None:
-    """Grouped bars: HM per dataset and method, plus the average base and novel accuracies."""
-    import matplotlib
+def _seed_value(runs, method, dataset, shots, seed) -> float:
+    for r in runs:
+        if (r["protocol"], r["method"], r["dataset"], int(r.get("shots", -1)), int(r["seed"])) == (
+                "fewshot", method, dataset, shots, seed):
+            return r["accuracy"]
+    raise KeyError((method, dataset, shots, seed))
 
+
+# ---- rendering ---------------------------------------------------------------------------------
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _short(name: str) -> str:
+    return name.replace("syn_", "")
+
+
+def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str] | None = None,
+           references: bool = False) -> tuple[str, list[list], dict]:
+    """Markdown text, CSV rows and a JSON-able summary of every protocol present."""
+    runs = run_set.finished
+    md, rows, summary = [], [["protocol", "method", "dataset", "shots", "column", "mean", "std", "n_seeds", "seeds"]], {}
+
+    def add_csv(protocol, method, dataset, shots, column, stat: Stat):
+        rows.append([protocol, method, dataset, shots, column, round(stat.mean, 4),
+                     "" if stat.std is None else round(stat.std, 4), stat.n, " ".join(map(str, stat.seeds))])
+
+    b2n = base2novel_table(runs)
+    for shots, table in sorted(b2n.items()):
+        order = _order(table, methods)
+        names = ["Average", *_order({d for m in table.values() for d in m if d != "Average"}, datasets)]
+        md += [f"## Base-to-novel generalization ({shots} shots)", "",
+               "Accuracy (%) on the base and novel classes, mean ± std over seeds (n = seeds); HM from the "
+               "seed-averaged base and novel. Average: mean over datasets, HM of the averaged base and novel.", ""]
+        for dataset in names:
+            body = []
+            for method in order:
+                r = table[method].get(dataset)
+                if r:
+                    body.append([method, r["base_stat"].cell(), r["novel_stat"].cell(), f"{r['hm']:.2f}", str(r["n"])])
+                    add_csv("base2novel", method, dataset, shots, "base", r["base_stat"])
+                    add_csv("base2novel", method, dataset, shots, "novel", r["novel_stat"])
+                    rows.append(["base2novel", method, dataset, shots, "hm", round(r["hm"], 4), "", r["n"],
+                                 " ".join(map(str, r["seeds"]))])
+            if dataset == "Average" and references:
+                for name, ref in REFERENCES.get(("base2novel", "Average"), {}).items():
+                    body.append([f"*{name} (published)*", f"{ref['base']:.2f}" if ref.get("base") else "",
+                                 f"{ref['novel']:.2f}" if ref.get("novel") else "", f"{ref['hm']:.2f}", ref["source"]])
+            if dataset == "Average":
+                incomplete = [m for m in order if len(table[m]["Average"]["datasets"]) < len(names) - 1]
+                if incomplete:
+                    body.append([f"(averages of {', '.join(incomplete)} cover fewer datasets)", "", "", "", ""])
+            md += [f"**{dataset}**", "", *_markdown_table(["method", "base", "novel", "HM", "n"], body)]
+        summary[f"base2novel/{shots}"] = {m: {d: {k: v for k, v in r.items() if not k.endswith("_stat")}
+                                              for d, r in t.items()} for m, t in table.items()}
+
+    for protocol, title in (("cross_dataset", "Cross-dataset transfer"),
+                            ("domain_generalization", "Domain generalization")):
+        for (source, shots), entry in sorted(transfer_table(runs, protocol).items()):
+            targets = entry["targets"]
+            md += [f"## {title}: source {source} ({shots} shots)", "",
+                   "Accuracy (%), mean ± std over seeds; average over the targets; n = seeds.", ""]
+            body = []
+            for method in _order(entry["methods"], methods):
+                cols = entry["methods"][method]
+                body.append([method, *(cols[c].cell() for c in ["source", *targets, "average"]),
+                             str(cols["source"].n)])
+                for c, stat in cols.items():
+                    add_csv(protocol, method, source, shots, c, stat)
+            md += _markdown_table(["method", source, *map(_short, targets), "average", "n"], body)
+            summary[f"{protocol}/{source}/{shots}"] = {
+                m: {c: vars(s) for c, s in cols.items()} for m, cols in entry["methods"].items()}
+
+    few = fewshot_table(runs)
+    if few:
+        ks = sorted({k for m in few.values() for d in m.values() for k in d})
+        names = ["Average", *_order({d for m in few.values() for d in m if d != "Average"}, datasets)]
+        md += ["## Few-shot classification", "", "Accuracy (%) per number of shots K, mean ± std over seeds.", ""]
+        for dataset in names:
+            body = []
+            for method in _order(few, methods):
+                per_k = few[method].get(dataset, {})
+                if per_k:
+                    body.append([method, *(per_k[k].cell(with_n=True) if k in per_k else "—" for k in ks)])
+                    for k, stat in per_k.items():
+                        add_csv("fewshot", method, dataset, k, "accuracy", stat)
+            md += [f"**{dataset}**", "", *_markdown_table(["method", *(f"K={k} (n)" for k in ks)], body)]
+        summary["fewshot"] = {m: {d: {k: vars(s) for k, s in per_k.items()} for d, per_k in t.items()}
+                              for m, t in few.items()}
+
+    if run_set.failed or run_set.missing:
+        md += ["## Runs not in the tables", ""]
+        for r in run_set.failed:
+            md.append(f"- FAILED `{r['dir']}`: {r.get('error', 'no error recorded')}")
+        for r in run_set.missing:
+            md.append(f"- missing `{r['dir']}` ({r['protocol']}, {r['method']}, {r['dataset']}, "
+                      f"{r['shots']} shots, seed {r['seed']})")
+        md.append("")
+    summary["failed"] = [{k: r.get(k) for k in ("dir", "error")} for r in run_set.failed]
+    summary["missing"] = run_set.missing
+    return "\n".join(md), rows, summary
+
+
+def _plots(runs: list[dict], out_dir: str, methods: list[str] | None) -> list[str]:
+    """base vs novel per method (base-to-novel averages) and K-shot curves; returns the files written."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = with_average(table, datasets)
-    present = [m for m in methods if m in table]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1.3]})
-    width = 0.8 / max(1, len(present))
-    names = ["Average", *datasets]
-    for i, method in enumerate(present):
-        values = [table[method].get(d, {}).get("hm", 0.0) for d in names]
-        left.bar([x + i * width for x in range(len(names))], values, width, label=method)
-        avg = table[method]["Average"]
-        right.scatter(avg["base"], avg["novel"], s=60, label=method)
-        right.annotate(method, (avg["base"], avg["novel"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    left.set_xticks([x + width * (len(present) - 1) / 2 for x in range(len(names))])
-    left.set_xticklabels([n.replace("syn_", "") for n in names], rotation=20)
-    left.set_ylabel("harmonic mean of base and novel accuracy (%)")
-    left.set_title("Base-to-novel generalization")
-    left.legend(fontsize=7, ncol=2)
-    right.set_xlabel("average base accuracy (%)")
-    right.set_ylabel("average novel accuracy (%)")
-    right.set_title("Trade-off")
-    fig.tight_layout()
+    written = []
+    for shots, table in sorted(base2novel_table(runs).items()):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for method in _order(table, methods):
+            avg = table[method]["Average"]
+            ax.scatter(avg["base"], avg["novel"], s=50)
+            ax.annotate(method, (avg["base"], avg["novel"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("average base accuracy (%)")
+        ax.set_ylabel("average novel accuracy (%)")
+        ax.set_title(f"Base vs novel, {shots} shots")
+        written.append(_save(fig, os.path.join(out_dir, f"base2novel_{shots}shots.png")))
+        plt.close(fig)
+    few = fewshot_table(runs)
+    if few:
+        names = ["Average", *sorted({d for m in few.values() for d in m if d != "Average"})]
+        cols = min(4, len(names))
+        fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.8 * ((len(names) + cols - 1) // cols)),
+                                 squeeze=False)
+        for ax, dataset in zip(axes.flat, names):
+            for method in _order(few, methods):
+                per_k = few[method].get(dataset, {})
+                ks = sorted(per_k)
+                if ks:
+                    ax.errorbar(ks, [per_k[k].mean for k in ks], yerr=[per_k[k].std or 0 for k in ks], marker="o",
+                                label=method, capsize=2)
+            ax.set_xscale("log", base=2)
+            ax.set_title(_short(dataset), fontsize=9)
+            ax.set_xlabel("shots per class")
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        axes.flat[0].set_ylabel("accuracy (%)")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(out_dir, "fewshot.png")))
+        plt.close(fig)
+    return written
+
+
+def _save(fig, path: str) -> str:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return path
 
 
-def write_report(run_dirs: list[str], datasets: list[str], methods: list[str], out_dir: str, header: str = "") -> str:
-    """report.md, report.png and report.json in out_dir; returns the plain-text summary."""
-    table = collect(run_dirs)
-    write_text(os.path.join(out_dir, "report.md"),
-               header + markdown(table, datasets, methods) + "\n![chart](report.png)\n")
-    with atomic_path(os.path.join(out_dir, "report.json")) as tmp, open(tmp, "w") as f:
-        json.dump(with_average(table, datasets), f, indent=2)
-    chart(table, datasets, methods, os.path.join(out_dir, "report.png"))
-    return summary(table, datasets, methods)
+def write_report(root: str, out_dir: str | None = None, methods: list[str] | None = None,
+                 datasets: list[str] | None = None, references: bool = False, header: str = "") -> str:
+    """report.md, report.csv, report.json and PNG plots of the runs under `root`; returns the markdown."""
+    out_dir = out_dir or root
+    run_set = find_runs(root)
+    text, rows, summary = render(run_set, methods, datasets, references)
+    plots = _plots(run_set.finished, out_dir, methods)
+    images = "".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out_dir)})\n" for p in plots)
+    write_text(os.path.join(out_dir, "report.md"), header + text + ("\n" + images if images else ""))
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    write_text(os.path.join(out_dir, "report.csv"), buf.getvalue())
+    write_json(os.path.join(out_dir, "report.json"), summary)
+    return text
+
+
+def base2novel_summary(root: str, methods: list[str] | None = None, datasets: list[str] | None = None) -> str:
+    """A compact plain-text table per shots: HM per dataset and the average base / novel / HM of each method."""
+    lines = []
+    for shots, table in sorted(base2novel_table(find_runs(root).finished).items()):
+        names = _order({d for m in table.values() for d in m if d != "Average"}, datasets)
+        lines += [f"HM per dataset, and the average over datasets ({shots} shots):",
+                  f"{'method':<14}" + "".join(f"{_short(d)[:9]:>10}" for d in names)
+                  + f"{'avg base':>10}{'avg novel':>10}{'avg HM':>9}"]
+        for method in _order(table, methods):
+            rows = table[method]
+            cells = "".join(f"{rows[d]['hm']:>10.2f}" if d in rows else f"{'-':>10}" for d in names)
+            avg = rows["Average"]
+            lines.append(f"{method:<14}{cells}{avg['base']:>10.2f}{avg['novel']:>10.2f}{avg['hm']:>9.2f}")
+    return "\n".join(lines)

@@ -40,7 +40,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 NO_PRESET = "none"
 # Protocols whose papers' settings are another protocol's: DG trains on ImageNet with its settings.
-PRESET_STAND_INS = {"dg": ("imagenet",), "cross_dataset": ("imagenet",)}
+# Domain generalization trains the same ImageNet source adapter as cross-dataset transfer.
+PRESET_STAND_INS = {"domain_generalization": ("cross_dataset", "imagenet"), "dg": ("cross_dataset", "imagenet"),
+                    "cross_dataset": ("imagenet",)}
 
 
 def backbone_family(backbone: str | None) -> str:

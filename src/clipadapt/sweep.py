@@ -1,0 +1,379 @@
+"""Grids of runs: methods × datasets × seeds × shots under one protocol, one folder per run.
+
+A sweep file (YAML) names the grid; every run is `clipadapt train` with those settings, in
+OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped, an
+interrupted one resumes from its checkpoint, a failing one is recorded in its folder (failed.json,
+with the error) and the others go on. OUT/sweep-<file name>.json lists every run the sweep expects, so that
+`clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
+generalization share their source adapters: a sweep with `adapters_from: cross_dataset` evaluates
+the adapters the cross-dataset sweep trained in the same OUT (`clipadapt transfer`), training nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from .errors import ClipadaptError
+from .fileio import write_json
+
+PACKAGE_PRESETS = Path(__file__).resolve().parent / "presets"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a source checkout's configs/
+LAUNCHERS = ("local", "slurm", "submitit-local")
+KEYS = {
+    "name": "a name for the sweep (free text)",
+    "description": "what the sweep reproduces (free text)",
+    "protocol": "base2novel | fewshot | cross_dataset | domain_generalization (dg)",
+    "methods": "list of method names",
+    "datasets": "list of dataset names (for cross_dataset / domain_generalization: the sources)",
+    "seeds": "list of seeds (default [1, 2, 3])",
+    "shots": "list of shots per class (default [16])",
+    "backbone": "open_clip model name or 'synthetic' (default synthetic)",
+    "pretrained": "weights tag or file (default: shipped for synthetic, openai otherwise)",
+    "data_root": "folder of the datasets (the --data-root option overrides it)",
+    "device": "torch device of every run (default cpu)",
+    "presets": "{method: preset file, or {dataset: file, default: file}}",
+    "overrides": "{setting: value} for every run",
+    "method_overrides": "{method: {setting: value}}",
+    "adapters_from": "cross_dataset | domain_generalization: evaluate the source adapters that protocol's sweep "
+                     "trained in the same --out, instead of training again",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the grid: what `clipadapt train` gets, and the folder it writes."""
+
+    protocol: str
+    method: str
+    dataset: str
+    shots: int
+    seed: int
+    preset: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    adapters_from: str | None = None  # a protocol whose run folder holds this run's trained source adapter
+
+    @property
+    def dir(self) -> str:
+        """The run's folder, relative to the sweep's output folder."""
+        return f"{self.protocol}/{self.method}/{self.dataset}/shots{self.shots}/seed{self.seed}"
+
+    def record(self) -> dict:
+        """What sweep-<name>.json and failed.json say about the run."""
+        return {"protocol": self.protocol, "method": self.method, "dataset": self.dataset, "shots": self.shots,
+                "seed": self.seed, "dir": self.dir}
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file."""
+
+    path: str
+    protocol: str
+    runs: list[Run]
+    backbone: str
+    pretrained: str
+    data_root: str | None
+    device: str = "cpu"
+    settings: dict = field(default_factory=dict)
+
+    def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
+        """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
+        if run.adapters_from:
+            source_dir = os.path.join(out, run.dir.replace(run.protocol, run.adapters_from, 1))
+            return ["transfer", "--checkpoint", os.path.join(source_dir, "adapter.safetensors"),
+                    "--protocol", run.protocol, "--data-root", data_root, "--device", device or self.device,
+                    "--out", os.path.join(out, run.dir)]
+        argv = ["train", "--method", run.method, "--dataset", run.dataset, "--data-root", data_root,
+                "--shots", str(run.shots), "--seed", str(run.seed), "--protocol", run.protocol,
+                "--backbone", self.backbone, "--pretrained", self.pretrained, "--device", device or self.device,
+                "--out", os.path.join(out, run.dir)]
+        if run.preset:
+            argv += ["--config", run.preset]
+        return argv + [f"{k}={json.dumps(v)}" for k, v in run.overrides]  # JSON values read back as YAML
+
+
+def _as_list(data: dict, key: str, default=None) -> list:
+    value = data.get(key, default)
+    if value is None:
+        raise ClipadaptError(f"sweep file: '{key}' is required ({KEYS[key]})")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def find_preset(name: str, sweep_dir: str) -> str:
+    """A preset file named in a sweep: beside the sweep file, in the package's presets, or in configs/."""
+    for folder in (sweep_dir, PACKAGE_PRESETS, PACKAGE_PRESETS / "synthetic", REPO_CONFIGS, REPO_CONFIGS / "synthetic"):
+        path = Path(folder) / os.path.expanduser(name)
+        if path.is_file():
+            return str(path.resolve())
+    raise ClipadaptError(f"sweep file: preset '{name}' not found beside the sweep file, in {PACKAGE_PRESETS} "
+                         f"or in {REPO_CONFIGS}")
+
+
+def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
+    """Read and check a sweep file: unknown keys, protocols, methods, datasets and settings fail before any run."""
+    from .data import known_datasets
+    from .methods import METHODS
+    from .protocols import TRANSFER_TARGETS, canonical_protocol
+    from .runconfig import read_preset, resolve
+    from .synthetic_weights import is_shipped
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ClipadaptError(f"sweep file '{path}' does not exist") from None
+    except yaml.YAMLError as err:
+        raise ClipadaptError(f"sweep file '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ClipadaptError(f"sweep file '{path}' must hold a mapping of keys ({', '.join(KEYS)})")
+    for key in data:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ClipadaptError(f"sweep file '{path}': unknown key '{key}'{hint}; known keys: {', '.join(KEYS)}")
+    protocols = _as_list(data, "protocol")
+    if len(protocols) != 1:
+        raise ClipadaptError(f"sweep file '{path}': one protocol per sweep file, got {protocols}")
+    protocol = canonical_protocol(str(protocols[0]))
+    methods = [str(m) for m in _as_list(data, "methods")]
+    for m in methods:
+        if m not in METHODS:
+            raise ClipadaptError(f"sweep file '{path}': unknown method '{m}'; known methods: {', '.join(METHODS)}")
+    datasets = [str(d) for d in _as_list(data, "datasets")]
+    for d in datasets:
+        if d not in known_datasets():
+            raise ClipadaptError(f"sweep file '{path}': unknown dataset '{d}'; known datasets: "
+                                 f"{', '.join(known_datasets())}")
+        if protocol in TRANSFER_TARGETS and d not in TRANSFER_TARGETS[protocol]:
+            raise ClipadaptError(f"sweep file '{path}': '{d}' is not a {protocol} source; sources: "
+                                 f"{', '.join(TRANSFER_TARGETS[protocol])}")
+    seeds = [int(s) for s in _as_list(data, "seeds", [1, 2, 3])]
+    shots = [int(k) for k in _as_list(data, "shots", [16])]
+    backbone = str(data.get("backbone", "synthetic"))
+    pretrained = str(data.get("pretrained") or ("shipped" if is_shipped(backbone) else "openai"))
+    presets = data.get("presets") or {}
+    method_overrides = data.get("method_overrides") or {}
+    for name, section in (("presets", presets), ("method_overrides", method_overrides)):
+        if not isinstance(section, dict):
+            raise ClipadaptError(f"sweep file '{path}': '{name}' maps method names to settings; got {section!r}")
+        for m in set(section) - set(METHODS):
+            raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
+                                 f"{', '.join(METHODS)}")
+    overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
+    adapters_from = data.get("adapters_from")
+    if adapters_from is not None:
+        adapters_from = canonical_protocol(str(adapters_from))
+        if protocol not in TRANSFER_TARGETS or adapters_from not in TRANSFER_TARGETS or adapters_from == protocol:
+            raise ClipadaptError(f"sweep file '{path}': adapters_from reuses the source adapters of one transfer "
+                                 "protocol (cross_dataset, domain_generalization) for the other")
+    sweep_dir = os.path.dirname(os.path.abspath(path))
+    runs = []
+    for method, dataset in itertools.product(methods, datasets):
+        preset = presets.get(method)
+        if isinstance(preset, dict):
+            preset = preset.get(dataset, preset.get("default"))
+        preset = find_preset(str(preset), sweep_dir) if preset else None
+        merged = {**overrides, **(method_overrides.get(method) or {})}
+        if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
+            from .engine import TrainConfig
+
+            merged = {k: v for k, v in merged.items() if k not in TrainConfig.field_names()}
+        try:
+            resolve(method, read_preset(preset) if preset else {}, merged)
+        except ClipadaptError as err:
+            raise ClipadaptError(f"sweep file '{path}', method '{method}': {err}") from None
+        for k, s in itertools.product(shots, seeds):
+            runs.append(Run(protocol, method, dataset, k, s, preset, tuple(sorted(merged.items())), adapters_from))
+    return Sweep(path, protocol, runs, backbone, pretrained, data.get("data_root"), str(data.get("device", "cpu")),
+                 data)
+
+
+# ---- executing runs ----------------------------------------------------------------------------
+def _record_failure(run_dir: str, run: Run, error: str, returncode: int | None) -> None:
+    write_json(os.path.join(run_dir, "failed.json"), {**run.record(), "error": error, "returncode": returncode})
+
+
+def execute_in_process(argv: list[str], run: Run, run_dir: str) -> str | None:
+    """Run `clipadapt train` in this process; on failure record failed.json and return the error."""
+    from .cli import _error_message, _resolve_pretrained, build_parser
+
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        args = build_parser().parse_args(argv)
+        _resolve_pretrained(args)
+        args.func(args)
+        return None
+    except KeyboardInterrupt:
+        raise
+    except ClipadaptError as err:
+        error = _error_message(err)
+    except BaseException as err:  # noqa: BLE001 - a crashing run must not stop the sweep
+        with open(os.path.join(run_dir, "error.log"), "w") as f:
+            traceback.print_exc(file=f)
+        error = f"{type(err).__name__}: {_error_message(err)} (traceback in error.log)"
+    _record_failure(run_dir, run, error, None)
+    return error
+
+
+def execute_subprocess(argv: list[str], run: Run, run_dir: str, env: dict) -> str | None:
+    """Run `clipadapt train` in a child process (its output in run.log); on failure record failed.json."""
+    os.makedirs(run_dir, exist_ok=True)
+    log = os.path.join(run_dir, "run.log")
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "clipadapt.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
+                            env=env).returncode
+    if rc == 0:
+        return None
+    with open(log, errors="replace") as f:
+        lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line.split("clipadapt: error: ", 1)[1] for line in lines if "clipadapt: error: " in line]
+    error = errors[-1] if errors else (lines[-1] if lines else f"exit code {rc}") + " (full output in run.log)"
+    _record_failure(run_dir, run, error, rc)
+    return error
+
+
+def visible_gpus(gpus: str | None) -> list[str]:
+    """GPU ids to pin runs to: --gpus, else CUDA_VISIBLE_DEVICES, else every GPU torch sees."""
+    if gpus:
+        return [g.strip() for g in gpus.split(",") if g.strip()]
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@dataclass
+class SweepResult:
+    """How many runs were skipped, finished and failed, and the failures' errors."""
+
+    total: int
+    skipped: int
+    finished: int
+    failed: dict[str, str]
+
+
+def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 1, device: str | None = None,
+              gpus: str | None = None, launcher: str = "local", slurm: dict | None = None,
+              progress: bool = True) -> SweepResult:
+    """Run every unfinished run of the sweep; failures are recorded and do not stop the others."""
+    data_root = data_root or sweep.data_root
+    if not data_root:
+        raise ClipadaptError("give --data-root (the sweep file has no data_root)")
+    data_root = os.path.abspath(os.path.expanduser(data_root))
+    if launcher not in LAUNCHERS:
+        raise ClipadaptError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
+    if jobs < 1:
+        raise ClipadaptError(f"--jobs must be at least 1, got {jobs}")
+    device = device or sweep.device
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, f"sweep-{Path(sweep.path).stem}.json"), {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
+                                                 "runs": [r.record() for r in sweep.runs]})
+    todo = []
+    for run in sweep.runs:
+        run_dir = os.path.join(out, run.dir)
+        if os.path.exists(os.path.join(run_dir, "metrics.json")):
+            continue
+        if os.path.exists(os.path.join(run_dir, "failed.json")):
+            os.remove(os.path.join(run_dir, "failed.json"))  # tried again
+        todo.append(run)
+    result = SweepResult(len(sweep.runs), len(sweep.runs) - len(todo), 0, {})
+    bar = tqdm(total=len(sweep.runs), initial=result.skipped, desc="sweep", unit="run", disable=not progress)
+
+    def finish(run: Run, error: str | None) -> None:
+        if error is None:
+            result.finished += 1
+        else:
+            result.failed[run.dir] = error
+            tqdm.write(f"FAILED {run.dir}: {error}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(done=result.finished + result.skipped, failed=len(result.failed))
+
+    if launcher != "local":
+        _run_submitit(sweep, todo, out, data_root, device, launcher, slurm or {}, jobs, finish)
+    elif jobs == 1:
+        for run in todo:
+            bar.set_postfix_str(run.dir)
+            finish(run, execute_in_process(sweep.train_argv(run, out, data_root, device), run, os.path.join(out, run.dir)))
+    else:
+        _run_parallel(sweep, todo, out, data_root, device, jobs, gpus, finish)
+    bar.close()
+    return result
+
+
+def _run_parallel(sweep: Sweep, todo: list[Run], out: str, data_root: str, device: str, jobs: int,
+                  gpus: str | None, finish) -> None:
+    """N child processes at once; on CUDA each pinned to one GPU through CUDA_VISIBLE_DEVICES."""
+    on_gpu = device.startswith("cuda")
+    ids = visible_gpus(gpus) if on_gpu else []
+    if on_gpu and not ids:
+        raise ClipadaptError("device is cuda but no GPU is visible; pass --gpus or --device cpu")
+    slots: queue.Queue = queue.Queue()
+    for i in range(jobs):  # more jobs than GPUs: several runs share a GPU, spread evenly
+        slots.put(ids[i % len(ids)] if ids else None)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def work(run: Run) -> tuple[Run, str | None]:
+        gpu = slots.get()
+        try:
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+            run_device = device
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+                run_device = "cuda:0"  # the one GPU the child sees
+            argv = sweep.train_argv(run, out, data_root, run_device)
+            return run, execute_subprocess(argv, run, os.path.join(out, run.dir), env)
+        finally:
+            slots.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in as_completed([pool.submit(work, run) for run in todo]):
+            finish(*future.result())
+
+
+def _run_submitit(sweep: Sweep, todo: list[Run], out: str, data_root: str, device: str, launcher: str,
+                  slurm: dict, jobs: int, finish) -> None:
+    """One submitit job per run (SLURM, or submitit's local executor); waits for them all."""
+    try:
+        import submitit
+    except ImportError:
+        raise ClipadaptError("--launcher slurm needs submitit: pip install 'clipadapt[slurm]'") from None
+    folder = os.path.join(out, ".submitit", "%j")
+    if launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=int(slurm.get("time", 60)))
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = {"timeout_min": int(slurm.get("time", 60)), "gpus_per_node": int(slurm.get("gpus", 1)),
+                  "cpus_per_task": int(slurm.get("cpus", 8)), "nodes": 1, "tasks_per_node": 1,
+                  "slurm_array_parallelism": jobs}
+        if slurm.get("partition"):
+            params["slurm_partition"] = slurm["partition"]
+        executor.update_parameters(**{k: v for k, v in params.items()})
+        if device == "cpu" and int(slurm.get("gpus", 1)) > 0:
+            device = "cuda"
+    submitted = []
+    for run in todo:  # one job per run; submitit pickles the function and its arguments
+        argv = sweep.train_argv(run, out, data_root, device)
+        submitted.append((run, executor.submit(execute_in_process, argv, run, os.path.join(out, run.dir))))
+    for run, job in submitted:
+        try:
+            error = job.result()
+        except Exception as err:  # noqa: BLE001 - the job itself died (node failure, timeout)
+            error = f"{type(err).__name__}: {' '.join(str(err).split())[-300:]}"
+            _record_failure(os.path.join(out, run.dir), run, error, None)
+        finish(run, error)

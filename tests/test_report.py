@@ -1,0 +1,87 @@
+"""`clipadapt report`: numbers checked against hand-computed means, stds and HMs on a folder of fake runs."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from clipadapt.cli import main
+
+
+def _run(root, rel, **metrics):
+    folder = root / rel
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _b2n(root, method, dataset, seed, base, novel):
+    hm = 2 * base * novel / (base + novel)
+    _run(root, f"base2novel/{method}/{dataset}/shots16/seed{seed}", protocol="base2novel", method=method,
+         dataset=dataset, shots=16, seed=seed, base=base, novel=novel, hm=hm)
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for seed, base, novel in [(1, 80, 70), (2, 82, 72), (3, 84, 71)]:
+        _b2n(root, "mma", "dtd", seed, base, novel)
+    for seed, base, novel in [(1, 90, 60), (2, 94, 64)]:
+        _b2n(root, "mma", "eurosat", seed, base, novel)
+    failed = root / "base2novel/mma/eurosat/shots16/seed3"
+    failed.mkdir(parents=True)
+    (failed / "failed.json").write_text(json.dumps({
+        "protocol": "base2novel", "method": "mma", "dataset": "eurosat", "shots": 16, "seed": 3,
+        "error": "CUDA out of memory", "returncode": 1}))
+    for seed in (1, 2, 3):
+        _b2n(root, "coop", "dtd", seed, 85, 50)
+    for seed in (1, 3):  # seed 2 of coop on eurosat never ran
+        _b2n(root, "coop", "eurosat", seed, 95, 40)
+    for seed, src, cal, dtd in [(1, 70, 90, 40), (2, 72, 92, 44)]:
+        _run(root, f"cross_dataset/mma/imagenet/shots16/seed{seed}", protocol="cross_dataset", method="mma",
+             dataset="imagenet", shots=16, seed=seed, source=src, caltech101=cal, dtd=dtd,
+             targets=["caltech101", "dtd"], target_average=(cal + dtd) / 2)
+    for seed, shots, acc in [(1, 1, 50), (2, 1, 54), (1, 16, 70)]:
+        _run(root, f"fewshot/mma/dtd/shots{shots}/seed{seed}", protocol="fewshot", method="mma", dataset="dtd",
+             shots=shots, seed=seed, accuracy=acc)
+    return root
+
+
+def test_report_numbers_match_hand_computation(runs, tmp_path, capsys):
+    assert main(["report", str(runs), "--out", str(tmp_path / "rep"), "--references"]) == 0
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())
+    b2n = summary["base2novel/16"]["mma"]
+    assert b2n["dtd"]["base"] == pytest.approx(82) and b2n["dtd"]["novel"] == pytest.approx(71)
+    assert b2n["dtd"]["hm"] == pytest.approx(2 * 82 * 71 / 153)  # HM of the seed means
+    assert b2n["eurosat"]["n"] == 2  # the failed seed is not averaged over
+    assert b2n["Average"]["base"] == pytest.approx(87) and b2n["Average"]["novel"] == pytest.approx(66.5)
+    assert b2n["Average"]["hm"] == pytest.approx(2 * 87 * 66.5 / 153.5)  # not the mean of the datasets' HMs
+    assert b2n["Average"]["hm"] != pytest.approx((b2n["dtd"]["hm"] + b2n["eurosat"]["hm"]) / 2, abs=0.1)
+    rows = {(r["protocol"], r["method"], r["dataset"], r["shots"], r["column"]): r
+            for r in csv.DictReader(open(tmp_path / "rep" / "report.csv"))}
+    dtd_base = rows[("base2novel", "mma", "dtd", "16", "base")]
+    assert float(dtd_base["std"]) == pytest.approx(2.0) and dtd_base["n_seeds"] == "3"  # sample std (n - 1)
+    assert float(rows[("base2novel", "mma", "eurosat", "16", "novel")]["std"]) == pytest.approx(math.sqrt(8), abs=1e-4)
+    avg = rows[("base2novel", "mma", "Average", "16", "base")]
+    assert float(avg["std"]) == pytest.approx(math.sqrt(4.5), abs=1e-4) and avg["seeds"] == "1 2"  # seeds on every dataset
+    xd = summary["cross_dataset/imagenet/16"]["mma"]
+    assert xd["source"]["mean"] == pytest.approx(71) and xd["average"]["mean"] == pytest.approx(66.5)
+    assert xd["average"]["std"] == pytest.approx(math.sqrt(4.5))
+    few = summary["fewshot"]["mma"]
+    assert few["dtd"]["1"]["mean"] == pytest.approx(52) and few["dtd"]["16"]["std"] is None
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| mma | 82.00 ± 2.00 | 71.00 ± 1.00 | 76.10 | 3 |" in md
+    assert "FAILED `base2novel/mma/eurosat/shots16/seed3`: CUDA out of memory" in md
+    assert "missing" in md and "coop, eurosat, 16 shots, seed 2" in md
+    assert "MMA (published)" in md and "79.87" in md and "ZjjConan" in md
+    assert "Cross-dataset transfer: source imagenet" in md and "Few-shot classification" in md
+    assert (tmp_path / "rep" / "base2novel_16shots.png").stat().st_size > 1000
+    assert (tmp_path / "rep" / "fewshot.png").stat().st_size > 1000
+
+
+def test_report_on_a_folder_without_runs_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no runs under" in err[0] and "empty" in err[0]
+    assert list((tmp_path / "empty").iterdir()) == [tmp_path / "empty" / "sub"]  # nothing written
