@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 def _cmd(root, out, *extra):
     return ["train", "--method", "mma", "--dataset", "eurosat", "--data-root", root, "--shots", "4",
-            "--backbone", "clipadapt-tiny", "--pretrained", "none", "--out", str(out), "optimizer=sgd",
+            "--backbone", "clipadapt-tiny", "--pretrained", "none", "--config", "none", "--out", str(out), "optimizer=sgd",
             "lr=0.05", "scale=0.1", "batch_size=6", "epochs=2", "augment=false", *extra]
 
 

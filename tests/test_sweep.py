@@ -18,6 +18,7 @@ backbone: clipadapt-tiny
 pretrained: none
 overrides: {epochs: 2, batch_size: 4, augment: false, optimizer: adamw, lr: 0.01}
 method_overrides: {mma: {scale: 0.1}}
+presets: {zeroshot: none, mma: none}   # the tiny test backbone: the methods' own defaults plus overrides
 """
 
 
@@ -125,7 +126,7 @@ def test_sweep_through_submitit_local_executor(fake_root, tmp_path, capsys):
 
 def test_domain_generalization_sweep_reuses_the_cross_dataset_adapters(fake_root, tmp_path, capsys):
     common = ("methods: [mma]\ndatasets: [imagenet]\nseeds: [1]\nshots: [2]\nbackbone: clipadapt-tiny\n"
-              "pretrained: none\n")
+              "pretrained: none\npresets: {mma: none}\n")
     xd = _write(tmp_path, "protocol: cross_dataset\n" + common + "overrides: {epochs: 1, batch_size: 4, "
                 "augment: false, scale: 0.1}\n", "xd.yaml")
     dg = _write(tmp_path, "protocol: dg\nadapters_from: cross_dataset\n" + common, "dg.yaml")

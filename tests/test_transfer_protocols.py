@@ -14,7 +14,7 @@ QUICK = ["optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=1", 
 
 def _train(root, out, protocol, dataset="imagenet", backbone=TINY, shots="2"):
     return main(["train", "--method", "mma", "--dataset", dataset, "--data-root", root, "--shots", shots,
-                 "--protocol", protocol, *backbone, "--out", str(out), *QUICK])
+                 "--protocol", protocol, *backbone, "--config", "none", "--out", str(out), *QUICK])
 
 
 def _metrics(folder):

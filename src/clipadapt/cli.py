@@ -586,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Checks every command needs before any work: the device exists, the output can be written."""
-    if getattr(args, "device", "cpu") != "cpu":
+    if getattr(args, "device", None) not in (None, "cpu"):  # None: the sweep file's device
         check_device(args.device)
     if getattr(args, "out_kind", None) and getattr(args, "out", None):
         check_writable(args.out, args.out_kind)

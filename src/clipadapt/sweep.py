@@ -128,7 +128,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     from .data import known_datasets
     from .methods import METHODS
     from .protocols import TRANSFER_TARGETS, canonical_protocol
-    from .runconfig import read_preset, resolve
+    from .runconfig import NO_PRESET, choose_preset, read_preset, resolve
     from .synthetic_weights import is_shipped
 
     try:
@@ -186,14 +186,25 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         preset = presets.get(method)
         if isinstance(preset, dict):
             preset = preset.get(dataset, preset.get("default"))
-        preset = find_preset(str(preset), sweep_dir) if preset else None
+        # As `train`: no preset named means the shipped one for the method, protocol and backbone
+        # (named explicitly in the run's command); `none` means the method's own defaults.
+        if adapters_from:
+            preset, settings = None, {}
+        elif preset is None:
+            chosen, settings = choose_preset(None, method, protocol, backbone)
+            preset = chosen.split(":", 1)[1]
+        elif str(preset).lower() == NO_PRESET:
+            preset, settings = NO_PRESET, {}
+        else:
+            preset = find_preset(str(preset), sweep_dir)
+            settings = read_preset(preset)
         merged = {**overrides, **(method_overrides.get(method) or {})}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
             from .engine import TrainConfig
 
             merged = {k: v for k, v in merged.items() if k not in TrainConfig.field_names()}
         try:
-            resolve(method, read_preset(preset) if preset else {}, merged)
+            resolve(method, settings, merged)
         except ClipadaptError as err:
             raise ClipadaptError(f"sweep file '{path}', method '{method}': {err}") from None
         for k, s in itertools.product(shots, seeds):
@@ -209,22 +220,24 @@ def _record_failure(run_dir: str, run: Run, error: str, returncode: int | None) 
 
 def execute_in_process(argv: list[str], run: Run, run_dir: str) -> str | None:
     """Run `clipadapt train` in this process; on failure record failed.json and return the error."""
-    from .cli import _error_message, _resolve_pretrained, build_parser
+    from .cli import _preflight, _resolve_pretrained, build_parser
+    from .errors import one_line
 
     os.makedirs(run_dir, exist_ok=True)
     try:
         args = build_parser().parse_args(argv)
         _resolve_pretrained(args)
+        _preflight(args)
         args.func(args)
         return None
     except KeyboardInterrupt:
         raise
     except ClipadaptError as err:
-        error = _error_message(err)
+        error = one_line(str(err)) or type(err).__name__
     except BaseException as err:  # noqa: BLE001 - a crashing run must not stop the sweep
         with open(os.path.join(run_dir, "error.log"), "w") as f:
             traceback.print_exc(file=f)
-        error = f"{type(err).__name__}: {_error_message(err)} (traceback in error.log)"
+        error = f"{type(err).__name__}: {one_line(str(err))} (traceback in error.log)"
     _record_failure(run_dir, run, error, None)
     return error
 
