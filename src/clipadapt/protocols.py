@@ -62,7 +62,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
         model, seconds, ms = _train(spec, base, method_options, cfg)
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
-        model.set_classes(new.classnames, new.template)
+        model.set_classes(new.classnames, new.template, trained_on=False)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
@@ -79,7 +79,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         metrics = {"source": round(evaluate(model, data.test, desc=spec.dataset, **kwargs).accuracy, 4)}
         for target in DG_TARGETS[spec.dataset]:
             shifted = build_dataset(target, spec.data_root, -1, spec.seed, "all")
-            model.set_classes(shifted.classnames, shifted.template)
+            model.set_classes(shifted.classnames, shifted.template, trained_on=False)
             metrics[target] = round(evaluate(model, shifted.test, desc=target, **kwargs).accuracy, 4)
         targets = [metrics[t] for t in DG_TARGETS[spec.dataset]]
         metrics["target_average"] = round(sum(targets) / len(targets), 4)
