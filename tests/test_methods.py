@@ -14,7 +14,9 @@ TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 # The option that switches each method's contribution off.
 OFF = {"mma": {"scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0}, "mma_attn": {"residual": 0.0},
-       "clip_adapter": {"ratio": 0.0}, "zeroshot": {}}
+       "clip_adapter": {"ratio": 0.0}, "clip_lora": {"alpha": 0.0}, "zeroshot": {}}
+# No option switches MMRL or MaPLe off: their tokens enter the attention of every block they reach
+# (docs/methods.md); CLIP-LoRA is also zero-shot untrained (B = 0), tested in test_mmrl_maple_lora.py.
 
 
 def _perturbed(method):
@@ -141,7 +143,10 @@ def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatc
 
 @pytest.mark.parametrize("folder", ["", "synthetic"])
 def test_every_method_has_presets_that_resolve(folder):
-    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", folder, "*.yaml"))
+    # Presets live in configs/ and, for the newer methods, in the package (src/clipadapt/presets/).
+    root = os.path.join(os.path.dirname(__file__), "..")
+    presets = (glob.glob(os.path.join(root, "configs", folder, "*.yaml"))
+               + glob.glob(os.path.join(root, "src", "clipadapt", "presets", folder, "*.yaml")))
     covered = set()
     for path in presets:
         data = read_preset(path)
