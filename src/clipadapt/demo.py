@@ -20,13 +20,18 @@ from .runconfig import read_preset, resolve
 from .synthetic_weights import SHIPPED_WEIGHTS
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn"]
+PACKAGE_PRESET_DIR = Path(__file__).resolve().parent / "presets" / "synthetic"
+DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn", "mmrl", "maple",
+                "clip_lora"]
 
 
 def synthetic_preset(method: str) -> dict:
-    """The settings a method runs with on the synthetic world (configs/synthetic/<method>.yaml)."""
-    path = PRESET_DIR / f"{method}.yaml"
-    return read_preset(str(path)) if path.exists() else {"method": method}
+    """The settings a method runs with on the synthetic world (configs/synthetic/ or presets/synthetic/<method>.yaml)."""
+    for folder in (PRESET_DIR, PACKAGE_PRESET_DIR):
+        path = folder / f"{method}.yaml"
+        if path.exists():
+            return read_preset(str(path))
+    return {"method": method}
 
 
 def machine() -> str:

@@ -32,6 +32,25 @@ from ..errors import ClipadaptError
 from .base import Method, MethodConfig
 
 INFERENCE_MODES = ("auto", "fusion", "class")
+# The official per-dataset settings (trainers/config.py), applied by its train.py after the config
+# file for base-to-novel and few-shot; its cross-dataset scripts pass REG_WEIGHT 0.2 and REP_DIM 512
+# on the command line instead, which win over this table.
+OFFICIAL_REG_WEIGHT = {"stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0,
+                       "oxford_flowers": 4.0, "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2,
+                       "eurosat": 0.01}
+OFFICIAL_REP_DIM = {"eurosat": 2048}
+
+
+def official_overrides(dataset: str, protocol: str) -> dict:
+    """The method options the official code sets for one dataset under one protocol."""
+    if protocol not in ("base2novel", "fewshot"):
+        return {}
+    out = {}
+    if dataset in OFFICIAL_REG_WEIGHT:
+        out["reg_weight"] = OFFICIAL_REG_WEIGHT[dataset]
+    if dataset in OFFICIAL_REP_DIM:
+        out["rep_dim"] = OFFICIAL_REP_DIM[dataset]
+    return out
 
 
 @dataclass
