@@ -314,3 +314,42 @@ def test_info_counts_the_new_methods(capsys):
         assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["trainable_params"] == build_model(method, ["a", "b"], **TINY).method.num_trainable() > 0
+
+
+# ---- presets: the official settings ------------------------------------------------------------
+def _preset(name):
+    import os
+
+    from clipadapt.runconfig import read_preset, resolve
+
+    path = os.path.join(os.path.dirname(__file__), "..", "src", "clipadapt", "presets", name)
+    data = read_preset(path)
+    return resolve(data["method"], data)
+
+
+@pytest.mark.parametrize("name, method, train", [
+    ("mmrl_base2novel.yaml", {"alpha": 0.7, "reg_weight": 1.0, "n_rep_tokens": 5, "rep_dim": 512},
+     {"optimizer": "adamw", "lr": 1e-3, "epochs": 10, "batch_size": 4, "warmup_epochs": 1, "warmup_lr": 1e-5}),
+    ("mmrl_fewshot.yaml", {}, {"epochs": 50, "batch_size": 32, "warmup_epochs": 1}),
+    ("mmrl_imagenet.yaml", {"reg_weight": 0.5}, {"epochs": 5, "batch_size": 32}),
+    ("mmrl_cross_dataset.yaml", {"reg_weight": 0.2, "rep_dim": 512}, {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}),
+    ("maple_base2novel.yaml", {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
+     {"optimizer": "sgd", "lr": 0.0035, "epochs": 5, "batch_size": 4, "warmup_epochs": 1}),
+    ("maple_cross_dataset.yaml", {"prompt_depth": 3}, {"lr": 0.0026, "epochs": 2, "batch_size": 4}),
+    ("clip_lora_fewshot.yaml", {"rank": 2, "alpha": 1.0, "dropout": 0.25, "params": ["q", "k", "v"]},
+     {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32}),
+])
+def test_presets_hold_the_official_settings(name, method, train):
+    method_cfg, train_cfg, _ = _preset(name)
+    for key, value in method.items():
+        assert getattr(method_cfg, key) == value, key
+    for key, value in train.items():
+        assert getattr(train_cfg, key) == pytest.approx(value), key
+
+
+def test_mmrl_official_per_dataset_settings():
+    from clipadapt.methods.mmrl import official_overrides
+
+    assert official_overrides("stanford_cars", "base2novel") == {"reg_weight": 7.0}
+    assert official_overrides("eurosat", "fewshot") == {"reg_weight": 0.01, "rep_dim": 2048}
+    assert official_overrides("eurosat", "dg") == {}  # the cross-dataset scripts pass 0.2 / 512 instead
