@@ -353,3 +353,28 @@ def test_mmrl_official_per_dataset_settings():
     assert official_overrides("stanford_cars", "base2novel") == {"reg_weight": 7.0}
     assert official_overrides("eurosat", "fewshot") == {"reg_weight": 0.01, "rep_dim": 2048}
     assert official_overrides("eurosat", "dg") == {}  # the cross-dataset scripts pass 0.2 / 512 instead
+
+
+def test_import_mmrl_reads_official_checkpoints(tmp_path):
+    from clipadapt.cli import main
+
+    model = _perturbed("mmrl")
+    m = model.method
+    official = {"representation_learner.compound_rep_tokens": m.rep_tokens.detach(),
+                "image_encoder.proj_rep": m.proj_rep.detach(),
+                "prompt_embeddings": torch.zeros(4, 77, 64),  # frozen parts the official file also holds
+                "image_encoder.conv1.weight": torch.zeros(64, 3, 8, 8)}
+    for j, (to_image, to_text) in enumerate(zip(m.rep_to_image, m.rep_to_text)):
+        for name in ("weight", "bias"):
+            official[f"module.representation_learner.compound_rep_tokens_r2vproj.{j}.{name}"] = getattr(to_image, name)
+            official[f"representation_learner.compound_rep_tokens_r2tproj.{j}.{name}"] = getattr(to_text, name)
+    path = tmp_path / "model.pth.tar-10"
+    torch.save({"state_dict": {k: v.detach().clone() for k, v in official.items()}, "epoch": 10}, path)
+    out = str(tmp_path / "mmrl.safetensors")
+    assert main(["import-mmrl", str(path), "--out", out, "--backbone", "clipadapt-tiny", "--pretrained", "none",
+                 "--last-block", "4", "--classes", ",".join(CLASSES)]) == 0
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(out, CLASSES).eval()(images), model(images), rtol=1e-5, atol=1e-5)
+    torch.save({"state_dict": {"visual_adapter.5.down.0.weight": torch.zeros(1)}}, tmp_path / "mma.pth")
+    assert main(["import-mmrl", str(tmp_path / "mma.pth"), "--out", out]) == 2

@@ -221,3 +221,42 @@ class MMRL(Method):
         total = a * ce_class + (1 - a) * ce_rep + lam * (reg_img + reg_txt)
         return total, {"ce_class": ce_class.item(), "ce_rep": ce_rep.item(), "reg_image": reg_img.item(),
                        "reg_text": reg_txt.item()}
+
+
+# ---- checkpoints of the official code --------------------------------------------------------------
+_OFFICIAL_PREFIXES = {"representation_learner.compound_rep_tokens_r2vproj.": "rep_to_image.",
+                      "representation_learner.compound_rep_tokens_r2tproj.": "rep_to_text."}
+_OFFICIAL_NAMES = {"representation_learner.compound_rep_tokens": "rep_tokens", "image_encoder.proj_rep": "proj_rep"}
+
+
+def official_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The trained tensors of a checkpoint saved by the official MMRL code, under this module's names."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ClipadaptError(f"MMRL checkpoint '{path}' does not exist") from None
+    except Exception as err:
+        raise ClipadaptError(f"'{path}' is not a readable MMRL checkpoint (torch.save format): {err}") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ClipadaptError(f"'{path}' holds no state dict")
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key in _OFFICIAL_NAMES:
+            out[_OFFICIAL_NAMES[key]] = value
+        for prefix, ours in _OFFICIAL_PREFIXES.items():
+            if key.startswith(prefix):
+                out[ours + key[len(prefix):]] = value
+    if "rep_tokens" not in out or "proj_rep" not in out:
+        raise ClipadaptError(f"'{path}' has no MMRL weights (representation_learner.compound_rep_tokens, "
+                             "image_encoder.proj_rep)")
+    return out
+
+
+def official_config(state: dict[str, torch.Tensor], last_block: int = 12, **options) -> MMRLConfig:
+    """The MMRLConfig an official state dict fits: tokens and width read off it, blocks ending at `last_block`."""
+    n_layers = len({k.split(".")[1] for k in state if k.startswith("rep_to_image.")})
+    k, d = state["rep_tokens"].shape
+    layers = list(range(last_block - n_layers + 1, last_block + 1))
+    return MMRLConfig(n_rep_tokens=int(k), rep_dim=int(d), rep_layers=layers, **options)
