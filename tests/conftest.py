@@ -40,7 +40,7 @@ FAST_LEARNING = {
     "mma": ({"scale": 0.1}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     "rmadapter": ({"scale": 0.1}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     "rmma": ({}, {**ADAMW, "lr": 0.01, "epochs": 15}),
-    "mma_attn": ({"residual": 1.0, "reduction": 1}, {**ADAMW, "lr": 0.01, "epochs": 30}),
+    "mma_attn": ({"residual": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 30}),
     "clip_adapter": ({"ratio": 0.8, "reduction": 1}, {**ADAMW, "lr": 0.05, "epochs": 30}),
     "coop": ({}, {**ADAMW, "lr": 0.01, "epochs": 30}),
     "mmrl": ({"reg_weight": 0.01}, {**ADAMW, "lr": 0.01, "epochs": 15}),
