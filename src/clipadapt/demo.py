@@ -79,7 +79,7 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
               f"({'shipped pretrained weights' if pretrained == 'shipped' else 'RANDOM weights: numbers near chance'}). "
               f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
               f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
-              f"configs/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
+              f"configs/synthetic/ and src/clipadapt/presets/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
     text = write_report(run_dirs, datasets, methods, out, header)
     print(text)
     print(f"\nreport: {os.path.join(out, 'report.md')} (table), {os.path.join(out, 'report.png')} (chart); "
