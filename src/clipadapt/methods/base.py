@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone, TextBatch
+from ..validation import check_fields
 
 
 @dataclass
@@ -30,6 +31,9 @@ class MethodConfig:
     """Fields every method has; subclasses add their own."""
 
     template: str | None = None  # prompt; None means the dataset's CoOp template
+
+    def __post_init__(self):
+        check_fields(self, "method option")  # types and ranges by the declared fields (validation.RANGES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for YAML and checkpoint metadata."""
