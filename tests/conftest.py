@@ -43,4 +43,7 @@ FAST_LEARNING = {
     "mma_attn": ({"residual": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 30}),
     "clip_adapter": ({"ratio": 0.8, "reduction": 1}, {**ADAMW, "lr": 0.05, "epochs": 30}),
     "coop": ({}, {**ADAMW, "lr": 0.01, "epochs": 30}),
+    "mmrl": ({"reg_weight": 0.01}, {**ADAMW, "lr": 0.01, "epochs": 15}),
+    "maple": ({}, {**ADAMW, "lr": 0.01, "epochs": 15}),
+    "clip_lora": ({"rank": 8, "alpha": 8.0, "dropout": 0.0}, {**ADAMW, "lr": 0.01, "epochs": 10}),
 }

@@ -198,7 +198,11 @@ class Backbone(nn.Module):
     def text_attn_mask(self, length: int):
         """The causal mask cut to `length` tokens (None for bidirectional towers)."""
         mask = self._text.attn_mask
-        return None if mask is None else mask[:length, :length]
+        if mask is None:
+            return None
+        if length > mask.shape[0]:  # sequences lengthened by inserted tokens (MMRL): the same causal rule
+            return torch.full((length, length), float("-inf"), dtype=mask.dtype, device=mask.device).triu(1)
+        return mask[:length, :length]
 
     def text_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Run text block `index` (0-based) on [prompts, length, width]."""

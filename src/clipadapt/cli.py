@@ -429,6 +429,31 @@ def cmd_import_mma(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_mmrl(args: argparse.Namespace) -> int:
+    """Convert a checkpoint of the official MMRL code into a clipadapt adapter file."""
+    from safetensors.torch import save_file
+
+    from .backbone import weights_identity
+    from .fileio import atomic_path
+    from .methods.mmrl import official_config, official_state_dict
+    from .model import ADAPTER_FORMAT
+
+    state = official_state_dict(args.path)
+    config = official_config(state, args.last_block, alpha=args.alpha, inference=args.inference)
+    classes = _read_classes(args) if (args.classes or args.classes_file) else []
+    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": "mmrl",
+            "method_config": json.dumps(config.to_dict()),
+            "backbone_identity": weights_identity(args.backbone, args.pretrained),
+            "backbone": args.backbone, "pretrained": str(args.pretrained), "classnames": json.dumps(classes),
+            "imported_from": os.path.abspath(args.path)}
+    with atomic_path(args.out) as tmp:
+        save_file({k: v.float().contiguous() for k, v in state.items()}, tmp, metadata=meta)
+    n = sum(v.numel() for v in state.values())
+    print(f"wrote {args.out}: mmrl, {config.n_rep_tokens} tokens of width {config.rep_dim} on blocks "
+          f"{config.rep_layers[0]}-{config.rep_layers[-1]}, {n:,} parameters, for {args.backbone} ({args.pretrained})")
+    return 0
+
+
 def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the synthetic world, record its zero-shot accuracy, optionally install it."""
     import shutil
@@ -561,6 +586,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=positive_float, default=0.001,
                    help="ADAPTER_SCALE it was trained with (default 0.001)")
     p.set_defaults(func=cmd_import_mma, out_kind="file")
+
+    p = sub.add_parser("import-mmrl", help="convert a checkpoint of the official MMRL code",
+                       description="Read the representation learner and proj_rep of an official MMRL checkpoint "
+                                   "(model-best.pth.tar, model.pth.tar-10) and write a clipadapt adapter file.")
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
+    p.add_argument("--last-block", type=int, default=12, help="last REP_LAYERS block (default 12: blocks 6-12)")
+    p.add_argument("--alpha", type=float, default=0.7, help="ALPHA it was trained with (default 0.7)")
+    p.add_argument("--inference", default="auto", choices=["auto", "fusion", "class"],
+                   help="auto: fused logits on the classes it was trained on (give them with --classes or "
+                        "--classes-file), class logits elsewhere (default auto)")
+    p.add_argument("--classes", help="comma-separated class names it was trained on")
+    p.add_argument("--classes-file", help="file with the class names it was trained on, one per line")
+    p.set_defaults(func=cmd_import_mmrl)
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
                        description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "

@@ -41,11 +41,15 @@ class AdaptedCLIP(nn.Module):
         self.set_classes(classnames, template)
 
     # ---- classes ------------------------------------------------------------------------------
-    def set_classes(self, classnames: list[str], template: str | None = None) -> None:
-        """Classify against these class names (they need not be the ones trained on)."""
+    def set_classes(self, classnames: list[str], template: str | None = None, trained_on: bool | None = None) -> None:
+        """Classify against these class names (they need not be the ones trained on).
+
+        `trained_on` tells methods whose inference differs on seen and unseen classes (MMRL) which
+        case this is; None lets the method decide (MMRL compares with the names it was built for)."""
         if not classnames:
             raise ClipadaptError("no class names given")
         self.classnames = list(classnames)
+        self.method.set_classes(self.classnames, trained_on)
         self.template = self.method.config.template or template or DEFAULT_TEMPLATE
         self.prompts = [format_prompt(self.template, c) for c in self.classnames]
         device = next(self.backbone.parameters()).device
@@ -210,7 +214,11 @@ def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: s
     if backbone is None:
         backbone = meta["backbone"]
         pretrained = meta["pretrained"] if pretrained is None else pretrained
-    names = classnames or json.loads(meta.get("classnames", "[]"))
-    model = build_model(meta["method"], names, backbone, pretrained, device=device, **options)
+    # Built for the classes it was trained on, so that methods knowing them (MMRL) can tell later
+    # whether the classes it is asked about are those.
+    trained_names = json.loads(meta.get("classnames", "[]"))
+    model = build_model(meta["method"], trained_names or classnames, backbone, pretrained, device=device, **options)
     model.load_adapter(checkpoint)
+    if classnames:
+        model.set_classes(classnames)
     return model

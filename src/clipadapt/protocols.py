@@ -96,7 +96,7 @@ def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kw
     metrics = {"source": round(evaluate(model, source_test, desc=source, **eval_kwargs).accuracy, 4)}
     for target in targets:
         shifted = build_dataset(target, data_root, -1, 1, "all")  # the whole test split: no draw, no seed
-        model.set_classes(shifted.classnames, shifted.template)
+        model.set_classes(shifted.classnames, shifted.template, trained_on=False)
         metrics[target] = round(evaluate(model, shifted.test, desc=target, **eval_kwargs).accuracy, 4)
     metrics["targets"] = list(targets)
     metrics["target_average"] = round(sum(metrics[t] for t in targets) / len(targets), 4)
@@ -115,7 +115,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
-        model.set_classes(new.classnames, new.template)
+        model.set_classes(new.classnames, new.template, trained_on=False)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}

@@ -5,14 +5,18 @@ from __future__ import annotations
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
 from .clip_adapter import CLIPAdapter
+from .clip_lora import CLIPLoRA
 from .coop import CoOp
+from .maple import MaPLe
 from .mma import MMA
 from .mma_attn import MMAAttn
+from .mmrl import MMRL
 from .rmadapter import RMAdapter
 from .rmma import RMMA
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn,
+                                                        MMRL, MaPLe, CLIPLoRA]}
 
 
 def method_class(name: str) -> type[Method]:

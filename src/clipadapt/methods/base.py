@@ -69,6 +69,9 @@ class Method(nn.Module):
     def begin_forward(self) -> None:
         """Called before each forward pass; methods clear their per-pass state here."""
 
+    def set_classes(self, classnames: list[str], trained_on: bool | None = None) -> None:
+        """Told which classes are scored next and whether they were trained on (None: unknown)."""
+
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Token embeddings of the class prompts (learned context replaces some of them)."""
         return batch
