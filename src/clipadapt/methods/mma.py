@@ -81,6 +81,7 @@ class MMA(Method):
     name = "mma"
     Config = MMAConfig
     acts_on_blocks = True
+    prompt_sets = "draw"
     training_defaults = {"optimizer": "sgd", "lr": 0.0015, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
                          "batch_size": 16, "warmup_epochs": 0, "precision": "auto"}
 

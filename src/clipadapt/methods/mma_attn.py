@@ -42,6 +42,7 @@ class MMAAttn(Method):
     name = "mma_attn"
     Config = MMAAttnConfig
     output_only = True
+    prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     training_defaults = {"optimizer": "adam", "lr": 0.005, "weight_decay": 0.0, "epochs": 5, "batch_size": 256,
                          "warmup_epochs": 0, "precision": "auto", "augment": False}
 
