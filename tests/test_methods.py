@@ -13,7 +13,7 @@ from clipadapt.runconfig import read_preset, resolve
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 # The option that switches each method's contribution off.
-OFF = {"mma": {"scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0}, "mma_attn": {"residual": 0.0},
+OFF = {"mma": {"scale": 0.0}, "mma_pp": {"test_scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0}, "mma_attn": {"residual": 0.0},
        "clip_adapter": {"ratio": 0.0}, "zeroshot": {}}
 
 
@@ -141,7 +141,9 @@ def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatc
 
 @pytest.mark.parametrize("folder", ["", "synthetic"])
 def test_every_method_has_presets_that_resolve(folder):
-    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", folder, "*.yaml"))
+    root = os.path.join(os.path.dirname(__file__), "..")
+    presets = (glob.glob(os.path.join(root, "configs", folder, "*.yaml"))
+               + glob.glob(os.path.join(root, "src", "clipadapt", "presets", folder, "*.yaml")))
     covered = set()
     for path in presets:
         data = read_preset(path)

@@ -25,6 +25,14 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _add_prompts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="several prompts a class: 'openai80' (CLIP's 80 templates), a JSON file of per-class "
+                        "descriptions in CuPL's layout {\"class\": [\"...\", ...]} or of templates [\"a photo of "
+                        "a {}.\", ...], a folder of <dataset>.json files, or 'none' for one template a class "
+                        "(default: the preset's, else one template; with --checkpoint: the recorded one)")
+
+
 def _resolve_pretrained(args: argparse.Namespace) -> None:
     from .synthetic_weights import is_shipped
 
@@ -68,12 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from_file = args.backbone_from_checkpoint or args.backbone is None
         model = load_model(args.checkpoint, data.classnames, device=args.device,
                            backbone=None if from_file else args.backbone,
-                           pretrained=None if from_file else args.pretrained)
-        model.set_classes(data.classnames, data.template)
+                           pretrained=None if from_file else args.pretrained, prompts=args.prompts,
+                           default_template=data.template, dataset=args.dataset)
         method = model.method.name
     else:
+        prompts = {} if args.prompts is None else {"prompts": args.prompts}
         model = build_model(args.method, data.classnames, args.backbone, args.pretrained,
-                            default_template=data.template, device=args.device)
+                            default_template=data.template, device=args.device, dataset=args.dataset, **prompts)
         method = args.method
     start = time.time()
     result = evaluate(model, data.test, args.batch_size, args.workers, args.device,
@@ -82,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": args.dataset,
         "subsample": args.subsample, "method": method, "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
-        "num_classes": data.num_classes, "prompt_template": model.template,
+        "num_classes": data.num_classes, "prompt_template": model.template, "prompts": model.method.config.prompts,
         "checkpoint": args.checkpoint, "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
     }
     if args.save_predictions:
@@ -102,7 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runconfig import parse_overrides, read_preset, resolve
 
     preset = read_preset(args.config) if args.config else {}
-    method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.prompts is not None:
+        overrides["prompts"] = args.prompts
+    method_cfg, train_cfg, resolved = resolve(args.method, preset, overrides)
     train_cfg.seed = args.seed
     resolved["seed"] = args.seed
     run = {"protocol": args.protocol, "dataset": args.dataset, "shots": args.shots, "seed": args.seed,
@@ -178,10 +190,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = _read_classes(args)
     if args.checkpoint:
         model = load_model(args.checkpoint, names, backbone=args.backbone, pretrained=args.pretrained,
-                           device=args.device)
+                           device=args.device, prompts=args.prompts)
     else:
+        prompts = {} if args.prompts is None else {"prompts": args.prompts}
         model = build_model("zeroshot", names, args.backbone or "synthetic", args.pretrained or "shipped",
-                            device=args.device)
+                            device=args.device, **prompts)
     model.eval()
     transform = model_transform(model)
     k = min(args.top_k, len(names))
@@ -202,16 +215,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_import_mma(args: argparse.Namespace) -> int:
     """Convert a checkpoint of the official MMA code into a clipadapt adapter file."""
+    from .methods.mma import official_config, official_state_dict
+
+    state = official_state_dict(args.path)
+    return _write_imported(args, "mma", official_config(state, args.scale), state)
+
+
+def cmd_import_mma_pp(args: argparse.Namespace) -> int:
+    """Convert a checkpoint of the official MMA++ code (VLM-MMApp) into a clipadapt adapter file."""
+    from .methods.mma import official_config, official_state_dict
+    from .methods.mma_pp import MMAPPConfig
+
+    state = official_state_dict(args.path)  # MMA++ saves MMA's keys: its dropout has no parameters
+    blocks = official_config(state)
+    config = MMAPPConfig(adapter_start=blocks.adapter_start, adapter_end=blocks.adapter_end,
+                         adapter_dim=blocks.adapter_dim, dropout=args.dropout, train_scale=args.train_scale,
+                         test_scale=args.test_scale, reg_weight=args.reg_weight)
+    return _write_imported(args, "mma_pp", config, state)
+
+
+def _write_imported(args: argparse.Namespace, method: str, config, state: dict) -> int:
+    """Write official adapter tensors as a clipadapt adapter file, after checking keys and shapes."""
     from safetensors.torch import save_file
 
     from .backbone import weights_identity
     from .fileio import atomic_path
-    from .methods.mma import official_config, official_state_dict
-    from .model import ADAPTER_FORMAT
+    from .methods.mma import check_fits
+    from .model import ADAPTER_FORMAT, build_model
 
-    state = official_state_dict(args.path)
-    config = official_config(state, args.scale)
-    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": "mma",
+    # The architecture alone decides the shapes: build it with random weights to check against.
+    check_fits(build_model(method, ["a", "b"], args.backbone, "none", **config.to_dict()), state, args.path)
+
+    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": method,
             "method_config": json.dumps(config.to_dict()),
             "backbone_identity": weights_identity(args.backbone, args.pretrained),
             "backbone": args.backbone, "pretrained": str(args.pretrained), "classnames": "[]",
@@ -219,7 +254,7 @@ def cmd_import_mma(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         save_file({k: v.float().contiguous() for k, v in state.items()}, tmp, metadata=meta)
     n = sum(v.numel() for v in state.values())
-    print(f"wrote {args.out}: mma adapters on blocks {config.adapter_start}-{config.adapter_end}, "
+    print(f"wrote {args.out}: {method} adapters on blocks {config.adapter_start}-{config.adapter_end}, "
           f"width {config.adapter_dim}, {n:,} parameters, for {args.backbone} ({args.pretrained})")
     return 0
 
@@ -281,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsample", default="all", choices=["all", "base", "new"],
                    help="classes to evaluate on: all, the base half or the new half (default all)")
     _add_backbone_args(p)
+    _add_prompts_arg(p)
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -300,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML preset (see configs/); key=value arguments override it")
+    _add_prompts_arg(p)
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=0.002)")
@@ -321,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--classes-file", help="a file with one class name a line")
     p.add_argument("--top-k", type=int, default=5, help="classes to print per image (default 5)")
+    _add_prompts_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("--backbone", default=None, help="override the backbone recorded in the checkpoint")
     p.add_argument("--pretrained", default=None, help="override the weights recorded in the checkpoint")
@@ -336,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
     p.add_argument("--scale", type=float, default=0.001, help="ADAPTER_SCALE it was trained with (default 0.001)")
     p.set_defaults(func=cmd_import_mma)
+
+    p = sub.add_parser("import-mma-pp", help="convert a checkpoint of the official MMA++ code",
+                       description="Read the adapter_learner state dict of an official MMA++ checkpoint "
+                                   "(adapter_learner/model.pth.tar-50) and write a clipadapt adapter file. Its keys "
+                                   "are MMA's, so the scales it was trained with are given here.")
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
+    p.add_argument("--train-scale", type=float, default=0.01, help="ADAPTER_TRAIN_SCALE (default 0.01)")
+    p.add_argument("--test-scale", type=float, default=0.0065,
+                   help="ADAPTER_TEST_SCALE (default 0.0065; 0.005 for the ImageNet-source config)")
+    p.add_argument("--reg-weight", type=float, default=2.5, help="ADAPTER_TRAIN_SCALE_REG (default 2.5)")
+    p.add_argument("--dropout", type=float, default=0.1, help="ADAPTER_DROP (default 0.1; 0.2 for b2n_hc)")
+    p.set_defaults(func=cmd_import_mma_pp)
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
                        description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "

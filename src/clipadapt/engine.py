@@ -213,6 +213,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             seed_everything(cfg.seed * 1000 + epoch)
+            model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
             if use_cache:
                 batches = self._feature_batches(epoch, drop_last)
             else:

@@ -42,7 +42,8 @@ class RunSpec:
 def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig):
     seed_everything(spec.seed)  # the adapters' initial weights depend on the run's seed only
     model = build_model(spec.method, classes_split.classnames, spec.backbone, spec.pretrained,
-                        default_template=classes_split.template, device=spec.device, **method_options)
+                        default_template=classes_split.template, device=spec.device, dataset=spec.dataset,
+                        **method_options)
     if model.method.trainable_parameters():
         result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress).run()
         seconds, ms = result.train_seconds, result.ms_per_image
@@ -62,7 +63,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
         model, seconds, ms = _train(spec, base, method_options, cfg)
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
-        model.set_classes(new.classnames, new.template)
+        model.set_classes(new.classnames, new.template, spec.dataset)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
@@ -79,7 +80,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         metrics = {"source": round(evaluate(model, data.test, desc=spec.dataset, **kwargs).accuracy, 4)}
         for target in DG_TARGETS[spec.dataset]:
             shifted = build_dataset(target, spec.data_root, -1, spec.seed, "all")
-            model.set_classes(shifted.classnames, shifted.template)
+            model.set_classes(shifted.classnames, shifted.template, target)
             metrics[target] = round(evaluate(model, shifted.test, desc=target, **kwargs).accuracy, 4)
         targets = [metrics[t] for t in DG_TARGETS[spec.dataset]]
         metrics["target_average"] = round(sum(targets) / len(targets), 4)

@@ -8,11 +8,12 @@ from .clip_adapter import CLIPAdapter
 from .coop import CoOp
 from .mma import MMA
 from .mma_attn import MMAAttn
+from .mma_pp import MMAPP
 from .rmadapter import RMAdapter
 from .rmma import RMMA
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn, MMAPP]}
 
 
 def method_class(name: str) -> type[Method]:

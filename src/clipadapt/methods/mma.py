@@ -157,10 +157,17 @@ def official_config(state: dict[str, torch.Tensor], scale: float = 0.001) -> MMA
 
 
 def load_official(model, path: str) -> None:
-    """Load an official MMA checkpoint (model-best.pth.tar, model.pth.tar-5) into an `mma` model."""
-    if getattr(model.method, "name", None) != "mma":
-        raise ClipadaptError(f"load_official needs an 'mma' model, got '{model.method.name}'")
+    """Load an official MMA or MMA++ checkpoint (model-best.pth.tar, model.pth.tar-N) into an `mma` / `mma_pp` model."""
+    if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
+        raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
     state = official_state_dict(path)
+    check_fits(model, state, path)
+    model.method.load_state_dict({k: v.float() for k, v in state.items()})
+    model._text_cache = None
+
+
+def check_fits(model, state: dict[str, torch.Tensor], path: str) -> None:
+    """Fail with a clear message unless official tensors match the model's adapters key for key and in shape."""
     ours = model.method.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -171,5 +178,3 @@ def load_official(model, path: str) -> None:
         if value.shape != ours[key].shape:
             raise ClipadaptError(f"'{path}': '{key}' has shape {tuple(value.shape)}, the model expects "
                                  f"{tuple(ours[key].shape)} (is it the same backbone?)")
-    model.method.load_state_dict({k: v.float() for k, v in state.items()})
-    model._text_cache = None
