@@ -20,13 +20,17 @@ from .runconfig import read_preset, resolve
 from .synthetic_weights import SHIPPED_WEIGHTS
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn"]
+PACKAGE_PRESET_DIR = Path(__file__).resolve().parent / "presets" / "synthetic"
+DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "mma_pp", "rmadapter", "rmma", "mma_attn"]
 
 
 def synthetic_preset(method: str) -> dict:
-    """The settings a method runs with on the synthetic world (configs/synthetic/<method>.yaml)."""
-    path = PRESET_DIR / f"{method}.yaml"
-    return read_preset(str(path)) if path.exists() else {"method": method}
+    """The settings a method runs with on the synthetic world (presets/synthetic/ or configs/synthetic/<method>.yaml)."""
+    for folder in (PACKAGE_PRESET_DIR, PRESET_DIR):
+        path = folder / f"{method}.yaml"
+        if path.exists():
+            return read_preset(str(path))
+    return {"method": method}
 
 
 def machine() -> str:
@@ -74,7 +78,7 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
               f"({'shipped pretrained weights' if pretrained == 'shipped' else 'RANDOM weights: numbers near chance'}). "
               f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
               f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
-              f"configs/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
+              f"configs/synthetic/ and src/clipadapt/presets/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
     text = write_report(run_dirs, datasets, methods, out, header)
     print(text)
     print(f"\nreport: {os.path.join(out, 'report.md')} (table), {os.path.join(out, 'report.png')} (chart); "
