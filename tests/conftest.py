@@ -42,7 +42,7 @@ FAST_LEARNING = {
     # MMA++'s consistency term pulls towards the smaller drawn scales: a lighter weight learns in fewer epochs.
     "mma_pp": ({"train_scale": 0.1, "test_scale": 0.1, "reg_weight": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 12}),
     "rmma": ({}, {**ADAMW, "lr": 0.01, "epochs": 15}),
-    "mma_attn": ({"residual": 1.0, "reduction": 1}, {**ADAMW, "lr": 0.01, "epochs": 30}),
+    "mma_attn": ({"residual": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 30}),
     "clip_adapter": ({"ratio": 0.8, "reduction": 1}, {**ADAMW, "lr": 0.05, "epochs": 30}),
     "coop": ({}, {**ADAMW, "lr": 0.01, "epochs": 30}),
 }

@@ -12,27 +12,34 @@ from torchvision import transforms as T
 from clipadapt.data import build_dataset
 from clipadapt.data.coop import COOP_DATASETS
 from clipadapt.data.datum import Datum
+from clipadapt.data.fake import make_coop_tree
 from clipadapt.data.fewshot import sample_few_shot
 from clipadapt.data import transforms as tf
 from clipadapt.errors import DataError
 
 
-# --- Dassl's algorithm as Dassl runs it: the global `random`, seeded once, train drawn before val ---
+# --- Dassl's code as CoOp runs it: the global `random`, seeded once (set_random_seed), then
+# generate_fewshot_dataset(train, num_shots=K) and generate_fewshot_dataset(val, num_shots=min(K, 4))
+# with Dassl's default repeat=False, then OxfordPets.subsample_classes(train, val, test).
+def dassl_generate_fewshot_dataset(data_source, num_shots, repeat=False):
+    tracker = defaultdict(list)
+    for item in data_source:
+        tracker[item.label].append(item)
+    dataset = []
+    for _, items in tracker.items():
+        if len(items) >= num_shots:
+            sampled_items = random.sample(items, num_shots)
+        else:
+            sampled_items = random.choices(items, k=num_shots) if repeat else items
+        dataset.extend(sampled_items)
+    return dataset
+
+
 def dassl_reference(train, val, shots, seed, subsample, val_is_test=False):
     random.seed(seed)
-
-    def fewshot(items, k):
-        tracker = defaultdict(list)
-        for item in items:
-            tracker[item.label].append(item)
-        out = []
-        for _, group in tracker.items():
-            out.extend(random.sample(group, k) if len(group) >= k else random.choices(group, k=k))
-        return out
-
-    train = fewshot(train, shots)
+    train = dassl_generate_fewshot_dataset(train, num_shots=shots)
     if not val_is_test:
-        val = fewshot(val, min(shots, 4))
+        val = dassl_generate_fewshot_dataset(val, num_shots=min(shots, 4))
     labels = sorted({d.label for d in train})
     m = math.ceil(len(labels) / 2)
     if subsample == "all":
@@ -61,19 +68,59 @@ def test_fewshot_matches_dassl_on_split_dataset(fake_root, seed, subsample):
     assert len(ours.val) == 4 * ours.num_classes  # 5 val images a class: min(16, 4) drawn
 
 
+# (train, val, test) images per class: some classes are shorter than K for the train or the val draw.
+SHORT_CLASS_SIZES = [(20, 6, 2), (3, 2, 2), (16, 5, 2), (5, 1, 2), (1, 4, 2), (9, 3, 2), (2, 5, 2)]
+
+
+@pytest.fixture(scope="module")
+def short_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("short")
+    for name, spec in COOP_DATASETS.items():
+        if not spec.test_only:
+            make_coop_tree(str(root), name, class_sizes=SHORT_CLASS_SIZES, size=8)
+    return str(root)
+
+
+@pytest.mark.parametrize("name", [n for n, s in COOP_DATASETS.items() if not s.test_only])
+def test_fewshot_matches_dassl_with_short_classes_on_every_loader(short_root, name):
+    full = build_dataset(name, short_root, shots=-1)
+    val_is_test = COOP_DATASETS[name].reader == "imagenet"
+    for shots in (1, 2, 4, 8, 16):
+        for seed in (1, 2):
+            for subsample in ("all", "base", "new"):
+                ours = build_dataset(name, short_root, shots=shots, seed=seed, subsample=subsample)
+                ref_train, ref_val = dassl_reference(full.train, full.val, shots, seed, subsample, val_is_test)
+                assert ours.train == ref_train, (shots, seed, subsample)
+                assert ours.val == (ours.test if val_is_test else ref_val), (shots, seed, subsample)
+    # A short class keeps each of its images once, in order: no duplicates.
+    draw = build_dataset(name, short_root, shots=16, seed=1)
+    assert len({d.impath for d in draw.train}) == len(draw.train)
+    assert len(draw.train) == sum(min(16, t) for t, _, _ in SHORT_CLASS_SIZES)
+    short = [d.impath for d in draw.train if d.label == 1]
+    assert short == [d.impath for d in full.train if d.label == 1]
+
+
 def test_fewshot_matches_dassl_with_short_classes_and_mixed_order():
     items = _items(7, [30, 2, 16, 5, 40, 1, 17])
-    for seed in (1, 2, 3):
-        rng = random.Random(seed)
-        ours = sample_few_shot(items, 16, rng)
-        random.seed(seed)
-        tracker = defaultdict(list)
-        for d in items:
-            tracker[d.label].append(d)
-        ref = []
-        for group in tracker.values():
-            ref += random.sample(group, 16) if len(group) >= 16 else random.choices(group, k=16)
-        assert ours == ref
+    for shots in (1, 2, 4, 8, 16):
+        for seed in (1, 2, 3):
+            ours = sample_few_shot(items, shots, random.Random(seed))
+            random.seed(seed)
+            assert ours == dassl_generate_fewshot_dataset(items, num_shots=shots)
+            # Dassl's repeat=True reading stays reachable from Python.
+            ours = sample_few_shot(items, shots, random.Random(seed), repeat=True)
+            random.seed(seed)
+            assert ours == dassl_generate_fewshot_dataset(items, num_shots=shots, repeat=True)
+
+
+def test_short_class_consumes_no_random_numbers():
+    # Dassl makes no random call for a class shorter than K, so the draw of the classes after it is
+    # the same as if it were not there.
+    items = _items(3, [10, 2, 10])
+    without = [d for d in items if d.label != 1]
+    a = [d for d in sample_few_shot(items, 4, random.Random(5)) if d.label != 1]
+    b = sample_few_shot(without, 4, random.Random(5))
+    assert a == b
 
 
 def test_fewshot_draw_is_pinned():

@@ -152,17 +152,60 @@ def test_rmadapter_frozen_features_equal_a_separate_frozen_pass(images):
     assert parts["con_vision"] > 0 and parts["rec_text"] > 0
 
 
-def test_rmadapter_reconstruction_loss_is_local(images):
-    # The loss of block l's head trains that block's down-projection and head, nothing below it.
-    model = build_model("rmadapter", ["cat", "dog"], lambda_con_vision=0, lambda_con_text=0, **TINY).train()
+def _grads_of_top_reconstruction_loss(images, **options):
+    model = build_model("rmadapter", ["cat", "dog"], lambda_con_vision=0, lambda_con_text=0, **options, **TINY).train()
     model(images)
-    rec = model.method._rec_losses["image"][-1]  # the top block's loss
-    rec.backward()
+    model.method._rec_losses["image"][-1].backward()  # the top block's loss
+    grads = {n for n, p in model.method.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert all(p.grad is None for p in model.backbone.parameters())
+    return model, grads
+
+
+def test_rmadapter_reconstruction_gradient_reaches_the_adapters_below(images):
+    model, grads = _grads_of_top_reconstruction_loss(images)
+    top, first = model.method.end, model.method.start
+    assert any(n.startswith(f"visual_adapter.{top}.down") for n in grads)
+    assert any(n.startswith(f"recon_head.image_{top}.") for n in grads)
+    assert any(n.startswith(f"visual_adapter.{first}.") for n in grads)  # through the block input
+    assert not any(n.startswith("text_adapter.") for n in grads)
+
+
+def test_rmadapter_detached_reconstruction_trains_only_its_branch(images):
+    model, grads = _grads_of_top_reconstruction_loss(images, recon_detach=True)
     top = str(model.method.end)
-    for name, p in model.method.named_parameters():
-        has_grad = p.grad is not None and p.grad.abs().sum() > 0
-        expected = (name.startswith(f"visual_adapter.{top}.down") or name.startswith(f"recon_head.image_{top}."))
-        assert has_grad == expected, name
+    expected = {n for n, _ in model.method.named_parameters()
+                if n.startswith(f"visual_adapter.{top}.down") or n.startswith(f"recon_head.image_{top}.")}
+    assert grads == expected
+
+
+def test_rmadapter_share_none_changes_training(learn_root):
+    from clipadapt import build_dataset
+    from clipadapt.engine import Trainer, TrainConfig, seed_everything
+
+    data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.0, epochs=2, batch_size=8, augment=False)
+
+    def adaptation_weights(**options):
+        seed_everything(0)
+        model = build_model("rmadapter", data.classnames, scale=0.1, lambda_rec_vision=10.0, **options, **TINY)
+        Trainer(model, data.train, cfg, progress=False).run()
+        return {k: v for k, v in model.method.state_dict().items() if k.startswith(("visual_", "text_", "shared_"))}
+
+    without = adaptation_weights(recon_towers="none")
+    independent = adaptation_weights(share="none")
+    local = adaptation_weights(share="none", recon_detach=True)
+    assert all(torch.equal(without[k], local[k]) for k in without)  # detached: exactly "no reconstruction"
+    assert not all(torch.allclose(without[k], independent[k]) for k in without)
+
+
+def test_rmadapter_text_reconstruction_ignores_padding():
+    model = build_model("rmadapter", ["cat", "a much longer class name here"], scale=0.5, **TINY).train()
+    losses = {}
+    for cut in (True, False):  # uncut: 77 tokens, most of them padding after end-of-text
+        model.backbone.cut_text = cut
+        model(torch.randn(1, 3, 32, 32))
+        losses[cut] = torch.stack(model.method._rec_losses["text"]).detach()
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-6)
 
 
 def test_rmadapter_frozen_features_with_towers_of_unequal_depth():

@@ -4,6 +4,11 @@ Only the method's parameters reach the optimizer. A checkpoint (method state, op
 gradient scaler, epoch) is written atomically after every epoch; a restarted run continues from it.
 Every epoch reseeds the shuffling and the augmentation from (seed, epoch), so a resumed run draws
 the same batches as an uninterrupted one and ends with the same numbers.
+
+Optionally (`patience`, `keep: best_val`) the model is scored on the few-shot validation split after
+every epoch: training stops after `patience` epochs without a better validation accuracy, and the
+run ends with the weights of its best validation epoch. The best weights and the stopping state are
+part of the checkpoint, so a resumed run stops and selects exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .model import AdaptedCLIP
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+SCHEDULES = ("cosine", "constant")
+KEEP = ("last", "best_val")
 
 
 @dataclass
@@ -44,6 +51,9 @@ class TrainConfig:
     batch_size: int = 16
     warmup_epochs: int = 0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
     warmup_lr: float = 1e-5
+    schedule: str = "cosine"  # cosine (Dassl's, stepped per epoch) | constant
+    patience: int = 0  # early stopping: stop after this many epochs without a better val accuracy (0: off)
+    keep: str = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
     precision: str = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
     augment: bool = True  # CoOp's random resized crop and flip
     seed: int = 1
@@ -55,9 +65,20 @@ class TrainConfig:
             raise ClipadaptError(f"optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.precision not in PRECISIONS:
             raise ClipadaptError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.schedule not in SCHEDULES:
+            raise ClipadaptError(f"schedule must be one of {SCHEDULES}, got '{self.schedule}'")
+        if self.keep not in KEEP:
+            raise ClipadaptError(f"keep must be one of {KEEP}, got '{self.keep}'")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ClipadaptError("epochs, batch_size and lr must be positive")
+        if self.patience < 0:
+            raise ClipadaptError(f"patience must be 0 (off) or a positive number of epochs, got {self.patience}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run scores the validation split after every epoch."""
+        return self.patience > 0 or self.keep == "best_val"
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -84,6 +105,8 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
     """Learning rate during `epoch` (0-based): constant warm-up, then Dassl's cosine (T_max = epochs), per epoch."""
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
+    if cfg.schedule == "constant":
+        return cfg.lr
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
@@ -110,6 +133,9 @@ class TrainResult:
     train_seconds: float
     images_seen: int
     final_loss: float
+    epochs_trained: int = 0
+    best_epoch: int | None = None  # the validation-selected epoch (1-based), when the run validates
+    best_val_accuracy: float | None = None
 
     @property
     def ms_per_image(self) -> float:
@@ -121,10 +147,13 @@ class Trainer:
     """Trains a model's method on items; `run()` resumes from `out_dir/checkpoint.pt` if present."""
 
     def __init__(self, model: AdaptedCLIP, items: list[Datum], cfg: TrainConfig, out_dir: str | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True):
+                 device: str | torch.device = "cpu", progress: bool = True, val_items: list[Datum] | None = None):
         if not items:
             raise ClipadaptError("the training split is empty")
+        if cfg.validates and not val_items:
+            raise ClipadaptError("patience / keep=best_val need a validation split, and this dataset has none")
         self.model, self.items, self.cfg = model, items, cfg
+        self.val_items = list(val_items or [])
         self.out_dir, self.device, self.progress = out_dir, torch.device(device), progress
         self.params = model.method.trainable_parameters()
         if not self.params:
@@ -135,6 +164,10 @@ class Trainer:
         pp = model.backbone.preprocess_cfg
         self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment)
         self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
+        # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
+        self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
+        self.since_best, self.stopped = 0, False
+        self._val_features = None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -147,7 +180,10 @@ class Trainer:
         """Method state and optimiser state after `epoch` epochs, written atomically."""
         state = {"epoch": epoch, "method": self.model.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "train_seconds": self.train_seconds,
-                 "images_seen": self.images_seen, "last_loss": self.last_loss}
+                 "images_seen": self.images_seen, "last_loss": self.last_loss,
+                 "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
+                               "since_best": self.since_best, "stopped": self.stopped},
+                 "best_method": self.best_state}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
@@ -163,6 +199,10 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
         self.last_loss = float(state["last_loss"])
+        sel = state.get("selection") or {}
+        self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
+        self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
+        self.best_state = state.get("best_method")
         return True
 
     def _log(self, record: dict) -> None:
@@ -190,6 +230,48 @@ class Trainer:
             labels.append(y.to(self.device))
         self._features = (torch.cat(feats), torch.cat(labels))
 
+    @torch.no_grad()
+    def validation_accuracy(self) -> float:
+        """Top-1 accuracy (percent) on the validation split with the current weights."""
+        from .evaluation import evaluate, model_transform
+
+        model = self.model
+        if not model.method.output_only:
+            return evaluate(model, self.val_items, self.cfg.eval_batch_size, self.cfg.workers, self.device,
+                            progress=False).accuracy
+        if self._val_features is None:  # frozen towers: the val images' features never change
+            loader = make_loader(self.val_items, model_transform(model), self.cfg.eval_batch_size,
+                                 workers=self.cfg.workers)
+            feats, labels = [], []
+            for images, y, _ in loader:
+                feats.append(model.frozen_image_features(images.to(self.device)).float())
+                labels.append(y.to(self.device))
+            self._val_features = (torch.cat(feats), torch.cat(labels))
+        model.eval()
+        feats, labels = self._val_features
+        correct = 0
+        for start in range(0, len(labels), self.cfg.eval_batch_size):
+            logits = model.logits_from_features(feats[start:start + self.cfg.eval_batch_size])
+            correct += int((logits.argmax(dim=1) == labels[start:start + self.cfg.eval_batch_size]).sum())
+        return 100.0 * correct / len(labels)
+
+    def _select(self, epoch: int) -> None:
+        """Score the validation split after `epoch` epochs; keep the best weights; decide to stop."""
+        acc = self.validation_accuracy()
+        if acc > self.best_val:  # strictly better, as the reference's `acc1 > best_acc1`
+            self.best_val, self.best_epoch, self.since_best = acc, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
+        else:
+            self.since_best += 1
+        self.stopped = self.cfg.patience > 0 and self.since_best >= self.cfg.patience
+        self._log({"event": "validation", "epoch": epoch, "val_accuracy": round(acc, 4),
+                   "best_epoch": self.best_epoch, "best_val_accuracy": round(self.best_val, 4)})
+        if self.stopped:
+            self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.best_epoch})
+            if self.progress:
+                print(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} epochs "
+                      f"(best {self.best_val:.2f} at epoch {self.best_epoch})")
+
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
         cfg, model = self.cfg, self.model
@@ -206,9 +288,12 @@ class Trainer:
             self._log({"event": "feature_path", "path": path})
             if self.progress:
                 print(f"{model.method.name}: {path}")
-        if use_cache and self.start_epoch < cfg.epochs:
+        if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
             self._cache_features()
+        epochs_done = self.start_epoch
         for epoch in range(self.start_epoch, cfg.epochs):
+            if self.stopped:
+                break
             lr = lr_at_epoch(cfg, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -241,7 +326,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{len(labels) / elapsed:.1f}")
                 self._log({"epoch": epoch + 1, "step": step + 1, "lr": lr, "loss": self.last_loss, **parts,
                            "images_per_s": round(len(labels) / elapsed, 2)})
+            epochs_done = epoch + 1
+            if cfg.validates:
+                self._select(epochs_done)
             if self.out_dir:
-                self.save_checkpoint(epoch + 1)
+                self.save_checkpoint(epochs_done)
+        if cfg.keep == "best_val" and self.best_state is not None:
+            model.method.load_state_dict(self.best_state)
         model.eval()
-        return TrainResult(self.train_seconds, self.images_seen, self.last_loss)
+        return TrainResult(self.train_seconds, self.images_seen, self.last_loss, epochs_done,
+                           self.best_epoch if cfg.validates else None,
+                           self.best_val if cfg.validates else None)

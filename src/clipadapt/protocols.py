@@ -44,14 +44,19 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
     model = build_model(spec.method, classes_split.classnames, spec.backbone, spec.pretrained,
                         default_template=classes_split.template, device=spec.device, dataset=spec.dataset,
                         **method_options)
+    training: dict = {}
     if model.method.trainable_parameters():
-        result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress).run()
+        result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress,
+                         val_items=classes_split.val).run()
         seconds, ms = result.train_seconds, result.ms_per_image
+        training["epochs_trained"] = result.epochs_trained
+        if result.best_epoch is not None:
+            training.update(best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4))
     else:
         seconds, ms = 0.0, 0.0
     if spec.out_dir:
         model.save_adapter(os.path.join(spec.out_dir, "adapter.safetensors"))
-    return model, seconds, ms
+    return model, seconds, ms, training
 
 
 def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainConfig) -> dict:
@@ -61,7 +66,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     if protocol == "base2novel":
         base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base")
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
-        model, seconds, ms = _train(spec, base, method_options, cfg)
+        model, seconds, ms, training = _train(spec, base, method_options, cfg)
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
         model.set_classes(new.classnames, new.template, spec.dataset)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
@@ -69,14 +74,14 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
-        model, seconds, ms = _train(spec, data, method_options, cfg)
+        model, seconds, ms, training = _train(spec, data, method_options, cfg)
         metrics = {"accuracy": round(evaluate(model, data.test, desc="test", **kwargs).accuracy, 4)}
     elif protocol == "dg":
         if spec.dataset not in DG_TARGETS:
             raise ClipadaptError(f"no domain-generalization targets for '{spec.dataset}'; "
                                  f"sources: {', '.join(DG_TARGETS)}")
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
-        model, seconds, ms = _train(spec, data, method_options, cfg)
+        model, seconds, ms, training = _train(spec, data, method_options, cfg)
         metrics = {"source": round(evaluate(model, data.test, desc=spec.dataset, **kwargs).accuracy, 4)}
         for target in DG_TARGETS[spec.dataset]:
             shifted = build_dataset(target, spec.data_root, -1, spec.seed, "all")
@@ -86,6 +91,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         metrics["target_average"] = round(sum(targets) / len(targets), 4)
     else:
         raise ClipadaptError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    metrics.update(training)
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
         "train_ms_per_image": round(ms, 3), "total_seconds": round(time.time() - start, 2),

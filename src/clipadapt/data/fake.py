@@ -41,16 +41,21 @@ def _write_images(folder: str, label: int, names: list[str], size: int) -> None:
 
 
 def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tuple[int, int, int] = (20, 5, 6),
-                   size: int = 32) -> list[str]:
-    """Write a fake `dataset` under `root` in CoOp's layout; returns its class names."""
+                   size: int = 32, class_sizes: list[tuple[int, int, int]] | None = None) -> list[str]:
+    """Write a fake `dataset` under `root` in CoOp's layout; returns its class names.
+
+    `class_sizes` gives (train, val, test) counts per class (e.g. short classes); else every class
+    has `per_class`."""
     spec = COOP_DATASETS[dataset]
     base = os.path.join(root, spec.folder)
     image_dir = os.path.join(base, spec.image_dir) if spec.image_dir else base
+    sizes = list(class_sizes) if class_sizes is not None else [tuple(per_class)] * num_classes
+    num_classes = len(sizes)
     classnames = [f"class_{i:03d}" for i in range(num_classes)]
-    n_train, n_val, n_test = per_class
     if spec.reader == "split":
         split = {"train": [], "val": [], "test": []}
         for label, name in enumerate(classnames):
+            n_train, n_val, n_test = sizes[label]
             files = [f"{name}_{j:04d}.jpg" for j in range(n_train + n_val + n_test)]
             _write_images(os.path.join(image_dir, name), label, files, size)
             rel = [f"{name}/{f}" for f in files]
@@ -64,10 +69,10 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
         with open(os.path.join(base, "variants.txt"), "w") as f:
             f.write("\n".join(n.replace("_", " ") for n in classnames) + "\n")
         counter = 1000000
-        for split_name, n in zip(("train", "val", "test"), per_class):
+        for which, split_name in enumerate(("train", "val", "test")):
             lines = []
             for label, name in enumerate(classnames):
-                for j in range(n):
+                for j in range(sizes[label][which]):
                     counter += 1
                     draw_class_image(label, counter, size).save(os.path.join(image_dir, f"{counter}.jpg"))
                     lines.append(f"{counter} {name.replace('_', ' ')}")
@@ -79,16 +84,17 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
         with open(os.path.join(base, "classnames.txt"), "w") as f:
             f.write("".join(f"{w} {n}\n" for w, n in zip(wnids, classnames)))
         if spec.reader == "imagenet":
-            for split_name, n in (("train", n_train), ("val", n_test)):
+            for split_name, which in (("train", 0), ("val", 2)):
                 for label, wnid in enumerate(wnids):
                     _write_images(os.path.join(image_dir, split_name, wnid), label,
-                                  [f"{wnid}_{j:04d}.JPEG" for j in range(n)], size)
+                                  [f"{wnid}_{j:04d}.JPEG" for j in range(sizes[label][which])], size)
         elif spec.reader == "imagenetv2":
             for label in range(num_classes):
-                _write_images(os.path.join(image_dir, str(label)), label, [f"{j}.jpeg" for j in range(n_test)], size)
+                _write_images(os.path.join(image_dir, str(label)), label,
+                              [f"{j}.jpeg" for j in range(sizes[label][2])], size)
         else:  # -Sketch, -A, -R: every other class only, as -A and -R hold a subset of ImageNet's classes
             for label, wnid in enumerate(wnids):
                 if dataset != "imagenet_sketch" and label % 2:
                     continue
-                _write_images(os.path.join(image_dir, wnid), label, [f"{j}.jpg" for j in range(n_test)], size)
+                _write_images(os.path.join(image_dir, wnid), label, [f"{j}.jpg" for j in range(sizes[label][2])], size)
     return classnames

@@ -1,7 +1,9 @@
 """Dassl's few-shot draw and base/new class split, reproduced item for item.
 
 Dassl seeds Python's global `random` with the run's seed and then draws the train set and the
-validation set one after the other; a `random.Random(seed)` gives the same sequence.
+validation set one after the other; a `random.Random(seed)` gives the same sequence. CoOp's dataset
+classes call `generate_fewshot_dataset(train, num_shots=K)` and
+`generate_fewshot_dataset(val, num_shots=min(K, 4))` with Dassl's default `repeat=False`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ def group_by_label(items: list[Datum]) -> dict[int, list[Datum]]:
     return groups
 
 
-def sample_few_shot(items: list[Datum], num_shots: int, rng: random.Random, repeat: bool = True) -> list[Datum]:
-    """K items per class as Dassl's generate_fewshot_dataset draws them (repeats when a class is short)."""
+def sample_few_shot(items: list[Datum], num_shots: int, rng: random.Random, repeat: bool = False) -> list[Datum]:
+    """K items per class as Dassl's generate_fewshot_dataset draws them.
+
+    A class with fewer than K items keeps all of them, in order, and consumes no random numbers
+    (Dassl's default `repeat=False`, which every CoOp dataset uses); `repeat=True` draws K with
+    replacement instead, as Dassl does when asked."""
     if num_shots < 1:
         return list(items)
     chosen: list[Datum] = []

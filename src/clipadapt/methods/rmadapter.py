@@ -5,13 +5,16 @@ At each adapted block l of each tower, with u = ln_1(x_l) the adapter's input:
     h   = ReLU(W_down u + b_down)                      shared by both branches (share="down")
     y   = s * W_up shared_l(h)                         adaptation branch, as MMA
     û   = head(h)                                      reconstruction branch: Linear, ReLU, Linear
-    L_rec^m = mean over blocks of mean_tokens ||u - û||²
+    L_rec^m = mean over blocks of mean over real tokens ||u - û||²   (text: up to end-of-text)
 
 and on the final features (L2-normalised) of the adapted (x_a, w_a) and frozen (x, w) model:
 
     L_con = λ3 mean_i Σ_d |x_a - x| + λ4 mean_c Σ_d |w_a - w|
     L     = CE + λ1 L_rec^V + λ2 L_rec^T + L_con
 
+The reconstruction loss is computed at each block (no decoder through the network), and its
+gradient reaches the block input, hence the adapters of the blocks below (the target u is a
+constant); `recon_detach: true` stops it there, so that each block's loss trains only its own branch.
 The frozen features are computed alongside the adapted ones from the first adapted block on (the
 blocks below it are shared), and the frozen class-text features once per set of prompts.
 """
@@ -41,10 +44,13 @@ class RMAdapterConfig(MMAConfig):
     head_layers: int = 2  # reconstruction head depth: 1, 2 or 3 Linear layers
     head_hidden: int | None = None  # width between head layers; None: adapter_dim
     recon_target: str = "ln_1"  # what is reconstructed: ln_1 (the adapter's input) | input (the block input)
+    recon_detach: bool = False  # True: the reconstruction branch reads the block input as a constant
     lambda_rec_vision: float = 1.0  # λ1
     lambda_rec_text: float = 1.0  # λ2
-    lambda_con_vision: float = 0.1  # λ3
-    lambda_con_text: float = 0.1  # λ4
+    # λ3, λ4: PromptSRC's L1 weights (10 image, 25 text on a mean over dims) on our sum over the 512
+    # dims of ViT-B/16: 10/512 and 25/512.
+    lambda_con_vision: float = 0.0195  # λ3
+    lambda_con_text: float = 0.0488  # λ4
 
 
 def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
@@ -121,16 +127,20 @@ class RMAdapter(MMA):
         y = super().adapt(tower, index, block, x)
         key = f"{tower}_{index + 1}"
         if self.training and key in self.recon_head:
-            # Local: the loss sees this block's input as a constant, so it trains only this block's
-            # down-projection and head and needs no backward pass through the frozen blocks.
-            x = x.detach()
+            if self.config.recon_detach:  # trains only this block's branch
+                x = x.detach()
             u = block.ln_1(x)
-            target = u if self.config.recon_target == "ln_1" else x
+            target = (u if self.config.recon_target == "ln_1" else x).detach()
             h = self.bottleneck(tower, index, u) if self.config.share == "down" else self.recon_down[key](u)
             recon = self.recon_head[key](h)
             if self.config.share == "up":
                 recon = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].up(recon)
-            self._rec_losses[tower].append(F.mse_loss(recon.float(), target.float()))
+            sq = (recon.float() - target.float()).pow(2).mean(dim=-1)  # [sequences, tokens]
+            if tower == "text":  # tokens after a prompt's end-of-text are padding
+                real = torch.arange(sq.shape[1], device=sq.device)[None, :] <= self._pool_index[:, None]
+                self._rec_losses[tower].append(sq[real].mean())
+            else:
+                self._rec_losses[tower].append(sq.mean())
         return y
 
     def step(self, index, backbone, img, txt):

@@ -19,10 +19,19 @@ Our reading (docs/methods.md gives the reasons):
   depends on the image and the class set only, and the text tower runs once per class set.
 * R_I = W_Iu v^(l), R_T = W_Tu v^(l): the fused latent routed back to each tower, added to every
   token. W_F, v^(0) and the routing biases start at zero, so the untrained model is zero-shot CLIP.
-* ||·|| is the Frobenius norm of the cross-modal product through the latent space,
-  ||W_Iu W_Tu^T|| and ||W_Id^T W_Td|| as torch stores them (the only products defined when the
-  towers' widths differ); both are small exactly when the two modalities use orthogonal latent
-  directions.
+* L_sep compares how the two modalities use the latent space, scale-free: for the cross-modal
+  product through the latent (||W_Iu W_Tu^T||_F, the only product defined when the towers' widths
+  differ), ||A B^T||_F^2 / (||A^T A||_F ||B^T B||_F), the cosine between the two latent Gram
+  matrices, in [0, 1]; likewise for the down-projections. It is 0 exactly when the modalities use
+  orthogonal latent directions and does not change when a weight is rescaled, so it cannot be
+  lowered by shrinking the weights, and λ = 0.6 weighs a number of order one against the task loss.
+  `sep_norm: frobenius` is the unnormalised ||A B^T||_F (large at initialisation: ~17 for ViT-B/16).
+* `attn_proj` adds learned projections of width d to the attention: `qkv` (queries, keys, values
+  D -> d; the d-wide result is the tower's aligned latent, so W_Id / W_Td are not needed) or `qkvo`
+  (plus an output projection d -> D, then W_Id / W_Td as in the poster).
+* `text_context` is what an image's text term attends over: `eot`, the end-of-text token of each
+  class prompt (under the causal mask it has read the whole prompt, class name included), or `all`
+  real tokens of all prompts, where the template's shared prefix outnumbers the class names.
 """
 
 from __future__ import annotations
@@ -48,14 +57,43 @@ class RMMAConfig(MethodConfig):
     lambda_sep: float = 0.6
     first_block: int = 1
     last_block: int | None = None  # None: the last block
+    sep_norm: str = "gram"  # L_sep: gram (scale-free cosine of latent Gram matrices) | frobenius (unnormalised)
+    attn_proj: str = "none"  # learned attention projections: none | qkv | qkvo
+    text_context: str = "eot"  # an image's text keys: eot (one token per class prompt) | all (every real token)
 
 
-def _attend(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per query: softmax(q·K^T/√D) K, keys [.., N, D] already normalised."""
+SEP_NORMS = ("gram", "frobenius")
+ATTN_PROJ = ("none", "qkv", "qkvo")
+TEXT_CONTEXT = ("eot", "all")
+
+
+class LatentAttention(nn.Module):
+    """Attn(tokens, query) of one tower: one output token per query, optionally with learned projections."""
+
+    def __init__(self, width: int, latent_dim: int, proj: str):
+        super().__init__()
+        self.proj = proj
+        if proj != "none":
+            self.q = nn.Linear(width, latent_dim)
+            self.k = nn.Linear(width, latent_dim)
+            self.v = nn.Linear(width, latent_dim)
+        if proj == "qkvo":
+            self.o = nn.Linear(latent_dim, width)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """query [..., D], keys [..., N, D] (already normalised) -> [..., D] (or [..., d] for qkv)."""
+        if self.proj == "none":
+            return _attend(query, keys, keys, mask)
+        out = _attend(self.q(query), self.k(keys), self.v(keys), mask)
+        return self.o(out) if self.proj == "qkvo" else out
+
+
+def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None):
+    """One token per query: softmax(q·K^T/√D) V, keys [.., N, D]."""
     scores = torch.einsum("...d,...nd->...n", query, keys) / keys.shape[-1] ** 0.5
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.einsum("...n,...nd->...d", scores.softmax(dim=-1), keys)
+    return torch.einsum("...n,...nd->...d", scores.softmax(dim=-1), values)
 
 
 class RMMA(Method):
@@ -76,10 +114,17 @@ class RMMA(Method):
         self.last = config.last_block or depth
         if not 1 <= self.first <= self.last <= depth:
             raise ClipadaptError(f"rmma blocks {self.first}..{self.last} do not fit a backbone of {depth} blocks")
+        for key, value, known in (("sep_norm", config.sep_norm, SEP_NORMS), ("attn_proj", config.attn_proj, ATTN_PROJ),
+                                  ("text_context", config.text_context, TEXT_CONTEXT)):
+            if value not in known:
+                raise ClipadaptError(f"rmma {key} must be one of {known}, got '{value}'")
         self.route_image = nn.Linear(d, di)  # W_Iu
         self.route_text = nn.Linear(d, dt)  # W_Tu
-        self.down_image = nn.Linear(di, d)  # W_Id
-        self.down_text = nn.Linear(dt, d)  # W_Td
+        self.attend_image = LatentAttention(di, d, config.attn_proj)
+        self.attend_text = LatentAttention(dt, d, config.attn_proj)
+        # With qkv the attention already returns a d-wide latent: no down-projection follows it.
+        self.down_image = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(di, d)  # W_Id
+        self.down_text = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(dt, d)  # W_Td
         self.fuse = nn.Linear(2 * d, d)  # W_F
         self.latent0 = nn.Parameter(torch.zeros(d))  # v^(0)
         for layer in (self.fuse,):
@@ -113,10 +158,19 @@ class RMMA(Method):
         if txt is not None:
             keys = F.layer_norm(txt, txt.shape[-1:])
             real = torch.arange(txt.shape[1], device=txt.device)[None, :] <= self._pool_index[:, None]  # [C, M]
-            self._text_context[block] = keys[real]  # all real tokens of all class prompts, for the images
+            if self.config.text_context == "eot":  # one key per class prompt, for the images
+                self._text_context[block] = keys[torch.arange(txt.shape[0], device=txt.device), self._pool_index]
+            else:  # all real tokens of all class prompts
+                self._text_context[block] = keys[real]
             w = self._txt_latent if self._txt_latent is not None else self.latent0.expand(txt.shape[0], -1)
-            aligned_text = _attend(self.route_text(w), keys, real)
-            w = self._fuse(self.route_image(w), aligned_text)  # a prompt has no image: its image term is routed only
+            aligned_text = self.attend_text(self.route_text(w), keys, real)
+            # A prompt has no image: its image term is the routed latent itself (through the value /
+            # output projections when there are any, so that both terms have the fused widths).
+            routed = self.route_image(w)
+            if self.config.attn_proj != "none":
+                routed = self.attend_image.v(routed)
+                routed = self.attend_image.o(routed) if self.config.attn_proj == "qkvo" else routed
+            w = self._fuse(routed, aligned_text)
             self._txt_latent = w
             txt = txt + alpha * self.route_text(w)[:, None, :].to(txt.dtype)
         if img is not None:
@@ -124,18 +178,28 @@ class RMMA(Method):
                 raise ClipadaptError("rmma encodes images against the class prompts: encode the text first")
             keys = F.layer_norm(img, img.shape[-1:])
             v = self._img_latent if self._img_latent is not None else self.latent0.expand(img.shape[0], -1)
-            aligned_image = _attend(self.route_image(v), keys)
-            aligned_text = _attend(self.route_text(v), self._text_context[block])
+            aligned_image = self.attend_image(self.route_image(v), keys)
+            aligned_text = self.attend_text(self.route_text(v), self._text_context[block])
             v = self._fuse(aligned_image, aligned_text)
             self._img_latent = v
             img = img + alpha * self.route_image(v)[:, None, :].to(img.dtype)
         return img, txt
 
     def separation_loss(self) -> torch.Tensor:
-        """L_sep: Frobenius norms of the cross-modal products of routing and of down-projection."""
-        up = self.route_image.weight @ self.route_text.weight.t()  # [D_I, D_T] through the latent
-        down = self.down_image.weight.t() @ self.down_text.weight  # [D_I, D_T] through the latent
-        return up.float().norm() + down.float().norm()
+        """L_sep: how much the routings (and the down-projections) of the two modalities overlap in the latent."""
+        # Latent-side factors: routing weights are [D, d] (rows read the latent), down-projections [d, D].
+        pairs = [(self.route_image.weight, self.route_text.weight)]
+        if isinstance(self.down_image, nn.Linear):
+            pairs.append((self.down_image.weight.t(), self.down_text.weight.t()))
+        total = 0.0
+        for a, b in pairs:
+            a, b = a.float(), b.float()
+            if self.config.sep_norm == "frobenius":
+                total = total + (a @ b.t()).norm()
+            else:  # ||A B^T||_F^2 = <A^T A, B^T B>: the cosine of the two latent Gram matrices
+                ga, gb = a.t() @ a, b.t() @ b
+                total = total + (ga * gb).sum() / (ga.norm() * gb.norm()).clamp_min(1e-12)
+        return total
 
     def loss(self, logits, labels):
         """Symmetric contrastive loss (images vs class prompts) plus λ L_sep."""
@@ -148,6 +212,7 @@ class RMMA(Method):
                                                                         dim=1)).mean()
         clip_loss = 0.5 * (image_to_text + text_to_image)
         sep = self.separation_loss()
-        total = clip_loss + self.config.lambda_sep * sep
+        weighted = self.config.lambda_sep * sep
+        total = clip_loss + weighted
         return total, {"clip": clip_loss.item(), "i2t": image_to_text.item(), "t2i": text_to_image.item(),
-                       "sep": sep.item()}
+                       "sep": sep.item(), "lambda_sep_x_sep": weighted.item()}
