@@ -46,7 +46,7 @@ def score(variant: str, options: dict | None, root: str, shots: int, seed: int) 
         if options is None:
             model = build_model("zeroshot", base.classnames, "synthetic", "shipped", default_template=base.template)
         else:
-            method_cfg, train_cfg, _ = resolve("rmma", synthetic_preset("rmma"), options)
+            method_cfg, train_cfg, _ = resolve("rmma", synthetic_preset("rmma")[1], options)
             train_cfg.seed = seed
             model = build_model("rmma", base.classnames, "synthetic", "shipped", default_template=base.template,
                                 **method_cfg.to_dict())

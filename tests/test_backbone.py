@@ -76,6 +76,9 @@ def test_quick_gelu_reaches_the_model(monkeypatch):
         return real_create("clipadapt-tiny", pretrained=None, force_quick_gelu=force_quick_gelu)
 
     monkeypatch.setattr(open_clip, "create_model", fake_create)
+    import clipadapt.backbone
+
+    monkeypatch.setattr(clipadapt.backbone, "check_weights_reachable", lambda *a, **k: None)  # no weights needed
     bb = load_backbone("ViT-B-16", "openai")
     assert seen["quick_gelu"] is True and bb.quick_gelu
     acts = {type(m).__name__ for m in bb.clip.modules()}
@@ -110,3 +113,24 @@ def test_evaluation_is_batch_independent(tiny_backbone):
         alone = torch.cat([model(images[i:i + 1]) for i in range(6)])
         together = model(images)
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+
+
+def test_uncached_weights_without_network_fail_fast(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from clipadapt.errors import ClipadaptError
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("no download may be tried")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the network is unreachable
+    monkeypatch.setattr(open_clip, "create_model", no_download)
+    start = time.time()
+    with pytest.raises(ClipadaptError) as info:
+        load_backbone("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert time.time() - start < 5
+    message = str(info.value)
+    assert "ViT-B-16" in message and str(tmp_path) in message and "--pretrained PATH" in message
+    assert "\n" not in message

@@ -158,7 +158,8 @@ def test_interrupted_training_resumes_to_the_same_numbers(learn_root, tmp_path, 
 def _train_cmd(root, out, *extra):
     return [sys.executable, "-m", "clipadapt.cli", "train", "--method", "mma", "--dataset", "eurosat",
             "--data-root", root, "--shots", "8", "--backbone", "clipadapt-tiny", "--pretrained", "none",
-            "--out", str(out), "optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=6", *extra]
+            "--out", str(out), "--config", "none", "optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=6",
+            *extra]
 
 
 def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
@@ -173,7 +174,7 @@ def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
     out = subprocess.run(_train_cmd(learn_root, killed), capture_output=True, text=True, check=True)
-    assert "resuming" in out.stdout
+    assert "resuming" in out.stderr  # progress on stderr, results on stdout
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
     for key in ("base", "novel", "hm", "trainable_params"):

@@ -2,7 +2,17 @@
 
 __version__ = "0.1.0"
 
-from .data import build_dataset  # noqa: E402
-from .model import AdaptedCLIP, build_model, load_model  # noqa: E402
-
 __all__ = ["__version__", "build_dataset", "build_model", "load_model", "AdaptedCLIP"]
+
+# Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch.
+_LAZY = {"build_dataset": "clipadapt.data", "build_model": "clipadapt.model", "load_model": "clipadapt.model",
+         "AdaptedCLIP": "clipadapt.model"}
+
+
+def __getattr__(name: str):
+    """Load the public API lazily."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clipadapt' has no attribute {name!r}")

@@ -1,4 +1,9 @@
-"""The `clipadapt` command."""
+"""The `clipadapt` command.
+
+Building the parser imports nothing heavy (no torch): each command imports what it needs when it
+runs. Every user error ends in one line `clipadapt: error: ...` on stderr and exit code 2, whether
+argparse, a pre-run check or the library finds it; results go to stdout, progress to stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,98 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 from . import __version__
-from .errors import ClipadaptError
+from .errors import ClipadaptError, one_line
+from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 
 log = logging.getLogger("clipadapt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with clipadapt's one-line errors (no usage block)."""
+
+    def error(self, message: str):
+        """Print one `clipadapt: error:` line and exit with 2."""
+        self.exit(2, f"clipadapt: error: {message} (see '{self.prog} --help')\n")
+
+
+def int_at_least(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (1e-3 notation accepted)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'")
+    return value
+
+
+def shots_count(text: str) -> int:
+    """An argparse type: -1 (every training image, as Dassl) or a count >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or (value != -1 and value < 1):
+        raise argparse.ArgumentTypeError(f"expected -1 (every training image) or an integer >= 1, got '{text}'")
+    return value
+
+
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def device_name(text: str) -> str:
+    """An argparse type: cpu, cuda, cuda:N or mps (whether it exists is checked before the run)."""
+    if not DEVICE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got '{text}'")
+    return text
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any work starts."""
+    if device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise ClipadaptError(f"device '{device}' is not available: this machine has "
+                                 f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} (use --device cpu)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ClipadaptError("device 'mps' is not available on this machine (use --device cpu)")
+
+
+def check_writable(path: str, kind: str) -> None:
+    """Refuse an output folder (kind 'dir') or file ('file') that cannot be written, creating nothing."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if kind == "dir" and os.path.exists(path) and not os.path.isdir(path):
+        raise ClipadaptError(f"output folder '{path}' is a file")
+    if kind == "file" and os.path.isdir(path):
+        raise ClipadaptError(f"output file '{path}' is a directory")
+    folder = path if kind == "dir" else os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ClipadaptError(f"cannot write to '{path}': '{folder}' is not a writable folder")
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +112,7 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None,
                    help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' for random "
                         "weights (default: the shipped weights for 'synthetic', openai otherwise)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N or mps (default cpu)")
 
 
 def _add_prompts_arg(p: argparse.ArgumentParser) -> None:
@@ -44,21 +134,24 @@ def _resolve_pretrained(args: argparse.Namespace) -> None:
         args.pretrained = "shipped" if is_shipped(args.backbone) else "openai"
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from .data import known_datasets
-
-    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(known_datasets())}")
+def _add_data_args(p: argparse.ArgumentParser, loader_flags: bool = False) -> None:
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(dataset_names())}")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout "
                                                       "(for --dataset folder: the image folder itself)")
-    p.add_argument("--batch-size", type=int, default=100, help="evaluation batch size (default 100)")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    if loader_flags:  # train sets these as eval_batch_size=N workers=N, with the other settings
+        p.add_argument("--batch-size", type=int_at_least(1), default=100, help="evaluation batch size (default 100)")
+        p.add_argument("--workers", type=int_at_least(0), default=0, help="data loading processes (default 0)")
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:
     if os.path.exists(os.path.join(out, "metrics.json")) and not overwrite:
         raise ClipadaptError(f"'{out}' already holds a finished run (metrics.json); "
                              "pass --overwrite to replace it or choose another --out")
-    os.makedirs(out, exist_ok=True)
+
+
+def _note(message: str) -> None:
+    """A progress or status line: stderr, so that stdout carries only results."""
+    print(message, file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -68,10 +161,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .fileio import write_json
     from .model import build_model, load_model
 
-    _prepare_out(args.out, args.overwrite)
-    data = build_dataset(args.dataset, args.data_root, shots=-1, subsample=args.subsample)
-    if not data.test:
-        raise ClipadaptError(f"dataset '{args.dataset}' has no test images for subsample '{args.subsample}'")
+    data = build_dataset(args.dataset, args.data_root, shots=args.shots, seed=args.seed, subsample=args.subsample)
+    items = data.test if args.split == "test" else data.val
+    if not items:
+        raise ClipadaptError(f"dataset '{args.dataset}' at '{args.data_root}' has no {args.split} images "
+                             f"({args.subsample} classes)")
     if args.checkpoint:
         from_file = args.backbone_from_checkpoint or args.backbone is None
         model = load_model(args.checkpoint, data.classnames, device=args.device,
@@ -84,22 +178,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = build_model(args.method, data.classnames, args.backbone, args.pretrained,
                             default_template=data.template, device=args.device, dataset=args.dataset, **prompts)
         method = args.method
+        if model.method.num_trainable():
+            raise ClipadaptError(f"method '{method}' has trainable parameters: evaluating it untrained measures "
+                                 "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)")
+    _prepare_out(args.out, args.overwrite)  # after every input check: a bad input names itself
     start = time.time()
-    result = evaluate(model, data.test, args.batch_size, args.workers, args.device,
-                      desc=f"{args.dataset}/{args.subsample}")
+    result = evaluate(model, items, args.batch_size, args.workers, args.device,
+                      desc=f"{args.dataset}/{args.split}/{args.subsample}")
     metrics = {
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": args.dataset,
+        "split": args.split, "shots": args.shots, "seed": args.seed,
         "subsample": args.subsample, "method": method, "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
         "num_classes": data.num_classes, "prompt_template": model.template, "prompts": model.method.config.prompts,
+        "data_root": os.path.abspath(args.data_root),
         "checkpoint": args.checkpoint, "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
     }
+    os.makedirs(args.out, exist_ok=True)
     if args.save_predictions:
-        write_predictions(os.path.join(args.out, "predictions.csv"), data.test, result)
+        write_predictions(os.path.join(args.out, "predictions.csv"), items, result, data.classnames)
     write_json(os.path.join(args.out, "metrics.json"), metrics)
-    print(json.dumps({k: metrics[k] for k in ("dataset", "subsample", "method", "accuracy", "num_images")}))
-    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    print(json.dumps({k: metrics[k] for k in ("dataset", "split", "subsample", "method", "accuracy", "num_images")}))
+    _note(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return 0
+
+
+def _default_protocol(args: argparse.Namespace) -> str:
+    if args.protocol:
+        return args.protocol
+    # A user's own folder has no base/novel convention: train and test on all its classes.
+    return "fewshot" if args.dataset == "folder" else "base2novel"
+
+
+def _check_data(protocol: str, args: argparse.Namespace) -> None:
+    """Read every split the run will use (file lists only), so that a missing one fails before training."""
+    from .data import build_dataset
+    from .protocols import DG_TARGETS
+
+    subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
+    for subsample in subsamples:
+        build_dataset(args.dataset, args.data_root, args.shots, args.seed, subsample)
+    if protocol == "dg":
+        if args.dataset not in DG_TARGETS:
+            raise ClipadaptError(f"no domain-generalization targets for '{args.dataset}'; "
+                                 f"sources: {', '.join(DG_TARGETS)}")
+        for target in DG_TARGETS[args.dataset]:
+            build_dataset(target, args.data_root, -1, args.seed, "all")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -108,19 +232,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .fileio import write_json, write_text
     from .protocols import RunSpec, run_protocol
-    from .runconfig import parse_overrides, read_preset, resolve
+    from .runconfig import choose_preset, parse_overrides, resolve
 
-    preset = read_preset(args.config) if args.config else {}
+    protocol = _default_protocol(args)
+    preset_name, preset = choose_preset(args.config, args.method, protocol, args.backbone)
     overrides = parse_overrides(args.overrides)
     if args.prompts is not None:
         overrides["prompts"] = args.prompts
     method_cfg, train_cfg, resolved = resolve(args.method, preset, overrides)
     train_cfg.seed = args.seed
     resolved["seed"] = args.seed
-    run = {"protocol": args.protocol, "dataset": args.dataset, "shots": args.shots, "seed": args.seed,
-           "backbone": args.backbone, "pretrained": str(args.pretrained), **resolved}
+    run = {"protocol": protocol, "dataset": args.dataset, "data_root": os.path.abspath(args.data_root),
+           "shots": args.shots, "seed": args.seed, "backbone": args.backbone, "pretrained": str(args.pretrained),
+           "preset": preset_name, **resolved}
     out = args.out
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
+    _check_data(protocol, args)
     if args.overwrite:
         for name in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", "adapter.safetensors"):
             if os.path.exists(os.path.join(out, name)):
@@ -133,15 +260,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             changed = sorted(k for k in set(previous) | set(run) if previous.get(k) != run.get(k))
             raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                                  "rerun with the same settings to resume, or pass --overwrite")
+    if not args.protocol:
+        _note(f"protocol: {protocol} (the default for --dataset {args.dataset}; set it with --protocol)")
+    _note(f"settings: {preset_name}" + (" (the shipped preset for this method, protocol and backbone; "
+                                         "--config FILE or --config none to change)" if args.config is None else ""))
+    os.makedirs(out, exist_ok=True)
     write_text(config_path, yaml.safe_dump(run, sort_keys=False))
     spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
                    args.pretrained, out, args.device)
-    metrics = run_protocol(args.protocol, spec, method_cfg.to_dict(), train_cfg)
+    metrics = run_protocol(protocol, spec, method_cfg.to_dict(), train_cfg)
     write_json(metrics_path, metrics)
     shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",),
-             "dg": ("source", "target_average")}[args.protocol]
-    print(json.dumps({k: metrics[k] for k in (*shown, "trainable_params", "train_ms_per_image")}))
-    print(f"wrote {metrics_path}")
+             "dg": ("source", "target_average")}.get(protocol, ())
+    print(json.dumps({k: metrics[k] for k in (*shown, "trainable_params", "train_ms_per_image") if k in metrics}))
+    _note(f"wrote {metrics_path}")
     return 0
 
 
@@ -163,19 +295,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_classes(args: argparse.Namespace) -> list[str]:
+def _read_classes(args: argparse.Namespace) -> list[str] | None:
+    """The class names from --classes or --classes-file; None when neither is given."""
+    from .data.folder import check_distinct
+
     if args.classes_file:
         try:
             with open(args.classes_file) as f:
                 names = [line.strip() for line in f if line.strip()]
-        except OSError as err:
-            raise ClipadaptError(f"cannot read class file '{args.classes_file}': {err.strerror}") from None
-    elif args.classes:
+        except (OSError, UnicodeDecodeError) as err:
+            raise ClipadaptError(f"cannot read class file '{args.classes_file}': "
+                                 f"{getattr(err, 'strerror', None) or 'not a text file'}") from None
+        where = f"class file '{args.classes_file}'"
+    elif args.classes is not None:
         names = [c.strip() for c in args.classes.split(",") if c.strip()]
+        where = "--classes"
     else:
-        raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE")
+        return None
     if len(names) < 2:
         raise ClipadaptError("need at least two class names to classify between")
+    check_distinct(names, where)
     return names
 
 
@@ -188,9 +327,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import build_model, load_model
 
     names = _read_classes(args)
+    if names is None and not args.checkpoint:
+        raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE "
+                             "(with --checkpoint they default to the classes it was trained on)")
+    for path in args.images:  # every image is checked before the first line is printed
+        if not os.path.isfile(path):
+            raise ClipadaptError(f"cannot read image '{path}': no such file")
     if args.checkpoint:
         model = load_model(args.checkpoint, names, backbone=args.backbone, pretrained=args.pretrained,
                            device=args.device, prompts=args.prompts)
+        names = model.classnames
+        if len(names) < 2:
+            raise ClipadaptError(f"adapter '{args.checkpoint}' records no class names; give them with --classes")
     else:
         prompts = {} if args.prompts is None else {"prompts": args.prompts}
         model = build_model("zeroshot", names, args.backbone or "synthetic", args.pretrained or "shipped",
@@ -218,7 +366,7 @@ def cmd_import_mma(args: argparse.Namespace) -> int:
     from .methods.mma import official_config, official_state_dict
 
     state = official_state_dict(args.path)
-    return _write_imported(args, "mma", official_config(state, args.scale), state)
+    return _write_imported(args, "mma", official_config(state, args.scale, args.path), state)
 
 
 def cmd_import_mma_pp(args: argparse.Namespace) -> int:
@@ -227,7 +375,7 @@ def cmd_import_mma_pp(args: argparse.Namespace) -> int:
     from .methods.mma_pp import MMAPPConfig
 
     state = official_state_dict(args.path)  # MMA++ saves MMA's keys: its dropout has no parameters
-    blocks = official_config(state)
+    blocks = official_config(state, path=args.path)
     config = MMAPPConfig(adapter_start=blocks.adapter_start, adapter_end=blocks.adapter_end,
                          adapter_dim=blocks.adapter_dim, dropout=args.dropout, train_scale=args.train_scale,
                          test_scale=args.test_scale, reg_weight=args.reg_weight)
@@ -238,23 +386,25 @@ def _write_imported(args: argparse.Namespace, method: str, config, state: dict) 
     """Write official adapter tensors as a clipadapt adapter file, after checking keys and shapes."""
     from safetensors.torch import save_file
 
-    from .backbone import weights_identity
+    from .backbone import backbone_identity, check_weights_source, load_backbone
     from .fileio import atomic_path
-    from .methods.mma import check_fits
-    from .model import ADAPTER_FORMAT, build_model
+    from .methods import method_class
+    from .methods.mma import check_official_fits
+    from .model import ADAPTER_FORMAT
 
-    # The architecture alone decides the shapes: build it with random weights to check against.
-    check_fits(build_model(method, ["a", "b"], args.backbone, "none", **config.to_dict()), state, args.path)
-
+    check_weights_source(args.backbone, args.pretrained)
+    # The backbone's architecture, without its weights, is enough to check every key and shape now.
+    architecture = load_backbone(args.backbone, "none")
+    check_official_fits(method_class(method)(config, architecture, ["a", "b"]), state, args.path)
     meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": method,
             "method_config": json.dumps(config.to_dict()),
-            "backbone_identity": weights_identity(args.backbone, args.pretrained),
+            "backbone_identity": backbone_identity(args.backbone, args.pretrained),
             "backbone": args.backbone, "pretrained": str(args.pretrained), "classnames": "[]",
             "imported_from": os.path.abspath(args.path)}
     with atomic_path(args.out) as tmp:
         save_file({k: v.float().contiguous() for k, v in state.items()}, tmp, metadata=meta)
     n = sum(v.numel() for v in state.values())
-    print(f"wrote {args.out}: {method} adapters on blocks {config.adapter_start}-{config.adapter_end}, "
+    _note(f"wrote {args.out}: {method} adapters on blocks {config.adapter_start}-{config.adapter_end}, "
           f"width {config.adapter_dim}, {n:,} parameters, for {args.backbone} ({args.pretrained})")
     return 0
 
@@ -282,7 +432,7 @@ def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
         shutil.copyfile(weights, SHIPPED_WEIGHTS)
         shutil.copyfile(os.path.join(args.out, "synthetic-clip.json"), SHIPPED_RECORD)
         shutil.copyfile(os.path.join(args.out, "pretrain_log.jsonl"), SHIPPED_WEIGHTS.parent / "pretrain_log.jsonl")
-        print(f"installed into {SHIPPED_WEIGHTS.parent}")
+        _note(f"installed into {SHIPPED_WEIGHTS.parent}")
     return 0
 
 
@@ -295,9 +445,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    from .methods import METHODS
-
-    parser = argparse.ArgumentParser(
+    METHODS = METHOD_NAMES
+    parser = _Parser(
         prog="clipadapt",
         description="Few-shot adaptation of CLIP with multimodal adapters. Sub-commands evaluate, train, "
                     "inspect and apply adapters; `clipadapt COMMAND --help` explains each.")
@@ -306,21 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("eval", help="evaluate zero-shot CLIP or a saved adapter on a dataset",
-                       description="Evaluate a method on the test split of a dataset and write DIR/metrics.json "
+                       description="Evaluate a method on the test (or validation) split of a dataset and write DIR/metrics.json "
                                    "(accuracy in percent, number of images, dataset, subsample, method, backbone).")
     p.add_argument("--method", default="zeroshot", help=f"one of: {', '.join(METHODS)} (default zeroshot)")
     p.add_argument("--checkpoint", help="a saved adapter (.safetensors) to evaluate instead of --method")
     p.add_argument("--backbone-from-checkpoint", action="store_true",
                    help="with --checkpoint: load the backbone recorded in the adapter file")
-    _add_data_args(p)
+    _add_data_args(p, loader_flags=True)
     p.add_argument("--subsample", default="all", choices=["all", "base", "new"],
                    help="classes to evaluate on: all, the base half or the new half (default all)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="the split scored: test, or val for choosing settings (default test)")
+    p.add_argument("--shots", type=shots_count, default=-1,
+                   help="with --split val: Dassl's min(K,4)-shot validation draw of `train --shots K` "
+                        "(default -1: the whole validation split)")
+    p.add_argument("--seed", type=int_at_least(0), default=1, help="seed of that draw (default 1)")
     _add_backbone_args(p)
     _add_prompts_arg(p)
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, out_kind="dir")
 
     p = sub.add_parser("train", help="train a method under a protocol, then evaluate it",
                        description="Train on the few-shot split (base classes for base2novel), evaluate, and write "
@@ -328,19 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Rerunning an interrupted run with the same command resumes it.")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     _add_data_args(p)
-    p.add_argument("--shots", type=int, default=16, help="images per class for training (default 16)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and of training (default 1)")
-    p.add_argument("--protocol", default="base2novel", choices=["base2novel", "fewshot", "dg"],
+    p.add_argument("--shots", type=shots_count, default=16,
+                   help="images per class for training (default 16; -1: every training image, as Dassl)")
+    p.add_argument("--seed", type=int_at_least(0), default=1,
+                   help="seed of the few-shot draw and of training (default 1)")
+    p.add_argument("--protocol", default=None, choices=PROTOCOL_NAMES,
                    help="base2novel: train on base classes, test base and novel; fewshot: all classes; "
-                        "dg: all classes, test on the source and its shifted domains (imagenet, syn_objects)")
+                        "dg: all classes, test on the source and its shifted domains (imagenet, syn_objects) "
+                        "(default: fewshot for --dataset folder, base2novel otherwise)")
     _add_backbone_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="YAML preset (see configs/); key=value arguments override it")
+    p.add_argument("--config", default=None,
+                   help="YAML settings file, a shipped preset's name (e.g. synthetic/mma.yaml), or 'none' for the "
+                        "method's own defaults (default: the shipped preset for the method, protocol and backbone, "
+                        "from clipadapt/presets/); key=value arguments override it")
     _add_prompts_arg(p)
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=0.002)")
-    p.set_defaults(func=cmd_train)
+                   help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
+                        "workers=4 eval_batch_size=100)")
+    p.set_defaults(func=cmd_train, out_kind="dir")
 
     p = sub.add_parser("info", help="trainable parameter count of a method on a backbone",
                        description="Build a method on a backbone (random weights) and print its trainable parameters.")
@@ -355,14 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "never saw in training.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", help="a saved adapter; without it, zero-shot CLIP")
-    p.add_argument("--classes", help="comma-separated class names")
+    p.add_argument("--classes", help="comma-separated class names (default with --checkpoint: the classes "
+                                     "it was trained on)")
     p.add_argument("--classes-file", help="a file with one class name a line")
-    p.add_argument("--top-k", type=int, default=5, help="classes to print per image (default 5)")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, help="classes to print per image (default 5)")
     _add_prompts_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("--backbone", default=None, help="override the backbone recorded in the checkpoint")
     p.add_argument("--pretrained", default=None, help="override the weights recorded in the checkpoint")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N or mps (default cpu)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import-mma", help="convert a checkpoint of the official MMA code",
@@ -372,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
     p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
-    p.add_argument("--scale", type=float, default=0.001, help="ADAPTER_SCALE it was trained with (default 0.001)")
-    p.set_defaults(func=cmd_import_mma)
+    p.add_argument("--scale", type=positive_float, default=0.001,
+                   help="ADAPTER_SCALE it was trained with (default 0.001)")
+    p.set_defaults(func=cmd_import_mma, out_kind="file")
 
     p = sub.add_parser("import-mma-pp", help="convert a checkpoint of the official MMA++ code",
                        description="Read the adapter_learner state dict of an official MMA++ checkpoint "
@@ -388,35 +552,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ADAPTER_TEST_SCALE (default 0.0065; 0.005 for the ImageNet-source config)")
     p.add_argument("--reg-weight", type=float, default=2.5, help="ADAPTER_TRAIN_SCALE_REG (default 2.5)")
     p.add_argument("--dropout", type=float, default=0.1, help="ADAPTER_DROP (default 0.1; 0.2 for b2n_hc)")
-    p.set_defaults(func=cmd_import_mma_pp)
+    p.set_defaults(func=cmd_import_mma_pp, out_kind="file")
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
                        description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "
                                    "cores with the defaults); writes weights, the training log and its zero-shot "
                                    "accuracy on the synthetic datasets. Rerun the same command to resume.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000)")
-    p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step (default 128)")
-    p.add_argument("--pool-size", type=int, default=24000,
+    p.add_argument("--steps", type=int_at_least(1), default=5000, help="optimizer steps (default 5000)")
+    p.add_argument("--batch-size", type=int_at_least(2), default=128, help="image-caption pairs per step (default 128)")
+    p.add_argument("--pool-size", type=int_at_least(1), default=24000,
                    help="scenes rendered up front, per kind: random scenes, shape groups, other groups (default 24000)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--install", action="store_true", help="copy the result into the package (src/clipadapt/weights)")
-    p.set_defaults(func=cmd_pretrain_synthetic)
+    p.set_defaults(func=cmd_pretrain_synthetic, out_kind="dir")
 
     p = sub.add_parser("demo", help="run the whole job on generated data, no download needed",
                        description="Generate a small dataset, run the methods on it and print a report.")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--quick", action="store_true", help="a reduced size, for tests")
     p.add_argument("--overwrite", action="store_true", help="replace a finished demo in --out")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, out_kind="dir")
     return parser
 
 
-def _error_message(err: BaseException) -> str:
-    # Errors raised in DataLoader workers come back with the worker's traceback in the message.
-    text = str(err).strip().splitlines()
-    last = text[-1] if text else type(err).__name__
-    return last.split(": ", 1)[1] if last.startswith(type(err).__name__ + ":") else last
+def _preflight(args: argparse.Namespace) -> None:
+    """Checks every command needs before any work: the device exists, the output can be written."""
+    if getattr(args, "device", "cpu") != "cpu":
+        check_device(args.device)
+    if getattr(args, "out_kind", None) and getattr(args, "out", None):
+        check_writable(args.out, args.out_kind)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,9 +594,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _resolve_pretrained(args)
+        _preflight(args)
         return args.func(args)
     except ClipadaptError as err:
-        print(f"clipadapt: error: {_error_message(err)}", file=sys.stderr)
+        print(f"clipadapt: error: {one_line(str(err)) or type(err).__name__}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not err.filename:  # not about a path the user gave: a real failure, with its traceback
+            raise
+        print(f"clipadapt: error: cannot use '{err.filename}': {err.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("clipadapt: interrupted", file=sys.stderr)

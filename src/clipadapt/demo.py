@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -16,21 +15,16 @@ from .fileio import write_json
 from .methods import METHODS
 from .protocols import RunSpec, run_protocol
 from .report import write_report
-from .runconfig import read_preset, resolve
+from .runconfig import find_preset, load_preset, resolve
 from .synthetic_weights import SHIPPED_WEIGHTS
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-PACKAGE_PRESET_DIR = Path(__file__).resolve().parent / "presets" / "synthetic"
 DEMO_METHODS = ["zeroshot", "clip_adapter", "coop", "mma", "mma_pp", "rmadapter", "rmma", "mma_attn"]
 
 
-def synthetic_preset(method: str) -> dict:
-    """The settings a method runs with on the synthetic world (presets/synthetic/ or configs/synthetic/<method>.yaml)."""
-    for folder in (PACKAGE_PRESET_DIR, PRESET_DIR):
-        path = folder / f"{method}.yaml"
-        if path.exists():
-            return read_preset(str(path))
-    return {"method": method}
+def synthetic_preset(method: str) -> tuple[str, dict]:
+    """The shipped preset a method runs with on the synthetic world (presets/synthetic/), its name and settings."""
+    name = find_preset(method, "base2novel", "synthetic")  # a missing preset is an error, never a fallback
+    return name, load_preset(name)
 
 
 def machine() -> str:
@@ -45,6 +39,11 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
     methods = ["zeroshot", "mma"] if quick else [m for m in DEMO_METHODS if m in METHODS]
     if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
         raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
+    try:  # the chart is drawn last: find out now, not after every run, that it cannot be
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ClipadaptError(f"the demo's chart needs matplotlib, a dependency of clipadapt that this environment "
+                             f"lacks ({err}); reinstall with `pip install clipadapt` or `pip install matplotlib`") from None
     pretrained = "shipped"
     if not SHIPPED_WEIGHTS.exists():
         # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
@@ -64,21 +63,22 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False, seed: int =
         metrics_path = os.path.join(run_dir, "metrics.json")
         if os.path.exists(metrics_path) and not overwrite:
             continue  # finished in an earlier, interrupted demo
-        preset = synthetic_preset(method)
+        preset_name, preset = synthetic_preset(method)
         overrides = {"epochs": 1} if quick and method != "zeroshot" else {}
         method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
         train_cfg.seed = seed
         spec = RunSpec(method, dataset, data_root, 4 if quick else shots, seed, "synthetic", pretrained, run_dir,
                        progress=False)
         metrics = run_protocol("base2novel", spec, method_cfg.to_dict(), train_cfg)
-        write_json(metrics_path, {**metrics, "settings": resolved})
+        write_json(metrics_path, {**metrics, "preset": preset_name, "settings": resolved})
     elapsed = time.time() - start
     header = (f"# clipadapt demo: base-to-novel on the synthetic world\n\n"
               f"{'16' if not quick else '4'} shots, seed {seed}, backbone: the tiny CLIP `--backbone synthetic` "
               f"({'shipped pretrained weights' if pretrained == 'shipped' else 'RANDOM weights: numbers near chance'}). "
               f"Accuracies in percent on the test split of the base and of the novel classes; HM is their harmonic "
               f"mean; Average is the mean over datasets (HM of the mean base and novel). Settings per method: "
-              f"configs/synthetic/ and src/clipadapt/presets/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} minutes on {machine()}.\n\n")
+              f"the shipped presets clipadapt/presets/synthetic/. Produced by `make demo` in {elapsed / 60:.1f} "
+              f"minutes on {machine()}.\n\n")
     text = write_report(run_dirs, datasets, methods, out, header)
     print(text)
     print(f"\nreport: {os.path.join(out, 'report.md')} (table), {os.path.join(out, 'report.png')} (chart); "

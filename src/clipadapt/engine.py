@@ -17,9 +17,10 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -31,18 +32,23 @@ from .data.transforms import train_transform
 from .errors import ClipadaptError
 from .fileio import atomic_path
 from .model import AdaptedCLIP
+from .validation import check_fields
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-SCHEDULES = ("cosine", "constant")
-KEEP = ("last", "best_val")
+Optimizer = Literal["sgd", "adamw", "adam"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+Schedule = Literal["cosine", "constant"]
+Keep = Literal["last", "best_val"]
+OPTIMIZERS = get_args(Optimizer)
+PRECISIONS = get_args(Precision)
+SCHEDULES = get_args(Schedule)
+KEEP = get_args(Keep)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings; a method's paper values come from its `training_defaults`."""
 
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -51,29 +57,17 @@ class TrainConfig:
     batch_size: int = 16
     warmup_epochs: int = 0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
     warmup_lr: float = 1e-5
-    schedule: str = "cosine"  # cosine (Dassl's, stepped per epoch) | constant
+    schedule: Schedule = "cosine"  # cosine (Dassl's, stepped per epoch) | constant
     patience: int = 0  # early stopping: stop after this many epochs without a better val accuracy (0: off)
-    keep: str = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
-    precision: str = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
+    keep: Keep = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
+    precision: Precision = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
     augment: bool = True  # CoOp's random resized crop and flip
     seed: int = 1
     workers: int = 0
     eval_batch_size: int = 100
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ClipadaptError(f"optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
-        if self.precision not in PRECISIONS:
-            raise ClipadaptError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
-        if self.schedule not in SCHEDULES:
-            raise ClipadaptError(f"schedule must be one of {SCHEDULES}, got '{self.schedule}'")
-        if self.keep not in KEEP:
-            raise ClipadaptError(f"keep must be one of {KEEP}, got '{self.keep}'")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ClipadaptError("epochs, batch_size and lr must be positive")
-        if self.patience < 0:
-            raise ClipadaptError(f"patience must be 0 (off) or a positive number of epochs, got {self.patience}")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        check_fields(self, "training setting")  # types and ranges (validation.RANGES), for CLI, YAML and Python
 
     @property
     def validates(self) -> bool:
@@ -192,17 +186,22 @@ class Trainer:
         path = self.checkpoint_path
         if not path or not os.path.exists(path):
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"])
-        self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
-        self.last_loss = float(state["last_loss"])
-        sel = state.get("selection") or {}
-        self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
-        self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
-        self.best_state = state.get("best_method")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.start_epoch = int(state["epoch"])
+            self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+            self.last_loss = float(state["last_loss"])
+            sel = state.get("selection") or {}
+            self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
+            self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
+            self.best_state = state.get("best_method")
+        except Exception as err:  # torch raises many types for a truncated or foreign file
+            reason = " ".join(str(err).split())[:200]
+            raise ClipadaptError(f"cannot resume from '{path}': not a readable clipadapt checkpoint "
+                                 f"({type(err).__name__}: {reason}); pass --overwrite to start the run again") from None
         return True
 
     def _log(self, record: dict) -> None:
@@ -270,7 +269,7 @@ class Trainer:
             self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.best_epoch})
             if self.progress:
                 print(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} epochs "
-                      f"(best {self.best_val:.2f} at epoch {self.best_epoch})")
+                      f"(best {self.best_val:.2f} at epoch {self.best_epoch})", file=sys.stderr)
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
@@ -279,7 +278,7 @@ class Trainer:
             # Steps logged after this checkpoint belonged to the interrupted epoch, which reruns whole.
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             if self.progress:
-                print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
+                print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}", file=sys.stderr)
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
         use_cache = model.method.output_only and not cfg.augment
         if model.method.output_only:
@@ -287,7 +286,7 @@ class Trainer:
                     "augmentation on: frozen image features recomputed for every batch")
             self._log({"event": "feature_path", "path": path})
             if self.progress:
-                print(f"{model.method.name}: {path}")
+                print(f"{model.method.name}: {path}", file=sys.stderr)
         if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
             self._cache_features()
         epochs_done = self.start_epoch

@@ -23,6 +23,7 @@ class EvalResult:
     num_images: int
     labels: list[int] = field(default_factory=list)
     topk: list[list[int]] = field(default_factory=list)  # top-5 class indices, best first
+    topk_scores: list[list[float]] = field(default_factory=list)  # their softmax probabilities
 
 
 def model_transform(model: AdaptedCLIP):
@@ -40,7 +41,7 @@ def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, work
         raise ValueError("nothing to evaluate: the split is empty")
     model.eval()
     loader = make_loader(items, model_transform(model), batch_size, workers=workers)
-    labels, topk = [], []
+    labels, topk, scores = [], [], []
     correct = 0
     device_type = torch.device(device).type
     for images, y, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
@@ -48,18 +49,26 @@ def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, work
         with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             logits = model(images).float()
         k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices.cpu()
+        best = logits.softmax(dim=1).topk(k, dim=1)
+        top = best.indices.cpu()
         correct += int((top[:, 0] == y).sum())
         labels += y.tolist()
         topk += top.tolist()
-    return EvalResult(100.0 * correct / len(items), len(items), labels, topk)
+        scores += best.values.cpu().tolist()
+    return EvalResult(100.0 * correct / len(items), len(items), labels, topk, scores)
 
 
-def write_predictions(path: str, items: list[Datum], result: EvalResult) -> None:
-    """CSV with impath, label, prediction and the top-5 class indices."""
+def write_predictions(path: str, items: list[Datum], result: EvalResult, classnames: list[str]) -> None:
+    """CSV of each image's label and top-k classes: index, name and softmax probability of each."""
+    k = max((len(t) for t in result.topk), default=0)
+    header = ["impath", "label", "label_name"]
+    for rank in range(1, k + 1):
+        header += [f"top{rank}", f"top{rank}_name", f"top{rank}_score"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["impath", "label", "prediction", "top1", "top2", "top3", "top4", "top5"])
-        for item, label, top in zip(items, result.labels, result.topk):
-            padded = top + [""] * (5 - len(top))
-            writer.writerow([item.impath, label, top[0], *padded])
+        writer.writerow(header)
+        for item, label, top, scores in zip(items, result.labels, result.topk, result.topk_scores):
+            row = [item.impath, label, classnames[label]]
+            for index, score in zip(top, scores):
+                row += [index, classnames[index], f"{score:.4f}"]
+            writer.writerow(row)

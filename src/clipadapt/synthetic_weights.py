@@ -1,9 +1,17 @@
-"""The tiny CLIP shipped inside the package, pretrained on the synthetic world."""
+"""The tiny CLIP shipped inside the package: its weights file format, its loader and its identity.
+
+The format lives here, with the loader, so that loading a backbone never imports the pretraining
+script (`clipadapt.synthetic.pretrain`), which sits above the library and uses it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+from .errors import ClipadaptError
+from .fileio import file_digest
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_NAME = "synthetic"
@@ -11,6 +19,7 @@ SHIPPED_CONFIG = "clipadapt-synthetic"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "synthetic-clip.safetensors"
 SHIPPED_RECORD = WEIGHTS_DIR / "synthetic-clip.json"
 SHIPPED_TAGS = ("shipped", "default", "synthetic", None, "")
+WEIGHTS_FORMAT = "clipadapt-synthetic-clip/1"
 
 
 def is_shipped(name: str) -> bool:
@@ -24,21 +33,76 @@ def shipped_record() -> dict:
         return json.load(f)
 
 
-def load_shipped(pretrained: str | None):
-    """(model, identity) for the shipped tiny CLIP: its weights, an exported file, or random ('none')."""
+def _weights_path(pretrained: str | None) -> Path:
+    return SHIPPED_WEIGHTS if pretrained in SHIPPED_TAGS else Path(str(pretrained))
+
+
+def shipped_identity(pretrained: str | None) -> str:
+    """The identity `load_shipped(pretrained)` gives its model, without building the model."""
+    if pretrained == "none":
+        return f"{SHIPPED_NAME}/none"
+    path = _weights_path(pretrained)
+    if not path.is_file():
+        raise ClipadaptError(f"weights of the synthetic backbone not found at '{path}' (use --pretrained shipped "
+                             "for the weights shipped with clipadapt, or `clipadapt pretrain-synthetic --install`)")
+    return f"{SHIPPED_NAME}/sha256:{file_digest(path)}"
+
+
+def _create_tiny_clip():
     import open_clip
     import torch
 
-    from .backbone import weights_identity
-    from .errors import ClipadaptError
-    from .synthetic.pretrain import load_exported
-
-    if pretrained == "none":
+    # open_clip warns "No pretrained weights loaded ... initialized randomly": true for a moment only,
+    # as the shipped weights are loaded next (or 'none' was asked for).
+    factory_log = logging.getLogger()
+    level = factory_log.level
+    factory_log.setLevel(logging.ERROR)
+    try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return open_clip.create_model(SHIPPED_CONFIG), f"{SHIPPED_NAME}/none"
-    path = SHIPPED_WEIGHTS if pretrained in SHIPPED_TAGS else Path(pretrained)
-    if not path.is_file():
-        raise ClipadaptError(f"weights of the synthetic backbone not found at '{path}' "
-                             "(run `clipadapt pretrain-synthetic --install` to make them)")
-    return load_exported(str(path)), weights_identity(SHIPPED_NAME, str(path))
+            return open_clip.create_model(SHIPPED_CONFIG)
+    finally:
+        factory_log.setLevel(level)
+
+
+def export_weights(model, token_ids: list[int], path: str) -> dict:
+    """Save fp16 weights with only the given token-embedding rows (the world's vocabulary); returns the metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .fileio import atomic_path
+
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
+    state["token_embedding.rows"] = model.token_embedding.weight.detach()[token_ids].half().contiguous()
+    state["token_embedding.ids"] = torch.tensor(token_ids, dtype=torch.int64)
+    meta = {"config": SHIPPED_CONFIG, "format": WEIGHTS_FORMAT, "vocabulary_tokens": str(len(token_ids))}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata=meta)
+    return meta
+
+
+def load_exported(path: str):
+    """Build the tiny CLIP and load exported weights (tokens outside the vocabulary keep their init)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (safetensors): {err}") from None
+    if "token_embedding.ids" not in state:
+        raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (format {WEIGHTS_FORMAT})")
+    model = _create_tiny_clip()
+    table = model.token_embedding.weight.detach().clone()
+    table[state.pop("token_embedding.ids")] = state.pop("token_embedding.rows").float()
+    state = {k: v.float() for k, v in state.items()}
+    state["token_embedding.weight"] = table
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_shipped(pretrained: str | None):
+    """(model, identity) for the shipped tiny CLIP: its weights, an exported file, or random ('none')."""
+    identity = shipped_identity(pretrained)
+    if pretrained == "none":
+        return _create_tiny_clip(), identity
+    return load_exported(str(_weights_path(pretrained))), identity

@@ -36,10 +36,17 @@ def _read(name: str, root: str):
     raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(known_datasets())}")
 
 
+def check_shots(shots: int) -> None:
+    """Shots are -1 (every training image, as Dassl's num_shots=-1) or at least 1."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or (shots != -1 and shots < 1):
+        raise DataError(f"shots must be -1 (every training image) or at least 1, got {shots!r}")
+
+
 def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsample: str = "all") -> DatasetSplits:
     """Read a dataset, draw Dassl's K-shot train and min(K,4)-shot val sets for `seed`, keep base or new classes."""
     if subsample not in SUBSAMPLES:
         raise DataError(f"subsample must be one of {', '.join(SUBSAMPLES)}, got '{subsample}'")
+    check_shots(shots)
     train, val, test, template, val_is_test, test_only = _read(name, root)
     classnames_all = classnames_of(train, val, test)
     if shots >= 1 and not test_only:
@@ -57,6 +64,11 @@ def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsampl
     else:
         train, val, test = splits
     classnames = classnames_of(train, val, test)
+    where = f"dataset '{name}' at '{root}'" + (f" ({subsample} classes)" if subsample != "all" else "")
+    if not test:
+        raise DataError(f"{where} has no test images")
+    if shots != -1 and not test_only and not train:
+        raise DataError(f"{where} has no training images")
     if len(classnames) != 1 + max((d.label for d in (*train, *val, *test)), default=-1):
         raise DataError(f"dataset '{name}': labels are not contiguous from 0; check its split or class files")
     info = {"num_classes_all": len(classnames_all), "shots": shots, "seed": seed, "subsample": subsample}

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone, TextBatch
+from ..validation import check_fields
 
 
 @dataclass
@@ -32,6 +33,9 @@ class MethodConfig:
     template: str | None = None  # prompt; None means the dataset's CoOp template
     # Several prompts a class (clipadapt.prompts): "openai80", a .json file or folder, a template list
     prompts: str | list[str] | None = None
+
+    def __post_init__(self):
+        check_fields(self, "method option")  # types and ranges by the declared fields (validation.RANGES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for YAML and checkpoint metadata."""

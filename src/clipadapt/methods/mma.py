@@ -149,26 +149,22 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     return kept
 
 
-def official_config(state: dict[str, torch.Tensor], scale: float = 0.001) -> MMAConfig:
+def official_config(state: dict[str, torch.Tensor], scale: float = 0.001, path: str = "checkpoint") -> MMAConfig:
     """The MMAConfig an official state dict was trained with (blocks and width read off its keys)."""
-    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("shared_adapter.")})
+    try:
+        blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("shared_adapter.")})
+    except (IndexError, ValueError):
+        blocks = []
+    if not blocks or f"shared_adapter.{blocks[0]}.0.weight" not in state:
+        raise ClipadaptError(f"'{path}' has no 'shared_adapter.<block>.0.weight' tensors: the official MMA "
+                             "checkpoint holds visual_adapter.*, text_adapter.* and shared_adapter.* keys")
     dim = state[f"shared_adapter.{blocks[0]}.0.weight"].shape[0]
     return MMAConfig(adapter_start=blocks[0], adapter_end=blocks[-1], adapter_dim=dim, scale=scale)
 
 
-def load_official(model, path: str) -> None:
-    """Load an official MMA or MMA++ checkpoint (model-best.pth.tar, model.pth.tar-N) into an `mma` / `mma_pp` model."""
-    if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
-        raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
-    state = official_state_dict(path)
-    check_fits(model, state, path)
-    model.method.load_state_dict({k: v.float() for k, v in state.items()})
-    model._text_cache = None
-
-
-def check_fits(model, state: dict[str, torch.Tensor], path: str) -> None:
-    """Fail with a clear message unless official tensors match the model's adapters key for key and in shape."""
-    ours = model.method.state_dict()
+def check_official_fits(method: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Refuse an official state dict whose keys or shapes do not fit `method` (an MMA on some backbone)."""
+    ours = method.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
     if missing or unexpected:
@@ -178,3 +174,13 @@ def check_fits(model, state: dict[str, torch.Tensor], path: str) -> None:
         if value.shape != ours[key].shape:
             raise ClipadaptError(f"'{path}': '{key}' has shape {tuple(value.shape)}, the model expects "
                                  f"{tuple(ours[key].shape)} (is it the same backbone?)")
+
+
+def load_official(model, path: str) -> None:
+    """Load an official MMA or MMA++ checkpoint (model-best.pth.tar, model.pth.tar-N) into an `mma` / `mma_pp` model."""
+    if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
+        raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
+    state = official_state_dict(path)
+    check_official_fits(model.method, state, path)
+    model.method.load_state_dict({k: v.float() for k, v in state.items()})
+    model._text_cache = None

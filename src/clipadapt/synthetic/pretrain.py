@@ -20,10 +20,10 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..fileio import atomic_path, write_json
+from ..synthetic_weights import export_weights, load_exported  # noqa: F401  (the format lives with the loader)
 from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
 
 CONFIG = "clipadapt-synthetic"
@@ -66,34 +66,6 @@ def vocabulary_token_ids(tokenizer) -> list[int]:
         row = tokenizer([word])[0]
         ids.update(int(t) for t in row[: int(row.argmax()) + 1])
     return sorted(ids)
-
-
-def export_weights(model: torch.nn.Module, tokenizer, path: str) -> dict:
-    """Save fp16 weights with only the vocabulary's token-embedding rows; returns the metadata."""
-    ids = vocabulary_token_ids(tokenizer)
-    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
-    state["token_embedding.rows"] = model.token_embedding.weight.detach()[ids].half().contiguous()
-    state["token_embedding.ids"] = torch.tensor(ids, dtype=torch.int64)
-    meta = {"config": CONFIG, "format": "clipadapt-synthetic-clip/1", "vocabulary_tokens": str(len(ids))}
-    with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata=meta)
-    return meta
-
-
-def load_exported(path: str) -> torch.nn.Module:
-    """Build the tiny CLIP and load exported weights (tokens outside the vocabulary keep their init)."""
-    from safetensors.torch import load_file
-
-    state = load_file(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = open_clip.create_model(CONFIG)
-    table = model.token_embedding.weight.detach().clone()
-    table[state.pop("token_embedding.ids")] = state.pop("token_embedding.rows").float()
-    state = {k: v.float() for k, v in state.items()}
-    state["token_embedding.weight"] = table
-    model.load_state_dict(state, strict=True)
-    return model.eval()
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -184,7 +156,7 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, tmp)
     model.eval()
     weights = os.path.join(out_dir, "synthetic-clip.safetensors")
-    export_weights(model, tokenizer, weights)
+    export_weights(model, vocabulary_token_ids(tokenizer), weights)
     write_json(os.path.join(out_dir, "pretrain_config.json"), {
         "steps": steps, "batch_size": batch_size, "pool_size": pool_size, "lr": lr, "weight_decay": weight_decay,
         "warmup": warmup, "seed": seed, "contrast_fraction": contrast_fraction,

@@ -1,0 +1,205 @@
+"""One conversion and check of every setting, by the type its dataclass declares and a small range table.
+
+TrainConfig and every method config call `check_fields(self)` in `__post_init__`, so the command
+line (key=value), YAML presets and the Python API go through the same path: a value is converted to
+the field's declared type (`"1e-3"`, which PyYAML reads as a string, becomes 0.001 for a float
+field; `2.5` is refused for an int field), then checked against RANGES by the field's name. A new
+field is type-checked without extra code; a line in RANGES adds its range.
+
+This module imports nothing heavy (no torch), so the command line can use it to build its parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Union
+
+from .errors import ClipadaptError
+
+
+class SettingError(ClipadaptError):
+    """A setting or method option with a value of the wrong type or out of its range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds and choices a setting must respect (None: no bound)."""
+
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value`, or None when it fits."""
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"expected one of {', '.join(map(str, self.choices))}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            for bound, ok, word in ((self.ge, lambda b: value >= b, ">="), (self.gt, lambda b: value > b, ">"),
+                                    (self.le, lambda b: value <= b, "<="), (self.lt, lambda b: value < b, "<")):
+                if bound is not None and not ok(bound):
+                    return f"expected a value {word} {bound}"
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                inner = Range(self.ge, self.gt, self.le, self.lt).problem(v)
+                if inner:
+                    return inner
+        return self.check(value) if self.check else None
+
+
+def _template_problem(value: Any) -> str | None:
+    if isinstance(value, str) and "{}" not in value:
+        return "expected a prompt template with '{}' where the class name goes (e.g. 'a photo of a {}.')"
+    return None
+
+
+# Ranges by field name, for training settings and method options alike. A field not listed here is
+# still converted and checked by its declared type.
+RANGES: dict[str, Range] = {
+    "lr": Range(gt=0), "warmup_lr": Range(gt=0), "momentum": Range(ge=0, lt=1), "weight_decay": Range(ge=0),
+    "betas": Range(ge=0, lt=1), "epochs": Range(ge=1), "warmup_epochs": Range(ge=0), "batch_size": Range(ge=1),
+    "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "seed": Range(ge=0), "patience": Range(ge=0),
+    "template": Range(check=_template_problem),
+    # method options
+    "scale": Range(ge=0), "adapter_dim": Range(ge=1), "adapter_start": Range(ge=1), "adapter_end": Range(ge=1),
+    "reduction": Range(ge=1), "ratio": Range(ge=0, le=1), "n_ctx": Range(ge=1), "heads": Range(ge=1),
+    "residual": Range(ge=0, le=1), "pair_chunk": Range(ge=1), "latent_dim": Range(ge=1), "alpha": Range(ge=0),
+    "lambda_sep": Range(ge=0), "first_block": Range(ge=1), "last_block": Range(ge=1),
+    "head_hidden": Range(ge=1),  # rmadapter checks its own switches (share, recon_towers, ...)
+    "lambda_rec_vision": Range(ge=0), "lambda_rec_text": Range(ge=0), "lambda_con_vision": Range(ge=0),
+    "lambda_con_text": Range(ge=0),
+}
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        n = len(typing.get_args(tp)) if origin is tuple and Ellipsis not in typing.get_args(tp) else None
+        what = _describe(args[0]) if args else "values"
+        return f"a list of {n} values, each {what}" if n else f"a list of values, each {what}"
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """`value` as type `tp`, or _Mismatch."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in
+                                                     ("none", "null", "~"))):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise _Mismatch
+    if origin in (list, tuple):
+        if isinstance(value, str):  # "0.9,0.98" from a key=value argument
+            value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        args = typing.get_args(tp)
+        if origin is tuple and args and Ellipsis not in args:
+            if len(value) != len(args):
+                raise _Mismatch
+            return tuple(_convert(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        items = [_convert(v, inner) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.strip().lower() in ("true", "yes", "on")
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    value = float(value)  # "1e3"
+                except ValueError:
+                    raise _Mismatch from None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, (int, float)):
+            result = float(value)
+        elif isinstance(value, str):
+            try:
+                result = float(value.strip())  # "1e-3": PyYAML reads exponents without a dot as text
+            except ValueError:
+                raise _Mismatch from None
+        else:
+            raise _Mismatch
+        if not math.isfinite(result):
+            raise _Mismatch
+        return result
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    return value  # a type this table does not know: passed through unchanged
+
+
+def convert_setting(key: str, value: Any, tp: Any, owner: str = "setting") -> Any:
+    """`value` converted to the declared type `tp` and checked against RANGES[key]; SettingError otherwise."""
+    try:
+        converted = _convert(value, tp)
+    except _Mismatch:
+        raise SettingError(f"{owner} '{key}': expected {_describe(tp)}, got {value!r} "
+                           f"({type(value).__name__})") from None
+    rule = RANGES.get(key)
+    problem = rule.problem(converted) if rule else None
+    if problem:
+        raise SettingError(f"{owner} '{key}': {problem}, got {value!r}")
+    return converted
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Declared types of a dataclass's fields, with string annotations resolved."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+def check_fields(obj: Any, owner: str = "setting") -> None:
+    """Convert and check every field of a dataclass instance in place."""
+    for name, tp in field_types(type(obj)).items():
+        object.__setattr__(obj, name, convert_setting(name, getattr(obj, name), tp, owner))
