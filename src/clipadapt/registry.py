@@ -4,7 +4,7 @@
 tests/test_settings.py checks that these lists name the same methods and datasets.
 """
 
-METHOD_NAMES = ("zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn")
+METHOD_NAMES = ("zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn", "mma_pp")
 PROTOCOL_NAMES = ("base2novel", "fewshot", "dg")
 SYNTHETIC_DATASET_NAMES = ("syn_shapes", "syn_colours", "syn_objects", "syn_patterns", "syn_counts", "syn_layouts",
                            "syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter")
