@@ -13,8 +13,8 @@ from clipadapt.runconfig import read_preset, resolve
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 # The option that switches each method's contribution off.
-OFF = {"mma": {"scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0}, "mma_attn": {"residual": 0.0},
-       "clip_adapter": {"ratio": 0.0}, "clip_lora": {"alpha": 0.0}, "zeroshot": {}}
+OFF = {"mma": {"scale": 0.0}, "mma_pp": {"test_scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0},
+       "mma_attn": {"residual": 0.0}, "clip_adapter": {"ratio": 0.0}, "clip_lora": {"alpha": 0.0}, "zeroshot": {}}
 # No option switches MMRL or MaPLe off: their tokens enter the attention of every block they reach
 # (docs/methods.md); CLIP-LoRA is also zero-shot untrained (B = 0), tested in test_mmrl_maple_lora.py.
 

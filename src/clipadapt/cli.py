@@ -115,6 +115,14 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N or mps (default cpu)")
 
 
+def _add_prompts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="several prompts a class: 'openai80' (CLIP's 80 templates), a JSON file of per-class "
+                        "descriptions in CuPL's layout {\"class\": [\"...\", ...]} or of templates [\"a photo of "
+                        "a {}.\", ...], a folder of <dataset>.json files, or 'none' for one template a class "
+                        "(default: the preset's, else one template; with --checkpoint: the recorded one)")
+
+
 def _resolve_pretrained(args: argparse.Namespace) -> None:
     from .synthetic_weights import is_shipped
 
@@ -162,12 +170,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from_file = args.backbone_from_checkpoint or args.backbone is None
         model = load_model(args.checkpoint, data.classnames, device=args.device,
                            backbone=None if from_file else args.backbone,
-                           pretrained=None if from_file else args.pretrained)
-        model.set_classes(data.classnames, data.template)
+                           pretrained=None if from_file else args.pretrained, prompts=args.prompts,
+                           default_template=data.template, dataset=args.dataset)
         method = model.method.name
     else:
+        prompts = {} if args.prompts is None else {"prompts": args.prompts}
         model = build_model(args.method, data.classnames, args.backbone, args.pretrained,
-                            default_template=data.template, device=args.device)
+                            default_template=data.template, device=args.device, dataset=args.dataset, **prompts)
         method = args.method
         if model.method.num_trainable():
             raise ClipadaptError(f"method '{method}' has trainable parameters: evaluating it untrained measures "
@@ -181,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "split": args.split, "shots": args.shots, "seed": args.seed,
         "subsample": args.subsample, "method": method, "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
-        "num_classes": data.num_classes, "prompt_template": model.template,
+        "num_classes": data.num_classes, "prompt_template": model.template, "prompts": model.method.config.prompts,
         "data_root": os.path.abspath(args.data_root),
         "checkpoint": args.checkpoint, "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
     }
@@ -237,7 +246,10 @@ def _train_run(args: argparse.Namespace) -> int:
 
     protocol = _default_protocol(args)
     preset_name, preset = choose_preset(args.config, args.method, protocol, args.backbone)
-    method_cfg, train_cfg, resolved = resolve(args.method, preset, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.prompts is not None:
+        overrides["prompts"] = args.prompts
+    method_cfg, train_cfg, resolved = resolve(args.method, preset, overrides)
     train_cfg.seed = args.seed
     resolved["seed"] = args.seed
     run = {"protocol": protocol, "dataset": args.dataset, "data_root": os.path.abspath(args.data_root),
@@ -375,13 +387,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ClipadaptError(f"cannot read image '{path}': no such file")
     if args.checkpoint:
         model = load_model(args.checkpoint, names, backbone=args.backbone, pretrained=args.pretrained,
-                           device=args.device)
+                           device=args.device, prompts=args.prompts)
         names = model.classnames
         if len(names) < 2:
             raise ClipadaptError(f"adapter '{args.checkpoint}' records no class names; give them with --classes")
     else:
+        prompts = {} if args.prompts is None else {"prompts": args.prompts}
         model = build_model("zeroshot", names, args.backbone or "synthetic", args.pretrained or "shipped",
-                            device=args.device)
+                            device=args.device, **prompts)
     model.eval()
     transform = model_transform(model)
     k = min(args.top_k, len(names))
@@ -402,21 +415,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_import_mma(args: argparse.Namespace) -> int:
     """Convert a checkpoint of the official MMA code into a clipadapt adapter file."""
+    from .methods.mma import official_config, official_state_dict
+
+    state = official_state_dict(args.path)
+    return _write_imported(args, "mma", official_config(state, args.scale, args.path), state)
+
+
+def cmd_import_mma_pp(args: argparse.Namespace) -> int:
+    """Convert a checkpoint of the official MMA++ code (VLM-MMApp) into a clipadapt adapter file."""
+    from .methods.mma import official_config, official_state_dict
+    from .methods.mma_pp import MMAPPConfig
+
+    state = official_state_dict(args.path)  # MMA++ saves MMA's keys: its dropout has no parameters
+    blocks = official_config(state, path=args.path)
+    config = MMAPPConfig(adapter_start=blocks.adapter_start, adapter_end=blocks.adapter_end,
+                         adapter_dim=blocks.adapter_dim, dropout=args.dropout, train_scale=args.train_scale,
+                         test_scale=args.test_scale, reg_weight=args.reg_weight)
+    return _write_imported(args, "mma_pp", config, state)
+
+
+def _write_imported(args: argparse.Namespace, method: str, config, state: dict) -> int:
+    """Write official adapter tensors as a clipadapt adapter file, after checking keys and shapes."""
     from safetensors.torch import save_file
 
     from .backbone import backbone_identity, check_weights_source, load_backbone
     from .fileio import atomic_path
     from .methods import method_class
-    from .methods.mma import check_official_fits, official_config, official_state_dict
+    from .methods.mma import check_official_fits
     from .model import ADAPTER_FORMAT
 
-    state = official_state_dict(args.path)
-    config = official_config(state, args.scale, args.path)
     check_weights_source(args.backbone, args.pretrained)
     # The backbone's architecture, without its weights, is enough to check every key and shape now.
     architecture = load_backbone(args.backbone, "none")
-    check_official_fits(method_class("mma")(config, architecture, ["a", "b"]), state, args.path)
-    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": "mma",
+    check_official_fits(method_class(method)(config, architecture, ["a", "b"]), state, args.path)
+    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": method,
             "method_config": json.dumps(config.to_dict()),
             "backbone_identity": backbone_identity(args.backbone, args.pretrained),
             "backbone": args.backbone, "pretrained": str(args.pretrained), "classnames": "[]",
@@ -424,7 +456,7 @@ def cmd_import_mma(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         save_file({k: v.float().contiguous() for k, v in state.items()}, tmp, metadata=meta)
     n = sum(v.numel() for v in state.values())
-    _note(f"wrote {args.out}: mma adapters on blocks {config.adapter_start}-{config.adapter_end}, "
+    _note(f"wrote {args.out}: {method} adapters on blocks {config.adapter_start}-{config.adapter_end}, "
           f"width {config.adapter_dim}, {n:,} parameters, for {args.backbone} ({args.pretrained})")
     return 0
 
@@ -516,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default -1: the whole validation split)")
     p.add_argument("--seed", type=int_at_least(0), default=1, help="seed of that draw (default 1)")
     _add_backbone_args(p)
+    _add_prompts_arg(p)
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -542,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML settings file, a shipped preset's name (e.g. synthetic/mma.yaml), or 'none' for the "
                         "method's own defaults (default: the shipped preset for the method, protocol and backbone, "
                         "from clipadapt/presets/); key=value arguments override it")
+    _add_prompts_arg(p)
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
@@ -570,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "it was trained on)")
     p.add_argument("--classes-file", help="a file with one class name a line")
     p.add_argument("--top-k", type=int_at_least(1), default=5, help="classes to print per image (default 5)")
+    _add_prompts_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("--backbone", default=None, help="override the backbone recorded in the checkpoint")
     p.add_argument("--pretrained", default=None, help="override the weights recorded in the checkpoint")
@@ -601,7 +636,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "--classes-file), class logits elsewhere (default auto)")
     p.add_argument("--classes", help="comma-separated class names it was trained on")
     p.add_argument("--classes-file", help="file with the class names it was trained on, one per line")
-    p.set_defaults(func=cmd_import_mmrl)
+    p.set_defaults(func=cmd_import_mmrl, out_kind="file")
+
+    p = sub.add_parser("import-mma-pp", help="convert a checkpoint of the official MMA++ code",
+                       description="Read the adapter_learner state dict of an official MMA++ checkpoint "
+                                   "(adapter_learner/model.pth.tar-50) and write a clipadapt adapter file. Its keys "
+                                   "are MMA's, so the scales it was trained with are given here.")
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
+    p.add_argument("--train-scale", type=float, default=0.01, help="ADAPTER_TRAIN_SCALE (default 0.01)")
+    p.add_argument("--test-scale", type=float, default=0.0065,
+                   help="ADAPTER_TEST_SCALE (default 0.0065; 0.005 for the ImageNet-source config)")
+    p.add_argument("--reg-weight", type=float, default=2.5, help="ADAPTER_TRAIN_SCALE_REG (default 2.5)")
+    p.add_argument("--dropout", type=float, default=0.1, help="ADAPTER_DROP (default 0.1; 0.2 for b2n_hc)")
+    p.set_defaults(func=cmd_import_mma_pp, out_kind="file")
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
                        description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "

@@ -322,6 +322,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             seed_everything(cfg.seed * 1000 + epoch)
+            model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
             sharded = distributed.world_size() > 1
             if sharded:
                 batches = self._sharded_batches(epoch, drop_last, use_cache)

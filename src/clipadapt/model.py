@@ -11,25 +11,24 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, TextBatch, load_backbone
 from .errors import CheckpointMismatchError, ClipadaptError
 from .fileio import atomic_path
 from .methods import Method, make_config, method_class
+from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 ADAPTER_FORMAT = "clipadapt-adapter/1"
+PROMPT_CHUNK = 1024  # prompts of a prompt set encoded at once without gradient (memory only)
 
-
-def format_prompt(template: str, classname: str) -> str:
-    """A class prompt, with underscores in the class name read as spaces (as CoOp does)."""
-    return template.format(classname.replace("_", " "))
+__all__ = ["AdaptedCLIP", "build_model", "load_model", "read_adapter", "format_prompt"]
 
 
 class AdaptedCLIP(nn.Module):
     """forward(images) gives logits [batch, classes] for the current class names."""
 
     def __init__(self, backbone: Backbone, method: Method, classnames: list[str], template: str | None = None,
-                 backbone_source: dict | None = None):
+                 backbone_source: dict | None = None, dataset: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.method = method
@@ -38,22 +37,44 @@ class AdaptedCLIP(nn.Module):
             raise ClipadaptError(f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none")
         self._text_cache: torch.Tensor | None = None
         self._frozen_text: torch.Tensor | None = None
-        self.set_classes(classnames, template)
+        # The run's generator for training draws (a prompt per class, MMA++'s scale); the trainer
+        # reseeds it every epoch, so a resumed run draws what an uninterrupted one would.
+        self.draws = torch.Generator().manual_seed(0)
+        method.draws = self.draws
+        self.last_draw: torch.Tensor | None = None
+        self.set_classes(classnames, template, dataset=dataset)
 
     # ---- classes ------------------------------------------------------------------------------
-    def set_classes(self, classnames: list[str], template: str | None = None, trained_on: bool | None = None) -> None:
+    def set_classes(self, classnames: list[str], template: str | None = None, trained_on: bool | None = None,
+                    dataset: str | None = None) -> None:
         """Classify against these class names (they need not be the ones trained on).
 
         `trained_on` tells methods whose inference differs on seen and unseen classes (MMRL) which
-        case this is; None lets the method decide (MMRL compares with the names it was built for)."""
+        case this is; None lets the method decide (MMRL compares with the names it was built for).
+        `dataset` picks the file of a prompts folder (DIR/<dataset>.json)."""
         if not classnames:
             raise ClipadaptError("no class names given")
+        spec = self.method.config.prompts
+        if spec not in NO_PROMPT_SET and self.method.prompt_sets is None:
+            raise ClipadaptError(f"method '{self.method.name}' takes no prompt sets (its prompts are learned or "
+                                 "its passes share state across prompts); drop --prompts / prompts:")
         self.classnames = list(classnames)
         self.method.set_classes(self.classnames, trained_on)
         self.template = self.method.config.template or template or DEFAULT_TEMPLATE
-        self.prompts = [format_prompt(self.template, c) for c in self.classnames]
+        self.class_prompts = class_prompts(spec, self.classnames, self.template, dataset)
+        self.prompts = [p for group in self.class_prompts for p in group]  # every prompt, class by class
+        counts = torch.tensor([len(group) for group in self.class_prompts])
         device = next(self.backbone.parameters()).device
-        self.text_batch = self.backbone.text_batch(self.prompts).to(device)
+        if len(self.prompts) == len(self.classnames):  # one prompt a class: embedded once, as always
+            self.text_batch = self.backbone.text_batch(self.prompts).to(device)
+            self._tokens = self._pool = self.prompt_owner = None
+        else:  # a prompt set: token ids kept, embedded per chunk or per draw (80 x 1000 would not fit)
+            self.text_batch = None
+            tokens = self.backbone.tokenize(self.prompts)
+            self._tokens, self._pool = tokens.to(device), self.backbone.pool_index(tokens).to(device)
+            self.prompt_owner = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
+        self.prompt_counts = counts
+        self.prompt_offsets = torch.cumsum(counts, 0) - counts
         self._text_cache = self._frozen_text = None
 
     def train(self, mode: bool = True):
@@ -64,16 +85,69 @@ class AdaptedCLIP(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # The prompt tensors are plain attributes: follow the parameters to their device.
         result = super()._apply(fn, *args, **kwargs)
-        self.text_batch = self.text_batch.to(next(self.backbone.parameters()).device)
+        device = next(self.backbone.parameters()).device
+        if self.text_batch is not None:
+            self.text_batch = self.text_batch.to(device)
+        else:
+            self._tokens, self._pool = self._tokens.to(device), self._pool.to(device)
+            self.prompt_owner = self.prompt_owner.to(device)
         self._text_cache = self._frozen_text = None
         return result
+
+    # ---- prompt sets --------------------------------------------------------------------------
+    def seed_draws(self, seed: int) -> None:
+        """Reseed the generator of training draws (the trainer does so every epoch)."""
+        self.draws.manual_seed(seed)
+
+    def draw_prompts(self) -> torch.Tensor:
+        """One prompt index per class, drawn uniformly among that class's prompts."""
+        u = torch.rand(len(self.prompt_counts), generator=self.draws)
+        pick = torch.minimum((u * self.prompt_counts).long(), self.prompt_counts - 1)
+        self.last_draw = self.prompt_offsets + pick
+        return self.last_draw
+
+    def _prompt_batch(self, index) -> TextBatch:
+        """Embedded prompts `index` of the prompt set, cut to their longest prompt."""
+        tokens, pool = self._tokens[index], self._pool[index]
+        if self.backbone.cut_text:
+            tokens = tokens[:, :int(pool.max()) + 1]
+        with torch.no_grad():
+            return TextBatch(self.backbone.embed_tokens(tokens), pool)
+
+    def _pass_prompts(self) -> tuple[TextBatch, torch.Tensor | None]:
+        """The prompts a pass encodes, and the class of each when classes have several."""
+        if self.text_batch is not None:
+            return self.text_batch, None
+        if self.training and self.method.prompt_sets == "draw":
+            return self._prompt_batch(self.draw_prompts().to(self._tokens.device)), None
+        return self._prompt_batch(slice(None)), self.prompt_owner
+
+    def _per_class(self, txt_f: torch.Tensor | None, owner: torch.Tensor | None) -> torch.Tensor | None:
+        if txt_f is None or owner is None:
+            return txt_f
+        return ensemble_features(txt_f, owner, len(self.classnames))
+
+    def _prompt_set_features(self, through_method: bool) -> torch.Tensor:
+        """Class features of a prompt set without gradient, the prompts encoded in chunks."""
+        feats = []
+        with torch.no_grad():
+            for start in range(0, len(self.prompts), PROMPT_CHUNK):
+                batch = self._prompt_batch(slice(start, start + PROMPT_CHUNK))
+                if through_method:
+                    self.method.begin_forward()
+                    batch = self.method.prompt_embeddings(batch)
+                feats.append(self._run_towers(None, batch)[1])
+            return ensemble_features(torch.cat(feats), self.prompt_owner, len(self.classnames))
 
     # ---- forward ------------------------------------------------------------------------------
     def frozen_text_features(self) -> torch.Tensor:
         """Class text features of the frozen towers, computed once per set of classes."""
         if self._frozen_text is None:
-            with torch.no_grad():
-                self._frozen_text = self._run_towers(None, self.text_batch)[1]
+            if self.text_batch is None:
+                self._frozen_text = self._prompt_set_features(through_method=False)
+            else:
+                with torch.no_grad():
+                    self._frozen_text = self._run_towers(None, self.text_batch)[1]
         return self._frozen_text
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,13 +170,14 @@ class AdaptedCLIP(nn.Module):
             img_f = self.frozen_image_features(images) if images is not None else None
             txt_f = self.frozen_text_features() if with_text else None
             return m.after_heads(bb, img_f, txt_f)
-        txt_batch = m.prompt_embeddings(self.text_batch) if with_text else None
+        txt_batch, owner = self._pass_prompts() if with_text else (None, None)
+        txt_batch = m.prompt_embeddings(txt_batch) if with_text else None
         if images is not None and not bb.steppable_image:
             img_f = bb.encode_image_whole(images)
             txt_f = self._run_towers(None, txt_batch)[1] if with_text else None
-            return m.after_heads(bb, img_f, txt_f)
+            return m.after_heads(bb, img_f, self._per_class(txt_f, owner))
         img_f, txt_f = self._run_towers(images, txt_batch)
-        return m.after_heads(bb, img_f, txt_f)
+        return m.after_heads(bb, img_f, self._per_class(txt_f, owner))
 
     def _run_towers(self, images, txt_batch):
         bb, m = self.backbone, self.method
@@ -121,7 +196,11 @@ class AdaptedCLIP(nn.Module):
         if self.training or torch.is_grad_enabled() or self.method.text_depends_on_images:
             return self.encode(None, with_text=True)[1]
         if self._text_cache is None:
-            self._text_cache = self.encode(None, with_text=True)[1]
+            if self.text_batch is None:  # a prompt set: chunked, then the method's output step
+                txt_f = self._prompt_set_features(through_method=True)
+                self._text_cache = self.method.after_heads(self.backbone, None, txt_f)[1]
+            else:
+                self._text_cache = self.encode(None, with_text=True)[1]
         return self._text_cache
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,10 +242,11 @@ class AdaptedCLIP(nn.Module):
             raise CheckpointMismatchError(
                 f"adapter '{path}' was trained on backbone '{meta.get('backbone_identity')}', "
                 f"but the loaded backbone is '{self.backbone.identity}'")
-        saved_cfg = json.loads(meta.get("method_config", "{}"))
-        if saved_cfg != self.method.config.to_dict():
-            raise CheckpointMismatchError(
-                f"adapter '{path}' was saved with config {saved_cfg}, this model has {self.method.config.to_dict()}")
+        # The prompt set is not part of the adapter: one trained with descriptions may be tested with templates.
+        saved_cfg = {k: v for k, v in json.loads(meta.get("method_config", "{}")).items() if k != "prompts"}
+        ours = {k: v for k, v in self.method.config.to_dict().items() if k != "prompts"}
+        if saved_cfg != ours:
+            raise CheckpointMismatchError(f"adapter '{path}' was saved with config {saved_cfg}, this model has {ours}")
         device = next(self.backbone.parameters()).device
         self.method.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         self._text_cache = None
@@ -189,11 +269,12 @@ def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 def build_model(method: str, classnames: list[str], backbone: str | Backbone = "ViT-B-16",
                 pretrained: str | None = "openai", default_template: str | None = None, device: str = "cpu",
-                **options: Any) -> AdaptedCLIP:
+                dataset: str | None = None, **options: Any) -> AdaptedCLIP:
     """A CLIP adapted by `method` (options are the method's config fields), for these class names.
 
     The prompt is the method's `template` option if set, else `default_template` (a dataset's CoOp
-    template), else "a photo of a {}."."""
+    template), else "a photo of a {}."; the `prompts` option gives several a class (`dataset` picks
+    the file of a prompts folder)."""
     cls = method_class(method)
     config = make_config(method, options)
     if isinstance(backbone, Backbone):
@@ -203,22 +284,28 @@ def build_model(method: str, classnames: list[str], backbone: str | Backbone = "
         bb = load_backbone(backbone, pretrained, device=device)
         source = {"backbone": backbone, "pretrained": pretrained}
     adapter = cls(config, bb, list(classnames)).to(device)
-    return AdaptedCLIP(bb, adapter, classnames, default_template, backbone_source=source)
+    return AdaptedCLIP(bb, adapter, classnames, default_template, backbone_source=source, dataset=dataset)
 
 
 def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: str | Backbone | None = None,
-               pretrained: str | None = None, device: str = "cpu") -> AdaptedCLIP:
-    """Rebuild a model from a saved adapter; backbone and pretrained default to the recorded ones."""
+               pretrained: str | None = None, device: str = "cpu", prompts: str | None = None,
+               default_template: str | None = None, dataset: str | None = None) -> AdaptedCLIP:
+    """Rebuild a model from a saved adapter; backbone and pretrained default to the recorded ones.
+
+    `prompts` replaces the recorded prompt set ("none": one template a class)."""
     meta, _ = read_adapter(checkpoint)
     options = json.loads(meta["method_config"])
+    if prompts is not None:
+        options["prompts"] = None if prompts in NO_PROMPT_SET else prompts
     if backbone is None:
         backbone = meta["backbone"]
         pretrained = meta["pretrained"] if pretrained is None else pretrained
     # Built for the classes it was trained on, so that methods knowing them (MMRL) can tell later
     # whether the classes it is asked about are those.
     trained_names = json.loads(meta.get("classnames", "[]"))
-    model = build_model(meta["method"], trained_names or classnames, backbone, pretrained, device=device, **options)
+    model = build_model(meta["method"], trained_names or classnames, backbone, pretrained,
+                        default_template=default_template, device=device, dataset=dataset, **options)
     model.load_adapter(checkpoint)
     if classnames:
-        model.set_classes(classnames)
+        model.set_classes(classnames, default_template, dataset=dataset)
     return model

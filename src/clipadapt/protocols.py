@@ -69,7 +69,8 @@ class RunSpec:
 def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig):
     seed_everything(spec.seed)  # the adapters' initial weights depend on the run's seed only
     model = build_model(spec.method, classes_split.classnames, spec.backbone, spec.pretrained,
-                        default_template=classes_split.template, device=spec.device, **method_options)
+                        default_template=classes_split.template, device=spec.device, dataset=spec.dataset,
+                        **method_options)
     training: dict = {}
     if model.method.trainable_parameters():
         result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress,
@@ -115,7 +116,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
-        model.set_classes(new.classnames, new.template, trained_on=False)
+        model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
         novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}

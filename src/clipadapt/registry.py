@@ -4,7 +4,8 @@
 tests/test_settings.py checks that these lists name the same methods and datasets.
 """
 
-METHOD_NAMES = ("zeroshot", "clip_adapter", "coop", "mma", "rmadapter", "rmma", "mma_attn", "mmrl", "maple", "clip_lora")
+METHOD_NAMES = ("zeroshot", "clip_adapter", "coop", "mma", "mma_pp", "rmadapter", "rmma", "mma_attn", "mmrl", "maple",
+                "clip_lora")
 PROTOCOL_NAMES = ("base2novel", "fewshot", "cross_dataset", "domain_generalization", "dg")  # dg: an alias
 SYNTHETIC_DATASET_NAMES = ("syn_shapes", "syn_colours", "syn_objects", "syn_patterns", "syn_counts", "syn_layouts",
                            "syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter")

@@ -11,12 +11,13 @@ from .maple import MaPLe
 from .mma import MMA
 from .mma_attn import MMAAttn
 from .mmrl import MMRL
+from .mma_pp import MMAPP
 from .rmadapter import RMAdapter
 from .rmma import RMMA
 from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, RMAdapter, RMMA, MMAAttn,
-                                                        MMRL, MaPLe, CLIPLoRA]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, MMAPP, RMAdapter, RMMA,
+                                                        MMAAttn, MMRL, MaPLe, CLIPLoRA]}
 
 
 def method_class(name: str) -> type[Method]:

@@ -31,6 +31,8 @@ class MethodConfig:
     """Fields every method has; subclasses add their own."""
 
     template: str | None = None  # prompt; None means the dataset's CoOp template
+    # Several prompts a class (clipadapt.prompts): "openai80", a .json file or folder, a template list
+    prompts: str | list[str] | None = None
 
     def __post_init__(self):
         check_fields(self, "method option")  # types and ranges by the declared fields (validation.RANGES)
@@ -58,12 +60,17 @@ class Method(nn.Module):
     text_depends_on_images: ClassVar[bool] = False  # text features cannot be cached across images
     image_depends_on_text: ClassVar[bool] = False  # image passes read state left by the class-text pass
     output_only: ClassVar[bool] = False  # acts only on output features: the frozen towers can run once
+    # How the method uses prompt sets (several prompts a class) in training: "draw" (one prompt per
+    # class per step, from the run's seeded generator), "mean" (the ensemble mean, as at inference),
+    # or None: it takes none (its prompts are learned or its passes share state across prompts).
+    prompt_sets: ClassVar[str | None] = None
     # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
     training_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig, backbone: Backbone, classnames: list[str]):
         super().__init__()
         self.config = config
+        self.draws: torch.Generator | None = None  # the run's generator for random draws (set by the model)
 
     # ---- hooks --------------------------------------------------------------------------------
     def begin_forward(self) -> None:

@@ -27,6 +27,7 @@ class CLIPAdapter(Method):
     name = "clip_adapter"
     Config = CLIPAdapterConfig
     output_only = True
+    prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200,
                          "batch_size": 32, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto",
                          "augment": False}

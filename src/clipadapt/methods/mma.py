@@ -81,6 +81,7 @@ class MMA(Method):
     name = "mma"
     Config = MMAConfig
     acts_on_blocks = True
+    prompt_sets = "draw"
     training_defaults = {"optimizer": "sgd", "lr": 0.0015, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
                          "batch_size": 16, "warmup_epochs": 0, "precision": "auto"}
 
@@ -176,9 +177,9 @@ def check_official_fits(method: nn.Module, state: dict[str, torch.Tensor], path:
 
 
 def load_official(model, path: str) -> None:
-    """Load an official MMA checkpoint (model-best.pth.tar, model.pth.tar-5) into an `mma` model."""
-    if getattr(model.method, "name", None) != "mma":
-        raise ClipadaptError(f"load_official needs an 'mma' model, got '{model.method.name}'")
+    """Load an official MMA or MMA++ checkpoint (model-best.pth.tar, model.pth.tar-N) into an `mma` / `mma_pp` model."""
+    if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
+        raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
     state = official_state_dict(path)
     check_official_fits(model.method, state, path)
     model.method.load_state_dict({k: v.float() for k, v in state.items()})

@@ -55,6 +55,7 @@ class MMAAttn(Method):
     name = "mma_attn"
     Config = MMAAttnConfig
     output_only = True
+    prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     # The reference's Learner: Adam (wd 1e-4), no schedule (its cosine call is commented out), up to
     # 100 epochs, early stopping with patience 10 on validation accuracy, the best epoch's weights.
     # lr 0.005 and batch 256 are the paper's. Computed in fp32, as the reference casts to float32.

@@ -8,3 +8,4 @@ class ZeroShot(Method):
 
     name = "zeroshot"
     Config = MethodConfig
+    prompt_sets = "mean"  # the classic CLIP ensemble baseline
