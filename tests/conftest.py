@@ -49,3 +49,19 @@ FAST_LEARNING = {
     "maple": ({}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     "clip_lora": ({"rank": 8, "alpha": 8.0, "dropout": 0.0}, {**ADAMW, "lr": 0.01, "epochs": 10}),
 }
+
+
+def run_until_interrupted(trainer, step: int) -> None:
+    """Run a trainer whose optimizer raises KeyboardInterrupt at its `step`-th step, as a killed run would."""
+    calls = {"n": 0}
+    real_step = trainer.optimizer.step
+
+    def step_then_die(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    trainer.optimizer.step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()

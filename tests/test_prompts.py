@@ -10,6 +10,7 @@ from clipadapt import model as model_module
 from clipadapt.errors import ClipadaptError
 from clipadapt.model import build_model
 from clipadapt.prompts import class_prompts, openai_templates
+from conftest import run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green_square", "blue disc"]
@@ -123,17 +124,7 @@ def _train_recording_draws(data, seed, out_dir=None, interrupt_at=None):
 
     model, draws, trainer = build()
     if interrupt_at is not None:
-        real_step, calls = trainer.optimizer.step, {"n": 0}
-
-        def step_then_die(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == interrupt_at:
-                raise KeyboardInterrupt
-            return real_step(*a, **k)
-
-        trainer.optimizer.step = step_then_die
-        with pytest.raises(KeyboardInterrupt):
-            trainer.run()
+        run_until_interrupted(trainer, interrupt_at)
         model, draws, trainer = build()
     trainer.run()
     with torch.no_grad():

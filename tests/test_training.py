@@ -14,7 +14,7 @@ from clipadapt import build_dataset, build_model
 from clipadapt.engine import Trainer, TrainConfig, lr_at_epoch, seed_everything
 from clipadapt.errors import CheckpointMismatchError
 from clipadapt.evaluation import evaluate
-from conftest import FAST_LEARNING
+from conftest import FAST_LEARNING, run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 TRAINED = list(FAST_LEARNING)
@@ -132,18 +132,7 @@ def test_interrupted_training_resumes_to_the_same_numbers(learn_root, tmp_path, 
         model = build_model("mma", data.classnames, **TINY, **options)
         trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False)
         if interrupt_at is not None:
-            calls = {"n": 0}
-            real_step = trainer.optimizer.step
-
-            def step_then_die(*a, **k):
-                calls["n"] += 1
-                if calls["n"] == interrupt_at:
-                    raise KeyboardInterrupt
-                return real_step(*a, **k)
-
-            trainer.optimizer.step = step_then_die
-            with pytest.raises(KeyboardInterrupt):
-                trainer.run()
+            run_until_interrupted(trainer, interrupt_at)
             model = build_model("mma", data.classnames, **TINY, **options)
             trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False)
         trainer.run()
@@ -269,18 +258,7 @@ def test_interrupted_early_stopping_run_resumes_to_the_same_selection(method, le
         model = build_model(method, data.classnames, **TINY, **options)
         trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
         if interrupt_at is not None:
-            calls = {"n": 0}
-            real_step = trainer.optimizer.step
-
-            def step_then_die(*a, **k):
-                calls["n"] += 1
-                if calls["n"] == interrupt_at:
-                    raise KeyboardInterrupt
-                return real_step(*a, **k)
-
-            trainer.optimizer.step = step_then_die
-            with pytest.raises(KeyboardInterrupt):
-                trainer.run()
+            run_until_interrupted(trainer, interrupt_at)
             model = build_model(method, data.classnames, **TINY, **options)
             trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
         result = trainer.run()

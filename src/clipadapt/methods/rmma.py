@@ -29,9 +29,10 @@ Our reading (docs/methods.md gives the reasons):
 * `attn_proj` adds learned projections of width d to the attention: `qkv` (queries, keys, values
   D -> d; the d-wide result is the tower's aligned latent, so W_Id / W_Td are not needed) or `qkvo`
   (plus an output projection d -> D, then W_Id / W_Td as in the poster).
-* `text_context` is what an image's text term attends over: `eot`, the end-of-text token of each
-  class prompt (under the causal mask it has read the whole prompt, class name included), or `all`
-  real tokens of all prompts, where the template's shared prefix outnumbers the class names.
+* `text_context` is what an image's text term attends over: `all` real tokens of all prompts, or
+  `eot`, the end-of-text token of each class prompt (under the causal mask it has read the whole
+  prompt, class name included; with `all` the template's shared prefix outnumbers the class names).
+  The two tied on the synthetic world's validation splits (docs/methods.md); `eot` is the default.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class RMMAConfig(MethodConfig):
     last_block: int | None = None  # None: the last block
     sep_norm: str = "gram"  # L_sep: gram (scale-free cosine of latent Gram matrices) | frobenius (unnormalised)
     attn_proj: str = "none"  # learned attention projections: none | qkv | qkvo
-    text_context: str = "eot"  # an image's text keys: eot (one token per class prompt) | all (every real token)
+    text_context: str = "eot"  # an image's text keys: eot (one per class prompt) | all (every real token)
 
 
 SEP_NORMS = ("gram", "frobenius")
