@@ -20,6 +20,7 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/clipadapt demo --out demo-output
+	cp demo-output/report.md docs/demo.md  # the committed record of the demo's table
 
 clean:
 	rm -rf $(VENV) demo-output
