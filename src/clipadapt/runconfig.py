@@ -102,24 +102,29 @@ def choose_preset(config: str | None, method: str, protocol: str, backbone: str 
     return os.path.abspath(config), read_preset(config)
 
 
-def read_preset(path: str) -> dict[str, Any]:
-    """A YAML preset: a flat mapping of method options and training settings (and optionally `method`)."""
+def read_yaml_mapping(path: str, kind: str, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with one clear error per way it can fail ('config file', ...)."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ClipadaptError(f"config file '{path}' does not exist") from None
+        raise ClipadaptError(f"{kind} '{path}' does not exist") from None
     except IsADirectoryError:
-        raise ClipadaptError(f"config file '{path}' is a directory, not a YAML file") from None
+        raise ClipadaptError(f"{kind} '{path}' is a directory, not a YAML file") from None
     except OSError as err:
-        raise ClipadaptError(f"cannot read config file '{path}': {err.strerror}") from None
+        raise ClipadaptError(f"cannot read {kind} '{path}': {err.strerror}") from None
     except UnicodeDecodeError:
-        raise ClipadaptError(f"config file '{path}' is not a text (YAML) file") from None
+        raise ClipadaptError(f"{kind} '{path}' is not a text (YAML) file") from None
     except yaml.YAMLError as err:
-        raise ClipadaptError(f"config file '{path}' is not valid YAML: {one_line(err)}") from None
+        raise ClipadaptError(f"{kind} '{path}' is not valid YAML: {one_line(err)}") from None
     if not isinstance(data, dict):
-        raise ClipadaptError(f"config file '{path}' must hold a mapping of settings, not {type(data).__name__}")
+        raise ClipadaptError(f"{kind} '{path}' must hold a mapping of {expected}, not {type(data).__name__}")
     return data
+
+
+def read_preset(path: str) -> dict[str, Any]:
+    """A YAML preset: a flat mapping of method options and training settings (and optionally `method`)."""
+    return read_yaml_mapping(path, "config file", "settings")
 
 
 def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None):

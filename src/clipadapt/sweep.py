@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
 from .errors import ClipadaptError
@@ -128,18 +127,10 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     from .data import known_datasets
     from .methods import METHODS
     from .protocols import TRANSFER_TARGETS, canonical_protocol
-    from .runconfig import NO_PRESET, choose_preset, read_preset, resolve
+    from .runconfig import NO_PRESET, choose_preset, read_preset, read_yaml_mapping, resolve
     from .synthetic_weights import is_shipped
 
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ClipadaptError(f"sweep file '{path}' does not exist") from None
-    except yaml.YAMLError as err:
-        raise ClipadaptError(f"sweep file '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise ClipadaptError(f"sweep file '{path}' must hold a mapping of keys ({', '.join(KEYS)})")
+    data = read_yaml_mapping(path, "sweep file", f"keys ({', '.join(KEYS)})")
     for key in data:
         if key not in KEYS:
             close = difflib.get_close_matches(str(key), KEYS, n=1)
