@@ -223,3 +223,13 @@ def test_train_help_and_info_list_every_method(capsys):
         assert method in out.stdout
         assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["method"] == method
+
+
+@pytest.mark.parametrize("name, image_frozen", [("zeroshot", True), ("coop", True), ("clip_adapter", True),
+                                                ("mma_attn", True), ("mma", False), ("rmma", False),
+                                                ("clip_lora", False)])
+def test_image_tower_frozen_declaration(tiny_backbone, name, image_frozen):
+    model = build_model(name, ["cat", "dog"], backbone=tiny_backbone)
+    assert model.method.image_tower_is_frozen(tiny_backbone) == image_frozen
+    if name == "coop":
+        assert model.method.first_active_blocks(tiny_backbone)[1] == 0

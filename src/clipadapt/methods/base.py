@@ -108,6 +108,22 @@ class Method(nn.Module):
         ce = F.cross_entropy(logits, labels)
         return ce, {"ce": ce.item()}
 
+    # ---- where the method acts (the frozen-work caches read this) -------------------------------
+    def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
+        """0-based index of the first block whose output the method changes, per tower (image, text).
+
+        A tower's depth means the method never changes that tower's tokens: everything up to its
+        output features is CLIP's own and can be computed once per input. Methods that act on the
+        prompt embeddings or the stems return 0 for that tower.
+        """
+        if self.acts_on_blocks:
+            return 0, 0
+        return len(backbone.image_blocks), len(backbone.text_blocks)
+
+    def image_tower_is_frozen(self, backbone: Backbone) -> bool:
+        """True when image features before `after_heads` are CLIP's own for every input."""
+        return self.first_active_blocks(backbone)[0] >= len(backbone.image_blocks)
+
     # ---- bookkeeping --------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates."""

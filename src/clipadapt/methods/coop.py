@@ -54,6 +54,10 @@ class CoOp(Method):
             raise ClipadaptError(f"coop's template must start with {n} 'X' placeholders, got '{config.template}'")
         self.config.template = config.template or (placeholders + " {}.")
 
+    def first_active_blocks(self, backbone) -> tuple[int, int]:
+        """The learned context enters the text tower before block 0; the image tower is CLIP's own."""
+        return len(backbone.image_blocks), 0
+
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Replace the placeholder embeddings with the learned context."""
         emb = batch.embeddings
