@@ -2,11 +2,18 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_dataset", "build_model", "load_model", "AdaptedCLIP"]
+__all__ = ["__version__", "build_dataset", "build_model", "load_model", "AdaptedCLIP", "preprocess", "train_settings"]
 
 # Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch.
 _LAZY = {"build_dataset": "clipadapt.data", "build_model": "clipadapt.model", "load_model": "clipadapt.model",
-         "AdaptedCLIP": "clipadapt.model"}
+         "AdaptedCLIP": "clipadapt.model", "train_settings": "clipadapt.runconfig"}
+
+
+def preprocess(model):
+    """The transform from a PIL image to the tensor `model` takes: CoOp's test transform at the backbone's size."""
+    from .evaluation import model_transform
+
+    return model_transform(model)
 
 
 def __getattr__(name: str):

@@ -124,14 +124,14 @@ def _add_prompts_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve_pretrained(args: argparse.Namespace) -> None:
-    from .synthetic_weights import is_shipped
+    from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained  # build_model's defaults too
 
     if not hasattr(args, "backbone") or (args.backbone is None and getattr(args, "checkpoint", None)):
         return  # the backbone recorded in the checkpoint
     if args.backbone is None:
-        args.backbone = "synthetic"
+        args.backbone = DEFAULT_BACKBONE
     if getattr(args, "pretrained", "x") is None:
-        args.pretrained = "shipped" if is_shipped(args.backbone) else "openai"
+        args.pretrained = default_pretrained(args.backbone)
 
 
 def _add_data_args(p: argparse.ArgumentParser, loader_flags: bool = False) -> None:

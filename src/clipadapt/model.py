@@ -16,6 +16,7 @@ from .errors import CheckpointMismatchError, ClipadaptError
 from .fileio import atomic_path
 from .methods import Method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
+from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 ADAPTER_FORMAT = "clipadapt-adapter/1"
@@ -267,14 +268,17 @@ def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def build_model(method: str, classnames: list[str], backbone: str | Backbone = "ViT-B-16",
-                pretrained: str | None = "openai", default_template: str | None = None, device: str = "cpu",
+def build_model(method: str, classnames: list[str], backbone: str | Backbone = DEFAULT_BACKBONE,
+                pretrained: str | None = DEFAULT_WEIGHTS, default_template: str | None = None, device: str = "cpu",
                 dataset: str | None = None, **options: Any) -> AdaptedCLIP:
     """A CLIP adapted by `method` (options are the method's config fields), for these class names.
 
     The prompt is the method's `template` option if set, else `default_template` (a dataset's CoOp
     template), else "a photo of a {}."; the `prompts` option gives several a class (`dataset` picks
-    the file of a prompts folder)."""
+    the file of a prompts folder). Backbone and weights default as on the command line: the shipped
+    tiny CLIP with its shipped weights; a named open_clip model gets OpenAI's weights unless told."""
+    if pretrained == DEFAULT_WEIGHTS and not isinstance(backbone, Backbone):
+        pretrained = default_pretrained(backbone)
     cls = method_class(method)
     config = make_config(method, options)
     if isinstance(backbone, Backbone):

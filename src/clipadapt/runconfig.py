@@ -10,6 +10,7 @@ protocol); finding none is an error.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -148,3 +149,25 @@ def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[s
     train_cfg = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys})
     resolved = {"method": method, **method_cfg.to_dict(), **train_cfg.to_dict()}
     return method_cfg, train_cfg, resolved
+
+
+@dataclass
+class TrainSettings:
+    """What `clipadapt train` runs with: the preset it used, the method's options and the training settings."""
+
+    preset: str
+    method: dict[str, Any]
+    train: TrainConfig
+
+
+def train_settings(method: str, protocol: str = "base2novel", backbone: str | None = None,
+                   config: str | None = None, **overrides: Any) -> TrainSettings:
+    """The settings `clipadapt train --method M --protocol P --backbone B [--config C] key=value` resolves.
+
+    `backbone` None is the CLI's default (the shipped tiny CLIP); `config` is --config (None: the matching
+    shipped preset, "none": the method's defaults, else a file or a preset's name)."""
+    from .protocols import canonical_protocol
+
+    name, preset = choose_preset(config, method, canonical_protocol(protocol), backbone)
+    method_cfg, train_cfg, _ = resolve(method, preset, overrides)
+    return TrainSettings(name, method_cfg.to_dict(), train_cfg)

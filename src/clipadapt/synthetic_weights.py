@@ -27,6 +27,15 @@ def is_shipped(name: str) -> bool:
     return name in (SHIPPED_NAME, SHIPPED_CONFIG)
 
 
+DEFAULT_BACKBONE = SHIPPED_NAME  # the CLI's and the Python API's backbone when none is named
+DEFAULT_WEIGHTS = "default"  # build_model's pretrained when none is named: see default_pretrained
+
+
+def default_pretrained(backbone: str) -> str:
+    """The weights a backbone gets when none are named: the shipped ones for 'synthetic', OpenAI's otherwise."""
+    return "shipped" if is_shipped(backbone) else "openai"
+
+
 def shipped_record() -> dict:
     """What was measured when the shipped weights were made (zero-shot accuracies, training settings)."""
     with open(SHIPPED_RECORD) as f:
