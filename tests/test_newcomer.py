@@ -1,0 +1,93 @@
+"""A newcomer's path from the command line: offline weights fail fast, the Python API has the CLI's defaults."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import open_clip
+import pytest
+
+import clipadapt
+from clipadapt.cli import main
+
+
+def _folder(root, shapes=("circle", "square", "star"), per_class=6):
+    """An own-images folder (`root/<class>/*.png`) drawn by the synthetic renderer."""
+    from PIL import Image
+
+    from clipadapt.synthetic.render import random_scene, render
+
+    rng = random.Random(0)
+    for shape in shapes:
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(render(random_scene(rng, shape=shape))).save(root / shape / f"{i}.png")
+    return root
+
+
+def test_uncached_weights_with_the_network_unreachable_fail_fast_in_one_line(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("no download may be tried")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # only the network is missing
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # an empty cache
+    monkeypatch.setattr(open_clip, "create_model", no_download)
+    photos = _folder(tmp_path / "photos")
+    start = time.monotonic()
+    code = main(["eval", "--method", "zeroshot", "--dataset", "folder", "--data-root", str(photos),
+                 "--backbone", "ViT-B-16", "--out", str(tmp_path / "out")])
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("clipadapt: error: ")
+    # the model and its weights, the cache folder looked in, and where a weights file goes
+    assert "'openai' of 'ViT-B-16'" in err and str(tmp_path / "hf-cache") in err and "--pretrained PATH" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_defaults_are_the_command_lines():
+    import inspect
+
+    from clipadapt.cli import build_parser
+    from clipadapt.model import build_model
+    from clipadapt.synthetic_weights import default_pretrained
+
+    params = inspect.signature(build_model).parameters
+    model = build_model("zeroshot", ["circle", "square"])
+    assert model.backbone_source == {"backbone": "synthetic", "pretrained": "shipped"}
+    assert params["backbone"].default == "synthetic"
+    assert default_pretrained("synthetic") == "shipped" and default_pretrained("ViT-B-16") == "openai"
+    args = build_parser().parse_args(["eval", "--method", "zeroshot", "--dataset", "folder", "--data-root", ".",
+                                      "--out", "o"])
+    from clipadapt.cli import _resolve_pretrained
+
+    _resolve_pretrained(args)
+    assert (args.backbone, args.pretrained) == ("synthetic", "shipped")
+
+
+def test_preprocess_turns_an_image_into_the_models_input():
+    import torch
+    from PIL import Image
+
+    model = clipadapt.build_model("zeroshot", ["circle", "square"]).eval()
+    image = clipadapt.preprocess(model)(Image.new("RGB", (100, 60), (255, 0, 0)))
+    assert image.shape == (3, model.backbone.image_size, model.backbone.image_size)
+    with torch.no_grad():
+        assert model(image[None]).shape == (1, 2)
+
+
+def test_train_settings_resolve_as_train_does():
+    settings = clipadapt.train_settings("mma", protocol="fewshot")
+    assert settings.preset == "preset:synthetic/mma.yaml" and settings.method["scale"] == 0.1
+    assert clipadapt.train_settings("mma", backbone="ViT-B-16").preset == "preset:mma_base2novel.yaml"
+    defaults = clipadapt.train_settings("mma", config="none", epochs=3)
+    assert defaults.preset == "none" and defaults.method["scale"] == 0.001 and defaults.train.epochs == 3
+    with pytest.raises(clipadapt.errors.ClipadaptError, match="mma_fewshot.yaml"):
+        clipadapt.train_settings("mma", protocol="fewshot", backbone="ViT-B-16")  # no silent fallback
