@@ -130,3 +130,27 @@ def test_example_runs_as_written(block, tmp_path, monkeypatch):
     for words in shell_commands(block.text):
         assert words[0] == "clipadapt", f"README line {block.line}: only clipadapt commands run here: {words}"
         assert main(words[1:]) == 0, shlex.join(words)
+
+
+def _demo_md_tables() -> dict[str, dict[str, list[str]]]:
+    """docs/demo.md's base-to-novel tables: {'Average' or dataset: {method: [base, novel, HM]}}."""
+    tables, current = {}, None
+    for line in (README.parent / "docs" / "demo.md").read_text().splitlines():
+        title = re.fullmatch(r"\*\*(.+)\*\*", line.strip())
+        if title:
+            current = tables.setdefault(title.group(1), {})
+        elif current is not None and line.startswith("| ") and not line.startswith(("| method", "| ---")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            current[cells[0]] = [c.split(" ")[0] for c in cells[1:4]]  # "74.66 ± 0.5" -> "74.66"
+    return tables
+
+
+def test_the_readme_table_is_the_committed_demo_report():
+    block = next(b for b in readme_blocks() if b.text.startswith("method ") and "avg HM" in b.text)
+    header, *rows = [line.split() for line in block.text.splitlines()]
+    datasets = [f"syn_{name}" for name in header[1:7]]
+    tables = _demo_md_tables()
+    assert len(rows) == len(tables["Average"]) >= 2
+    for method, *numbers in rows:
+        assert numbers[:6] == [tables[d][method][2] for d in datasets], method  # HM per dataset
+        assert numbers[6:] == tables["Average"][method], method  # avg base, avg novel, avg HM
