@@ -748,6 +748,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import read_sweep, run_sweep
 
     sweep = read_sweep(args.file, parse_overrides(args.overrides))
+    if args.variants:
+        from .sweep import select_variants
+
+        sweep = select_variants(sweep, [v.strip() for v in args.variants.split(",") if v.strip()])
     if args.dry_run:
         for run in sweep.runs:
             print(" ".join(["clipadapt", *sweep.train_argv(run, args.out, args.data_root or sweep.data_root or "DATA")]))
@@ -783,6 +787,7 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--time", type=int, default=60, help="SLURM time limit per run in minutes (default 60)")
     p.add_argument("--gpus-per-job", type=int, default=1, help="SLURM GPUs per run (default 1)")
     p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
+    p.add_argument("--variants", help="a study: run only these comma-separated variants (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
     p.set_defaults(func=cmd_sweep)
