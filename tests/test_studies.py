@@ -181,3 +181,23 @@ def test_unknown_variant_on_the_command_line_is_one_line_and_exit_2(tmp_path, ca
     assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--variants", "no_fusion", "--dry-run"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "--variant no_fusion" in printed[0] and "fusion=false" in printed[0]
+
+
+def test_main_tables_keep_runs_off_the_standard_data_apart(tmp_path):
+    from clipadapt.report import find_runs, render
+
+    def write(folder, **extra):
+        path = tmp_path / folder
+        path.mkdir(parents=True)
+        metrics = {"protocol": "base2novel", "method": "mma", "dataset": "dtd", "shots": 16, "seed": 1, "base": 80.0,
+                   "novel": 70.0, "hm": 74.67, "trainable_params": 1000, "train_ms_per_image": 2.0, **extra}
+        (path / "metrics.json").write_text(json.dumps(metrics))
+
+    write("a")
+    write("b", base_ratio="4:1", base=90.0)
+    write("c", train_noise_std=0.3, base=60.0)
+    text, _, summary = render(find_runs(str(tmp_path)))
+    rows = summary["base2novel/16"]
+    assert rows["mma"]["dtd"]["base"] == 80.0 and rows["mma (base:new 4:1)"]["dtd"]["base"] == 90.0
+    assert rows["mma (train noise σ 0.3)"]["dtd"]["base"] == 60.0
+    assert "## Cost: base2novel (16 shots)" in text and "| mma | 1,000 | 2.00 |" in text

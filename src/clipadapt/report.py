@@ -349,10 +349,23 @@ def study_curves(study: str, per_shots: dict, meta: dict) -> dict:
     return curves
 
 
+def _row_name(run: dict) -> str:
+    """The method's name, plus the data settings that differ from the standard protocol."""
+    extra = []
+    if run.get("base_ratio", "1:1") != "1:1":
+        extra.append(f"base:new {run['base_ratio']}")
+    for key, word in (("train_noise_std", "train noise σ"), ("eval_noise_std", "test noise σ")):
+        if run.get(key):
+            extra.append(f"{word} {run[key]}")
+    return run["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str] | None = None,
            references: bool = False) -> tuple[str, list[list], dict]:
     """Markdown text, CSV rows and a JSON-able summary of every protocol present."""
-    runs = [r for r in run_set.finished if not r.get("variant")]  # a study's runs are in its own tables
+    # A study's runs are in its own tables; a run off the standard data (another base:new ratio, noisy
+    # images) gets a row of its own, named after what differs, rather than being averaged with the others.
+    runs = [{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")]
     study_runs = [r for r in run_set.finished if r.get("variant")]
     md, rows, summary = [], [["protocol", "method", "dataset", "shots", "column", "mean", "std", "n_seeds", "seeds"]], {}
 
