@@ -324,3 +324,12 @@ def test_mma_attn_residual_and_mask_switches(images):
                 assert not torch.allclose(outs[a], outs[b], atol=1e-5), (a, b)
     with pytest.raises(ClipadaptError, match="not divisible by heads"):
         build_model("mma_attn", CLASSES, heads=3, **TINY)
+
+
+def test_base_ratio_as_key_value_and_unquoted_yaml():
+    from clipadapt.runconfig import parse_overrides, resolve
+
+    assert parse_overrides(["base_ratio=4:1"]) == {"base_ratio": "4:1"}
+    assert resolve("mma", {}, parse_overrides(["base_ratio=4:1"]))[1].base_ratio == "4:1"
+    with pytest.raises(ClipadaptError, match="in quotes"):
+        resolve("mma", {"base_ratio": 241}, {})  # what YAML makes of an unquoted `base_ratio: 4:1`

@@ -65,7 +65,7 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
     augment: bool = True  # CoOp's random resized crop and flip
     # Data settings of the studies (carried here so that every run records them in config.yaml):
-    base_ratio: str = "1:1"  # base2novel: B:N, the first C - floor(C·N/(B+N)) sorted classes are base
+    base_ratio: str | int = "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
     train_noise_std: float = 0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
     eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
     seed: int = 1

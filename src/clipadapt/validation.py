@@ -62,6 +62,8 @@ def _template_problem(value: Any) -> str | None:
 
 
 def _base_ratio_problem(value: Any) -> str | None:
+    if isinstance(value, int):  # YAML 1.1 reads an unquoted 4:1 as the base-60 number 241
+        return "expected B:N in quotes (YAML reads an unquoted 4:1 as the number 241): base_ratio: '4:1'"
     parts = str(value).split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
         return "expected B:N with two integers >= 1 (e.g. 1:1, 4:1)"
