@@ -69,10 +69,11 @@ def _tiny_copy(path, tmp_path, datasets=None):
     return str(copy), data
 
 
-def _run_and_report(path, tmp_path, data_root, datasets=None):
+def _run_and_report(path, tmp_path, data_root, datasets=None, variants=None):
     copy, data = _tiny_copy(path, tmp_path, datasets)
     out = tmp_path / "out"
-    assert main(["sweep", copy, "--out", str(out), "--data-root", data_root]) == 0
+    some = ["--variants", ",".join(variants)] if variants else []
+    assert main(["sweep", copy, "--out", str(out), "--data-root", data_root, *some]) == 0
     assert main(["report", str(out)]) == 0
     return out, data
 
@@ -90,18 +91,17 @@ def _study_rows(report_md: str) -> list[str]:
 
 
 def test_rmma_ablation_study_end_to_end_on_the_synthetic_world(tmp_path, capsys):
+    chosen = ["no_mar", "no_fusion", "no_recurrence", "rmma"]  # the other variants: under -m slow
     out, data = _run_and_report(os.path.join(STUDIES, "synthetic_rmma_ablation.yaml"), tmp_path,
-                                str(tmp_path / "data"))
+                                str(tmp_path / "data"), variants=chosen)
     text = (out / "report.md").read_text()
     rows = _study_rows(text)
-    assert len(rows) == len(data["variants"])
-    assert [r.split("|")[1].strip() for r in rows] == ["no_mar", "no_sep", "no_attention", "no_fusion",
-                                                       "no_recurrence", "◆ **rmma**"]
-    assert "fusion=False" in rows[3] and "routing=shared" in rows[0]
+    assert [r.split("|")[1].strip() for r in rows] == ["no_mar", "no_fusion", "no_recurrence", "◆ **rmma**"]
+    assert "fusion=False" in rows[1] and "routing=shared" in rows[0]
     params = {r.split("|")[1].strip(): int(r.split("|")[8].strip().replace(",", "")) for r in rows}
     assert params["no_recurrence"] - 64 == 4 * (params["◆ **rmma**"] - 64)  # one adapter per block (4 blocks)
     summary = json.loads((out / "report.json").read_text())["study/synthetic_rmma_ablation"]["2"]
-    assert set(summary) == set(data["variants"]) and all(v["n"] == 1 for v in summary.values())
+    assert set(summary) == set(chosen) and all(v["n"] == 1 for v in summary.values())
     metrics = json.loads((out / "base2novel/synthetic_rmma_ablation/no_fusion/syn_shapes/shots2/seed1/metrics.json")
                          .read_text())
     assert (metrics["study"], metrics["variant"], metrics["method"]) == ("synthetic_rmma_ablation", "no_fusion", "rmma")
