@@ -7,6 +7,11 @@ with the error) and the others go on. OUT/sweep-<file name>.json lists every run
 `clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
 generalization share their source adapters: a sweep with `adapters_from: cross_dataset` evaluates
 the adapters the cross-dataset sweep trained in the same OUT (`clipadapt transfer`), training nothing.
+
+A study (configs/sweeps/studies/) lists `variants` instead of `methods`: each is a method and the
+settings that make one row of the paper's table; its runs go to
+OUT/<protocol>/<study>/<variant>/<dataset>/shots<K>/seed<S>/ and the manifest carries the study's
+variants, reference, plotted settings and paper numbers for `clipadapt report`.
 """
 
 from __future__ import annotations

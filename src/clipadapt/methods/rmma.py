@@ -33,6 +33,8 @@ Our reading (docs/methods.md gives the reasons):
   `eot`, the end-of-text token of each class prompt (under the causal mask it has read the whole
   prompt, class name included; with `all` the template's shared prefix outnumbers the class names).
   The two tied on the synthetic world's validation splits (docs/methods.md); `eot` is the default.
+* The ablation table's switches remove one component each: `routing: shared`, `align: none`,
+  `fusion: false`, `lambda_sep: 0`, `recurrent: false` (one adapter per block); docs/methods.md.
 """
 
 from __future__ import annotations
