@@ -210,14 +210,14 @@ def _default_protocol(args: argparse.Namespace) -> str:
     return "fewshot" if args.dataset == "folder" else "base2novel"
 
 
-def _check_data(protocol: str, args: argparse.Namespace) -> None:
+def _check_data(protocol: str, args: argparse.Namespace, base_ratio: str = "1:1") -> None:
     """Read every split the run will use (file lists only), so that a missing one fails before training."""
     from .data import build_dataset
     from .protocols import TRANSFER_TARGETS, transfer_targets
 
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
     for subsample in subsamples:
-        build_dataset(args.dataset, args.data_root, args.shots, args.seed, subsample)
+        build_dataset(args.dataset, args.data_root, args.shots, args.seed, subsample, base_ratio)
     if protocol in TRANSFER_TARGETS:
         for target in transfer_targets(protocol, args.dataset):
             build_dataset(target, args.data_root, -1, args.seed, "all")
@@ -249,15 +249,19 @@ def _train_run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if args.prompts is not None:
         overrides["prompts"] = args.prompts
+    if args.base_ratio is not None:
+        overrides["base_ratio"] = args.base_ratio
     method_cfg, train_cfg, resolved = resolve(args.method, preset, overrides)
     train_cfg.seed = args.seed
     resolved["seed"] = args.seed
     run = {"protocol": protocol, "dataset": args.dataset, "data_root": os.path.abspath(args.data_root),
            "shots": args.shots, "seed": args.seed, "backbone": args.backbone, "pretrained": str(args.pretrained),
            "preset": preset_name, **resolved}
+    if args.study or args.variant:  # a study's run: the report groups it by study and names its row by variant
+        run.update(study=args.study, variant=args.variant or args.method)
     out = args.out
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
-    _check_data(protocol, args)
+    _check_data(protocol, args, train_cfg.base_ratio)
     main_rank = distributed.is_main()
     if args.overwrite and main_rank:
         for name in ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", "adapter.safetensors"):
@@ -284,6 +288,8 @@ def _train_run(args: argparse.Namespace) -> int:
     metrics = run_protocol(protocol, spec, method_cfg.to_dict(), train_cfg)
     if not main_rank:
         return 0
+    if "variant" in run:
+        metrics.update(study=run["study"], variant=run["variant"])
     write_json(metrics_path, metrics)
     shown = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)}.get(
         protocol, ("source", "target_average"))
@@ -576,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "method's own defaults (default: the shipped preset for the method, protocol and backbone, "
                         "from clipadapt/presets/); key=value arguments override it")
     _add_prompts_arg(p)
+    p.add_argument("--base-ratio", default=None, metavar="B:N",
+                   help="base2novel: base to novel classes, the first C - floor(C*N/(B+N)) sorted classes are base "
+                        "(default 1:1, CoOp's ceil(C/2); the same as the base_ratio=B:N setting)")
+    p.add_argument("--study", default=None, help="the study this run belongs to (recorded for `clipadapt report`)")
+    p.add_argument("--variant", default=None, help="the study's variant this run is (its row in the report)")
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
@@ -737,6 +748,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import read_sweep, run_sweep
 
     sweep = read_sweep(args.file, parse_overrides(args.overrides))
+    if args.variants:
+        from .sweep import select_variants
+
+        sweep = select_variants(sweep, [v.strip() for v in args.variants.split(",") if v.strip()])
     if args.dry_run:
         for run in sweep.runs:
             print(" ".join(["clipadapt", *sweep.train_argv(run, args.out, args.data_root or sweep.data_root or "DATA")]))
@@ -772,6 +787,7 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--time", type=int, default=60, help="SLURM time limit per run in minutes (default 60)")
     p.add_argument("--gpus-per-job", type=int, default=1, help="SLURM GPUs per run (default 1)")
     p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
+    p.add_argument("--variants", help="a study: run only these comma-separated variants (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
     p.set_defaults(func=cmd_sweep)

@@ -64,6 +64,10 @@ class TrainConfig:
     keep: Keep = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
     precision: Precision = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
     augment: bool = True  # CoOp's random resized crop and flip
+    # Data settings of the studies (carried here so that every run records them in config.yaml):
+    base_ratio: str | int = "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
+    train_noise_std: float = 0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
+    eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
     seed: int = 1
     workers: int = 0
     eval_batch_size: int = 100
@@ -158,7 +162,8 @@ class Trainer:
         self.autocast_dtype, scale_grads = resolve_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=scale_grads)
         pp = model.backbone.preprocess_cfg
-        self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment)
+        self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment,
+                                         noise_std=cfg.train_noise_std)
         self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
         # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
@@ -262,9 +267,9 @@ class Trainer:
         model = self.model
         if not model.method.output_only:
             return evaluate(model, self.val_items, self.cfg.eval_batch_size, self.cfg.workers, self.device,
-                            progress=False).accuracy
+                            progress=False, noise_std=self.cfg.eval_noise_std).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
-            loader = make_loader(self.val_items, model_transform(model), self.cfg.eval_batch_size,
+            loader = make_loader(self.val_items, model_transform(model, self.cfg.eval_noise_std), self.cfg.eval_batch_size,
                                  workers=self.cfg.workers)
             feats, labels = [], []
             for images, y, _ in loader:
@@ -305,7 +310,7 @@ class Trainer:
             if self.progress:
                 print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}", file=sys.stderr)
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
-        use_cache = model.method.output_only and not cfg.augment
+        use_cache = model.method.output_only and not cfg.augment and not cfg.train_noise_std  # noise: fresh draws
         if model.method.output_only:
             path = ("frozen image features computed once for the run (augmentation off)" if use_cache else
                     "augmentation on: frozen image features recomputed for every batch")

@@ -26,21 +26,21 @@ class EvalResult:
     topk_scores: list[list[float]] = field(default_factory=list)  # their softmax probabilities
 
 
-def model_transform(model: AdaptedCLIP):
-    """CoOp's test transform at the backbone's size and normalisation."""
+def model_transform(model: AdaptedCLIP, noise_std: float = 0.0):
+    """CoOp's test transform at the backbone's size and normalisation (with fixed per-image noise if noise_std)."""
     cfg = model.backbone.preprocess_cfg
-    return test_transform(model.backbone.image_size, cfg["mean"], cfg["std"])
+    return test_transform(model.backbone.image_size, cfg["mean"], cfg["std"], noise_std)
 
 
 @torch.no_grad()
 def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, workers: int = 0,
              device: str | torch.device = "cpu", progress: bool = True, desc: str = "eval",
-             autocast_dtype: torch.dtype | None = None) -> EvalResult:
+             autocast_dtype: torch.dtype | None = None, noise_std: float = 0.0) -> EvalResult:
     """Top-1 accuracy of `model` over `items`."""
     if not items:
         raise ValueError("nothing to evaluate: the split is empty")
     model.eval()
-    loader = make_loader(items, model_transform(model), batch_size, workers=workers)
+    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers)
     labels, topk, scores = [], [], []
     correct = 0
     device_type = torch.device(device).type

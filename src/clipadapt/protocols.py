@@ -104,20 +104,72 @@ def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kw
     return metrics
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak-memory window: CUDA's allocator peak, or (Linux) the process's resident high-water mark."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: str) -> tuple[float | None, str]:
+    """Peak memory since reset_peak_memory, in MiB, and what it measures."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2 ** 20, "cuda_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "process_rss"
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss_since_start"
+
+
+class _EvalClock:
+    """Images scored and seconds spent in evaluate() (reading, transforming and encoding the test images)."""
+
+    def __init__(self):
+        self.images, self.seconds = 0, 0.0
+
+    def __call__(self, model, items, **kwargs):
+        start = time.perf_counter()
+        result = evaluate(model, items, **kwargs)
+        self.seconds += time.perf_counter() - start
+        self.images += result.num_images
+        return result
+
+
 def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainConfig) -> dict:
     """Train and evaluate under `protocol`; returns the metrics dict."""
     start = time.time()
+    reset_peak_memory(spec.device)
     protocol = canonical_protocol(protocol)
-    kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress)
+    kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress,
+                  noise_std=cfg.eval_noise_std)
+    clock = _EvalClock()
+    data_settings = {"train_noise_std": cfg.train_noise_std, "eval_noise_std": cfg.eval_noise_std}
     if protocol == "base2novel":
-        base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base")
-        new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new")
+        base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio)
+        new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new", cfg.base_ratio)
+        data_settings.update(base_ratio=cfg.base_ratio, num_base_classes=base.num_classes,
+                             num_novel_classes=new.num_classes)
         model, seconds, ms, training = _train(spec, base, method_options, cfg)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
-        base_acc = evaluate(model, base.test, desc="test base", **kwargs).accuracy
+        base_acc = clock(model, base.test, desc="test base", **kwargs).accuracy
         model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
-        novel_acc = evaluate(model, new.test, desc="test novel", **kwargs).accuracy
+        novel_acc = clock(model, new.test, desc="test novel", **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
     elif protocol == "fewshot":
@@ -125,15 +177,21 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
-        metrics = {"accuracy": round(evaluate(model, data.test, desc="test", **kwargs).accuracy, 4)}
+        metrics = {"accuracy": round(clock(model, data.test, desc="test", **kwargs).accuracy, 4)}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
+        kwargs.pop("noise_std")  # the transfer protocols test clean images
         metrics = evaluate_transfer(model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test)
     metrics.update(training)
+    metrics.update(data_settings)
+    peak, peak_kind = peak_memory_mb(spec.device)
+    if clock.seconds:
+        metrics["eval_images_per_s"] = round(clock.images / clock.seconds, 2)
+    metrics.update({"peak_memory_mb": None if peak is None else round(peak, 1), "peak_memory_kind": peak_kind})
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
         "train_ms_per_image": round(ms, 3), "total_seconds": round(time.time() - start, 2),

@@ -59,6 +59,7 @@ class RunSet:
     finished: list[dict]
     failed: list[dict]
     missing: list[dict]
+    studies: dict = field(default_factory=dict)  # study id -> its variants, reference, plot, paper numbers
 
 
 def _key(run: dict) -> tuple:
@@ -86,14 +87,17 @@ def find_runs(root: str) -> RunSet:
             seen_dirs.add(rel)
     if not finished and not failed:
         raise ClipadaptError(f"no runs under '{root}': no metrics.json or failed.json in it or its sub-folders")
-    missing = []
+    missing, studies = [], {}
     manifests = sorted(glob.glob(os.path.join(root, MANIFESTS)))
     if manifests:
         for manifest in manifests:
             with open(manifest) as f:
-                for run in json.load(f)["runs"]:
-                    if run["dir"] not in seen_dirs and run not in missing:
-                        missing.append(run)
+                listed = json.load(f)
+            if listed.get("study"):
+                studies[listed["study"]["study"]] = listed["study"]
+            for run in listed["runs"]:
+                if run["dir"] not in seen_dirs and run not in missing:
+                    missing.append(run)
     else:  # expected seeds: every seed seen under the protocol
         seeds = defaultdict(set)
         groups = defaultdict(set)
@@ -104,7 +108,7 @@ def find_runs(root: str) -> RunSet:
             for seed in sorted(seeds[key[0]] - present):
                 missing.append({"protocol": key[0], "method": key[1], "dataset": key[2], "shots": key[3],
                                 "seed": seed, "dir": "?"})
-    return RunSet(finished, failed, missing)
+    return RunSet(finished, failed, missing, studies)
 
 
 def _by_seed(runs: list[dict]) -> dict[tuple, dict[int, dict]]:
@@ -207,10 +211,162 @@ def _short(name: str) -> str:
     return name.replace("syn_", "")
 
 
+# ---- cost beside accuracy ----------------------------------------------------------------------
+# What each run records about its cost (protocols.run_protocol), and how the report names it.
+COST_COLUMNS = (
+    ("trainable_params", "params", "{:,.0f}"),
+    ("train_ms_per_image", "train ms/img", "{:.2f}"),  # optimizer steps only: forward, backward, update
+    ("train_seconds", "train s/run", "{:.1f}"),  # the sum of those steps over the run
+    ("total_seconds", "run s", "{:.1f}"),  # the whole run: reading data, training, evaluating
+    ("peak_memory_mb", "peak MB", "{:.0f}"),  # CUDA: allocator peak; CPU: the process's resident peak
+    ("eval_images_per_s", "eval img/s", "{:.0f}"),  # test images read, transformed and classified per second
+)
+COST_NOTE = ("Cost, as each run records it (mean over the runs): params = trainable parameters; train ms/img = "
+             "time in optimizer steps (forward, backward, update; no data loading) per training image; train s/run "
+             "= the sum of those steps; run s = the whole run's wall time (data, training, evaluation); peak MB = "
+             "CUDA allocator peak on a GPU, the process's resident-memory peak on the CPU; eval img/s = test images "
+             "read, transformed and classified per second.")
+
+
+def cost_of(runs: list[dict]) -> dict[str, float]:
+    """Mean of each recorded cost over `runs` (a cost no run recorded is left out)."""
+    out = {}
+    for key, _, _ in COST_COLUMNS:
+        values = [float(r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+        if values:
+            out[key] = mean(values)
+    return out
+
+
+def cost_cells(cost: dict[str, float]) -> list[str]:
+    """The cost columns of one row ('—' where nothing was recorded)."""
+    return [fmt.format(cost[key]) if key in cost else "—" for key, _, fmt in COST_COLUMNS]
+
+
+def _cost_section(runs: list[dict], methods: list[str] | None) -> list[str]:
+    """One cost table per protocol and shots: a row per method, averaged over its datasets and seeds."""
+    groups: dict = defaultdict(list)
+    for r in runs:
+        groups[(r["protocol"], int(r.get("shots", -1)))].append(r)
+    md = []
+    for (protocol, shots), group in sorted(groups.items()):
+        by_method = defaultdict(list)
+        for r in group:
+            by_method[r["method"]].append(r)
+        body = [[m, *cost_cells(cost_of(by_method[m])), str(len(by_method[m]))] for m in _order(by_method, methods)]
+        md += [f"## Cost: {protocol} ({shots} shots)", "", COST_NOTE, "",
+               *_markdown_table(["method", *(name for _, name, _ in COST_COLUMNS), "runs"], body)]
+    return md
+
+
+# ---- studies -----------------------------------------------------------------------------------
+def _settings_text(spec: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("method", "preset")) or "(defaults)"
+
+
+def study_tables(runs: list[dict], studies: dict) -> dict:
+    """{study: {shots: {variant: base2novel Average row}}}: each variant's base / novel / HM over the study's datasets."""
+    out: dict = {}
+    by_study = defaultdict(list)
+    for r in runs:
+        by_study[r["study"]].append({**r, "method": r["variant"], "_method": r["method"]})
+    for study, group in by_study.items():
+        out[study] = {shots: {v: rows["Average"] for v, rows in table.items()}
+                      for shots, table in base2novel_table(group).items()}
+    return out
+
+
+def _study_section(study: str, per_shots: dict, runs: list[dict], meta: dict | None) -> tuple[list[str], list[list]]:
+    meta = meta or {}
+    variants = meta.get("variants") or {}
+    reference, paper = meta.get("reference"), meta.get("paper") or {}
+    md, rows = [], []
+    for shots, table in sorted(per_shots.items()):
+        order = [v for v in variants if v in table] + sorted(set(table) - set(variants))
+        datasets = sorted({d for v in table.values() for d in v["datasets"]})
+        md += [f"## Study: {meta.get('name', study)} ({shots} shots)", ""]
+        if meta.get("description"):
+            md += [str(meta["description"]).strip(), ""]
+        md += [f"Base / novel accuracy (%) and HM averaged over the study's datasets ({', '.join(map(_short, datasets))}):"
+               " mean ± std over seeds (std of the per-seed averages), n = seeds; HM of the averaged base and novel."
+               + (f" ◆ marks the reference variant ({reference})." if reference else "")
+               + (" paper: the paper's HM for the variant." if paper else "") + " " + COST_NOTE, ""]
+        body = []
+        for v in order:
+            avg = table[v]
+            mine = [r for r in runs if r["variant"] == v and int(r.get("shots", -1)) == shots]
+            method = mine[0]["method"] if mine else variants.get(v, {}).get("method", "?")
+            name = f"◆ **{v}**" if v == reference else v
+            cells = [name, method, _settings_text(variants.get(v, {})), avg["base_stat"].cell(),
+                     avg["novel_stat"].cell(), f"{avg['hm']:.2f}", str(avg["n"])]
+            if paper:
+                cells.append(f"{paper[v]['hm']:.2f}" if v in paper and paper[v].get("hm") is not None else "")
+            body.append(cells + cost_cells(cost_of(mine)))
+            for column in ("base", "novel"):
+                stat = avg[f"{column}_stat"]
+                rows.append([f"study:{study}", v, "Average", shots, column, round(stat.mean, 4),
+                             "" if stat.std is None else round(stat.std, 4), stat.n, " ".join(map(str, stat.seeds))])
+            rows.append([f"study:{study}", v, "Average", shots, "hm", round(avg["hm"], 4), "", avg["n"],
+                         " ".join(map(str, avg["seeds"]))])
+        header = ["variant", "method", "settings", "base", "novel", "HM", "n", *(["paper"] if paper else []),
+                  *(name for _, name, _ in COST_COLUMNS)]
+        md += _markdown_table(header, body)
+        short = [v for v in order if len(table[v]["datasets"]) < len(datasets)]
+        if short:
+            md += [f"(the averages of {', '.join(short)} cover fewer datasets)", ""]
+    return md, rows
+
+
+def _plot_value(key: str, value) -> float:
+    """A setting's value on a plot's x axis: B:N ratios as B/N."""
+    if key == "base_ratio":
+        b, n = str(value).split(":")
+        return int(b) / int(n)
+    return float(value)
+
+
+def study_curves(study: str, per_shots: dict, meta: dict) -> dict:
+    """{(key, shots): {line label: [(x, HM), ...]}}: for each plotted setting, one line per group of variants
+    that differ only in it (same method, same other settings)."""
+    variants = meta.get("variants") or {}
+    values = meta.get("plotted_values") or {}
+    plot_keys = list(meta.get("plot") or [])
+    curves: dict = {}
+    for key in plot_keys:
+        for shots, table in per_shots.items():
+            lines: dict = defaultdict(list)
+            for v, spec in variants.items():
+                value = (values.get(v) or {}).get(key, spec.get(key))
+                if v not in table or value is None:
+                    continue
+                rest = {"method": spec["method"], **{k: (values.get(v) or {}).get(k) for k in plot_keys if k != key},
+                        **{k: val for k, val in spec.items() if k not in plot_keys and k not in ("method", "preset")}}
+                label = ", ".join(f"{k}={val}" if k != "method" else str(val) for k, val in rest.items())
+                lines[label].append((_plot_value(key, value), table[v]["hm"]))
+            lines = {k: sorted(pts) for k, pts in lines.items() if len(pts) >= 2}
+            if lines:
+                curves[(key, shots)] = lines
+    return curves
+
+
+def _row_name(run: dict) -> str:
+    """The method's name, plus the data settings that differ from the standard protocol."""
+    extra = []
+    if run.get("base_ratio", "1:1") != "1:1":
+        extra.append(f"base:new {run['base_ratio']}")
+    for key, word in (("train_noise_std", "train noise σ"), ("eval_noise_std", "test noise σ")):
+        if run.get(key):
+            extra.append(f"{word} {run[key]}")
+    return run["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str] | None = None,
            references: bool = False) -> tuple[str, list[list], dict]:
     """Markdown text, CSV rows and a JSON-able summary of every protocol present."""
-    runs = run_set.finished
+    # A study's runs are in its own tables; a run off the standard data (another base:new ratio, noisy
+    # images) gets a row of its own, named after what differs, rather than being averaged with the others.
+    runs = [{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")]
+    study_runs = [r for r in run_set.finished if r.get("variant")]
     md, rows, summary = [], [["protocol", "method", "dataset", "shots", "column", "mean", "std", "n_seeds", "seeds"]], {}
 
     def add_csv(protocol, method, dataset, shots, column, stat: Stat):
@@ -280,6 +436,16 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
         summary["fewshot"] = {m: {d: {k: vars(s) for k, s in per_k.items()} for d, per_k in t.items()}
                               for m, t in few.items()}
 
+    for study, per_shots in sorted(study_tables(study_runs, run_set.studies).items()):
+        mine = [r for r in study_runs if r["study"] == study]
+        text, study_rows = _study_section(study, per_shots, mine, run_set.studies.get(study))
+        md += text
+        rows += study_rows
+        summary[f"study/{study}"] = {shots: {v: {k: val for k, val in row.items() if not k.endswith("_stat")}
+                                             for v, row in table.items()} for shots, table in per_shots.items()}
+    if runs:
+        md += _cost_section(runs, methods)
+
     if run_set.failed or run_set.missing:
         md += ["## Runs not in the tables", ""]
         for r in run_set.failed:
@@ -293,8 +459,9 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
     return "\n".join(md), rows, summary
 
 
-def _plots(runs: list[dict], out_dir: str, methods: list[str] | None) -> list[str]:
-    """base vs novel per method (base-to-novel averages) and K-shot curves; returns the files written."""
+def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: dict | None = None) -> list[str]:
+    """base vs novel per method (base-to-novel averages), K-shot curves and the studies' HM curves; returns the
+    files written."""
     try:
         import matplotlib
     except ImportError:
@@ -303,6 +470,20 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None) -> list[st
     import matplotlib.pyplot as plt
 
     written = []
+    study_runs = [r for r in runs if r.get("variant")]
+    runs = [r for r in runs if not r.get("variant")]
+    for study, per_shots in sorted(study_tables(study_runs, studies or {}).items()):
+        for (key, shots), lines in sorted(study_curves(study, per_shots, (studies or {}).get(study, {})).items()):
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            for label, points in lines.items():
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label or "(defaults)")
+            ax.set_xlabel("base : novel classes (B/N)" if key == "base_ratio" else key)
+            ax.set_ylabel("HM (%)")
+            ax.set_title(f"{study}: HM against {key} ({shots} shots)", fontsize=9)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            written.append(_save(fig, os.path.join(out_dir, f"study_{study}_{key}_{shots}shots.png")))
+            plt.close(fig)
     for shots, table in sorted(base2novel_table(runs).items()):
         fig, ax = plt.subplots(figsize=(5, 4))
         for method in _order(table, methods):
@@ -352,7 +533,7 @@ def write_report(root: str, out_dir: str | None = None, methods: list[str] | Non
     out_dir = out_dir or root
     run_set = find_runs(root)
     text, rows, summary = render(run_set, methods, datasets, references)
-    plots = _plots(run_set.finished, out_dir, methods)
+    plots = _plots(run_set.finished, out_dir, methods, run_set.studies)
     images = "".join(f"![{os.path.basename(p)}]({os.path.relpath(p, out_dir)})\n" for p in plots)
     write_text(os.path.join(out_dir, "report.md"), header + text + ("\n" + images if images else ""))
     buf = io.StringIO()
@@ -365,7 +546,8 @@ def write_report(root: str, out_dir: str | None = None, methods: list[str] | Non
 def base2novel_summary(root: str, methods: list[str] | None = None, datasets: list[str] | None = None) -> str:
     """A compact plain-text table per shots: HM per dataset and the average base / novel / HM of each method."""
     lines = []
-    for shots, table in sorted(base2novel_table(find_runs(root).finished).items()):
+    plain = [r for r in find_runs(root).finished if not r.get("variant")]
+    for shots, table in sorted(base2novel_table(plain).items()):
         names = _order({d for m in table.values() for d in m if d != "Average"}, datasets)
         lines += [f"HM per dataset, and the average over datasets ({shots} shots):",
                   f"{'method':<14}" + "".join(f"{_short(d)[:9]:>10}" for d in names)

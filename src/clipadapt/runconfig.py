@@ -10,6 +10,7 @@ protocol); finding none is an error.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,6 +33,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ClipadaptError(f"argument '{pair}' is not of the form key=value")
+        if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", value):  # a ratio such as 4:1, which YAML would read as 241
+            out[key.strip()] = value.strip()
+            continue
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:

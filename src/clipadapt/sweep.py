@@ -7,6 +7,11 @@ with the error) and the others go on. OUT/sweep-<file name>.json lists every run
 `clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
 generalization share their source adapters: a sweep with `adapters_from: cross_dataset` evaluates
 the adapters the cross-dataset sweep trained in the same OUT (`clipadapt transfer`), training nothing.
+
+A study (configs/sweeps/studies/) lists `variants` instead of `methods`: each is a method and the
+settings that make one row of the paper's table; its runs go to
+OUT/<protocol>/<study>/<variant>/<dataset>/shots<K>/seed<S>/ and the manifest carries the study's
+variants, reference, plotted settings and paper numbers for `clipadapt report`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import traceback
@@ -49,7 +55,15 @@ KEYS = {
     "method_overrides": "{method: {setting: value}}",
     "adapters_from": "cross_dataset | domain_generalization: evaluate the source adapters that protocol's sweep "
                      "trained in the same --out, instead of training again",
+    "variants": "a study: {variant name: {method: NAME, preset: FILE (optional), setting: value, ...}}, "
+                "one report row each (instead of 'methods')",
+    "reference": "a study: the variant the paper's method is (marked in the report)",
+    "plot": "a study: settings to plot HM against (e.g. [base_ratio] or [latent_dim, alpha, lambda_sep])",
+    "paper": "a study: the paper's numbers, {variant: {base: x, novel: y, hm: z}}, shown beside ours",
 }
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")  # a folder name
+# Settings of the data, not of training: a zero-shot run keeps them (they change what it is tested on).
+DATA_SETTINGS = ("base_ratio", "train_noise_std", "eval_noise_std")
 
 
 @dataclass(frozen=True)
@@ -64,16 +78,20 @@ class Run:
     preset: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
     adapters_from: str | None = None  # a protocol whose run folder holds this run's trained source adapter
+    study: str | None = None  # a study's runs: the study (its sweep file's name) and the variant (its row)
+    variant: str | None = None
 
     @property
     def dir(self) -> str:
         """The run's folder, relative to the sweep's output folder."""
-        return f"{self.protocol}/{self.method}/{self.dataset}/shots{self.shots}/seed{self.seed}"
+        middle = f"{self.study}/{self.variant}" if self.variant else self.method
+        return f"{self.protocol}/{middle}/{self.dataset}/shots{self.shots}/seed{self.seed}"
 
     def record(self) -> dict:
         """What sweep-<name>.json and failed.json say about the run."""
+        extra = {"study": self.study, "variant": self.variant} if self.variant else {}
         return {"protocol": self.protocol, "method": self.method, "dataset": self.dataset, "shots": self.shots,
-                "seed": self.seed, "dir": self.dir}
+                "seed": self.seed, **extra, "dir": self.dir}
 
 
 @dataclass
@@ -88,6 +106,7 @@ class Sweep:
     data_root: str | None
     device: str = "cpu"
     settings: dict = field(default_factory=dict)
+    study: dict | None = None  # a study's variants, reference, plot and paper numbers (None: a plain grid)
 
     def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
         """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
@@ -102,6 +121,8 @@ class Sweep:
                 "--out", os.path.join(out, run.dir)]
         if run.preset:
             argv += ["--config", run.preset]
+        if run.variant:
+            argv += ["--study", run.study, "--variant", run.variant]
         return argv + [f"{k}={json.dumps(v)}" for k, v in run.overrides]  # JSON values read back as YAML
 
 
@@ -140,7 +161,11 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     if len(protocols) != 1:
         raise ClipadaptError(f"sweep file '{path}': one protocol per sweep file, got {protocols}")
     protocol = canonical_protocol(str(protocols[0]))
-    methods = [str(m) for m in _as_list(data, "methods")]
+    variants = _read_variants(path, data)
+    if variants and "methods" in data:
+        raise ClipadaptError(f"sweep file '{path}': a study lists 'variants' (each names its method), not 'methods'")
+    methods = ([str(m) for m in _as_list(data, "methods")] if not variants else
+               list(dict.fromkeys(v["method"] for v in variants.values())))
     for m in methods:
         if m not in METHODS:
             raise ClipadaptError(f"sweep file '{path}': unknown method '{m}'; known methods: {', '.join(METHODS)}")
@@ -172,9 +197,13 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
             raise ClipadaptError(f"sweep file '{path}': adapters_from reuses the source adapters of one transfer "
                                  "protocol (cross_dataset, domain_generalization) for the other")
     sweep_dir = os.path.dirname(os.path.abspath(path))
-    runs = []
-    for method, dataset in itertools.product(methods, datasets):
-        preset = presets.get(method)
+    study_id = Path(path).stem
+    runs, plotted = [], {}
+    rows = [(v["method"], name, v) for name, v in variants.items()] if variants else [(m, None, {}) for m in methods]
+    for (method, variant, variant_settings), dataset in itertools.product(rows, datasets):
+        variant_settings = dict(variant_settings)
+        variant_settings.pop("method", None)
+        preset = variant_settings.pop("preset", None) or presets.get(method)
         if isinstance(preset, dict):
             preset = preset.get(dataset, preset.get("default"))
         # As `train`: no preset named means the shipped one for the method, protocol and backbone
@@ -189,19 +218,76 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         else:
             preset = find_preset(str(preset), sweep_dir)
             settings = read_preset(preset)
-        merged = {**overrides, **(method_overrides.get(method) or {})}
+        merged = {**overrides, **(method_overrides.get(method) or {}), **variant_settings}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
             from .engine import TrainConfig
 
-            merged = {k: v for k, v in merged.items() if k not in TrainConfig.field_names()}
+            merged = {k: v for k, v in merged.items() if k not in TrainConfig.field_names() or k in DATA_SETTINGS}
         try:
-            resolve(method, settings, merged)
+            resolved = resolve(method, settings, merged)[2]
+            if variant:  # the plotted settings' values, the method's defaults included
+                plotted.setdefault(variant, {k: resolved.get(k) for k in (data.get("plot") or [])})
         except ClipadaptError as err:
-            raise ClipadaptError(f"sweep file '{path}', method '{method}': {err}") from None
+            what = f"variant '{variant}' (method '{method}')" if variant else f"method '{method}'"
+            raise ClipadaptError(f"sweep file '{path}', {what}: {err}") from None
         for k, s in itertools.product(shots, seeds):
-            runs.append(Run(protocol, method, dataset, k, s, preset, tuple(sorted(merged.items())), adapters_from))
+            runs.append(Run(protocol, method, dataset, k, s, preset, tuple(sorted(merged.items())), adapters_from,
+                            study_id if variant else None, variant))
+    study = None
+    if variants:
+        study = {"study": study_id, "name": str(data.get("name") or study_id), "description": data.get("description"),
+                 "reference": data.get("reference"), "plot": list(data.get("plot") or []),
+                 "paper": data.get("paper") or {}, "variants": variants, "plotted_values": plotted}
     return Sweep(path, protocol, runs, backbone, pretrained, data.get("data_root"), str(data.get("device", "cpu")),
-                 data)
+                 data, study)
+
+
+def _read_variants(path: str, data: dict) -> dict[str, dict]:
+    """A study's variants in file order, checked: names are folder names, each names a known method; the
+    reference, the plotted settings and the paper's numbers name variants that exist."""
+    from .methods import METHODS
+
+    variants = data.get("variants")
+    study_keys = [k for k in ("reference", "plot", "paper") if k in data]
+    if variants is None:
+        if study_keys:
+            raise ClipadaptError(f"sweep file '{path}': '{study_keys[0]}' belongs to a study, which lists 'variants'")
+        return {}
+    if not isinstance(variants, dict) or not variants:
+        raise ClipadaptError(f"sweep file '{path}': 'variants' maps variant names to {{method: NAME, setting: value}}")
+    out = {}
+    for name, spec in variants.items():
+        name = str(name)
+        if not VARIANT_NAME.match(name):
+            raise ClipadaptError(f"sweep file '{path}': variant name '{name}' must be a folder name (letters, digits, "
+                                 "and _ . + = -)")
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise ClipadaptError(f"sweep file '{path}': variant '{name}' needs 'method: NAME' and its settings")
+        if spec["method"] not in METHODS:
+            raise ClipadaptError(f"sweep file '{path}': variant '{name}' names unknown method '{spec['method']}'; "
+                                 f"known methods: {', '.join(METHODS)}")
+        out[name] = dict(spec)
+    check_variant_names(path, [data["reference"]] if data.get("reference") is not None else [], out)
+    check_variant_names(path, list(data.get("paper") or {}), out)
+    return out
+
+
+def check_variant_names(where: str, names: list, variants: dict) -> None:
+    """Every name must be one of the study's variants; otherwise one line listing them."""
+    for name in names:
+        if str(name) not in variants:
+            close = difflib.get_close_matches(str(name), list(variants), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ClipadaptError(f"{where}: unknown variant '{name}'{hint}; variants: {', '.join(variants)}")
+
+
+def select_variants(sweep: Sweep, names: list[str]) -> Sweep:
+    """The sweep restricted to some of its study's variants (`clipadapt sweep --variants a,b`)."""
+    if not sweep.study:
+        raise ClipadaptError(f"--variants: sweep file '{sweep.path}' is not a study (it has no 'variants')")
+    check_variant_names(f"--variants of '{sweep.path}'", names, sweep.study["variants"])
+    sweep.runs = [r for r in sweep.runs if r.variant in names]
+    return sweep
 
 
 # ---- executing runs ----------------------------------------------------------------------------
@@ -285,8 +371,11 @@ def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 
         raise ClipadaptError(f"--jobs must be at least 1, got {jobs}")
     device = device or sweep.device
     os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, f"sweep-{Path(sweep.path).stem}.json"), {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
-                                                 "runs": [r.record() for r in sweep.runs]})
+    manifest = {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
+                "runs": [r.record() for r in sweep.runs]}
+    if sweep.study:
+        manifest["study"] = sweep.study
+    write_json(os.path.join(out, f"sweep-{Path(sweep.path).stem}.json"), manifest)
     todo = []
     for run in sweep.runs:
         run_dir = os.path.join(out, run.dir)

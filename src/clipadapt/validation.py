@@ -61,13 +61,23 @@ def _template_problem(value: Any) -> str | None:
     return None
 
 
+def _base_ratio_problem(value: Any) -> str | None:
+    if isinstance(value, int):  # YAML 1.1 reads an unquoted 4:1 as the base-60 number 241
+        return "expected B:N in quotes (YAML reads an unquoted 4:1 as the number 241): base_ratio: '4:1'"
+    parts = str(value).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        return "expected B:N with two integers >= 1 (e.g. 1:1, 4:1)"
+    return None
+
+
 # Ranges by field name, for training settings and method options alike. A field not listed here is
 # still converted and checked by its declared type.
 RANGES: dict[str, Range] = {
     "lr": Range(gt=0), "warmup_lr": Range(gt=0), "momentum": Range(ge=0, lt=1), "weight_decay": Range(ge=0),
     "betas": Range(ge=0, lt=1), "epochs": Range(ge=1), "warmup_epochs": Range(ge=0), "batch_size": Range(ge=1),
     "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "seed": Range(ge=0), "patience": Range(ge=0),
-    "template": Range(check=_template_problem),
+    "template": Range(check=_template_problem), "train_noise_std": Range(ge=0), "eval_noise_std": Range(ge=0),
+    "base_ratio": Range(check=_base_ratio_problem),
     # method options
     "scale": Range(ge=0), "adapter_dim": Range(ge=1), "adapter_start": Range(ge=1), "adapter_end": Range(ge=1),
     "reduction": Range(ge=1), "ratio": Range(ge=0, le=1), "n_ctx": Range(ge=1), "heads": Range(ge=1),

@@ -7,7 +7,7 @@ import random
 from ..errors import DataError
 from .coop import COOP_DATASETS, read_coop_dataset
 from .datum import DatasetSplits, Datum, classnames_of
-from .fewshot import SUBSAMPLES, sample_few_shot, subsample_classes
+from .fewshot import SUBSAMPLES, num_base_classes, parse_base_ratio, sample_few_shot, subsample_classes
 from .folder import read_image_folder
 
 FOLDER = "folder"
@@ -42,8 +42,12 @@ def check_shots(shots: int) -> None:
         raise DataError(f"shots must be -1 (every training image) or at least 1, got {shots!r}")
 
 
-def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsample: str = "all") -> DatasetSplits:
-    """Read a dataset, draw Dassl's K-shot train and min(K,4)-shot val sets for `seed`, keep base or new classes."""
+def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsample: str = "all",
+                  base_ratio: str = "1:1") -> DatasetSplits:
+    """Read a dataset, draw Dassl's K-shot train and min(K,4)-shot val sets for `seed`, keep base or new classes.
+
+    `base_ratio` 'B:N' sets how many of the sorted classes are base (fewshot.num_base_classes); K may
+    exceed 16, and a class with fewer than K training images keeps them all, as Dassl."""
     if subsample not in SUBSAMPLES:
         raise DataError(f"subsample must be one of {', '.join(SUBSAMPLES)}, got '{subsample}'")
     check_shots(shots)
@@ -55,7 +59,7 @@ def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsampl
         if not val_is_test:
             val = sample_few_shot(val, min(shots, 4), rng)
     splits = (train, test) if val_is_test else ((test,) if test_only else (train, val, test))
-    splits = subsample_classes(*splits, subsample=subsample)
+    splits = subsample_classes(*splits, subsample=subsample, base_ratio=base_ratio)
     if val_is_test:
         train, test = splits
         val = test
@@ -71,5 +75,6 @@ def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsampl
         raise DataError(f"{where} has no training images")
     if len(classnames) != 1 + max((d.label for d in (*train, *val, *test)), default=-1):
         raise DataError(f"dataset '{name}': labels are not contiguous from 0; check its split or class files")
-    info = {"num_classes_all": len(classnames_all), "shots": shots, "seed": seed, "subsample": subsample}
+    info = {"num_classes_all": len(classnames_all), "shots": shots, "seed": seed, "subsample": subsample,
+            "base_ratio": base_ratio}
     return DatasetSplits(name, train, val, test, classnames, template, info)

@@ -8,10 +8,10 @@ classes call `generate_fewshot_dataset(train, num_shots=K)` and
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 
+from ..errors import DataError
 from .datum import Datum
 
 SUBSAMPLES = ("all", "base", "new")
@@ -44,14 +44,42 @@ def sample_few_shot(items: list[Datum], num_shots: int, rng: random.Random, repe
     return chosen
 
 
-def subsample_classes(*splits: list[Datum], subsample: str = "all") -> list[list[Datum]]:
-    """Keep the base (first half of sorted labels) or new classes, relabelled from 0, as Dassl does."""
+def parse_base_ratio(ratio: str | tuple[int, int]) -> tuple[int, int]:
+    """'B:N' (or (B, N)) as two positive integers; DataError naming the value otherwise."""
+    if isinstance(ratio, (tuple, list)) and len(ratio) == 2:
+        parts = list(ratio)
+    else:
+        parts = str(ratio).split(":")
+    try:
+        base, novel = (int(str(p).strip()) for p in parts)
+    except ValueError:
+        base = novel = None
+    if base is None or base < 1 or novel < 1:
+        raise DataError(f"base ratio '{ratio if isinstance(ratio, str) else ':'.join(map(str, ratio))}' is not "
+                        "B:N with two integers >= 1 (e.g. 1:1, 4:1)")
+    return base, novel
+
+
+def num_base_classes(num_classes: int, ratio: str | tuple[int, int] = "1:1") -> int:
+    """C - floor(C·N/(B+N)) base classes: CoOp's ceil(C/2) at 1:1; DataError when no class is left novel."""
+    base, novel = parse_base_ratio(ratio)
+    count = num_classes - (num_classes * novel) // (base + novel)
+    if count >= num_classes:
+        raise DataError(f"base ratio {base}:{novel} on {num_classes} classes leaves no novel class "
+                        f"({count} base classes of {num_classes}); use a smaller ratio or a dataset with more classes")
+    return count
+
+
+def subsample_classes(*splits: list[Datum], subsample: str = "all", base_ratio: str = "1:1") -> list[list[Datum]]:
+    """Keep the base (the first C - floor(C·N/(B+N)) sorted labels) or new classes, relabelled from 0, as Dassl.
+
+    At the default 1:1 that is Dassl's first ceil(C/2) labels."""
     if subsample not in SUBSAMPLES:
         raise ValueError(f"subsample must be one of {SUBSAMPLES}, got '{subsample}'")
     if subsample == "all":
         return [list(s) for s in splits]
     labels = sorted({item.label for item in splits[0]})
-    half = math.ceil(len(labels) / 2)
+    half = num_base_classes(len(labels), base_ratio)
     selected = labels[:half] if subsample == "base" else labels[half:]
     relabel = {old: new for new, old in enumerate(selected)}
     return [[Datum(d.impath, relabel[d.label], d.classname) for d in split if d.label in relabel]

@@ -9,7 +9,9 @@ At each adapted block l of each tower, with u = ln_1(x_l) the adapter's input:
 
 and on the final features (L2-normalised) of the adapted (x_a, w_a) and frozen (x, w) model:
 
-    L_con = λ3 mean_i Σ_d |x_a - x| + λ4 mean_c Σ_d |w_a - w|
+    L_con = λ3 mean_i Σ_d |x_a - x| + λ4 mean_c Σ_d |w_a - w|      (consistency: l1, the paper's)
+          = λ3 mean_i (1 - cos(x_a, x)) + λ4 mean_c (1 - cos(w_a, w))   (consistency: cosine)
+          = λ3 KL(softmax(τ x W^T) || softmax(τ x_a W_a^T))       (consistency: kl; λ4 unused)
     L     = CE + λ1 L_rec^V + λ2 L_rec^T + L_con
 
 The reconstruction loss is computed at each block (no decoder through the network), and its
@@ -33,6 +35,7 @@ from .mma import MMA, MMAConfig, init_adapter_weights
 
 RECON_TOWERS = ("both", "vision", "text", "none")
 SHARING = ("down", "up", "none")
+CONSISTENCY = ("l1", "cosine", "kl", "none")
 
 
 @dataclass
@@ -51,6 +54,9 @@ class RMAdapterConfig(MMAConfig):
     # dims of ViT-B/16: 10/512 and 25/512.
     lambda_con_vision: float = 0.0195  # λ3
     lambda_con_text: float = 0.0488  # λ4
+    # The consistency distance: l1 (the paper) | cosine | kl | none (no consistency term). The seed's
+    # "next checks" propose cosine and KL; docs/methods.md gives each one's equation.
+    consistency: str = "l1"
 
 
 def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
@@ -78,6 +84,8 @@ class RMAdapter(MMA):
             raise ClipadaptError(f"share must be one of {SHARING}, got '{config.share}'")
         if config.head_layers not in (1, 2, 3):
             raise ClipadaptError(f"head_layers must be 1, 2 or 3, got {config.head_layers}")
+        if config.consistency not in CONSISTENCY:
+            raise ClipadaptError(f"consistency must be one of {CONSISTENCY}, got '{config.consistency}'")
         if config.recon_target not in ("ln_1", "input"):
             raise ClipadaptError(f"recon_target must be 'ln_1' or 'input', got '{config.recon_target}'")
         r = config.adapter_dim
@@ -107,8 +115,18 @@ class RMAdapter(MMA):
         self._pool_index: torch.Tensor | None = None
 
     def _needs_frozen(self, tower: str) -> bool:
-        weight = self.config.lambda_con_vision if tower == "image" else self.config.lambda_con_text
+        cfg = self.config
+        if cfg.consistency == "none":
+            return False
+        if cfg.consistency == "kl":  # one term on the class distributions: both towers' frozen features
+            return self.training and cfg.lambda_con_vision > 0
+        weight = cfg.lambda_con_vision if tower == "image" else cfg.lambda_con_text
         return self.training and weight > 0
+
+    def logits(self, img_f, txt_f, logit_scale):
+        """MMA's logits; the scale is kept for the KL consistency's frozen logits."""
+        self._logit_scale = logit_scale
+        return super().logits(img_f, txt_f, logit_scale)
 
     def begin_forward(self) -> None:
         """Clear the reconstruction losses and frozen features of the previous pass."""
@@ -188,12 +206,28 @@ class RMAdapter(MMA):
                 value = torch.stack(losses).mean()
                 total = total + weight * value
                 parts[name] = value.item()
+        if cfg.consistency == "kl":
+            frozen_img, frozen_txt = self._frozen_features["image"], self._frozen_features["text"]
+            if frozen_img is not None and frozen_txt is not None and cfg.lambda_con_vision > 0:
+                # KL(p_frozen || p_adapted) of the image's distribution over the classes, as PromptSRC's
+                # logit consistency; frozen logits at the same temperature as the adapted ones.
+                frozen_logits = self._logit_scale.detach().float() * (
+                    F.normalize(frozen_img.float(), dim=-1) @ F.normalize(frozen_txt.float(), dim=-1).t())
+                value = F.kl_div(logits.float().log_softmax(dim=-1), frozen_logits.log_softmax(dim=-1),
+                                 reduction="batchmean", log_target=True)
+                total = total + cfg.lambda_con_vision * value
+                parts["con_kl"] = value.item()
+            return total, parts
         for tower, weight in (("image", cfg.lambda_con_vision), ("text", cfg.lambda_con_text)):
             frozen = self._frozen_features[tower]
             if frozen is None or weight <= 0:
                 continue
             adapted = F.normalize(self._adapted_features[tower].float(), dim=-1)
-            value = (adapted - F.normalize(frozen.float(), dim=-1)).abs().sum(dim=-1).mean()
+            frozen = F.normalize(frozen.float(), dim=-1)
+            if cfg.consistency == "cosine":  # 1 - cos, averaged over the images (classes)
+                value = (1 - (adapted * frozen).sum(dim=-1)).mean()
+            else:  # L1 over the dimensions, averaged over the images (classes)
+                value = (adapted - frozen).abs().sum(dim=-1).mean()
             total = total + weight * value
             parts[f"con_{'vision' if tower == 'image' else 'text'}"] = value.item()
         return total, parts

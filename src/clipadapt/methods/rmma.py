@@ -33,6 +33,8 @@ Our reading (docs/methods.md gives the reasons):
   `eot`, the end-of-text token of each class prompt (under the causal mask it has read the whole
   prompt, class name included; with `all` the template's shared prefix outnumbers the class names).
   The two tied on the synthetic world's validation splits (docs/methods.md); `eot` is the default.
+* The ablation table's switches remove one component each: `routing: shared`, `align: none`,
+  `fusion: false`, `lambda_sep: 0`, `recurrent: false` (one adapter per block); docs/methods.md.
 """
 
 from __future__ import annotations
@@ -61,11 +63,18 @@ class RMMAConfig(MethodConfig):
     sep_norm: str = "gram"  # L_sep: gram (scale-free cosine of latent Gram matrices) | frobenius (unnormalised)
     attn_proj: str = "none"  # learned attention projections: none | qkv | qkvo
     text_context: str = "eot"  # an image's text keys: eot (one per class prompt) | all (every real token)
+    # The ablation table's switches (each removes one component; the defaults are the full R-MMA):
+    routing: str = "modality"  # modality: W_Iu, W_Tu | shared: one projection for both towers
+    align: str = "attention"  # attention | none: the routed latent passes through unchanged
+    fusion: bool = True  # False: no W_F; each tower keeps its own latent (v_I = W_Id ṽ_I, v_T = W_Td ṽ_T)
+    recurrent: bool = True  # False: one adapter per adapted block instead of one shared by all
 
 
 SEP_NORMS = ("gram", "frobenius")
 ATTN_PROJ = ("none", "qkv", "qkvo")
 TEXT_CONTEXT = ("eot", "all")
+ROUTING = ("modality", "shared")
+ALIGN = ("attention", "none")
 
 
 class LatentAttention(nn.Module):
@@ -97,6 +106,33 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
     return torch.einsum("...n,...nd->...d", scores.softmax(dim=-1), values)
 
 
+def _build_adapter(owner: nn.Module, d: int, di: int, dt: int, config: RMMAConfig) -> nn.Module:
+    """Give `owner` one adapter's weights: routing, attention, down-projections and fusion (W_F zero, so that
+    an untrained adapter adds nothing; without fusion the down-projections start at zero instead)."""
+    if config.routing == "shared":
+        owner.route_shared = nn.Linear(d, max(di, dt))  # one W_u; each tower reads its first D outputs
+        routes = (owner.route_shared,)
+    else:
+        owner.route_image = nn.Linear(d, di)  # W_Iu
+        owner.route_text = nn.Linear(d, dt)  # W_Tu
+        routes = (owner.route_image, owner.route_text)
+    owner.attend_image = LatentAttention(di, d, config.attn_proj)
+    owner.attend_text = LatentAttention(dt, d, config.attn_proj)
+    # With qkv the attention already returns a d-wide latent: no down-projection follows it.
+    owner.down_image = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(di, d)  # W_Id
+    owner.down_text = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(dt, d)  # W_Td
+    starts_at_zero = [owner.down_image, owner.down_text] if not config.fusion else []
+    if config.fusion:
+        owner.fuse = nn.Linear(2 * d, d)  # W_F
+        starts_at_zero.append(owner.fuse)
+    for layer in starts_at_zero:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    for layer in routes:
+        nn.init.zeros_(layer.bias)
+    return owner
+
+
 class RMMA(Method):
     """One recurrent adapter shared by all blocks of both towers."""
 
@@ -116,26 +152,48 @@ class RMMA(Method):
         if not 1 <= self.first <= self.last <= depth:
             raise ClipadaptError(f"rmma blocks {self.first}..{self.last} do not fit a backbone of {depth} blocks")
         for key, value, known in (("sep_norm", config.sep_norm, SEP_NORMS), ("attn_proj", config.attn_proj, ATTN_PROJ),
-                                  ("text_context", config.text_context, TEXT_CONTEXT)):
+                                  ("text_context", config.text_context, TEXT_CONTEXT),
+                                  ("routing", config.routing, ROUTING), ("align", config.align, ALIGN)):
             if value not in known:
                 raise ClipadaptError(f"rmma {key} must be one of {known}, got '{value}'")
-        self.route_image = nn.Linear(d, di)  # W_Iu
-        self.route_text = nn.Linear(d, dt)  # W_Tu
-        self.attend_image = LatentAttention(di, d, config.attn_proj)
-        self.attend_text = LatentAttention(dt, d, config.attn_proj)
-        # With qkv the attention already returns a d-wide latent: no down-projection follows it.
-        self.down_image = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(di, d)  # W_Id
-        self.down_text = nn.Identity() if config.attn_proj == "qkv" else nn.Linear(dt, d)  # W_Td
-        self.fuse = nn.Linear(2 * d, d)  # W_F
+        if config.align == "none" and config.attn_proj != "none":
+            raise ClipadaptError("rmma align: none has no attention for attn_proj to project; use attn_proj: none")
+        if not config.fusion and config.attn_proj == "qkv":
+            raise ClipadaptError("rmma fusion: false keeps W_Id / W_Td as each tower's latent map, which attn_proj: "
+                                 "qkv removes; use attn_proj none or qkvo")
+        self.widths = {"image": di, "text": dt}
+        _build_adapter(self, d, di, dt, config)  # the adapter of the first adapted block (of every block if recurrent)
+        # recurrent: false gives every further adapted block an adapter of its own (parameters grow with depth)
+        self.block_adapters = nn.ModuleDict()
+        if not config.recurrent:
+            for block in range(self.first + 1, self.last + 1):
+                self.block_adapters[str(block)] = _build_adapter(nn.Module(), d, di, dt, config)
         self.latent0 = nn.Parameter(torch.zeros(d))  # v^(0)
-        for layer in (self.fuse,):
-            nn.init.zeros_(layer.weight)
-        for layer in (self.fuse, self.route_image, self.route_text):
-            nn.init.zeros_(layer.bias)
         self._pool_index: torch.Tensor | None = None
         self._text_context: dict[int, torch.Tensor] = {}
         self._img_latent: torch.Tensor | None = None
         self._txt_latent: torch.Tensor | None = None
+
+    def _adapter(self, block: int) -> nn.Module:
+        """The module holding block `block`'s adapter weights (this one, unless recurrent is off)."""
+        return self.block_adapters[str(block)] if str(block) in self.block_adapters else self
+
+    def _route(self, adapter: nn.Module, tower: str, latent: torch.Tensor) -> torch.Tensor:
+        """W_Iu v or W_Tu v; with shared routing one projection whose first D_tower outputs serve each tower."""
+        if self.config.routing == "shared":
+            return adapter.route_shared(latent)[..., :self.widths[tower]]
+        return (adapter.route_image if tower == "image" else adapter.route_text)(latent)
+
+    def _align(self, adapter: nn.Module, tower: str, routed: torch.Tensor, keys=None, mask=None) -> torch.Tensor:
+        """Attn(tokens, routed latent); with align none, or no tokens to look at, the routed latent itself
+        (through the value / output projections when there are any, so that the widths are those of Attn)."""
+        attend = adapter.attend_image if tower == "image" else adapter.attend_text
+        if keys is not None and self.config.align == "attention":
+            return attend(routed, keys, mask)
+        if self.config.attn_proj != "none":
+            routed = attend.v(routed)
+            routed = attend.o(routed) if self.config.attn_proj == "qkvo" else routed
+        return routed
 
     def begin_forward(self) -> None:
         """New latents for a new pass (the text context is kept for image-only passes)."""
@@ -146,8 +204,11 @@ class RMMA(Method):
         self._pool_index = batch.pool_index
         return batch
 
-    def _fuse(self, aligned_image: torch.Tensor, aligned_text: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.down_image(aligned_image), self.down_text(aligned_text)], dim=-1))
+    def _next_latent(self, adapter: nn.Module, tower: str, aligned_image, aligned_text) -> torch.Tensor:
+        """v^(l) = W_F [W_Id ṽ_I ; W_Td ṽ_T]; without fusion, the tower's own term W_Id ṽ_I (or W_Td ṽ_T)."""
+        if not self.config.fusion:
+            return adapter.down_image(aligned_image) if tower == "image" else adapter.down_text(aligned_text)
+        return adapter.fuse(torch.cat([adapter.down_image(aligned_image), adapter.down_text(aligned_text)], dim=-1))
 
     def step(self, index, backbone, img, txt):
         """Frozen block, then the shared adapter: align, fuse, inject (text before image)."""
@@ -156,6 +217,7 @@ class RMMA(Method):
         if not self.first <= block <= self.last or self.config.alpha == 0:
             return img, txt
         alpha = self.config.alpha
+        adapter = self._adapter(block)
         if txt is not None:
             keys = F.layer_norm(txt, txt.shape[-1:])
             real = torch.arange(txt.shape[1], device=txt.device)[None, :] <= self._pool_index[:, None]  # [C, M]
@@ -164,35 +226,38 @@ class RMMA(Method):
             else:  # all real tokens of all class prompts
                 self._text_context[block] = keys[real]
             w = self._txt_latent if self._txt_latent is not None else self.latent0.expand(txt.shape[0], -1)
-            aligned_text = self.attend_text(self.route_text(w), keys, real)
-            # A prompt has no image: its image term is the routed latent itself (through the value /
-            # output projections when there are any, so that both terms have the fused widths).
-            routed = self.route_image(w)
-            if self.config.attn_proj != "none":
-                routed = self.attend_image.v(routed)
-                routed = self.attend_image.o(routed) if self.config.attn_proj == "qkvo" else routed
-            w = self._fuse(routed, aligned_text)
+            aligned_text = self._align(adapter, "text", self._route(adapter, "text", w), keys, real)
+            # A prompt has no image: its image term is the routed latent itself.
+            w = self._next_latent(adapter, "text", self._align(adapter, "image", self._route(adapter, "image", w)),
+                                  aligned_text)
             self._txt_latent = w
-            txt = txt + alpha * self.route_text(w)[:, None, :].to(txt.dtype)
+            txt = txt + alpha * self._route(adapter, "text", w)[:, None, :].to(txt.dtype)
         if img is not None:
             if block not in self._text_context:
                 raise ClipadaptError("rmma encodes images against the class prompts: encode the text first")
             keys = F.layer_norm(img, img.shape[-1:])
             v = self._img_latent if self._img_latent is not None else self.latent0.expand(img.shape[0], -1)
-            aligned_image = self.attend_image(self.route_image(v), keys)
-            aligned_text = self.attend_text(self.route_text(v), self._text_context[block])
-            v = self._fuse(aligned_image, aligned_text)
+            aligned_image = self._align(adapter, "image", self._route(adapter, "image", v), keys)
+            aligned_text = (self._align(adapter, "text", self._route(adapter, "text", v), self._text_context[block])
+                            if self.config.fusion else None)  # without fusion the image's latent is its own term
+            v = self._next_latent(adapter, "image", aligned_image, aligned_text)
             self._img_latent = v
-            img = img + alpha * self.route_image(v)[:, None, :].to(img.dtype)
+            img = img + alpha * self._route(adapter, "image", v)[:, None, :].to(img.dtype)
         return img, txt
 
     def separation_loss(self) -> torch.Tensor:
-        """L_sep: how much the routings (and the down-projections) of the two modalities overlap in the latent."""
+        """L_sep: how much the routings (and the down-projections) of the two modalities overlap in the latent;
+        the mean over the adapters when each block has its own."""
+        adapters = [self, *self.block_adapters.values()]
+        return sum(self._separation(a) for a in adapters) / len(adapters)
+
+    def _separation(self, adapter: nn.Module) -> torch.Tensor:
         # Latent-side factors: routing weights are [D, d] (rows read the latent), down-projections [d, D].
-        pairs = [(self.route_image.weight, self.route_text.weight)]
-        if isinstance(self.down_image, nn.Linear):
-            pairs.append((self.down_image.weight.t(), self.down_text.weight.t()))
-        total = 0.0
+        # A shared routing has no pair of modality projections to separate: only the down-projections count.
+        pairs = [] if self.config.routing == "shared" else [(adapter.route_image.weight, adapter.route_text.weight)]
+        if isinstance(adapter.down_image, nn.Linear):
+            pairs.append((adapter.down_image.weight.t(), adapter.down_text.weight.t()))
+        total = torch.zeros((), device=self.latent0.device)
         for a, b in pairs:
             a, b = a.float(), b.float()
             if self.config.sep_norm == "frobenius":
