@@ -137,6 +137,10 @@ class RMMA(Method):
         self._img_latent: torch.Tensor | None = None
         self._txt_latent: torch.Tensor | None = None
 
+    def first_active_blocks(self, backbone) -> tuple[int, int]:
+        """The latent is first injected after block `first_block` (1-based) of both towers."""
+        return self.first - 1, self.first - 1
+
     def begin_forward(self) -> None:
         """New latents for a new pass (the text context is kept for image-only passes)."""
         self._img_latent = self._txt_latent = None
