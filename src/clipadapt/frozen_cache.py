@@ -149,7 +149,7 @@ class ImagePlan:
         return f"frozen prefix not cached ({self.reason}): {method} recomputes the frozen image blocks every batch"
 
 
-def plan_images(backbone: Backbone, method, n_images: int, augment: bool, budget_mb: int,
+def plan_images(backbone: Backbone, method, n_images: int, augment: bool, budget_mb: float,
                 dtype: torch.dtype) -> ImagePlan:
     """Decide whether a run caches its training images at the method's first active image block."""
     block = method.first_active_blocks(backbone)[0]
@@ -162,5 +162,5 @@ def plan_images(backbone: Backbone, method, n_images: int, augment: bool, budget
     elif budget_mb <= 0:
         reason = "prefix_cache_mb=0"
     elif total > budget_mb * MB:
-        reason = f"{total / MB:.0f} MB for {n_images} images is over prefix_cache_mb={budget_mb}"
+        reason = f"{total / MB:.0f} MB for {n_images} images is over prefix_cache_mb={budget_mb:g}"
     return ImagePlan(block, depth, not reason, per, total, reason)
