@@ -280,3 +280,21 @@ def test_frozen_images_move_and_slice():
     part = frozen[torch.tensor([3, 1])]
     assert len(part) == 2 and part.block == 2 and torch.equal(part.final, torch.tensor([[6., 7.], [2., 3.]]))
     assert part.to("cpu").tokens.shape == (2, 3, 2) and frozen.nbytes == 24 * 4 + 8 * 4
+
+
+def test_blocks_run_with_a_gradient_compute_open_clips_block(tiny_backbone):
+    from clipadapt.backbone import _block_with_grad, _plain_attention_block
+
+    torch.manual_seed(0)
+    for block, x, mask in ((tiny_backbone.image_blocks[1], torch.randn(3, 17, 64), None),
+                           (tiny_backbone.text_blocks[1], torch.randn(4, 9, 64), tiny_backbone.text_attn_mask(9))):
+        assert _plain_attention_block(block)
+        outs, grads = [], []
+        for run in (lambda z: block(z, attn_mask=mask), lambda z: _block_with_grad(block, z, mask)):
+            z = x.clone().requires_grad_(True)
+            out = run(z)
+            out.square().sum().backward()
+            outs.append(out.detach())
+            grads.append(z.grad)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
