@@ -108,6 +108,7 @@ CASES = [
     ("batch_size-zero", [*TRAIN, "batch_size=0"], ["batch_size", ">= 1"]),
     ("eval_batch_size-zero", [*TRAIN, "eval_batch_size=0"], ["eval_batch_size", ">= 1"]),
     ("workers-negative", [*TRAIN, "workers=-1"], ["workers", ">= 0"]),
+    ("prefix_cache_mb-negative", [*TRAIN, "prefix_cache_mb=-1"], ["prefix_cache_mb", ">= 0"]),
     ("optimizer-unknown", [*TRAIN, "optimizer=lion"], ["optimizer", "lion", "adamw"]),
     ("precision-unknown", [*TRAIN, "precision=fp8"], ["precision", "fp8"]),
     ("augment-not-bool", [*TRAIN, "augment=maybe"], ["augment", "maybe", "true or false"]),

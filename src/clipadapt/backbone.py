@@ -14,6 +14,8 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from .errors import ClipadaptError
@@ -70,7 +72,36 @@ def backbone_identity(name: str, pretrained: str | None) -> str:
     return shipped_identity(pretrained) if is_shipped(name) else weights_identity(name, pretrained)
 
 
+def _plain_attention_block(block: nn.Module) -> bool:
+    """Whether a block is open_clip's ResidualAttentionBlock with torch's plain self-attention."""
+    attn = getattr(block, "attn", None)
+    return (isinstance(block, ResidualAttentionBlock) and not hasattr(block, "ln_1_kv")
+            and isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
+            and attn.bias_k is None and not attn.add_zero_attn and attn.dropout == 0.0)
+
+
+def _block_with_grad(block: nn.Module, x: torch.Tensor, attn_mask) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock on [batch, tokens, width], computed from the block's own modules.
+
+    The same function as calling the block. When a gradient is needed, torch's MultiheadAttention
+    leaves its fused kernel and projects a transposed view of the tokens, which becomes a batched
+    matrix product against the weight broadcast over the tokens (about twice the time of one matrix
+    product on the CPU, forward and backward; benchmarks/README.md). Here the projections are plain
+    matrix products on the batch-first tokens."""
+    attn = block.attn
+    width, heads = attn.embed_dim, attn.num_heads
+    n, length = x.shape[0], x.shape[1]
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
+    q, k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    mask = None if attn_mask is None else attn_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, width)
+    x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool) -> torch.Tensor:
+    if x.requires_grad and torch.is_grad_enabled() and _plain_attention_block(block):
+        return _block_with_grad(block, x, attn_mask)
     if batch_first:
         return block(x, attn_mask=attn_mask)
     return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)

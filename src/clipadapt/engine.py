@@ -33,6 +33,7 @@ from .data.loader import ImageItems, make_loader
 from .data.transforms import train_transform
 from .errors import ClipadaptError
 from .fileio import atomic_path
+from .frozen_cache import DEFAULT_BUDGET_MB, FrozenImages, plan_images
 from .model import AdaptedCLIP
 from .validation import check_fields
 
@@ -71,6 +72,10 @@ class TrainConfig:
     seed: int = 1
     workers: int = 0
     eval_batch_size: int = 100
+    # Memory (MB) each frozen-prefix cache may take: the training images' tokens below the method's
+    # first active block (augmentation off), the class prompts' below its first text block. Above
+    # it the frozen blocks are recomputed every batch; 0 turns the caches off.
+    prefix_cache_mb: float = DEFAULT_BUDGET_MB
 
     def __post_init__(self):
         check_fields(self, "training setting")  # types and ranges (validation.RANGES), for CLI, YAML and Python
@@ -169,6 +174,7 @@ class Trainer:
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
         self.since_best, self.stopped = 0, False
         self._val_features = None
+        self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = None  # (items key, images, labels)
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -218,46 +224,50 @@ class Trainer:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _feature_batches(self, epoch: int, drop_last: bool):
-        """Batches of cached frozen image features, shuffled as the image loader would be."""
-        feats, labels = self._features
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
-        stop = len(order) - len(order) % self.cfg.batch_size if drop_last else len(order)
-        for start in range(0, stop, self.cfg.batch_size):
-            idx = order[start:start + self.cfg.batch_size]
-            yield feats[idx], labels[idx], idx
+    def _cached_batches(self, epoch: int, drop_last: bool):
+        """Batches of the cached frozen images, in the order the image loader draws them (this rank's
+        slice of each global batch under torchrun), with the global batch size."""
+        _, frozen, labels = self._frozen
+        batches = distributed.global_batches(len(labels), self.cfg.batch_size, self.cfg.seed * 1000 + epoch, drop_last)
+        for batch in batches:
+            idx = torch.tensor(distributed.my_slice(batch), dtype=torch.long)
+            yield frozen[idx], labels[idx], len(batch)
 
-    def _sharded_batches(self, epoch: int, drop_last: bool, use_cache: bool):
+    def _sharded_batches(self, epoch: int, drop_last: bool):
         """Under torchrun: this rank's slice of each global batch, the global batches a single process draws."""
-        seed, bs = self.cfg.seed * 1000 + epoch, self.cfg.batch_size
-        if use_cache:
-            n = len(self._features[1])
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-            stop = n - n % bs if drop_last else n
-            batches = [order[start:start + bs] for start in range(0, stop, bs)]
-        else:
-            batches = distributed.global_batches(len(self.items), bs, seed, drop_last)
+        batches = distributed.global_batches(len(self.items), self.cfg.batch_size, self.cfg.seed * 1000 + epoch,
+                                             drop_last)
         mine = [distributed.my_slice(b) for b in batches]
-        if use_cache:
-            feats, labels = self._features
-            for batch, idx in zip(batches, mine):
-                yield feats[idx], labels[idx], len(batch)
-        else:
-            loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
-                                num_workers=self.cfg.workers)
-            for (images, labels, _), batch in zip(loader, batches):
-                yield images, labels, len(batch)
+        loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
+                            num_workers=self.cfg.workers)
+        for (images, labels, _), batch in zip(loader, batches):
+            yield images, labels, len(batch)
 
-    def _cache_features(self) -> None:
-        """Frozen image features of every training image, one backbone pass for the whole run."""
+    def _items_key(self) -> tuple:
+        return tuple((item.impath, item.label) for item in self.items)
+
+    def _cache_images(self, block: int) -> float:
+        """The frozen towers' output at `block` for every training image, once for the run (in the
+        run's precision; output features in float32); returns the seconds it took."""
+        key = self._items_key()
+        if self._frozen is not None and self._frozen[0] == key and self._frozen[1].block == block:
+            return 0.0
+        start = time.perf_counter()
+        model = self.model
+        with_final = model.method.compares_with_frozen
+        store = self.autocast_dtype or model.backbone.dtype
         loader = make_loader(self.items, self.transform, self.cfg.eval_batch_size, workers=self.cfg.workers)
-        feats, labels = [], []
-        for images, y, _ in tqdm(loader, desc="frozen features", disable=not self.progress, leave=False):
+        parts, finals, labels = [], [], []
+        for images, y, _ in tqdm(loader, desc="frozen prefix", disable=not self.progress, leave=False):
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
-                feats.append(self.model.frozen_image_features(images.to(self.device)).float())
+                part = model.frozen_images(images.to(self.device), block, with_final=with_final)
+            parts.append(part.tokens if part.at_output else part.tokens.to(store))
+            finals.append(part.final)
             labels.append(y.to(self.device))
-        self._features = (torch.cat(feats), torch.cat(labels))
+        final = torch.cat(finals) if with_final and not part.at_output else None
+        self._frozen = (key, FrozenImages(torch.cat(parts), block, part.at_output, final), torch.cat(labels))
+        return time.perf_counter() - start
 
     @torch.no_grad()
     def validation_accuracy(self) -> float:
@@ -310,15 +320,31 @@ class Trainer:
             if self.progress:
                 print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}", file=sys.stderr)
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
-        use_cache = model.method.output_only and not cfg.augment and not cfg.train_noise_std  # noise: fresh draws
-        if model.method.output_only:
-            path = ("frozen image features computed once for the run (augmentation off)" if use_cache else
-                    "augmentation on: frozen image features recomputed for every batch")
-            self._log({"event": "feature_path", "path": path})
-            if self.progress:
-                print(f"{model.method.name}: {path}", file=sys.stderr)
+        model.prefix_budget_mb = cfg.prefix_cache_mb
+        plan = plan_images(model.backbone, model.method, len(self.items), cfg.augment, cfg.prefix_cache_mb,
+                           cfg.train_noise_std,
+                           self.autocast_dtype or model.backbone.dtype)
+        use_cache = plan.cached
+        text_block = model.method.first_active_blocks(model.backbone)[1]
+        prompts = model.prompt_prefix() if self.start_epoch < cfg.epochs else None
+        text_path = (f"class-prompt tokens at the input of text block {prompts.block + 1} computed once per "
+                     f"prompt set ({prompts.tokens.nbytes / 2 ** 20:.1f} MB)" if prompts is not None else
+                     "class prompts from the text stem every pass" if text_block == 0 else
+                     "frozen class-text features computed once per prompt set"
+                     if text_block >= len(model.backbone.text_blocks) else
+                     "class prompts not cached (over prefix_cache_mb or turned off): text blocks recomputed")
+        path = f"{plan.describe(model.method.name)}; {text_path}"
+        record = {"event": "feature_path", "path": path, "image_block": plan.block, "text_block": text_block,
+                  "image_cache": use_cache, "image_cache_mb": round(plan.total_bytes / 2 ** 20, 2),
+                  "kb_per_image": round(plan.bytes_per_image / 1024, 2)}
         if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
-            self._cache_features()
+            # The cache pass is training time: it is counted, once, in train_seconds.
+            seconds = self._cache_images(plan.block)
+            self.train_seconds += seconds
+            record["cache_seconds"] = round(seconds, 3)
+        self._log(record)
+        if self.progress:
+            print(f"{model.method.name}: {path}", file=sys.stderr)
         epochs_done = self.start_epoch
         for epoch in range(self.start_epoch, cfg.epochs):
             if self.stopped:
@@ -329,10 +355,10 @@ class Trainer:
             seed_everything(cfg.seed * 1000 + epoch)
             model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
             sharded = distributed.world_size() > 1
-            if sharded:
-                batches = self._sharded_batches(epoch, drop_last, use_cache)
-            elif use_cache:
-                batches = self._feature_batches(epoch, drop_last)
+            if use_cache:
+                batches = self._cached_batches(epoch, drop_last)
+            elif sharded:
+                batches = self._sharded_batches(epoch, drop_last)
             else:
                 batches = make_loader(self.items, self.transform, cfg.batch_size, shuffle=True, workers=cfg.workers,
                                       seed=cfg.seed * 1000 + epoch, drop_last=drop_last)
@@ -344,7 +370,7 @@ class Trainer:
                 inputs, labels = inputs.to(self.device), labels.to(self.device)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    logits = model.logits_from_features(inputs) if use_cache else model(inputs)
+                    logits = model(inputs)  # images, or FrozenImages entering at the first active block
                     loss, parts = model.method.loss(logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

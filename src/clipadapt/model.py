@@ -14,6 +14,8 @@ from . import __version__
 from .backbone import Backbone, TextBatch, load_backbone
 from .errors import CheckpointMismatchError, ClipadaptError
 from .fileio import atomic_path
+from .frozen_cache import (DEFAULT_BUDGET_MB, MB, FrozenImages, PromptPrefix, fixed_precision, image_output,
+                           image_tokens, text_output, text_tokens)
 from .methods import Method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
@@ -37,7 +39,11 @@ class AdaptedCLIP(nn.Module):
         if method.acts_on_blocks and not backbone.steppable_image:
             raise ClipadaptError(f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none")
         self._text_cache: torch.Tensor | None = None
-        self._frozen_text: torch.Tensor | None = None
+        # Frozen work per prompt set (frozen_cache): the prompts' tokens at the first active text
+        # block, and their frozen output features. Both are dropped with the prompts they belong to.
+        self.prefix_budget_mb = DEFAULT_BUDGET_MB  # the trainer sets the run's prefix_cache_mb
+        self._prompt_prefix: PromptPrefix | None | bool = None  # False: over the budget
+        self._frozen_prompt: torch.Tensor | None = None
         # The run's generator for training draws (a prompt per class, MMA++'s scale); the trainer
         # reseeds it every epoch, so a resumed run draws what an uninterrupted one would.
         self.draws = torch.Generator().manual_seed(0)
@@ -76,7 +82,11 @@ class AdaptedCLIP(nn.Module):
             self.prompt_owner = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
         self.prompt_counts = counts
         self.prompt_offsets = torch.cumsum(counts, 0) - counts
-        self._text_cache = self._frozen_text = None
+        self._drop_prompt_caches()
+
+    def _drop_prompt_caches(self) -> None:
+        self._text_cache = self._frozen_prompt = None
+        self._prompt_prefix = None
 
     def train(self, mode: bool = True):
         """Training invalidates cached text features."""
@@ -92,7 +102,7 @@ class AdaptedCLIP(nn.Module):
         else:
             self._tokens, self._pool = self._tokens.to(device), self._pool.to(device)
             self.prompt_owner = self.prompt_owner.to(device)
-        self._text_cache = self._frozen_text = None
+        self._drop_prompt_caches()
         return result
 
     # ---- prompt sets --------------------------------------------------------------------------
@@ -115,81 +125,201 @@ class AdaptedCLIP(nn.Module):
         with torch.no_grad():
             return TextBatch(self.backbone.embed_tokens(tokens), pool)
 
-    def _pass_prompts(self) -> tuple[TextBatch, torch.Tensor | None]:
-        """The prompts a pass encodes, and the class of each when classes have several."""
+    def _pass_prompts(self) -> tuple[TextBatch, torch.Tensor | None, Any]:
+        """The prompts a pass encodes, the class of each when classes have several, and their rows
+        in the prompt set (None: the one-prompt-a-class batch)."""
         if self.text_batch is not None:
-            return self.text_batch, None
+            return self.text_batch, None, None
         if self.training and self.method.prompt_sets == "draw":
-            return self._prompt_batch(self.draw_prompts().to(self._tokens.device)), None
-        return self._prompt_batch(slice(None)), self.prompt_owner
+            rows = self.draw_prompts().to(self._tokens.device)
+            return self._prompt_batch(rows), None, rows
+        return self._prompt_batch(slice(None)), self.prompt_owner, slice(None)
+
+    # ---- frozen work per prompt set (clipadapt.frozen_cache) ------------------------------------
+    def _all_prompts(self, chunk: int = PROMPT_CHUNK):
+        """(rows, embedded prompts) of the whole prompt set, in chunks."""
+        if self.text_batch is not None:
+            yield None, self.text_batch
+            return
+        for start in range(0, len(self.prompts), chunk):
+            rows = slice(start, start + chunk)
+            yield rows, self._prompt_batch(rows)
+
+    def prompt_prefix(self) -> PromptPrefix | None:
+        """The prompts' frozen tokens at the method's first active text block, computed once per
+        prompt set; None when the method changes the text from its first block on or the tokens
+        would exceed the budget."""
+        if self._prompt_prefix is None:
+            self._prompt_prefix = self._compute_prompt_prefix() or False
+        return self._prompt_prefix or None
+
+    def _compute_prompt_prefix(self) -> PromptPrefix | None:
+        bb = self.backbone
+        block = self.method.first_active_blocks(bb)[1]
+        # Block 0: the method changes the prompts themselves. The tower's depth: the frozen
+        # features per prompt serve (frozen_prompt_features), tokens would only take memory.
+        if not 0 < block < len(bb.text_blocks) or self.prefix_budget_mb <= 0:
+            return None
+        if self.text_batch is not None:
+            pool, length = self.text_batch.pool_index, bb.text_length(self.text_batch)
+        else:
+            pool = self._pool
+            length = int(pool.max()) + 1 if bb.cut_text else self._tokens.shape[1]
+        size = len(pool) * length * bb.text_width * torch.empty((), dtype=bb.dtype).element_size()
+        if size > self.prefix_budget_mb * MB:
+            return None
+        tokens = torch.zeros(len(pool), length, bb.text_width, dtype=bb.dtype, device=pool.device)
+        with fixed_precision(pool.device):
+            for rows, batch in self._all_prompts():
+                x = text_tokens(bb, batch, block)
+                # Positions after a chunk's longest prompt stay zero: under the causal mask they
+                # never reach a pooled token, and every pass cuts after its own longest prompt.
+                tokens[slice(None) if rows is None else rows, :x.shape[1]] = x
+        return PromptPrefix(tokens, pool, block)
+
+    def _text_entry(self, rows):
+        """(tokens, block) a pass's text enters the stepper with, or None to start from the stem;
+        at the tower's depth (a method that never changes the text) the frozen features per prompt."""
+        bb = self.backbone
+        if self.method.first_active_blocks(bb)[1] >= len(bb.text_blocks):
+            feats = self.frozen_prompt_features()
+            return (feats if rows is None else feats[rows]), len(bb.text_blocks)
+        prefix = self.prompt_prefix()
+        if prefix is None:
+            return None
+        return prefix.rows(rows, self.backbone.cut_text).to(self.backbone.dtype), prefix.block
+
+    def frozen_prompt_features(self) -> torch.Tensor:
+        """Output features of the frozen text tower for every prompt of the set ([prompts, dim]), once per set."""
+        if self._frozen_prompt is None:
+            bb, prefix = self.backbone, self.prompt_prefix()
+            feats = []
+            with fixed_precision(next(bb.parameters()).device):
+                for rows, batch in self._all_prompts():
+                    if prefix is not None:
+                        x, start = prefix.rows(rows, bb.cut_text), prefix.block
+                        x = x[:, :bb.text_length(batch)]
+                    else:
+                        x, start = bb.text_stem(batch), 0
+                    feats.append(text_output(bb, x, start, batch.pool_index))
+            self._frozen_prompt = torch.cat(feats)
+        return self._frozen_prompt
+
+    def _frozen_text_for(self, rows, owner) -> torch.Tensor:
+        """Frozen class-text features aligned with a pass's text features."""
+        feats = self.frozen_prompt_features()
+        if rows is None or owner is not None:
+            return self._per_class(feats if rows is None else feats[rows], owner)
+        return feats[rows]
 
     def _per_class(self, txt_f: torch.Tensor | None, owner: torch.Tensor | None) -> torch.Tensor | None:
         if txt_f is None or owner is None:
             return txt_f
         return ensemble_features(txt_f, owner, len(self.classnames))
 
-    def _prompt_set_features(self, through_method: bool) -> torch.Tensor:
-        """Class features of a prompt set without gradient, the prompts encoded in chunks."""
+    def _prompt_set_features(self) -> torch.Tensor:
+        """Class features of a prompt set through the method without gradient, the prompts encoded in chunks."""
         feats = []
         with torch.no_grad():
-            for start in range(0, len(self.prompts), PROMPT_CHUNK):
-                batch = self._prompt_batch(slice(start, start + PROMPT_CHUNK))
-                if through_method:
-                    self.method.begin_forward()
-                    batch = self.method.prompt_embeddings(batch)
-                feats.append(self._run_towers(None, batch)[1])
+            for rows, batch in self._all_prompts():
+                self.method.begin_forward()
+                self.method.given_frozen = {"image": None, "text": None}
+                batch = self.method.prompt_embeddings(batch)
+                feats.append(self._run_towers(None, batch, self._text_entry(rows))[1])
             return ensemble_features(torch.cat(feats), self.prompt_owner, len(self.classnames))
 
     # ---- forward ------------------------------------------------------------------------------
     def frozen_text_features(self) -> torch.Tensor:
         """Class text features of the frozen towers, computed once per set of classes."""
-        if self._frozen_text is None:
-            if self.text_batch is None:
-                self._frozen_text = self._prompt_set_features(through_method=False)
-            else:
-                with torch.no_grad():
-                    self._frozen_text = self._run_towers(None, self.text_batch)[1]
-        return self._frozen_text
+        return self._per_class(self.frozen_prompt_features(), self.prompt_owner)
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Image features of the frozen towers (no method involved)."""
         with torch.no_grad():
             if not self.backbone.steppable_image:
                 return self.backbone.encode_image_whole(images)
-            return self._run_towers(images, None)[0]
+            return image_output(self.backbone, self.backbone.image_stem(images), 0)
+
+    def frozen_images(self, images: torch.Tensor, block: int, with_final: bool = False) -> FrozenImages:
+        """Images as the frozen towers leave them at image block `block` (the features at the tower's
+        depth), optionally with their frozen final features; what the trainer caches."""
+        bb = self.backbone
+        if block >= len(bb.image_blocks):
+            return FrozenImages(self.frozen_image_features(images).float(), block, at_output=True)
+        with torch.no_grad():
+            tokens = image_tokens(bb, images, block)
+            final = image_output(bb, tokens, block).float() if with_final else None
+        return FrozenImages(tokens, block, final=final)
 
     def logits_from_features(self, img_f: torch.Tensor) -> torch.Tensor:
         """Logits from frozen image features, for methods that act on output features only."""
         img_f, txt_f = self.method.after_heads(self.backbone, img_f, self.frozen_text_features())
         return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
 
-    def encode(self, images: torch.Tensor | None, with_text: bool = True):
-        """Image features [batch, dim] and/or class text features [classes, dim] through the method."""
+    def encode(self, images: torch.Tensor | FrozenImages | None, with_text: bool = True):
+        """Image features [batch, dim] and/or class text features [classes, dim] through the method.
+
+        `images` may be a batch of FrozenImages (the trainer's cache): the image tower is then
+        entered at the block they were cached at."""
         bb, m = self.backbone, self.method
         m.begin_forward()
+        cached = isinstance(images, FrozenImages)
         if m.output_only:  # the towers are CLIP's own: no graph through them, text computed once
-            img_f = self.frozen_image_features(images) if images is not None else None
+            if cached and not images.at_output:
+                raise ClipadaptError(f"'{m.name}' reads output features; got images cached at block {images.block}")
+            img_f = None if images is None else images.tokens if cached else self.frozen_image_features(images)
             txt_f = self.frozen_text_features() if with_text else None
             return m.after_heads(bb, img_f, txt_f)
-        txt_batch, owner = self._pass_prompts() if with_text else (None, None)
+        txt_batch, owner, rows = self._pass_prompts() if with_text else (None, None, None)
         txt_batch = m.prompt_embeddings(txt_batch) if with_text else None
-        if images is not None and not bb.steppable_image:
+        text_entry = self._text_entry(rows) if with_text else None
+        # Methods whose loss compares with the frozen towers read the cached frozen features.
+        m.given_frozen = {"image": images.final if cached else None,
+                          "text": self._frozen_text_for(rows, owner) if with_text and self.training
+                          and m.compares_with_frozen else None}
+        if images is not None and not cached and not bb.steppable_image:
             img_f = bb.encode_image_whole(images)
-            txt_f = self._run_towers(None, txt_batch)[1] if with_text else None
+            txt_f = self._run_towers(None, txt_batch, text_entry)[1] if with_text else None
             return m.after_heads(bb, img_f, self._per_class(txt_f, owner))
-        img_f, txt_f = self._run_towers(images, txt_batch)
+        img_f, txt_f = self._run_towers(images, txt_batch, text_entry)
         return m.after_heads(bb, img_f, self._per_class(txt_f, owner))
 
-    def _run_towers(self, images, txt_batch):
+    def _run_towers(self, images, txt_batch, text_entry=None):
+        """Step both towers in lockstep through the method; a tower given as cached frozen tokens
+        (FrozenImages, `text_entry` = (tokens, block)) joins at its block, blocks below it skipped."""
         bb, m = self.backbone, self.method
-        img = bb.image_stem(images) if images is not None else None
-        txt = bb.text_stem(txt_batch) if txt_batch is not None else None
-        img, txt = m.after_stems(img, txt)
+        img, img_start, img_f = None, 0, None
+        if isinstance(images, FrozenImages):
+            if images.at_output:
+                img_f = images.tokens
+            else:  # stored in the run's precision; the stream runs in the backbone's, as uncached
+                img, img_start = images.tokens.to(bb.dtype), images.block
+        elif images is not None:
+            img = bb.image_stem(images)
+        txt, txt_start, txt_f = None, 0, None
+        if text_entry is not None and text_entry[1] >= len(bb.text_blocks):
+            txt_f = text_entry[0]
+        elif text_entry is not None:
+            txt, txt_start = text_entry
+        elif txt_batch is not None:
+            txt = bb.text_stem(txt_batch)
+        at_stems = (img if img_start == 0 else None, txt if txt_start == 0 else None)
+        if at_stems != (None, None) or (img is None and txt is None):
+            new_img, new_txt = m.after_stems(*at_stems)
+            img = new_img if at_stems[0] is not None else img
+            txt = new_txt if at_stems[1] is not None else txt
+        starts = ([img_start] if img is not None else []) + ([txt_start] if txt is not None else [])
         depth = max(len(bb.image_blocks) if img is not None else 0, len(bb.text_blocks) if txt is not None else 0)
-        for index in range(depth):
-            img, txt = m.step(index, bb, img, txt)
-        img_f = bb.image_head(img) if img is not None else None
-        txt_f = bb.text_head(txt, txt_batch.pool_index) if txt is not None else None
+        for index in range(min(starts, default=depth), depth):
+            img_in = img if img is not None and index >= img_start else None
+            txt_in = txt if txt is not None and index >= txt_start else None
+            img_out, txt_out = m.step(index, bb, img_in, txt_in)
+            img = img_out if img_in is not None else img
+            txt = txt_out if txt_in is not None else txt
+        if img is not None:
+            img_f = bb.image_head(img)
+        if txt is not None:
+            txt_f = bb.text_head(txt, txt_batch.pool_index)
         return img_f, txt_f
 
     def text_features(self) -> torch.Tensor:
@@ -198,7 +328,7 @@ class AdaptedCLIP(nn.Module):
             return self.encode(None, with_text=True)[1]
         if self._text_cache is None:
             if self.text_batch is None:  # a prompt set: chunked, then the method's output step
-                txt_f = self._prompt_set_features(through_method=True)
+                txt_f = self._prompt_set_features()
                 self._text_cache = self.method.after_heads(self.backbone, None, txt_f)[1]
             else:
                 self._text_cache = self.encode(None, with_text=True)[1]

@@ -78,6 +78,7 @@ RANGES: dict[str, Range] = {
     "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "seed": Range(ge=0), "patience": Range(ge=0),
     "template": Range(check=_template_problem), "train_noise_std": Range(ge=0), "eval_noise_std": Range(ge=0),
     "base_ratio": Range(check=_base_ratio_problem),
+    "prefix_cache_mb": Range(ge=0),
     # method options
     "scale": Range(ge=0), "adapter_dim": Range(ge=1), "adapter_start": Range(ge=1), "adapter_end": Range(ge=1),
     "reduction": Range(ge=1), "ratio": Range(ge=0, le=1), "n_ctx": Range(ge=1), "heads": Range(ge=1),

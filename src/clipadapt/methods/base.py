@@ -60,6 +60,9 @@ class Method(nn.Module):
     text_depends_on_images: ClassVar[bool] = False  # text features cannot be cached across images
     image_depends_on_text: ClassVar[bool] = False  # image passes read state left by the class-text pass
     output_only: ClassVar[bool] = False  # acts only on output features: the frozen towers can run once
+    # The loss compares with the frozen towers' output features; the model hands them over, cached,
+    # in `given_frozen` before each training pass (None for a tower it has none for).
+    compares_with_frozen: ClassVar[bool] = False
     # How the method uses prompt sets (several prompts a class) in training: "draw" (one prompt per
     # class per step, from the run's seeded generator), "mean" (the ensemble mean, as at inference),
     # or None: it takes none (its prompts are learned or its passes share state across prompts).
@@ -71,6 +74,7 @@ class Method(nn.Module):
         super().__init__()
         self.config = config
         self.draws: torch.Generator | None = None  # the run's generator for random draws (set by the model)
+        self.given_frozen: dict[str, torch.Tensor | None] = {"image": None, "text": None}
 
     # ---- hooks --------------------------------------------------------------------------------
     def begin_forward(self) -> None:
@@ -114,7 +118,9 @@ class Method(nn.Module):
 
         A tower's depth means the method never changes that tower's tokens: everything up to its
         output features is CLIP's own and can be computed once per input. Methods that act on the
-        prompt embeddings or the stems return 0 for that tower.
+        prompt embeddings or the stems return 0 for that tower. The stepper skips the blocks below
+        and enters the tower there with cached frozen tokens: `step` (and `after_stems`) must not
+        rely on being called for a block below the declared one.
         """
         if self.acts_on_blocks:
             return 0, 0

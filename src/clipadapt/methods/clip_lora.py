@@ -130,6 +130,13 @@ class CLIPLoRA(Method):
         self.text_lora = tower(backbone.text_blocks, backbone.text_width, "the text tower") \
             if config.encoder in ("text", "both") else nn.ModuleDict()
 
+    def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
+        """The lowest block with a low-rank update in each tower (the tower's depth when it has none)."""
+        def first(loras: nn.ModuleDict, depth: int) -> int:
+            return min((int(b) for b in loras), default=depth)
+
+        return first(self.image_lora, len(backbone.image_blocks)), first(self.text_lora, len(backbone.text_blocks))
+
     def merged_weights(self, tower: str, index: int, block: nn.Module) -> dict[str, torch.Tensor]:
         """W + s B A of each adapted projection of a block (new tensors; the frozen ones are untouched)."""
         loras = (self.image_lora if tower == "image" else self.text_lora)[str(index)]

@@ -82,6 +82,10 @@ class MaPLe(Method):
         self.config.template = config.template or (prefix + " {}.")
         self.n_image_blocks = len(backbone.image_blocks)
 
+    def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
+        """The language context replaces prompt embeddings and the vision prompts join block 1: nothing is frozen."""
+        return 0, 0
+
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Positions 1..n_ctx of every prompt become the learned language context P_1."""
         emb = batch.embeddings

@@ -96,6 +96,10 @@ class MMA(Method):
         self.shared_adapter = nn.ModuleDict({b: nn.Sequential(nn.Linear(r, r), nn.ReLU()) for b in blocks})
         init_adapter_weights(self)
 
+    def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
+        """The first adapter sits after block `adapter_start` (1-based) of each tower: its input is frozen."""
+        return self.start - 1, self.start - 1
+
     def is_adapted(self, index: int) -> bool:
         """Whether 0-based block `index` carries an adapter."""
         return self.start <= index + 1 <= self.end

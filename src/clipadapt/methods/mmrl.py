@@ -93,6 +93,7 @@ class MMRL(Method):
     name = "mmrl"
     Config = MMRLConfig
     acts_on_blocks = True
+    compares_with_frozen = True
     training_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 5e-4, "epochs": 10, "batch_size": 4,
                          "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
 
@@ -115,9 +116,11 @@ class MMRL(Method):
         self.proj_rep = nn.Parameter(width ** -0.5 * torch.randn(width, backbone.embed_dim))
         self.trained_classnames = list(classnames)
         self.fuse = True
-        self._frozen_text_key: torch.Tensor | None = None
-        self._frozen_text_features: torch.Tensor | None = None
         self.begin_forward()
+
+    def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
+        """The representation tokens join the first rep block (1-based `rep_layers[0]`) of both towers."""
+        return self.layers[0] - 1, self.layers[0] - 1
 
     # ---- which logits score the current classes -------------------------------------------------
     def set_classes(self, classnames: list[str], trained_on: bool | None = None) -> None:
@@ -136,17 +139,14 @@ class MMRL(Method):
         self._batch: TextBatch | None = None
         self._img_rep = self._img_rep_f = None
         self._frozen_img = self._frozen_txt = None
-        self._frozen_img_f = None
+        self._frozen_img_f = self._frozen_text_features = None
         self._img_f = self._txt_f = None
         self._class_logits = self._rep_logits = None
 
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
-        """Unchanged prompts; remembered to cache the frozen text features per prompt set."""
+        """Unchanged prompts; their end-of-text positions are needed by the frozen text head."""
         self._batch = batch
         return batch
-
-    def _needs_frozen_text(self) -> bool:
-        return self.training and (self._batch is None or self._frozen_text_key is not self._batch.embeddings)
 
     def _insert(self, x: torch.Tensor, tokens: torch.Tensor, first: bool) -> torch.Tensor:
         k = self.config.n_rep_tokens
@@ -160,7 +160,7 @@ class MMRL(Method):
         j = self.layers.index(layer) if layer in self.layers else None
         first = layer == self.layers[0]
         if img is not None and index < self.n_image_blocks:
-            if first and self.training:
+            if first and self.training and self.given_frozen["image"] is None:
                 self._frozen_img = img  # the frozen tower's stream is shared up to here
             if j is not None:
                 img = self._insert(img, self.rep_to_image[j](self.rep_tokens), first)
@@ -172,7 +172,7 @@ class MMRL(Method):
                 self._img_rep = img[:, 1:1 + k]
                 img = torch.cat([img[:, :1], img[:, 1 + k:]], dim=1)
         if txt is not None and index < self.n_text_blocks:
-            if first and self._needs_frozen_text():
+            if first and self.training and self.given_frozen["text"] is None:
                 self._frozen_txt = txt
             if j is not None:
                 txt = self._insert(txt, self.rep_to_text[j](self.rep_tokens), first)
@@ -192,10 +192,13 @@ class MMRL(Method):
             if self._frozen_img is not None:
                 with torch.no_grad():
                     self._frozen_img_f = backbone.image_head(self._frozen_img)
+            else:
+                self._frozen_img_f = self.given_frozen["image"]
         if txt_f is not None and self._frozen_txt is not None:
             with torch.no_grad():
                 self._frozen_text_features = backbone.text_head(self._frozen_txt, self._batch.pool_index)
-            self._frozen_text_key = self._batch.embeddings
+        elif txt_f is not None:
+            self._frozen_text_features = self.given_frozen["text"]
         self._img_f, self._txt_f = img_f, txt_f
         return img_f, txt_f
 

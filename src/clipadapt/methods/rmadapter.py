@@ -17,8 +17,10 @@ and on the final features (L2-normalised) of the adapted (x_a, w_a) and frozen (
 The reconstruction loss is computed at each block (no decoder through the network), and its
 gradient reaches the block input, hence the adapters of the blocks below (the target u is a
 constant); `recon_detach: true` stops it there, so that each block's loss trains only its own branch.
-The frozen features are computed alongside the adapted ones from the first adapted block on (the
-blocks below it are shared), and the frozen class-text features once per set of prompts.
+The frozen features come from the model's frozen-work caches (clipadapt.frozen_cache): the class
+prompts' once per prompt set, the training images' once per run when augmentation is off. Without
+a cached one (augmented images) the frozen stream forks from the adapted one at the first adapted
+block (the blocks below it are shared) and runs beside it without gradient.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class RMAdapter(MMA):
 
     name = "rmadapter"
     Config = RMAdapterConfig
+    compares_with_frozen = True
     training_defaults = dict(MMA.training_defaults)
 
     def __init__(self, config: RMAdapterConfig, backbone: Backbone, classnames: list[str]):
@@ -111,7 +114,6 @@ class RMAdapter(MMA):
         self._rec_losses: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
         self._frozen: dict[str, torch.Tensor | None] = {"image": None, "text": None}
         self._frozen_features: dict[str, torch.Tensor | None] = {"image": None, "text": None}
-        self._frozen_text_cache: tuple[int, torch.Tensor] | None = None
         self._pool_index: torch.Tensor | None = None
 
     def _needs_frozen(self, tower: str) -> bool:
@@ -135,9 +137,8 @@ class RMAdapter(MMA):
         self._frozen_features = {"image": None, "text": None}
 
     def prompt_embeddings(self, batch):
-        """Remember where prompts are pooled, for the frozen text head."""
+        """Remember where prompts are pooled, for the text reconstruction mask and the frozen text head."""
         self._pool_index = batch.pool_index
-        self._prompt_batch = batch  # identity of the prompt set the frozen text cache belongs to
         return batch
 
     def adapt(self, tower, index, block, x):
@@ -162,12 +163,11 @@ class RMAdapter(MMA):
         return y
 
     def step(self, index, backbone, img, txt):
-        """Adapted blocks as MMA; the frozen stream forks at the first adapted block while training."""
+        """Adapted blocks as MMA; without cached frozen features the frozen stream forks at the first adapted block."""
         if index + 1 == self.start:
-            if img is not None and self._needs_frozen("image"):
-                self._frozen["image"] = img.detach()
-            if txt is not None and self._needs_frozen("text") and self._cached_frozen_text() is None:
-                self._frozen["text"] = txt.detach()
+            for tower, x in (("image", img), ("text", txt)):
+                if x is not None and self._needs_frozen(tower) and self.given_frozen[tower] is None:
+                    self._frozen[tower] = x.detach()
         with torch.no_grad():
             if self._frozen["image"] is not None and index < len(backbone.image_blocks):
                 self._frozen["image"] = backbone.image_block(index, self._frozen["image"])
@@ -175,21 +175,19 @@ class RMAdapter(MMA):
                 self._frozen["text"] = backbone.text_block(index, self._frozen["text"])
         return super().step(index, backbone, img, txt)
 
-    def _cached_frozen_text(self):
-        cache = self._frozen_text_cache
-        return cache[1] if cache is not None and cache[0] is self._prompt_batch else None
-
     def after_heads(self, backbone, img_f, txt_f):
-        """Frozen final features for the consistency loss."""
+        """Frozen final features for the consistency loss: cached, or the head of the forked stream."""
         with torch.no_grad():
-            if self._frozen["image"] is not None:
-                self._frozen_features["image"] = backbone.image_head(self._frozen["image"])
-            if txt_f is not None and self._needs_frozen("text"):
-                cached = self._cached_frozen_text()
-                if cached is None:
-                    cached = backbone.text_head(self._frozen["text"], self._pool_index)
-                    self._frozen_text_cache = (self._prompt_batch, cached)
-                self._frozen_features["text"] = cached
+            for tower, feats in (("image", img_f), ("text", txt_f)):
+                if feats is None or not self._needs_frozen(tower):
+                    continue
+                stream = self._frozen[tower]
+                if stream is None:
+                    self._frozen_features[tower] = self.given_frozen[tower]
+                elif tower == "image":
+                    self._frozen_features[tower] = backbone.image_head(stream)
+                else:
+                    self._frozen_features[tower] = backbone.text_head(stream, self._pool_index)
         self._adapted_features = {"image": img_f, "text": txt_f}
         return img_f, txt_f
 

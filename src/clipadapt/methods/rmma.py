@@ -194,6 +194,9 @@ class RMMA(Method):
             routed = attend.v(routed)
             routed = attend.o(routed) if self.config.attn_proj == "qkvo" else routed
         return routed
+    def first_active_blocks(self, backbone) -> tuple[int, int]:
+        """The latent is first injected after block `first_block` (1-based) of both towers."""
+        return self.first - 1, self.first - 1
 
     def begin_forward(self) -> None:
         """New latents for a new pass (the text context is kept for image-only passes)."""
