@@ -162,6 +162,28 @@ class AdaptedCLIP(nn.Module):
         img_f, txt_f = self.method.after_heads(self.backbone, img_f, self.frozen_text_features())
         return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
 
+    def logits_from_frozen_image_features(self, img_f: torch.Tensor) -> torch.Tensor:
+        """Logits from CLIP's own image features (`frozen_image_features`), as `forward` gives them.
+
+        Only for methods whose image tower is frozen (`image_tower_is_frozen`): their text still goes
+        through the method (CoOp's learned context) and `after_heads` still sees both features."""
+        bb, m = self.backbone, self.method
+        if not m.image_tower_is_frozen(bb):
+            raise ClipadaptError(f"method '{m.name}' changes the image tower: its logits need the images")
+        if m.text_depends_on_images or self.training or torch.is_grad_enabled():
+            m.begin_forward()
+            if m.output_only:
+                txt_f = self.frozen_text_features()
+            else:
+                txt_batch, owner = self._pass_prompts()
+                txt_f = self._per_class(self._run_towers(None, m.prompt_embeddings(txt_batch))[1], owner)
+            img_f, txt_f = m.after_heads(bb, img_f, txt_f)
+        else:
+            txt_f = self.text_features()
+            m.begin_forward()
+            img_f = m.after_heads(bb, img_f, None)[0]
+        return m.logits(img_f, txt_f, bb.logit_scale)
+
     def encode(self, images: torch.Tensor | None, with_text: bool = True):
         """Image features [batch, dim] and/or class text features [classes, dim] through the method."""
         bb, m = self.backbone, self.method

@@ -88,6 +88,7 @@ class Sweep:
     data_root: str | None
     device: str = "cpu"
     settings: dict = field(default_factory=dict)
+    run_flags: list[str] = field(default_factory=list)  # flags given to every run's command (feature cache)
 
     def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
         """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
@@ -95,13 +96,14 @@ class Sweep:
             source_dir = os.path.join(out, run.dir.replace(run.protocol, run.adapters_from, 1))
             return ["transfer", "--checkpoint", os.path.join(source_dir, "adapter.safetensors"),
                     "--protocol", run.protocol, "--data-root", data_root, "--device", device or self.device,
-                    "--out", os.path.join(out, run.dir)]
+                    "--out", os.path.join(out, run.dir), *self.run_flags]
         argv = ["train", "--method", run.method, "--dataset", run.dataset, "--data-root", data_root,
                 "--shots", str(run.shots), "--seed", str(run.seed), "--protocol", run.protocol,
                 "--backbone", self.backbone, "--pretrained", self.pretrained, "--device", device or self.device,
                 "--out", os.path.join(out, run.dir)]
         if run.preset:
             argv += ["--config", run.preset]
+        argv += self.run_flags
         return argv + [f"{k}={json.dumps(v)}" for k, v in run.overrides]  # JSON values read back as YAML
 
 
