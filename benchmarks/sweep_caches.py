@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from clipadapt.data import build_dataset
 from clipadapt.runconfig import parse_overrides
 from clipadapt.sweep import execute_in_process, read_sweep
 
@@ -77,6 +78,8 @@ def main() -> int:
     runs = [dataclasses.replace(r, seed=seed) for r in chosen.values() for seed in args.seeds]
     # Seeds innermost after the method, datasets outermost: the order a sweep runs in.
     runs.sort(key=lambda r: (r.dataset, r.method, r.seed))
+    for dataset in sorted({r.dataset for r in runs}):  # rendered before any timing
+        build_dataset(dataset, data_root, -1, 1, "all")
     print(f"{len(runs)} runs x 2 variants; out {out}; load {os.getloadavg()}", file=sys.stderr)
     rows = []
     for i, run in enumerate(runs):

@@ -308,7 +308,7 @@ class Trainer:
         from .evaluation import evaluate, model_transform
 
         model = self.model
-        if not model.method.output_only:
+        if not model.method.image_tower_is_frozen(model.backbone):
             return evaluate(model, self.val_items, self.cfg.eval_batch_size, self.cfg.workers, self.device,
                             progress=False).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
@@ -323,7 +323,7 @@ class Trainer:
         feats, labels = self._val_features
         correct = 0
         for start in range(0, len(labels), self.cfg.eval_batch_size):
-            logits = model.logits_from_features(feats[start:start + self.cfg.eval_batch_size])
+            logits = model.logits_from_frozen_image_features(feats[start:start + self.cfg.eval_batch_size])
             correct += int((logits.argmax(dim=1) == labels[start:start + self.cfg.eval_batch_size]).sum())
         return 100.0 * correct / len(labels)
 
