@@ -10,6 +10,13 @@ from clipadapt.data.fake import make_coop_tree
 logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random weights are random
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_in_tmp(tmp_path, monkeypatch):
+    """Every test's feature cache (clipadapt.feature_cache) lives in its own tmp folder, never in the home."""
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path / "clipadapt-cache"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     torch.manual_seed(0)

@@ -140,7 +140,31 @@ def _add_data_args(p: argparse.ArgumentParser, loader_flags: bool = False) -> No
                                                       "(for --dataset folder: the image folder itself)")
     if loader_flags:  # train sets these as eval_batch_size=N workers=N, with the other settings
         p.add_argument("--batch-size", type=int_at_least(1), default=100, help="evaluation batch size (default 100)")
-        p.add_argument("--workers", type=int_at_least(0), default=0, help="data loading processes (default 0)")
+        p.add_argument("--workers", type=int_at_least(0), default=None,
+                       help="data loading processes (default: one per core, at most 8)")
+
+
+def _add_feature_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--feature-cache", metavar="DIR", default=None,
+                   help="folder of the test images' frozen features, shared across runs by methods whose image "
+                        "tower is CLIP's own (default: $CLIPADAPT_CACHE/features, else "
+                        "$XDG_CACHE_HOME/clipadapt/features, else ~/.cache/clipadapt/features)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="neither read nor write cached test image features")
+
+
+def _feature_cache(args: argparse.Namespace):
+    """The FeatureCache the flags ask for, or None with --no-feature-cache."""
+    from .feature_cache import FeatureCache
+
+    return None if args.no_feature_cache else FeatureCache(args.feature_cache)
+
+
+def _feature_cache_argv(args: argparse.Namespace) -> list[str]:
+    """The feature-cache flags again, for the commands a sweep runs."""
+    if args.no_feature_cache:
+        return ["--no-feature-cache"]
+    return ["--feature-cache", os.path.abspath(os.path.expanduser(args.feature_cache))] if args.feature_cache else []
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:
@@ -184,7 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _prepare_out(args.out, args.overwrite)  # after every input check: a bad input names itself
     start = time.time()
     result = evaluate(model, items, args.batch_size, args.workers, args.device,
-                      desc=f"{args.dataset}/{args.split}/{args.subsample}")
+                      desc=f"{args.dataset}/{args.split}/{args.subsample}", feature_cache=_feature_cache(args),
+                      dataset=args.dataset, split=f"{args.split}/{args.subsample}")
     metrics = {
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": args.dataset,
         "split": args.split, "shots": args.shots, "seed": args.seed,
@@ -284,7 +309,7 @@ def _train_run(args: argparse.Namespace) -> int:
         os.makedirs(out, exist_ok=True)
         write_text(config_path, yaml.safe_dump(run, sort_keys=False))
     spec = RunSpec(args.method, args.dataset, args.data_root, args.shots, args.seed, args.backbone,
-                   args.pretrained, out, args.device, progress=main_rank)
+                   args.pretrained, out, args.device, progress=main_rank, feature_cache=_feature_cache(args))
     metrics = run_protocol(protocol, spec, method_cfg.to_dict(), train_cfg)
     if not main_rank:
         return 0
@@ -320,7 +345,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=args.device, backbone=args.backbone,
                        pretrained=args.pretrained if args.backbone else None)
     start = time.time()
-    kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=args.device, progress=True)
+    kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=args.device, progress=True,
+                  feature_cache=_feature_cache(args))
     metrics = evaluate_transfer(model, protocol, source, args.data_root, kwargs)
     metrics.update({
         "trainable_params": model.method.num_trainable(), "total_seconds": round(time.time() - start, 2),
@@ -556,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(p)
     _add_prompts_arg(p)
     p.add_argument("--out", required=True, help="output folder for metrics.json")
+    _add_feature_cache_args(p)
     p.add_argument("--save-predictions", action="store_true", help="also write DIR/predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.set_defaults(func=cmd_eval, out_kind="dir")
@@ -587,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1:1, CoOp's ceil(C/2); the same as the base_ratio=B:N setting)")
     p.add_argument("--study", default=None, help="the study this run belongs to (recorded for `clipadapt report`)")
     p.add_argument("--variant", default=None, help="the study's variant this run is (its row in the report)")
+    _add_feature_cache_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard a finished or interrupted run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method options (e.g. scale=0.001) or training settings (e.g. epochs=5 lr=2e-3 "
@@ -707,11 +735,13 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--shots", type=shots_count, default=16, help="recorded shots when no config.yaml is beside the adapter")
     p.add_argument("--seed", type=int_at_least(0), default=1, help="recorded seed when no config.yaml is beside the adapter")
     p.add_argument("--batch-size", type=int_at_least(1), default=100, help="evaluation batch size (default 100)")
-    p.add_argument("--workers", type=int_at_least(0), default=0, help="data loading processes (default 0)")
+    p.add_argument("--workers", type=int_at_least(0), default=None,
+                   help="data loading processes (default: one per core, at most 8)")
     p.add_argument("--backbone", default=None, help="override the backbone recorded in the adapter")
     p.add_argument("--pretrained", default=None, help="with --backbone: its weights")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", required=True, help="output folder for metrics.json")
+    _add_feature_cache_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished evaluation in --out")
     p.set_defaults(func=cmd_transfer, out_kind="dir")
 
@@ -752,6 +782,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .sweep import select_variants
 
         sweep = select_variants(sweep, [v.strip() for v in args.variants.split(",") if v.strip()])
+    sweep.run_flags = _feature_cache_argv(args)
     if args.dry_run:
         for run in sweep.runs:
             print(" ".join(["clipadapt", *sweep.train_argv(run, args.out, args.data_root or sweep.data_root or "DATA")]))
@@ -789,6 +820,7 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
     p.add_argument("--variants", help="a study: run only these comma-separated variants (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
+    _add_feature_cache_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
     p.set_defaults(func=cmd_sweep)
 

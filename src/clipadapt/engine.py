@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data.datum import Datum
-from .data.loader import ImageItems, make_loader
+from .data.loader import ImageItems, make_epoch_loader, make_loader, resolve_workers
 from .data.transforms import train_transform
 from .errors import ClipadaptError
 from .fileio import atomic_path
@@ -70,12 +70,13 @@ class TrainConfig:
     train_noise_std: float = 0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
     eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
     seed: int = 1
-    workers: int = 0
+    workers: int | None = None  # data loading processes; None: one per core, at most 8
     eval_batch_size: int = 100
     # Memory (MB) each frozen-prefix cache may take: the training images' tokens below the method's
     # first active block (augmentation off), the class prompts' below its first text block. Above
     # it the frozen blocks are recomputed every batch; 0 turns the caches off.
     prefix_cache_mb: float = DEFAULT_BUDGET_MB
+    log_every: int = 10  # steps between loss records (and the last step of each epoch); the loss stays on device between
 
     def __post_init__(self):
         check_fields(self, "training setting")  # types and ranges (validation.RANGES), for CLI, YAML and Python
@@ -135,17 +136,51 @@ def seed_everything(seed: int) -> None:
 class TrainResult:
     """What a finished training run reports."""
 
-    train_seconds: float
+    train_seconds: float  # wall time of the training epochs, data loading included
     images_seen: int
     final_loss: float
     epochs_trained: int = 0
     best_epoch: int | None = None  # the validation-selected epoch (1-based), when the run validates
     best_val_accuracy: float | None = None
+    data_seconds: float = 0.0  # the part of train_seconds spent waiting for the next batch
 
     @property
     def ms_per_image(self) -> float:
-        """Training wall time per image."""
+        """Training wall time per image, data loading included."""
         return 1000.0 * self.train_seconds / max(1, self.images_seen)
+
+
+class _LossWindow:
+    """Loss and loss parts summed on the device between two log records (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = time.perf_counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.parts: dict[str, Any] = {}
+        self.steps = self.images = 0
+
+    def add(self, loss: torch.Tensor, parts: dict[str, Any], images: int) -> None:
+        """One step's loss and parts (floats or tensors)."""
+        self.loss += loss.detach().float()
+        for name, value in parts.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else value
+            self.parts[name] = self.parts.get(name, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+    def flush(self, now: float) -> dict[str, Any]:
+        """The window's means and throughput; starts a new window."""
+        n = self.steps
+        record = {"loss": self.loss.item() / n,
+                  **{name: float(value) / n for name, value in self.parts.items()},
+                  "steps_averaged": n, "images_per_s": round(self.images / max(now - self.start, 1e-9), 2)}
+        self.start = now
+        self._reset()
+        return record
 
 
 class Trainer:
@@ -170,6 +205,8 @@ class Trainer:
         self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment,
                                          noise_std=cfg.train_noise_std)
         self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
+        self.data_seconds = 0.0
+        self._epoch_loader = self._epoch_sampler = None  # one image loader for every epoch (its workers persist)
         # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
         self.since_best, self.stopped = 0, False
@@ -187,6 +224,7 @@ class Trainer:
         """Method state and optimiser state after `epoch` epochs, written atomically."""
         state = {"epoch": epoch, "method": self.model.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "train_seconds": self.train_seconds,
+                 "data_seconds": self.data_seconds,
                  "images_seen": self.images_seen, "last_loss": self.last_loss,
                  "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
                                "since_best": self.since_best, "stopped": self.stopped},
@@ -209,6 +247,7 @@ class Trainer:
             self.start_epoch = int(state["epoch"])
             self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
             self.last_loss = float(state["last_loss"])
+            self.data_seconds = float(state.get("data_seconds", 0.0))
             sel = state.get("selection") or {}
             self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
             self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
@@ -233,13 +272,22 @@ class Trainer:
             idx = torch.tensor(distributed.my_slice(batch), dtype=torch.long)
             yield frozen[idx], labels[idx], len(batch)
 
+    def _image_batches(self, epoch_seed: int, drop_last: bool):
+        """The epoch's image batches from the run's one loader (created on first use)."""
+        if self._epoch_loader is None:
+            self._epoch_loader, self._epoch_sampler = make_epoch_loader(
+                self.items, self.transform, self.cfg.batch_size, self.cfg.workers, drop_last,
+                pin_memory=self.device.type == "cuda")
+        self._epoch_sampler.set_epoch_seed(epoch_seed)
+        return self._epoch_loader
+
     def _sharded_batches(self, epoch: int, drop_last: bool):
         """Under torchrun: this rank's slice of each global batch, the global batches a single process draws."""
         batches = distributed.global_batches(len(self.items), self.cfg.batch_size, self.cfg.seed * 1000 + epoch,
                                              drop_last)
         mine = [distributed.my_slice(b) for b in batches]
         loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
-                            num_workers=self.cfg.workers)
+                            num_workers=resolve_workers(self.cfg.workers))
         for (images, labels, _), batch in zip(loader, batches):
             yield images, labels, len(batch)
 
@@ -275,7 +323,7 @@ class Trainer:
         from .evaluation import evaluate, model_transform
 
         model = self.model
-        if not model.method.output_only:
+        if not model.method.image_tower_is_frozen(model.backbone):
             return evaluate(model, self.val_items, self.cfg.eval_batch_size, self.cfg.workers, self.device,
                             progress=False, noise_std=self.cfg.eval_noise_std).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
@@ -290,7 +338,7 @@ class Trainer:
         feats, labels = self._val_features
         correct = 0
         for start in range(0, len(labels), self.cfg.eval_batch_size):
-            logits = model.logits_from_features(feats[start:start + self.cfg.eval_batch_size])
+            logits = model.logits_from_frozen_image_features(feats[start:start + self.cfg.eval_batch_size])
             correct += int((logits.argmax(dim=1) == labels[start:start + self.cfg.eval_batch_size]).sum())
         return 100.0 * correct / len(labels)
 
@@ -360,14 +408,23 @@ class Trainer:
             elif sharded:
                 batches = self._sharded_batches(epoch, drop_last)
             else:
-                batches = make_loader(self.items, self.transform, cfg.batch_size, shuffle=True, workers=cfg.workers,
-                                      seed=cfg.seed * 1000 + epoch, drop_last=drop_last)
+                batches = self._image_batches(cfg.seed * 1000 + epoch, drop_last)
             model.train()
+            steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
+            window = _LossWindow(self.device)
+            epoch_start = time.perf_counter()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
-            for step, (inputs, labels, extra) in enumerate(bar):
+            batch_iter, step = iter(bar), 0
+            while True:
+                fetch = time.perf_counter()
+                batch = next(batch_iter, None)
+                self.data_seconds += time.perf_counter() - fetch
+                if batch is None:
+                    break
+                inputs, labels, extra = batch
                 global_count = extra if sharded else len(labels)
-                start = time.perf_counter()
-                inputs, labels = inputs.to(self.device), labels.to(self.device)
+                inputs = inputs.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
                     logits = model(inputs)  # images, or FrozenImages entering at the first active block
@@ -377,23 +434,29 @@ class Trainer:
                 distributed.average_gradients(self.params, len(labels), global_count)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - start
-                self.train_seconds += elapsed
                 self.images_seen += global_count
+                window.add(loss, parts, len(labels))
+                step += 1
+                if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
+                    self.last_loss = loss.item()
+                    record = window.flush(time.perf_counter())
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                    self._log({"epoch": epoch + 1, "step": step, "lr": lr, **record})
+            if window.steps:  # a loader that yielded another number of batches than expected
                 self.last_loss = loss.item()
-                bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{len(labels) / elapsed:.1f}")
-                self._log({"epoch": epoch + 1, "step": step + 1, "lr": lr, "loss": self.last_loss, **parts,
-                           "images_per_s": round(len(labels) / elapsed, 2)})
+                self._log({"epoch": epoch + 1, "step": step, "lr": lr, **window.flush(time.perf_counter())})
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
+            self.train_seconds += time.perf_counter() - epoch_start
             epochs_done = epoch + 1
             if cfg.validates:
                 self._select(epochs_done)
             if self.out_dir:
                 self.save_checkpoint(epochs_done)
+        self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
         model.eval()
         return TrainResult(self.train_seconds, self.images_seen, self.last_loss, epochs_done,
                            self.best_epoch if cfg.validates else None,
-                           self.best_val if cfg.validates else None)
+                           self.best_val if cfg.validates else None, self.data_seconds)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .data.datum import Datum
 from .data.loader import make_loader
 from .data.transforms import test_transform
+from .feature_cache import FeatureCache
 from .fileio import atomic_path
 from .model import AdaptedCLIP
 
@@ -32,22 +33,64 @@ def model_transform(model: AdaptedCLIP, noise_std: float = 0.0):
     return test_transform(model.backbone.image_size, cfg["mean"], cfg["std"], noise_std)
 
 
+def eval_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The default evaluation precision: fp16 autocast on CUDA, fp32 on the CPU (bf16 is emulated there)."""
+    return torch.float16 if torch.device(device).type == "cuda" else None
+
+
+def _frozen_features(model: AdaptedCLIP, loader, device: torch.device, autocast, desc: str,
+                     progress: bool) -> torch.Tensor:
+    feats = []
+    for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
+                             leave=False):
+        with autocast():
+            feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
+    return torch.cat(feats)
+
+
 @torch.no_grad()
-def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, workers: int = 0,
+def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, workers: int | None = 0,
              device: str | torch.device = "cpu", progress: bool = True, desc: str = "eval",
-             autocast_dtype: torch.dtype | None = None, noise_std: float = 0.0) -> EvalResult:
-    """Top-1 accuracy of `model` over `items`."""
+             autocast_dtype: torch.dtype | None | str = "auto", feature_cache: FeatureCache | None = None,
+             dataset: str = "", split: str = "", noise_std: float = 0.0) -> EvalResult:
+    """Top-1 accuracy of `model` over `items`.
+
+    `autocast_dtype` "auto" is `eval_autocast_dtype(device)`. With a `feature_cache`, a method whose
+    image tower is frozen reads the images' frozen features from it (`dataset` and `split` label the
+    entry; the key holds the exact image list), computing and storing them on a miss. Random
+    weights (identity '.../none') are never cached: nothing identifies them. `noise_std` adds fixed
+    per-image Gaussian noise after normalisation (the noisy-images study); it is part of the key."""
     if not items:
         raise ValueError("nothing to evaluate: the split is empty")
+    device = torch.device(device)
+    if autocast_dtype == "auto":
+        autocast_dtype = eval_autocast_dtype(device)
     model.eval()
-    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
+
+    transform = model_transform(model, noise_std)
+    loader = make_loader(items, transform, batch_size, workers=workers, pin_memory=device.type == "cuda")
+    if (feature_cache is not None and model.method.image_tower_is_frozen(model.backbone)
+            and FeatureCache.names_weights(model.backbone.identity)):
+        key = FeatureCache.key(model.backbone.identity, dataset, split, items, f"{transform!r} noise_std={noise_std}",
+                               str(autocast_dtype or torch.float32), device.type)
+        feats = feature_cache.load(key)
+        if feats is None:
+            feats = _frozen_features(model, loader, device, autocast, desc, progress)
+            feature_cache.save(key, feats)
+        all_labels = torch.tensor([item.label for item in items])
+        batches = ((feats[start:start + batch_size], all_labels[start:start + batch_size], None)
+                   for start in range(0, len(items), batch_size))
+        logits_of = model.logits_from_frozen_image_features
+    else:
+        batches, logits_of = loader, model
     labels, topk, scores = [], [], []
     correct = 0
-    device_type = torch.device(device).type
-    for images, y, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
-        images = images.to(device)
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits = model(images).float()
+    for inputs, y, _ in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+        with autocast():
+            logits = logits_of(inputs.to(device, non_blocking=True)).float()
         k = min(5, logits.shape[1])
         best = logits.softmax(dim=1).topk(k, dim=1)
         top = best.indices.cpu()

@@ -251,10 +251,15 @@ class AdaptedCLIP(nn.Module):
             final = image_output(bb, tokens, block).float() if with_final else None
         return FrozenImages(tokens, block, final=final)
 
-    def logits_from_features(self, img_f: torch.Tensor) -> torch.Tensor:
-        """Logits from frozen image features, for methods that act on output features only."""
-        img_f, txt_f = self.method.after_heads(self.backbone, img_f, self.frozen_text_features())
-        return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
+    def logits_from_frozen_image_features(self, img_f: torch.Tensor) -> torch.Tensor:
+        """Logits from CLIP's own image features (`frozen_image_features`), as `forward` gives them.
+
+        Only for methods whose image tower is frozen (`image_tower_is_frozen`): their text still goes
+        through the method (CoOp's learned context) and `after_heads` still sees both features."""
+        bb = self.backbone
+        if not self.method.image_tower_is_frozen(bb):
+            raise ClipadaptError(f"method '{self.method.name}' changes the image tower: its logits need the images")
+        return self(FrozenImages(img_f, len(bb.image_blocks), at_output=True))
 
     def encode(self, images: torch.Tensor | FrozenImages | None, with_text: bool = True):
         """Image features [batch, dim] and/or class text features [classes, dim] through the method.

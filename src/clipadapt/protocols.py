@@ -11,6 +11,7 @@ from .data import build_dataset
 from .data.synthetic import BENCHMARK, DG_TARGETS as SYNTHETIC_DG_TARGETS
 from .engine import Trainer, TrainConfig, seed_everything
 from .evaluation import evaluate
+from .feature_cache import FeatureCache
 from .errors import ClipadaptError
 from .model import build_model
 
@@ -64,6 +65,7 @@ class RunSpec:
     out_dir: str | None
     device: str = "cpu"
     progress: bool = True
+    feature_cache: FeatureCache | None = None  # test images' frozen features shared across runs (None: off)
 
 
 def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig):
@@ -77,6 +79,8 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
                          val_items=classes_split.val).run()
         seconds, ms = result.train_seconds, result.ms_per_image
         training["epochs_trained"] = result.epochs_trained
+        training["train_data_seconds"] = round(result.data_seconds, 3)
+        training["train_ms_includes_data_loading"] = True
         if result.best_epoch is not None:
             training.update(best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4))
     else:
@@ -94,11 +98,13 @@ def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kw
         source_data = build_dataset(source, data_root, -1, 1, "all")
         model.set_classes(source_data.classnames, source_data.template)
         source_test = source_data.test
-    metrics = {"source": round(evaluate(model, source_test, desc=source, **eval_kwargs).accuracy, 4)}
+    metrics = {"source": round(evaluate(model, source_test, desc=source, dataset=source, split="test/all",
+                                        **eval_kwargs).accuracy, 4)}
     for target in targets:
         shifted = build_dataset(target, data_root, -1, 1, "all")  # the whole test split: no draw, no seed
         model.set_classes(shifted.classnames, shifted.template, trained_on=False)
-        metrics[target] = round(evaluate(model, shifted.test, desc=target, **eval_kwargs).accuracy, 4)
+        metrics[target] = round(evaluate(model, shifted.test, desc=target, dataset=target, split="test/all",
+                                         **eval_kwargs).accuracy, 4)
     metrics["targets"] = list(targets)
     metrics["target_average"] = round(sum(metrics[t] for t in targets) / len(targets), 4)
     return metrics
@@ -156,9 +162,10 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     reset_peak_memory(spec.device)
     protocol = canonical_protocol(protocol)
     kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress,
-                  noise_std=cfg.eval_noise_std)
+                  noise_std=cfg.eval_noise_std, feature_cache=spec.feature_cache)
     clock = _EvalClock()
     data_settings = {"train_noise_std": cfg.train_noise_std, "eval_noise_std": cfg.eval_noise_std}
+    cache_counts = (spec.feature_cache.reads, spec.feature_cache.writes) if spec.feature_cache else (0, 0)
     if protocol == "base2novel":
         base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio)
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new", cfg.base_ratio)
@@ -167,9 +174,12 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         model, seconds, ms, training = _train(spec, base, method_options, cfg)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
-        base_acc = clock(model, base.test, desc="test base", **kwargs).accuracy
+        eval_start = time.time()
+        base_acc = clock(model, base.test, desc="test base", dataset=spec.dataset, split="test/base",
+                         **kwargs).accuracy
         model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
-        novel_acc = clock(model, new.test, desc="test novel", **kwargs).accuracy
+        novel_acc = clock(model, new.test, desc="test novel", dataset=spec.dataset, split="test/new",
+                          **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
     elif protocol == "fewshot":
@@ -177,16 +187,23 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
-        metrics = {"accuracy": round(clock(model, data.test, desc="test", **kwargs).accuracy, 4)}
+        eval_start = time.time()
+        metrics = {"accuracy": round(clock(model, data.test, desc="test", dataset=spec.dataset, split="test/all",
+                                           **kwargs).accuracy, 4)}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
+        eval_start = time.time()
         kwargs.pop("noise_std")  # the transfer protocols test clean images
         metrics = evaluate_transfer(model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test)
     metrics.update(training)
+    metrics["eval_seconds"] = round(time.time() - eval_start, 3)
+    if spec.feature_cache is not None:  # how many test splits read their image features from the cache
+        metrics["feature_cache_reads"] = spec.feature_cache.reads - cache_counts[0]
+        metrics["feature_cache_writes"] = spec.feature_cache.writes - cache_counts[1]
     metrics.update(data_settings)
     peak, peak_kind = peak_memory_mb(spec.device)
     if clock.seconds:

@@ -107,6 +107,7 @@ class Sweep:
     device: str = "cpu"
     settings: dict = field(default_factory=dict)
     study: dict | None = None  # a study's variants, reference, plot and paper numbers (None: a plain grid)
+    run_flags: list[str] = field(default_factory=list)  # flags given to every run's command (feature cache)
 
     def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
         """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
@@ -114,7 +115,7 @@ class Sweep:
             source_dir = os.path.join(out, run.dir.replace(run.protocol, run.adapters_from, 1))
             return ["transfer", "--checkpoint", os.path.join(source_dir, "adapter.safetensors"),
                     "--protocol", run.protocol, "--data-root", data_root, "--device", device or self.device,
-                    "--out", os.path.join(out, run.dir)]
+                    "--out", os.path.join(out, run.dir), *self.run_flags]
         argv = ["train", "--method", run.method, "--dataset", run.dataset, "--data-root", data_root,
                 "--shots", str(run.shots), "--seed", str(run.seed), "--protocol", run.protocol,
                 "--backbone", self.backbone, "--pretrained", self.pretrained, "--device", device or self.device,
@@ -123,6 +124,7 @@ class Sweep:
             argv += ["--config", run.preset]
         if run.variant:
             argv += ["--study", run.study, "--variant", run.variant]
+        argv += self.run_flags
         return argv + [f"{k}={json.dumps(v)}" for k, v in run.overrides]  # JSON values read back as YAML
 
 

@@ -75,10 +75,9 @@ def _base_ratio_problem(value: Any) -> str | None:
 RANGES: dict[str, Range] = {
     "lr": Range(gt=0), "warmup_lr": Range(gt=0), "momentum": Range(ge=0, lt=1), "weight_decay": Range(ge=0),
     "betas": Range(ge=0, lt=1), "epochs": Range(ge=1), "warmup_epochs": Range(ge=0), "batch_size": Range(ge=1),
-    "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "seed": Range(ge=0), "patience": Range(ge=0),
-    "template": Range(check=_template_problem), "train_noise_std": Range(ge=0), "eval_noise_std": Range(ge=0),
-    "base_ratio": Range(check=_base_ratio_problem),
-    "prefix_cache_mb": Range(ge=0),
+    "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "log_every": Range(ge=1), "seed": Range(ge=0),
+    "patience": Range(ge=0), "template": Range(check=_template_problem), "train_noise_std": Range(ge=0),
+    "eval_noise_std": Range(ge=0), "base_ratio": Range(check=_base_ratio_problem), "prefix_cache_mb": Range(ge=0),
     # method options
     "scale": Range(ge=0), "adapter_dim": Range(ge=1), "adapter_start": Range(ge=1), "adapter_end": Range(ge=1),
     "reduction": Range(ge=1), "ratio": Range(ge=0, le=1), "n_ctx": Range(ge=1), "heads": Range(ge=1),

@@ -1,0 +1,122 @@
+"""Wall time of a base-to-novel sweep on the synthetic world with the frozen-work caches on and off.
+
+Every run of the sweep file (methods x datasets x seeds) is run twice in this process, once with the
+caches on and once off, alternating which goes first, so that the machine's load falls on both alike.
+"On" shares one fresh feature-cache folder across all its runs: the first image-frozen run of a
+dataset writes the test images' features, every later seed and image-frozen method reads them.
+Each run's time is split, from its metrics.json, into:
+
+    data      training batches waited for (train_data_seconds: decoding and transforms)
+    train     the rest of the training epochs (train_seconds - train_data_seconds)
+    eval      test evaluation, its image loading included (eval_seconds)
+    other     the rest of the run's wall time (datasets, model and text setup, checkpoints, validation)
+
+and the cache column says what the run's test evaluation did: `write` N (features computed and stored),
+`read` N (test splits whose image features came from the cache, no image decoded), `-` (not applicable).
+
+    python benchmarks/sweep_caches.py                                   # the whole sweep: hours on 2 cores
+    python benchmarks/sweep_caches.py --methods zeroshot coop clip_adapter mma_attn mma \\
+        --datasets syn_shapes syn_colours --seeds 1 2 3 epochs=2        # the reduced run of the README
+
+`--on-flags` / `--off-flags` are the `clipadapt train` flags of each variant (default: the feature cache
+on in a fresh folder / --no-feature-cache); key=value settings apply to every run of both variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from clipadapt.data import build_dataset
+from clipadapt.runconfig import parse_overrides
+from clipadapt.sweep import execute_in_process, read_sweep
+
+SWEEP = Path(__file__).resolve().parents[1] / "src" / "clipadapt" / "sweeps" / "synthetic_base2novel.yaml"
+PARTS = ("data", "train", "eval", "other")
+
+
+def split_times(metrics: dict, wall: float) -> dict[str, float]:
+    """The run's wall time split into data loading, training, evaluation and the rest."""
+    train, data = metrics.get("train_seconds", 0.0), metrics.get("train_data_seconds", 0.0)
+    evaluation = metrics.get("eval_seconds", 0.0)
+    return {"data": data, "train": train - data, "eval": evaluation, "other": wall - train - evaluation,
+            "wall": wall}
+
+
+def cache_note(metrics: dict) -> str:
+    """What the run's evaluation did with the feature cache."""
+    reads, writes = metrics.get("feature_cache_reads", 0), metrics.get("feature_cache_writes", 0)
+    return " ".join(f"{word} {n}" for word, n in (("read", reads), ("write", writes)) if n) or "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", default=str(SWEEP), help="sweep file (default: the demo's synthetic base2novel)")
+    parser.add_argument("--methods", nargs="*", help="subset of the sweep's methods")
+    parser.add_argument("--datasets", nargs="*", help="subset of the sweep's datasets")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3], help="seeds (default 1 2 3)")
+    parser.add_argument("--out", help="folder of the runs (default: a temporary folder)")
+    parser.add_argument("--data-root", help="synthetic world folder (default: OUT/data, rendered on first use)")
+    parser.add_argument("--on-flags", nargs="*", default=None, help="train flags with the caches on")
+    parser.add_argument("--off-flags", nargs="*", default=["--no-feature-cache"], help="train flags with them off")
+    parser.add_argument("--json", help="also write the per-run numbers here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=2)")
+    args = parser.parse_args()
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="sweep-caches-"))
+    data_root = os.path.abspath(args.data_root or out / "data")
+    on_flags = args.on_flags if args.on_flags is not None else ["--feature-cache", str(out / "feature-cache")]
+    sweep = read_sweep(args.sweep, parse_overrides(args.overrides))
+    chosen = {(r.method, r.dataset, r.shots): r for r in sweep.runs if (not args.methods or r.method in args.methods)
+              and (not args.datasets or r.dataset in args.datasets)}
+    runs = [dataclasses.replace(r, seed=seed) for r in chosen.values() for seed in args.seeds]
+    # Seeds innermost after the method, datasets outermost: the order a sweep runs in.
+    runs.sort(key=lambda r: (r.dataset, r.method, r.seed))
+    for dataset in sorted({r.dataset for r in runs}):  # rendered before any timing
+        build_dataset(dataset, data_root, -1, 1, "all")
+    print(f"{len(runs)} runs x 2 variants; out {out}; load {os.getloadavg()}", file=sys.stderr)
+    rows = []
+    for i, run in enumerate(runs):
+        order = ("on", "off") if i % 2 == 0 else ("off", "on")
+        for variant in order:
+            sweep.run_flags = on_flags if variant == "on" else args.off_flags
+            argv = sweep.train_argv(run, str(out / variant), data_root)
+            start = time.perf_counter()
+            error = execute_in_process(argv, run, str(out / variant / run.dir))
+            wall = time.perf_counter() - start
+            if error:
+                print(f"FAILED {variant} {run.dir}: {error}", file=sys.stderr)
+                return 1
+            metrics = json.loads((out / variant / run.dir / "metrics.json").read_text())
+            row = {"variant": variant, "method": run.method, "dataset": run.dataset, "seed": run.seed,
+                   "cache": cache_note(metrics), "hm": metrics.get("hm"),
+                   **{k: round(v, 2) for k, v in split_times(metrics, wall).items()}}
+            rows.append(row)
+            print(f"{variant:3s} {run.dataset:12s} {run.method:12s} seed {run.seed}  "
+                  + "  ".join(f"{k} {row[k]:6.2f}" for k in (*PARTS, "wall")) + f"  hm {row['hm']}  cache {row['cache']}",
+                  flush=True)
+    print("\n| variant | runs | data s | train s | eval s | other s | wall s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    totals = {}
+    for variant in ("on", "off"):
+        mine = [r for r in rows if r["variant"] == variant]
+        totals[variant] = {k: sum(r[k] for r in mine) for k in (*PARTS, "wall")}
+        print(f"| {variant} | {len(mine)} | " + " | ".join(f"{totals[variant][k]:.1f}" for k in (*PARTS, "wall")) + " |")
+    ratio = {k: totals["on"][k] / totals["off"][k] for k in (*PARTS, "wall") if totals["off"][k] > 0}
+    print("| on/off | | " + " | ".join(f"{ratio[k]:.2f}" if k in ratio else "-" for k in (*PARTS, "wall")) + " |")
+    same = all(a["hm"] == b["hm"] for a in rows if a["variant"] == "on" for b in rows
+               if b["variant"] == "off" and (a["method"], a["dataset"], a["seed"]) == (b["method"], b["dataset"], b["seed"]))
+    print(f"\nsame HM with caches on and off in every run: {same}")
+    print(f"load average at the end: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "totals": totals}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
