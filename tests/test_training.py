@@ -178,7 +178,9 @@ def test_train_command_outputs(learn_root, tmp_path):
     for key in ("base", "novel", "hm", "trainable_params", "train_seconds", "train_ms_per_image"):
         assert key in metrics
     assert {"adapter.safetensors", "config.yaml", "log.jsonl"} <= set(os.listdir(out))
-    assert json.loads((out / "log.jsonl").read_text().splitlines()[0])["loss"] > 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "feature_path"  # the log says first which frozen-work path the run takes
+    assert next(r for r in records if "step" in r)["loss"] > 0
     # a finished run is refused; an unknown setting is named
     r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
     assert r.returncode == 2 and "--overwrite" in r.stderr
