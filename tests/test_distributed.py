@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 def _cmd(root, out, *extra):
     return ["train", "--method", "mma", "--dataset", "eurosat", "--data-root", root, "--shots", "4",
             "--backbone", "clipadapt-tiny", "--pretrained", "none", "--config", "none", "--out", str(out), "optimizer=sgd",
-            "lr=0.05", "scale=0.1", "batch_size=6", "epochs=2", "augment=false", *extra]
+            "lr=0.05", "scale=0.1", "batch_size=6", "epochs=2", "augment=false", "log_every=1", *extra]
 
 
 def test_two_gloo_processes_match_one_process(learn_root, tmp_path):

@@ -106,3 +106,24 @@ def test_evaluation_under_bf16_autocast_predicts_as_fp32(learn_root):
     assert abs(fp32.accuracy - bf16.accuracy) <= 100.0 * (~clear).float().mean()
     same_order = [a[0] == b[0] for a, b in zip(fp32.topk, bf16.topk)]
     assert (p32[torch.tensor(same_order), 0] - p16[torch.tensor(same_order), 0]).abs().max() < tolerance
+
+
+def test_run_with_persistent_workers_and_augmentation_resumes_to_the_same_numbers(learn_root, tmp_path):
+    from conftest import run_until_interrupted
+
+    data = build_dataset("eurosat", learn_root, shots=8, seed=1, subsample="base")
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, epochs=2, batch_size=8, workers=2, augment=True)
+
+    def trainer(out):
+        torch.manual_seed(0)
+        model = build_model("mma_pp", data.classnames, **TINY, train_scale=0.1)  # draws from the global generator
+        return model, Trainer(model, data.train, cfg, out_dir=str(out), progress=False)
+
+    straight, t = trainer(tmp_path / "a")
+    t.run()
+    _, t = trainer(tmp_path / "b")
+    run_until_interrupted(t, 7)  # in the second epoch: the first epoch's workers are gone
+    resumed, t = trainer(tmp_path / "b")
+    t.run()
+    for k, v in straight.method.state_dict().items():
+        assert torch.equal(v, resumed.method.state_dict()[k]), k

@@ -99,5 +99,8 @@ def make_epoch_loader(items: list[Datum], transform, batch_size: int, workers: i
     image), so the batches are the same with any number of workers and after a resume."""
     sampler = EpochShuffle(len(items))
     workers = resolve_workers(workers)
+    # Its own generator: a DataLoader without one draws its worker seed from the global generator, at
+    # the first epoch only when workers persist, which would make a resumed run's draws differ.
     return DataLoader(ImageItems(items, transform), batch_sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory), sampler
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0)), sampler
