@@ -4,16 +4,12 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "build_dataset", "build_model", "load_model", "AdaptedCLIP", "preprocess", "train_settings"]
 
-# Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch.
-_LAZY = {"build_dataset": "clipadapt.data", "build_model": "clipadapt.model", "load_model": "clipadapt.model",
-         "AdaptedCLIP": "clipadapt.model", "train_settings": "clipadapt.runconfig"}
-
-
-def preprocess(model):
-    """The transform from a PIL image to the tensor `model` takes: CoOp's test transform at the backbone's size."""
-    from .evaluation import model_transform
-
-    return model_transform(model)
+# Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch:
+# public name -> (module, attribute). `preprocess(model)` is the PIL-image-to-tensor transform a model takes.
+_LAZY = {"build_dataset": ("clipadapt.data", "build_dataset"), "build_model": ("clipadapt.model", "build_model"),
+         "load_model": ("clipadapt.model", "load_model"), "AdaptedCLIP": ("clipadapt.model", "AdaptedCLIP"),
+         "preprocess": ("clipadapt.evaluation", "model_transform"),
+         "train_settings": ("clipadapt.runconfig", "train_settings")}
 
 
 def __getattr__(name: str):
@@ -21,5 +17,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'clipadapt' has no attribute {name!r}")
