@@ -7,8 +7,6 @@ workers, the console's exit code) run as subprocesses.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
 from clipadapt.methods import METHODS
 from clipadapt.runconfig import choose_preset, find_preset, load_preset

@@ -12,7 +12,8 @@ from .folder import read_image_folder
 
 FOLDER = "folder"
 
-__all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes"]
+__all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes",
+           "num_base_classes", "parse_base_ratio"]
 
 
 def known_datasets() -> list[str]:
