@@ -157,6 +157,8 @@ def test_bytes_per_image_and_the_budget(tiny_backbone):
     over = plan_images(tiny_backbone, model.method, 1001, False, 1000 * per / 2 ** 20, 0.0, torch.float32)
     assert not over.cached and "over prefix_cache_mb" in over.reason
     assert not plan_images(tiny_backbone, model.method, 10, True, 4096, 0.0, torch.float32).cached  # augmentation
+    noisy = plan_images(tiny_backbone, model.method, 10, False, 4096, 0.3, torch.float32)  # fresh noise each load
+    assert not noisy.cached and "train_noise_std" in noisy.reason
     assert not plan_images(tiny_backbone, model.method, 10, False, 0, 0.0, torch.float32).cached
 
 
