@@ -108,9 +108,9 @@ class Method(nn.Module):
         return logit_scale * F.normalize(img_f, dim=-1) @ F.normalize(txt_f, dim=-1).t()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Task loss plus regularizers, and the parts for the log."""
+        """Task loss plus regularizers, and the parts for the log (detached tensors: no host sync per step)."""
         ce = F.cross_entropy(logits, labels)
-        return ce, {"ce": ce.item()}
+        return ce, {"ce": ce.detach()}
 
     # ---- where the method acts (the frozen-work caches read this) -------------------------------
     def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:

@@ -150,7 +150,7 @@ class MMAPP(MMA):
         total, parts = Method.loss(self, logits, labels)
         for tower, cos in self.consistency().items():
             total = total - self.config.reg_weight * cos
-            parts[f"cos_{tower}"] = cos.item()
+            parts[f"cos_{tower}"] = cos.detach()
         if self.drawn_scale is not None and self._drawn_features:
             parts["drawn_scale"] = self.drawn_scale
         return total, parts

@@ -222,8 +222,8 @@ class MMRL(Method):
         reg_img = 1 - F.cosine_similarity(self._img_f.float(), self._frozen_img_f.float(), dim=-1).mean()
         reg_txt = 1 - F.cosine_similarity(self._txt_f.float(), self._frozen_text_features.float(), dim=-1).mean()
         total = a * ce_class + (1 - a) * ce_rep + lam * (reg_img + reg_txt)
-        return total, {"ce_class": ce_class.item(), "ce_rep": ce_rep.item(), "reg_image": reg_img.item(),
-                       "reg_text": reg_txt.item()}
+        return total, {"ce_class": ce_class.detach(), "ce_rep": ce_rep.detach(), "reg_image": reg_img.detach(),
+                       "reg_text": reg_txt.detach()}
 
 
 # ---- checkpoints of the official code --------------------------------------------------------------

@@ -203,7 +203,7 @@ class RMAdapter(MMA):
             if losses and weight > 0:
                 value = torch.stack(losses).mean()
                 total = total + weight * value
-                parts[name] = value.item()
+                parts[name] = value.detach()
         if cfg.consistency == "kl":
             frozen_img, frozen_txt = self._frozen_features["image"], self._frozen_features["text"]
             if frozen_img is not None and frozen_txt is not None and cfg.lambda_con_vision > 0:
@@ -214,7 +214,7 @@ class RMAdapter(MMA):
                 value = F.kl_div(logits.float().log_softmax(dim=-1), frozen_logits.log_softmax(dim=-1),
                                  reduction="batchmean", log_target=True)
                 total = total + cfg.lambda_con_vision * value
-                parts["con_kl"] = value.item()
+                parts["con_kl"] = value.detach()
             return total, parts
         for tower, weight in (("image", cfg.lambda_con_vision), ("text", cfg.lambda_con_text)):
             frozen = self._frozen_features[tower]
@@ -227,5 +227,5 @@ class RMAdapter(MMA):
             else:  # L1 over the dimensions, averaged over the images (classes)
                 value = (adapted - frozen).abs().sum(dim=-1).mean()
             total = total + weight * value
-            parts[f"con_{'vision' if tower == 'image' else 'text'}"] = value.item()
+            parts[f"con_{'vision' if tower == 'image' else 'text'}"] = value.detach()
         return total, parts

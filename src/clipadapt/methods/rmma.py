@@ -283,5 +283,5 @@ class RMMA(Method):
         sep = self.separation_loss()
         weighted = self.config.lambda_sep * sep
         total = clip_loss + weighted
-        return total, {"clip": clip_loss.item(), "i2t": image_to_text.item(), "t2i": text_to_image.item(),
-                       "sep": sep.item(), "lambda_sep_x_sep": weighted.item()}
+        return total, {"clip": clip_loss.detach(), "i2t": image_to_text.detach(), "t2i": text_to_image.detach(),
+                       "sep": sep.detach(), "lambda_sep_x_sep": weighted.detach()}
