@@ -41,6 +41,7 @@ Optimizer = Literal["sgd", "adamw", "adam"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Schedule = Literal["cosine", "constant"]
 Keep = Literal["last", "best_val"]
+EvalSplit = Literal["test", "val"]
 OPTIMIZERS = get_args(Optimizer)
 PRECISIONS = get_args(Precision)
 SCHEDULES = get_args(Schedule)
@@ -69,6 +70,9 @@ class TrainConfig:
     base_ratio: str | int = "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
     train_noise_std: float = 0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
     eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
+    # The split a run scores when it ends: test (the papers' tables), or val to choose settings with a
+    # sweep without ever reading the test images (base2novel and fewshot runs).
+    eval_split: EvalSplit = "test"
     seed: int = 1
     workers: int | None = None  # data loading processes; None: one per core, at most 8
     eval_batch_size: int = 100

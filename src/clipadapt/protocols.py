@@ -156,6 +156,18 @@ class _EvalClock:
         return result
 
 
+def _scored(data, split: str, dataset: str) -> list:
+    """The images a run scores at its end: the test split, or the validation split (never empty)."""
+    items = data.test if split == "test" else data.val
+    if split == "val" and items is data.test:  # ImageNet: Dassl validates on the test split
+        raise ClipadaptError(f"dataset '{dataset}' has no validation split of its own (its val images are its test "
+                             "images, as in Dassl); eval_split=val cannot keep the test split unread")
+    if not items:
+        raise ClipadaptError(f"dataset '{dataset}' has no {split} images to score (eval_split={split}); "
+                             + ("an own folder needs a val/ sub-folder" if split == "val" else "check its split files"))
+    return items
+
+
 def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainConfig) -> dict:
     """Train and evaluate under `protocol`; returns the metrics dict."""
     start = time.time()
@@ -164,31 +176,38 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress,
                   noise_std=cfg.eval_noise_std, feature_cache=spec.feature_cache)
     clock = _EvalClock()
-    data_settings = {"train_noise_std": cfg.train_noise_std, "eval_noise_std": cfg.eval_noise_std}
+    data_settings = {"train_noise_std": cfg.train_noise_std, "eval_noise_std": cfg.eval_noise_std,
+                     "eval_split": cfg.eval_split}
+    split = cfg.eval_split
+    if split != "test" and protocol in TRANSFER_TARGETS:
+        raise ClipadaptError(f"eval_split={split} is for base2novel and fewshot runs; {protocol} scores the test "
+                             "splits of its targets")
     cache_counts = (spec.feature_cache.reads, spec.feature_cache.writes) if spec.feature_cache else (0, 0)
     if protocol == "base2novel":
         base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio)
         new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new", cfg.base_ratio)
         data_settings.update(base_ratio=cfg.base_ratio, num_base_classes=base.num_classes,
                              num_novel_classes=new.num_classes)
+        base_items, new_items = (_scored(base, split, spec.dataset), _scored(new, split, spec.dataset))
         model, seconds, ms, training = _train(spec, base, method_options, cfg)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         eval_start = time.time()
-        base_acc = clock(model, base.test, desc="test base", dataset=spec.dataset, split="test/base",
+        base_acc = clock(model, base_items, desc=f"{split} base", dataset=spec.dataset, split=f"{split}/base",
                          **kwargs).accuracy
         model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
-        novel_acc = clock(model, new.test, desc="test novel", dataset=spec.dataset, split="test/new",
+        novel_acc = clock(model, new_items, desc=f"{split} novel", dataset=spec.dataset, split=f"{split}/new",
                           **kwargs).accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
                    "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
+        items = _scored(data, split, spec.dataset)
         model, seconds, ms, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
         eval_start = time.time()
-        metrics = {"accuracy": round(clock(model, data.test, desc="test", dataset=spec.dataset, split="test/all",
+        metrics = {"accuracy": round(clock(model, items, desc=split, dataset=spec.dataset, split=f"{split}/all",
                                            **kwargs).accuracy, 4)}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training

@@ -287,6 +287,10 @@ def _study_section(study: str, per_shots: dict, runs: list[dict], meta: dict | N
         md += [f"## Study: {meta.get('name', study)} ({shots} shots)", ""]
         if meta.get("description"):
             md += [str(meta["description"]).strip(), ""]
+        splits = sorted({r.get("eval_split", "test") for r in runs if int(r.get("shots", -1)) == shots})
+        if splits != ["test"]:
+            md += [f"**Scored on the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}** "
+                   "(eval_split), not only the test split.", ""]
         md += [f"Base / novel accuracy (%) and HM averaged over the study's datasets ({', '.join(map(_short, datasets))}):"
                " mean ± std over seeds (std of the per-seed averages), n = seeds; HM of the averaged base and novel."
                + (f" ◆ marks the reference variant ({reference})." if reference else "")
@@ -357,6 +361,8 @@ def _row_name(run: dict) -> str:
     for key, word in (("train_noise_std", "train noise σ"), ("eval_noise_std", "test noise σ")):
         if run.get(key):
             extra.append(f"{word} {run[key]}")
+    if run.get("eval_split", "test") != "test":  # never averaged with test-split runs
+        extra.append(f"scored on {run['eval_split']}")
     return run["method"] + (f" ({', '.join(extra)})" if extra else "")
 
 
