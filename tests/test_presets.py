@@ -22,7 +22,8 @@ def test_lookup_by_method_protocol_and_family():
     assert find_preset("mma", "dg", "ViT-B-16") == "mma_cross_dataset.yaml"  # DG trains the cross-dataset source
     assert find_preset("mma", "domain_generalization", "ViT-B-16") == "mma_cross_dataset.yaml"
     assert find_preset("mma", "base2novel", "synthetic") == "synthetic/mma.yaml"
-    assert find_preset("mma", "fewshot", None) == "synthetic/mma.yaml"  # the default backbone is the shipped one
+    assert find_preset("mma", "fewshot", None) == "synthetic/mma_fewshot.yaml"  # the default backbone is the shipped one
+    assert find_preset("rmadapter", "fewshot", None) == "synthetic/rmadapter.yaml"  # no few-shot one: every protocol
     with pytest.raises(ClipadaptError, match="mma_fewshot.yaml"):
         find_preset("mma", "fewshot", "ViT-B-16")  # never a silent fallback to another protocol's settings
 
