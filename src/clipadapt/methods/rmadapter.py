@@ -141,9 +141,10 @@ class RMAdapter(MMA):
         self._pool_index = batch.pool_index
         return batch
 
-    def adapt(self, tower, index, block, x):
-        """MMA's residual, plus this block's local reconstruction loss while training."""
-        y = super().adapt(tower, index, block, x)
+    def adapt(self, tower, index, block, x, queries=None):
+        """MMA's residual (at the query positions only, when given), plus this block's local
+        reconstruction loss while training, over every token of the block input."""
+        y = super().adapt(tower, index, block, x, queries)
         key = f"{tower}_{index + 1}"
         if self.training and key in self.recon_head:
             if self.config.recon_detach:  # trains only this block's branch
@@ -162,18 +163,19 @@ class RMAdapter(MMA):
                 self._rec_losses[tower].append(sq.mean())
         return y
 
-    def step(self, index, backbone, img, txt):
+    def step(self, index, backbone, img, txt, queries=None):
         """Adapted blocks as MMA; without cached frozen features the frozen stream forks at the first adapted block."""
         if index + 1 == self.start:
             for tower, x in (("image", img), ("text", txt)):
                 if x is not None and self._needs_frozen(tower) and self.given_frozen[tower] is None:
                     self._frozen[tower] = x.detach()
+        queries = queries or {}
         with torch.no_grad():
             if self._frozen["image"] is not None and index < len(backbone.image_blocks):
-                self._frozen["image"] = backbone.image_block(index, self._frozen["image"])
+                self._frozen["image"] = backbone.image_block(index, self._frozen["image"], queries.get("image"))
             if self._frozen["text"] is not None and index < len(backbone.text_blocks):
-                self._frozen["text"] = backbone.text_block(index, self._frozen["text"])
-        return super().step(index, backbone, img, txt)
+                self._frozen["text"] = backbone.text_block(index, self._frozen["text"], queries.get("text"))
+        return super().step(index, backbone, img, txt, queries)
 
     def after_heads(self, backbone, img_f, txt_f):
         """Frozen final features for the consistency loss: cached, or the head of the forked stream."""
