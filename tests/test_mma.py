@@ -198,6 +198,28 @@ def test_rmadapter_share_none_changes_training(learn_root):
     assert not all(torch.allclose(without[k], independent[k]) for k in without)
 
 
+@pytest.mark.parametrize("target", ["ln_1", "input"])
+def test_rmadapter_reconstruction_loss_is_the_mean_square_over_real_tokens(target):
+    torch.manual_seed(0)
+    model = build_model("rmadapter", ["cat", "dog", "a much longer class name here"], scale=0.5,
+                        recon_target=target, **TINY).train()
+    m, bb = model.method, model.backbone
+    m.begin_forward()
+    m.prompt_embeddings(model.text_batch)
+    pool = model.text_batch.pool_index
+    for tower, blocks, x in (("image", bb.image_blocks, torch.randn(2, 17, 64)),
+                             ("text", bb.text_blocks, torch.randn(3, int(pool.max()) + 3, 64))):
+        index = m.end - 1
+        m.adapt(tower, index, blocks[index], x)
+        with torch.no_grad():
+            u = blocks[index].ln_1(x)
+            recon = m.recon_head[f"{tower}_{m.end}"](m.bottleneck(tower, index, u))
+            per_token = (recon - (u if target == "ln_1" else x)).pow(2).mean(dim=-1)  # [sequences, tokens]
+            if tower == "text":  # up to each prompt's end-of-text
+                per_token = per_token[torch.arange(x.shape[1])[None, :] <= pool[:, None]]
+        torch.testing.assert_close(m._rec_losses[tower][-1].detach(), per_token.mean(), rtol=1e-5, atol=1e-7)
+
+
 def test_rmadapter_text_reconstruction_ignores_padding():
     model = build_model("rmadapter", ["cat", "a much longer class name here"], scale=0.5, **TINY).train()
     losses = {}
