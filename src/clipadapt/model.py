@@ -317,7 +317,9 @@ class AdaptedCLIP(nn.Module):
         depth = max(len(bb.image_blocks) if img is not None else 0, len(bb.text_blocks) if txt is not None else 0)
         # The heads read one token a sequence: a method that promises it (Method.pooled_final_block)
         # gets each tower's final block run at that token only.
-        image_query = bb.image_query if m.pooled_final_block else None
+        # A tower the method never changes runs as the frozen features are computed (whole blocks),
+        # so that its cached and uncached features agree to the bit.
+        image_query = bb.image_query if m.pooled_final_block and not m.image_tower_is_frozen(bb) else None
         text_query = txt_batch.pool_index if m.pooled_final_block and txt_batch is not None else None
         for index in range(min(starts, default=depth), depth):
             img_in = img if img is not None and index >= img_start else None
