@@ -88,9 +88,9 @@ def test_rmadapter_reads_cached_frozen_features_instead_of_a_second_stream(monke
     real_image, real_text = model.backbone.image_block, model.backbone.text_block
 
     def counting(tower, real):
-        def run(index, x):
+        def run(index, x, *queries):
             calls[tower] += 1
-            return real(index, x)
+            return real(index, x, *queries)
         return run
 
     model.prompt_prefix()  # the prompt set's frozen work, done once

@@ -160,8 +160,8 @@ def test_drawn_scale_pass_starts_at_the_first_adapted_block(images, monkeypatch)
     bb = model.backbone
     calls = {"image": [], "text": []}
     real_image, real_text = bb.image_block, bb.text_block
-    monkeypatch.setattr(bb, "image_block", lambda i, x: calls["image"].append(i) or real_image(i, x))
-    monkeypatch.setattr(bb, "text_block", lambda i, x: calls["text"].append(i) or real_text(i, x))
+    monkeypatch.setattr(bb, "image_block", lambda i, x, *q: calls["image"].append(i) or real_image(i, x, *q))
+    monkeypatch.setattr(bb, "text_block", lambda i, x, *q: calls["text"].append(i) or real_text(i, x, *q))
     _train_pass(model, images, torch.tensor([0, 1, 2]))
     for tower in ("image", "text"):
         assert sorted(calls[tower]) == [0, 1, 2, 2, 3, 3], tower  # the drawn pass reuses blocks 1-2's output

@@ -99,7 +99,46 @@ def _block_with_grad(block: nn.Module, x: torch.Tensor, attn_mask) -> torch.Tens
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool) -> torch.Tensor:
+def at_queries(x: torch.Tensor, queries) -> torch.Tensor:
+    """Tokens of x [N, L, W] at the query positions as [N, 1, W]: position `queries` of every sequence
+    (an int), position `queries[i]` of sequence i (a tensor), or x itself when queries is None."""
+    if queries is None:
+        return x
+    if isinstance(queries, int):
+        return x[:, queries:queries + 1]
+    return x[torch.arange(x.shape[0], device=x.device), queries].unsqueeze(1)
+
+
+def _block_at_queries(block: nn.Module, x: torch.Tensor, attn_mask, queries) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock on [N, L, W], its output at the query positions only ([N, 1, W]).
+
+    Keys and values need every token; the query projection, the attention rows, the out-projection,
+    the residuals, ln_2 and the MLP only the queried ones (a head that pools one token reads nothing
+    else of the last block). The same function as the whole block followed by `at_queries`."""
+    attn = block.attn
+    width, heads = attn.embed_dim, attn.num_heads
+    n, length = x.shape[0], x.shape[1]
+    h = block.ln_1(x)
+    w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
+    b_q, b_kv = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
+    k, v = F.linear(h, w_kv, b_kv).split(width, dim=-1)
+    q = F.linear(at_queries(h, queries), w_q, b_q)
+    q = q.reshape(n, 1, heads, width // heads).transpose(1, 2)
+    k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (k, v))
+    mask = None
+    if attn_mask is not None:  # the mask's rows of the queried positions, broadcast over the heads
+        rows = attn_mask[queries:queries + 1] if isinstance(queries, int) else attn_mask[queries]
+        mask = rows.to(q.dtype).reshape(rows.shape[0], 1, 1, length)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, 1, width)
+    x = at_queries(x, queries) + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool, queries=None) -> torch.Tensor:
+    if queries is not None:
+        if _plain_attention_block(block):
+            return _block_at_queries(block, x, attn_mask, queries)
+        return at_queries(_run_block(block, x, attn_mask, batch_first), queries)  # other blocks: whole, then cut
     if x.requires_grad and torch.is_grad_enabled() and _plain_attention_block(block):
         return _block_with_grad(block, x, attn_mask)
     if batch_first:
@@ -109,6 +148,8 @@ def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool) 
 
 class Backbone(nn.Module):
     """A frozen open_clip model with its two towers exposed as stem, blocks and head."""
+
+    at_queries = staticmethod(at_queries)
 
     def __init__(self, clip_model: nn.Module, tokenizer, name: str, identity: str, quick_gelu: bool):
         super().__init__()
@@ -235,13 +276,19 @@ class Backbone(nn.Module):
             return torch.full((length, length), float("-inf"), dtype=mask.dtype, device=mask.device).triu(1)
         return mask[:length, :length]
 
-    def text_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Run text block `index` (0-based) on [prompts, length, width]."""
+    def text_block(self, index: int, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Run text block `index` (0-based) on [prompts, length, width]; with `queries` (a position per
+        prompt) only those positions' outputs ([prompts, 1, width])."""
         return _run_block(self.text_blocks[index], x, self.text_attn_mask(x.shape[1]),
-                          self._text.transformer.batch_first)
+                          self._text.transformer.batch_first, queries)
 
     def text_head(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
-        """Final norm, pooling at the end-of-text token and projection."""
+        """Final norm, pooling at the end-of-text token and projection.
+
+        A one-token sequence ([prompts, 1, width]: the last block run at the pooled positions only)
+        is pooled at its one token."""
+        if x.shape[1] == 1:
+            pool_index = torch.zeros_like(pool_index)
         x = self._text.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), pool_index]
         proj = self._text.text_projection
@@ -254,12 +301,23 @@ class Backbone(nn.Module):
         """Patch embedding, class token, positional embedding and ln_pre: [batch, tokens, width]."""
         return self.clip.visual._embeds(images.to(self.dtype))
 
-    def image_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Run image block `index` (0-based) on [batch, tokens, width]."""
-        return _run_block(self.image_blocks[index], x, None, self.clip.visual.transformer.batch_first)
+    def image_block(self, index: int, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """Run image block `index` (0-based) on [batch, tokens, width]; with `queries` (a position)
+        only that position's output ([batch, 1, width])."""
+        return _run_block(self.image_blocks[index], x, None, self.clip.visual.transformer.batch_first, queries)
+
+    @property
+    def image_query(self) -> int | None:
+        """The one token position the image head reads (0: the class token), None when it reads more
+        (average pooling, an attentional pooler)."""
+        visual = self.clip.visual
+        if getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok":
+            return 0
+        return None
 
     def image_head(self, x: torch.Tensor) -> torch.Tensor:
-        """ln_post, pooling and projection, as open_clip's VisionTransformer does."""
+        """ln_post, pooling and projection, as open_clip's VisionTransformer does (x may be the class
+        token alone, [batch, 1, width], when `image_query` is 0)."""
         pooled, _ = self.clip.visual._pool(x)
         proj = self.clip.visual.proj
         return pooled if proj is None else pooled @ proj

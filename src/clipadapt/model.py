@@ -315,10 +315,22 @@ class AdaptedCLIP(nn.Module):
             txt = new_txt if at_stems[1] is not None else txt
         starts = ([img_start] if img is not None else []) + ([txt_start] if txt is not None else [])
         depth = max(len(bb.image_blocks) if img is not None else 0, len(bb.text_blocks) if txt is not None else 0)
+        # The heads read one token a sequence: a method that promises it (Method.pooled_final_block)
+        # gets each tower's final block run at that token only.
+        # A tower the method never changes runs as the frozen features are computed (whole blocks),
+        # so that its cached and uncached features agree to the bit.
+        image_query = bb.image_query if m.pooled_final_block and not m.image_tower_is_frozen(bb) else None
+        text_query = txt_batch.pool_index if m.pooled_final_block and txt_batch is not None else None
         for index in range(min(starts, default=depth), depth):
             img_in = img if img is not None and index >= img_start else None
             txt_in = txt if txt is not None and index >= txt_start else None
-            img_out, txt_out = m.step(index, bb, img_in, txt_in)
+            queries = {}
+            if img_in is not None and image_query is not None and index == len(bb.image_blocks) - 1:
+                queries["image"] = image_query
+            if txt_in is not None and text_query is not None and index == len(bb.text_blocks) - 1:
+                queries["text"] = text_query
+            img_out, txt_out = (m.step(index, bb, img_in, txt_in, queries=queries) if queries
+                                else m.step(index, bb, img_in, txt_in))
             img = img_out if img_in is not None else img
             txt = txt_out if txt_in is not None else txt
         if img is not None:

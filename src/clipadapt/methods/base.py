@@ -67,6 +67,13 @@ class Method(nn.Module):
     # class per step, from the run's seeded generator), "mean" (the ensemble mean, as at inference),
     # or None: it takes none (its prompts are learned or its passes share state across prompts).
     prompt_sets: ClassVar[str | None] = None
+    # The method's `step` at each tower's final block maps every token from the block's output at
+    # that token and the block's input at that token only (and keeps no other token of it). The
+    # stepper then runs the final block at the pooled positions only (the image's class token, each
+    # prompt's end-of-text token): `step` gets `queries` for that block, must pass them to the
+    # backbone's block and read its own inputs there (`backbone.at_queries`); its sequences come
+    # out [N, 1, width]. Logits and gradients are those of the whole block, to float rounding.
+    pooled_final_block: ClassVar[bool] = False
     # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
     training_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -91,12 +98,15 @@ class Method(nn.Module):
         """Sequences after the stems, before block 0."""
         return img, txt
 
-    def step(self, index: int, backbone: Backbone, img: torch.Tensor | None, txt: torch.Tensor | None):
-        """Block `index` (0-based) of both towers."""
+    def step(self, index: int, backbone: Backbone, img: torch.Tensor | None, txt: torch.Tensor | None,
+             queries: dict | None = None):
+        """Block `index` (0-based) of both towers; `queries` ({"image": .., "text": ..}, only for
+        methods with `pooled_final_block`) restricts a tower's final block to its pooled positions."""
+        queries = queries or {}
         if img is not None and index < len(backbone.image_blocks):
-            img = backbone.image_block(index, img)
+            img = backbone.image_block(index, img, queries.get("image"))
         if txt is not None and index < len(backbone.text_blocks):
-            txt = backbone.text_block(index, txt)
+            txt = backbone.text_block(index, txt, queries.get("text"))
         return img, txt
 
     def after_heads(self, backbone: Backbone, img_f: torch.Tensor | None, txt_f: torch.Tensor | None):

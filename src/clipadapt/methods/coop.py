@@ -32,6 +32,7 @@ class CoOp(Method):
 
     name = "coop"
     Config = CoOpConfig
+    pooled_final_block = True  # its blocks are CLIP's own: every token maps as open_clip's block maps it
     training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200,
                          "batch_size": 32, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbone import Backbone
+from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
 
@@ -82,6 +82,7 @@ class MMA(Method):
     Config = MMAConfig
     acts_on_blocks = True
     prompt_sets = "draw"
+    pooled_final_block = True  # the adapter reads ln_1 of the block input at the same token
     training_defaults = {"optimizer": "sgd", "lr": 0.0015, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
                          "batch_size": 16, "warmup_epochs": 0, "precision": "auto"}
 
@@ -114,23 +115,26 @@ class MMA(Method):
         adapters = self.visual_adapter if tower == "image" else self.text_adapter
         return adapters[str(index + 1)].up(self.shared_adapter[str(index + 1)](down))
 
-    def adapt(self, tower: str, index: int, block: nn.Module, x: torch.Tensor) -> torch.Tensor | float:
-        """The scaled residual the adapter adds after block `index`."""
+    def adapt(self, tower: str, index: int, block: nn.Module, x: torch.Tensor, queries=None) -> torch.Tensor | float:
+        """The scaled residual the adapter adds after block `index` (at the query positions only, when given)."""
         s = self.config.scale
         if s == 0:
             return 0.0
-        x_norm = block.ln_1(grad_scale(x, s))
+        x_norm = block.ln_1(grad_scale(at_queries(x, queries), s))
         y = self.adapter_output(tower, index, self.bottleneck(tower, index, x_norm)) * s
         return grad_scale(y, 1.0 / s)
 
-    def step(self, index, backbone, img, txt):
+    def step(self, index, backbone, img, txt, queries=None):
         """Run block `index`; add the adapter's output after the MLP residual of adapted blocks."""
         if not self.is_adapted(index):
-            return super().step(index, backbone, img, txt)
+            return super().step(index, backbone, img, txt, queries)
+        q_img, q_txt = (queries or {}).get("image"), (queries or {}).get("text")
         if img is not None:
-            img = backbone.image_block(index, img) + self.adapt("image", index, backbone.image_blocks[index], img)
+            img = (backbone.image_block(index, img, q_img)
+                   + self.adapt("image", index, backbone.image_blocks[index], img, q_img))
         if txt is not None:
-            txt = backbone.text_block(index, txt) + self.adapt("text", index, backbone.text_blocks[index], txt)
+            txt = (backbone.text_block(index, txt, q_txt)
+                   + self.adapt("text", index, backbone.text_blocks[index], txt, q_txt))
         return img, txt
 
 

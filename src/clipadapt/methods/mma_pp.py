@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
+from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
 from .mma import MMA
@@ -83,15 +83,27 @@ class MMAPP(MMA):
         """A scale drawn uniformly from [0, train_scale) with the run's generator."""
         return float(torch.rand((), generator=self.draws)) * self.config.train_scale
 
-    def residual(self, tower: str, index: int, block: nn.Module, x: torch.Tensor, scale: float):
-        """s * adapter(ln_1(x)) for block `index`: MMA's adapter without its gradient rescaling."""
+    def residual(self, tower: str, index: int, block: nn.Module, x: torch.Tensor, scale: float, queries=None):
+        """s * adapter(ln_1(x)) for block `index`: MMA's adapter without its gradient rescaling; at the
+        query positions only when given."""
         if scale == 0:
             return 0.0
-        return self.adapter_output(tower, index, self.bottleneck(tower, index, block.ln_1(x))) * scale
+        down = self.bottleneck(tower, index, block.ln_1(at_queries(x, queries)))
+        shared = self.shared_adapter[str(index + 1)]
+        dropout = shared[-1]
+        if queries is None or not (dropout.training and dropout.p > 0):
+            return self.adapter_output(tower, index, down) * scale
+        # The dropout noise is drawn for every token, as the whole block draws it, and read at the
+        # queries: the same random stream, so the same numbers as the whole block for a seed.
+        hidden = shared[:-1](down)
+        noise = F.dropout(torch.ones(x.shape[0], x.shape[1], hidden.shape[-1], dtype=hidden.dtype,
+                                     device=hidden.device), dropout.p)
+        up = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].up
+        return up(hidden * at_queries(noise, queries)) * scale
 
-    def adapt(self, tower, index, block, x):
-        """The main pass's residual, at the current scale."""
-        return self.residual(tower, index, block, x, self.scale())
+    def adapt(self, tower, index, block, x, queries=None):
+        """The main pass's residual, at the current scale (at the query positions only, when given)."""
+        return self.residual(tower, index, block, x, self.scale(), queries)
 
     # ---- hooks --------------------------------------------------------------------------------
     def begin_forward(self) -> None:
@@ -104,16 +116,16 @@ class MMAPP(MMA):
         self._pool_index = batch.pool_index
         return batch
 
-    def _drawn_block(self, tower: str, index: int, backbone: Backbone, x: torch.Tensor | None):
+    def _drawn_block(self, tower: str, index: int, backbone: Backbone, x: torch.Tensor | None, queries=None):
         blocks = backbone.image_blocks if tower == "image" else backbone.text_blocks
         if x is None or index >= len(blocks):
             return x
-        out = backbone.image_block(index, x) if tower == "image" else backbone.text_block(index, x)
+        out = backbone.image_block(index, x, queries) if tower == "image" else backbone.text_block(index, x, queries)
         if self.is_adapted(index):
-            out = out + self.residual(tower, index, blocks[index], x, self.drawn_scale)
+            out = out + self.residual(tower, index, blocks[index], x, self.drawn_scale, queries)
         return out
 
-    def step(self, index, backbone, img, txt):
+    def step(self, index, backbone, img, txt, queries=None):
         """MMA's block; while training, the drawn-scale stream runs beside it from the first adapted block."""
         if index + 1 == self.start and self.training and self.config.reg_weight > 0:
             self.drawn_scale = self.draw_scale()
@@ -122,8 +134,9 @@ class MMAPP(MMA):
         if self._drawn is not None:
             with torch.no_grad():
                 for tower in ("image", "text"):
-                    self._drawn[tower] = self._drawn_block(tower, index, backbone, self._drawn[tower])
-        return super().step(index, backbone, img, txt)
+                    self._drawn[tower] = self._drawn_block(tower, index, backbone, self._drawn[tower],
+                                                           (queries or {}).get(tower))
+        return super().step(index, backbone, img, txt, queries)
 
     def after_heads(self, backbone, img_f, txt_f):
         """Final features of the drawn-scale stream, kept with the main ones for the loss."""
