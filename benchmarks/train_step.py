@@ -6,7 +6,8 @@ after the longest prompt as clipadapt runs it), fp32 on the CPU unless --device/
 otherwise. Variants, all measured interleaved in one process (one call of each per round, median
 over rounds):
 
-    frozen forward    the frozen towers on the images and the class prompts, no gradient
+    frozen forward    the frozen towers on the images and the class prompts, no gradient (both towers
+                      every call: the text features are not kept between calls)
     cache off         prefix_cache_mb=0: every block from the stems, every step (the old path)
     augment on        augmentation on: the images from the stem every step, the class prompts'
                       frozen prefix cached (once per prompt set)
@@ -87,6 +88,7 @@ def main() -> None:
     frozen = build_model("zeroshot", names, backbone=backbone, default_template="a photo of a {}.").eval()
 
     def frozen_forward():
+        frozen._drop_prompt_caches()  # both towers every call: the text would otherwise be computed once
         with torch.no_grad(), torch.autocast(**autocast):
             frozen.encode(images, with_text=True)
 
