@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone, at_queries
+from ..backbone import Backbone
 from ..errors import ClipadaptError
-from .mma import MMA, MMAConfig, grad_scale, init_adapter_weights
+from .mma import MMA, MMAConfig, init_adapter_weights
 
 RECON_TOWERS = ("both", "vision", "text", "none")
 SHARING = ("down", "up", "none")
@@ -59,41 +59,6 @@ class RMAdapterConfig(MMAConfig):
     # The consistency distance: l1 (the paper) | cosine | kl | none (no consistency term). The seed's
     # "next checks" propose cosine and KL; docs/methods.md gives each one's equation.
     consistency: str = "l1"
-
-
-class _SharedBottleneck(torch.autograd.Function):
-    """h = ReLU(u W^T + b), computed once for the two branches that read it.
-
-    Returns h twice: the adaptation branch's copy passes its gradient to u times `scale` (MMA's
-    gradient scaling, which makes its parameters learn as if the scale were 1), the reconstruction
-    branch's unscaled (or not at all with `detach_recon`); W and b get both, unscaled. The same
-    gradients as two separate ReLU(Linear) calls on ln_1(scaled x) and ln_1(x)."""
-
-    @staticmethod
-    def forward(ctx, u, weight, bias, scale, detach_recon):
-        h = F.relu(F.linear(u, weight, bias))
-        # Under autocast the product ran in h's dtype: the backward products do too.
-        ctx.save_for_backward(u.to(h.dtype), weight.to(h.dtype), h)
-        ctx.scale, ctx.detach_recon = scale, detach_recon
-        return h, h.view_as(h)
-
-    @staticmethod
-    def backward(ctx, grad_adapt, grad_recon):
-        u, weight, h = ctx.saved_tensors
-        active = h > 0  # ReLU's gradient mask
-        zero = torch.zeros((), dtype=h.dtype, device=h.device)
-        grad_adapt, grad_recon = (None if g is None else torch.where(active, g.to(h.dtype), zero)
-                                  for g in (grad_adapt, grad_recon))
-        grad_params = grad_adapt if grad_recon is None else grad_recon if grad_adapt is None else grad_adapt + grad_recon
-        grad_params = grad_params.reshape(-1, h.shape[-1])
-        grad_weight = grad_params.t() @ u.reshape(-1, u.shape[-1])
-        grad_bias = grad_params.sum(dim=0)
-        grad_u = None
-        if ctx.needs_input_grad[0]:
-            parts = [] if grad_adapt is None else [grad_adapt * ctx.scale]
-            parts += [] if grad_recon is None or ctx.detach_recon else [grad_recon]
-            grad_u = sum(parts[1:], parts[0]) @ weight if parts else None
-        return grad_u, grad_weight, grad_bias, None, None
 
 
 def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
@@ -179,23 +144,13 @@ class RMAdapter(MMA):
     def adapt(self, tower, index, block, x, queries=None):
         """MMA's residual (at the query positions only, when given), plus this block's local
         reconstruction loss while training, over every token of the block input."""
+        y = super().adapt(tower, index, block, x, queries)
         key = f"{tower}_{index + 1}"
-        s = self.config.scale
-        if self.training and key in self.recon_head and self.config.share == "down" and s != 0:
-            # Both branches read one ln_1(x) and one bottleneck, each with its own gradient (MMA's
-            # scaling for the adaptation branch): the same numbers as computing them twice.
-            u = block.ln_1(x)
-            down = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].down[0]
-            h_adapt, h = _SharedBottleneck.apply(u, down.weight, down.bias, s, self.config.recon_detach)
-            y = grad_scale(self.adapter_output(tower, index, at_queries(h_adapt, queries)) * s, 1.0 / s)
-        else:
-            y = super().adapt(tower, index, block, x, queries)
         if self.training and key in self.recon_head:
-            if self.config.share != "down" or s == 0:
-                if self.config.recon_detach:  # trains only this block's branch
-                    x = x.detach()
-                u = block.ln_1(x)
-                h = self.bottleneck(tower, index, u) if self.config.share == "down" else self.recon_down[key](u)
+            if self.config.recon_detach:  # trains only this block's branch
+                x = x.detach()
+            u = block.ln_1(x)
+            h = self.bottleneck(tower, index, u) if self.config.share == "down" else self.recon_down[key](u)
             target = (u if self.config.recon_target == "ln_1" else x).detach()
             recon = self.recon_head[key](h)
             if self.config.share == "up":
