@@ -19,7 +19,13 @@ and the cache column says what the run's test evaluation did: `write` N (feature
         --datasets syn_shapes syn_colours --seeds 1 2 3 epochs=2        # the reduced run of the README
 
 `--on-flags` / `--off-flags` are the `clipadapt train` flags of each variant (default: the feature cache
-on in a fresh folder / --no-feature-cache); key=value settings apply to every run of both variants.
+on in a fresh folder and the prefix caches at their default budget / `--no-feature-cache
+prefix_cache_mb=0`); key=value settings apply to every run of both variants.
+
+Runs go seed by seed (seed 1 of every dataset and method first), so a stopped benchmark has whole seeds.
+Each finished run is appended to OUT/rows.jsonl; started again with the same --out, the benchmark skips
+the runs logged there and reruns an interrupted one from scratch. Two processes may share one --out with
+disjoint --datasets (each with --threads 1 on 2 cores); `--summary` prints the tables of everything logged.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from clipadapt.data import build_dataset
 from clipadapt.runconfig import parse_overrides
@@ -55,38 +63,73 @@ def cache_note(metrics: dict) -> str:
     return " ".join(f"{word} {n}" for word, n in (("read", reads), ("write", writes)) if n) or "-"
 
 
+def summarize(rows: list[dict]) -> None:
+    """Print the on/off totals of the logged runs and whether every pair scored the same."""
+    pairs = {}
+    for row in rows:
+        pairs.setdefault((row["method"], row["dataset"], row["seed"]), {})[row["variant"]] = row
+    complete = [pair for pair in pairs.values() if len(pair) == 2]
+    print(f"\n{len(complete)} runs with both variants logged"
+          f" ({len(pairs) - len(complete)} with one only, left out)")
+    print("\n| variant | runs | data s | train s | eval s | other s | wall s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    totals = {}
+    for variant in ("on", "off"):
+        totals[variant] = {k: sum(pair[variant][k] for pair in complete) for k in (*PARTS, "wall")}
+        print(f"| {variant} | {len(complete)} | " + " | ".join(f"{totals[variant][k]:.1f}" for k in (*PARTS, "wall")) + " |")
+    ratio = {k: totals["on"][k] / totals["off"][k] for k in (*PARTS, "wall") if totals["off"][k] > 0}
+    print("| on/off | | " + " | ".join(f"{ratio[k]:.2f}" if k in ratio else "-" for k in (*PARTS, "wall")) + " |")
+    same = all(pair["on"]["hm"] == pair["off"]["hm"] for pair in complete)
+    print(f"\nsame HM with caches on and off in every run: {same}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", default=str(SWEEP), help="sweep file (default: the demo's synthetic base2novel)")
     parser.add_argument("--methods", nargs="*", help="subset of the sweep's methods")
     parser.add_argument("--datasets", nargs="*", help="subset of the sweep's datasets")
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3], help="seeds (default 1 2 3)")
-    parser.add_argument("--out", help="folder of the runs (default: a temporary folder)")
+    parser.add_argument("--out", help="folder of the runs and their log (default: a temporary folder)")
     parser.add_argument("--data-root", help="synthetic world folder (default: OUT/data, rendered on first use)")
     parser.add_argument("--on-flags", nargs="*", default=None, help="train flags with the caches on")
-    parser.add_argument("--off-flags", nargs="*", default=["--no-feature-cache"], help="train flags with them off")
+    parser.add_argument("--off-flags", nargs="*", default=["--no-feature-cache", "prefix_cache_mb=0"],
+                        help="train flags with them off")
+    parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--summary", action="store_true", help="print the tables of OUT/rows.jsonl and stop")
     parser.add_argument("--json", help="also write the per-run numbers here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=2)")
     args = parser.parse_args()
 
     out = Path(args.out or tempfile.mkdtemp(prefix="sweep-caches-"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rows.jsonl"
+    logged = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if args.summary:
+        summarize(logged)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    done = {(r["variant"], r["method"], r["dataset"], r["seed"]) for r in logged}
     data_root = os.path.abspath(args.data_root or out / "data")
     on_flags = args.on_flags if args.on_flags is not None else ["--feature-cache", str(out / "feature-cache")]
     sweep = read_sweep(args.sweep, parse_overrides(args.overrides))
     chosen = {(r.method, r.dataset, r.shots): r for r in sweep.runs if (not args.methods or r.method in args.methods)
               and (not args.datasets or r.dataset in args.datasets)}
     runs = [dataclasses.replace(r, seed=seed) for r in chosen.values() for seed in args.seeds]
-    # Seeds innermost after the method, datasets outermost: the order a sweep runs in.
-    runs.sort(key=lambda r: (r.dataset, r.method, r.seed))
+    # Seeds outermost: seed 1 of every dataset writes the test features that seeds 2 and 3 read, and a
+    # stopped benchmark holds whole seeds.
+    runs.sort(key=lambda r: (r.seed, r.dataset, r.method))
     for dataset in sorted({r.dataset for r in runs}):  # rendered before any timing
         build_dataset(dataset, data_root, -1, 1, "all")
-    print(f"{len(runs)} runs x 2 variants; out {out}; load {os.getloadavg()}", file=sys.stderr)
+    print(f"{len(runs)} runs x 2 variants ({len(done)} logged already); out {out}; load {os.getloadavg()}",
+          file=sys.stderr)
     rows = []
     for i, run in enumerate(runs):
         order = ("on", "off") if i % 2 == 0 else ("off", "on")
         for variant in order:
+            if (variant, run.method, run.dataset, run.seed) in done:
+                continue
             sweep.run_flags = on_flags if variant == "on" else args.off_flags
-            argv = sweep.train_argv(run, str(out / variant), data_root)
+            argv = sweep.train_argv(run, str(out / variant), data_root) + ["--overwrite"]  # an interrupted try
             start = time.perf_counter()
             error = execute_in_process(argv, run, str(out / variant / run.dir))
             wall = time.perf_counter() - start
@@ -98,23 +141,15 @@ def main() -> int:
                    "cache": cache_note(metrics), "hm": metrics.get("hm"),
                    **{k: round(v, 2) for k, v in split_times(metrics, wall).items()}}
             rows.append(row)
+            with log.open("a") as f:  # one short line per write: safe for two processes sharing the log
+                f.write(json.dumps(row) + "\n")
             print(f"{variant:3s} {run.dataset:12s} {run.method:12s} seed {run.seed}  "
                   + "  ".join(f"{k} {row[k]:6.2f}" for k in (*PARTS, "wall")) + f"  hm {row['hm']}  cache {row['cache']}",
                   flush=True)
-    print("\n| variant | runs | data s | train s | eval s | other s | wall s |\n| --- | --- | --- | --- | --- | --- | --- |")
-    totals = {}
-    for variant in ("on", "off"):
-        mine = [r for r in rows if r["variant"] == variant]
-        totals[variant] = {k: sum(r[k] for r in mine) for k in (*PARTS, "wall")}
-        print(f"| {variant} | {len(mine)} | " + " | ".join(f"{totals[variant][k]:.1f}" for k in (*PARTS, "wall")) + " |")
-    ratio = {k: totals["on"][k] / totals["off"][k] for k in (*PARTS, "wall") if totals["off"][k] > 0}
-    print("| on/off | | " + " | ".join(f"{ratio[k]:.2f}" if k in ratio else "-" for k in (*PARTS, "wall")) + " |")
-    same = all(a["hm"] == b["hm"] for a in rows if a["variant"] == "on" for b in rows
-               if b["variant"] == "off" and (a["method"], a["dataset"], a["seed"]) == (b["method"], b["dataset"], b["seed"]))
-    print(f"\nsame HM with caches on and off in every run: {same}")
+    summarize([json.loads(line) for line in log.read_text().splitlines()])
     print(f"load average at the end: {os.getloadavg()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "totals": totals}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -32,6 +32,7 @@ VARIANTS = {
     "nosep_eot": {"lambda_sep": 0.0, "attn_proj": "none", "text_context": "eot"},
     "gram_eot_qkv": {"sep_norm": "gram", "attn_proj": "qkv", "text_context": "eot"},
     "gram_eot_qkvo": {"sep_norm": "gram", "attn_proj": "qkvo", "text_context": "eot"},
+    "gram_eot_i2t": {"sep_norm": "gram", "attn_proj": "none", "text_context": "eot", "contrastive": "image_to_text"},
 }
 
 

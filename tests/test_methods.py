@@ -164,6 +164,29 @@ def test_rmma_text_context_switch_changes_the_image_keys():
     assert not torch.allclose(outs["eot"], outs["all"])
 
 
+def test_rmma_contrastive_loss_terms_and_the_image_to_text_switch():
+    torch.manual_seed(3)
+    logits = 10 * torch.randn(6, len(CLASSES))
+    labels = torch.tensor([0, 2, 0, 3, 2, 0])  # class 1 absent, classes 0 and 2 repeated
+    # Text to image by loops: each present class against the batch's images, its images all positive.
+    t2i = []
+    for c in sorted(set(labels.tolist())):
+        column = logits[:, c].exp()
+        t2i.append(-torch.log(column[labels == c].sum() / column.sum()))
+    t2i = torch.stack(t2i).mean()
+    i2t = torch.nn.functional.cross_entropy(logits, labels)
+    for contrastive, expected_clip in (("symmetric", 0.5 * (i2t + t2i)), ("image_to_text", i2t)):
+        method = build_model("rmma", CLASSES, contrastive=contrastive, **TINY).method
+        total, parts = method.loss(logits, labels)
+        torch.testing.assert_close(parts["t2i"], t2i)
+        torch.testing.assert_close(parts["clip"], expected_clip)
+        torch.testing.assert_close(total, expected_clip + 0.6 * method.separation_loss())
+    from clipadapt.errors import ClipadaptError
+
+    with pytest.raises(ClipadaptError, match="contrastive"):
+        build_model("rmma", CLASSES, contrastive="text_to_image", **TINY)
+
+
 def test_rmma_images_need_the_class_text_pass_first():
     from clipadapt.errors import ClipadaptError
 

@@ -68,6 +68,9 @@ class RMMAConfig(MethodConfig):
     align: str = "attention"  # attention | none: the routed latent passes through unchanged
     fusion: bool = True  # False: no W_F; each tower keeps its own latent (v_I = W_Id ṽ_I, v_T = W_Td ṽ_T)
     recurrent: bool = True  # False: one adapter per adapted block instead of one shared by all
+    # L_CLIP: symmetric (the poster's: image-to-text and text-to-image) | image_to_text (cross-entropy over
+    # the class prompts only, as MMA trains; docs/methods.md says why it is offered)
+    contrastive: str = "symmetric"
 
 
 SEP_NORMS = ("gram", "frobenius")
@@ -75,6 +78,7 @@ ATTN_PROJ = ("none", "qkv", "qkvo")
 TEXT_CONTEXT = ("eot", "all")
 ROUTING = ("modality", "shared")
 ALIGN = ("attention", "none")
+CONTRASTIVE = ("symmetric", "image_to_text")
 
 
 class LatentAttention(nn.Module):
@@ -153,7 +157,8 @@ class RMMA(Method):
             raise ClipadaptError(f"rmma blocks {self.first}..{self.last} do not fit a backbone of {depth} blocks")
         for key, value, known in (("sep_norm", config.sep_norm, SEP_NORMS), ("attn_proj", config.attn_proj, ATTN_PROJ),
                                   ("text_context", config.text_context, TEXT_CONTEXT),
-                                  ("routing", config.routing, ROUTING), ("align", config.align, ALIGN)):
+                                  ("routing", config.routing, ROUTING), ("align", config.align, ALIGN),
+                                  ("contrastive", config.contrastive, CONTRASTIVE)):
             if value not in known:
                 raise ClipadaptError(f"rmma {key} must be one of {known}, got '{value}'")
         if config.align == "none" and config.attn_proj != "none":
@@ -271,7 +276,7 @@ class RMMA(Method):
         return total
 
     def loss(self, logits, labels):
-        """Symmetric contrastive loss (images vs class prompts) plus λ L_sep."""
+        """Contrastive loss (images vs class prompts; symmetric by default) plus λ L_sep."""
         image_to_text = F.cross_entropy(logits, labels)
         # Text to image: each class in the batch against the batch's images; several may share it.
         present = labels.unique()
@@ -279,7 +284,8 @@ class RMMA(Method):
         positive = labels[None, :] == present[:, None]
         text_to_image = (torch.logsumexp(cols, dim=1) - torch.logsumexp(cols.masked_fill(~positive, float("-inf")),
                                                                         dim=1)).mean()
-        clip_loss = 0.5 * (image_to_text + text_to_image)
+        symmetric = self.config.contrastive == "symmetric"
+        clip_loss = 0.5 * (image_to_text + text_to_image) if symmetric else image_to_text
         sep = self.separation_loss()
         weighted = self.config.lambda_sep * sep
         total = clip_loss + weighted
