@@ -6,6 +6,11 @@ classes and of the novel classes. Prints base / novel / HM averaged over the dat
 averaged base and novel, as the papers), beside zero-shot CLIP on the same splits.
 
     python studies/rmma_validation.py --data-root data [--variants old,gram_eot,...]
+    python studies/rmma_validation.py --data-root data --loss-terms   # L_CLIP's halves at zero-shot
+
+`--loss-terms` prints, per dataset, the two halves of R-MMA's contrastive loss for the untrained model
+(which is zero-shot CLIP) over shuffled 16-image batches of the base training set, beside what a
+text-to-image term would be with every image equally similar to a class (log of images per positive).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import time
 import torch
 
 from clipadapt.data import build_dataset
+from clipadapt.data.loader import make_loader
 from clipadapt.data.synthetic import BENCHMARK
 from clipadapt.demo import synthetic_preset
 from clipadapt.engine import Trainer, seed_everything
-from clipadapt.evaluation import evaluate
+from clipadapt.evaluation import evaluate, model_transform
 from clipadapt.model import build_model
 from clipadapt.protocols import harmonic_mean
 from clipadapt.runconfig import resolve
@@ -59,6 +65,24 @@ def score(variant: str, options: dict | None, root: str, shots: int, seed: int) 
     return sum(base_accs) / len(base_accs), sum(novel_accs) / len(novel_accs)
 
 
+def loss_terms(root: str, shots: int, seed: int) -> None:
+    """Print the image-to-text and text-to-image halves of L_CLIP for zero-shot CLIP on training batches."""
+    print("| dataset | i2t | t2i | t2i if every image scored alike |\n| --- | --- | --- | --- |")
+    for name in BENCHMARK:
+        base = build_dataset(name, root, shots, seed, "base")
+        model = build_model("rmma", base.classnames, "synthetic", "shipped", default_template=base.template).eval()
+        i2t, t2i, alike = [], [], []
+        with torch.no_grad():
+            for images, labels, *_ in make_loader(base.train, model_transform(model), 16, shuffle=True, seed=seed,
+                                                  drop_last=True):
+                _, parts = model.method.loss(model(images), labels)
+                i2t.append(parts["i2t"].item())
+                t2i.append(parts["t2i"].item())
+                counts = labels.unique(return_counts=True)[1].float()
+                alike.append(torch.log(len(labels) / counts).mean().item())
+        print(f"| {name} | {sum(i2t) / len(i2t):.3f} | {sum(t2i) / len(t2i):.3f} | {sum(alike) / len(alike):.3f} |")
+
+
 def main() -> None:
     """Run the variants and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,8 +90,12 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loss-terms", action="store_true", help="print L_CLIP's halves at zero-shot and stop")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.loss_terms:
+        loss_terms(args.data_root, args.shots, args.seed)
+        return
     rows = []
     for variant in args.variants.split(","):
         start = time.time()
