@@ -21,6 +21,7 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/clipadapt demo --out demo-output
 	cp demo-output/report.md docs/demo.md  # the committed record of the demo's table
+	cp demo-output/base2novel_16shots.png docs/  # its chart, linked from it
 
 clean:
 	rm -rf $(VENV) demo-output

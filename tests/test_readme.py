@@ -137,7 +137,9 @@ def _demo_md_tables() -> dict[str, dict[str, list[str]]]:
     tables, current = {}, None
     for line in (README.parent / "docs" / "demo.md").read_text().splitlines():
         title = re.fullmatch(r"\*\*(.+)\*\*", line.strip())
-        if title:
+        if line.startswith("## "):  # a new section (the cost table follows the accuracy tables)
+            current = None
+        elif title:
             current = tables.setdefault(title.group(1), {})
         elif current is not None and line.startswith("| ") and not line.startswith(("| method", "| ---")):
             cells = [c.strip() for c in line.strip("|").split("|")]
