@@ -163,3 +163,19 @@ def test_every_shipped_sweep_file_reads_and_names_its_presets():
     xd = read_sweep(str(files[0].parent / "cross_dataset.yaml"))
     mma = next(r for r in xd.runs if r.method == "mma")
     assert mma.preset.endswith("presets/mma_cross_dataset.yaml")
+
+
+def test_settings_after_the_sweep_options_reach_every_run(tmp_path, capsys):
+    sweep = _write(tmp_path, SWEEP)
+    # The order docs/methods.md gives (`sweep FILE --out DIR eval_split=val`) and the order before --out.
+    for argv in (["sweep", sweep, "--out", str(tmp_path / "o"), "--dry-run", "epochs=1", "eval_split=val"],
+                 ["sweep", sweep, "epochs=1", "--out", str(tmp_path / "o"), "--dry-run", "eval_split=val"]):
+        assert main(argv) == 0
+        commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("clipadapt train")]
+        words = [c.split() for c in commands]
+        assert len(commands) == 8 and all('eval_split="val"' in w for w in words), commands  # zeroshot's too
+        assert all("epochs=1" in w and "epochs=2" not in w for w in words if "mma" in w), commands
+    with pytest.raises(SystemExit) as exit_info:  # anything else left over is still an error
+        main(["sweep", sweep, "--out", str(tmp_path / "o"), "--dry-run", "stray"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -857,10 +857,24 @@ def add_datasets_parser(sub) -> None:
     p.set_defaults(func=cmd_datasets)
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options."""
+    # argparse fills a `nargs="*"` positional that follows another positional (sweep FILE) as soon as it
+    # reads that one, so `sweep FILE --out DIR epochs=1` would leave epochs=1 unrecognised.
+    args, extra = parser.parse_known_args(argv)
+    misplaced = [a for a in extra if "=" in a and not a.startswith("-")]
+    if misplaced and hasattr(args, "overrides"):
+        args.overrides = [*(args.overrides or []), *misplaced]
+        extra = [a for a in extra if a not in misplaced]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a sub-command, turning user errors into one line and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(message)s")
     if not args.command:
         parser.print_help()

@@ -63,7 +63,7 @@ KEYS = {
 }
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")  # a folder name
 # Settings of the data, not of training: a zero-shot run keeps them (they change what it is tested on).
-DATA_SETTINGS = ("base_ratio", "train_noise_std", "eval_noise_std")
+DATA_SETTINGS = ("base_ratio", "train_noise_std", "eval_noise_std", "eval_split")  # kept for zeroshot too
 
 
 @dataclass(frozen=True)
@@ -299,12 +299,12 @@ def _record_failure(run_dir: str, run: Run, error: str, returncode: int | None) 
 
 def execute_in_process(argv: list[str], run: Run, run_dir: str) -> str | None:
     """Run `clipadapt train` in this process; on failure record failed.json and return the error."""
-    from .cli import _preflight, _resolve_pretrained, build_parser
+    from .cli import _preflight, _resolve_pretrained, build_parser, parse_command_line
     from .errors import one_line
 
     os.makedirs(run_dir, exist_ok=True)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_command_line(build_parser(), argv)
         _resolve_pretrained(args)
         _preflight(args)
         args.func(args)
