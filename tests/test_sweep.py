@@ -153,9 +153,10 @@ def test_every_shipped_sweep_file_reads_and_names_its_presets():
     from clipadapt.sweep import read_sweep
 
     repo = Path(__file__).resolve().parents[1]
-    files = sorted((repo / "configs" / "sweeps").glob("*.yaml")) + [repo / "src/clipadapt/sweeps/synthetic_base2novel.yaml"]
+    files = (sorted((repo / "configs" / "sweeps").glob("*.yaml")) + sorted((repo / "studies").glob("*.yaml"))
+             + [repo / "src/clipadapt/sweeps/synthetic_base2novel.yaml"])
     assert {f.stem for f in files} >= {"base2novel", "cross_dataset", "domain_generalization", "fewshot",
-                                       "synthetic_base2novel"}
+                                       "synthetic_base2novel", "synthetic_presets_validation"}
     for f in files:
         sweep = read_sweep(str(f))
         trained = [r for r in sweep.runs if r.method not in ("zeroshot",) and not r.adapters_from]
