@@ -31,6 +31,7 @@ SKIPPED = {
     "clipadapt train --method mma_pp --config mma_pp_base2novel.yaml --prompts ~/cupl \\",
     "clipadapt pretrain-synthetic --out runs/pretrain --install     # remake the shipped weights (51 min on 2 cores)",
     "clipadapt datasets --data-root ~/data        # which datasets are complete; the exact missing files and their sources",
+    "clipadapt sweep configs/sweeps/studies/rmma_ablation.yaml --out runs/studies --data-root ~/data --jobs 4",
 }
 
 
