@@ -33,6 +33,10 @@ Our reading (docs/methods.md gives the reasons):
   `eot`, the end-of-text token of each class prompt (under the causal mask it has read the whole
   prompt, class name included; with `all` the template's shared prefix outnumbers the class names).
   The two tied on the synthetic world's validation splits (docs/methods.md); `eot` is the default.
+* L_CLIP on a classification batch: image-to-text is the cross-entropy over all class prompts,
+  text-to-image scores each class present in the batch against the batch's images (its images all
+  positive). `contrastive: image_to_text` keeps the first half only: the second ranks images against
+  each other, and on the synthetic world it mostly evens out per-image similarity offsets.
 * The ablation table's switches remove one component each: `routing: shared`, `align: none`,
   `fusion: false`, `lambda_sep: 0`, `recurrent: false` (one adapter per block); docs/methods.md.
 """
