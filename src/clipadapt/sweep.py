@@ -63,7 +63,7 @@ KEYS = {
 }
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")  # a folder name
 # Settings of the data, not of training: a zero-shot run keeps them (they change what it is tested on).
-DATA_SETTINGS = ("base_ratio", "train_noise_std", "eval_noise_std", "eval_split")  # kept for zeroshot too
+DATA_SETTINGS = ("base_ratio", "train_noise_std", "eval_noise_std", "eval_split")
 
 
 @dataclass(frozen=True)
