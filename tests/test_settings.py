@@ -11,6 +11,7 @@ import pytest
 from clipadapt.engine import TrainConfig
 from clipadapt.methods import METHODS, make_config
 from clipadapt.methods.base import MethodConfig
+from clipadapt.data.coop import COOP_DATASETS
 from clipadapt.registry import METHOD_NAMES, dataset_names
 from clipadapt.runconfig import parse_overrides, read_preset, resolve
 from clipadapt.validation import SettingError
@@ -64,10 +65,14 @@ def test_a_new_field_is_checked_without_extra_code():
 
 
 def test_registry_names_match_the_methods_and_datasets():
-    from clipadapt.data import known_datasets
+    from clipadapt.data.synthetic import SYNTHETIC_DATASETS
+    from clipadapt.registry import SYNTHETIC_DATASET_NAMES
 
-    assert tuple(METHODS) == METHOD_NAMES  # a new method: add its name to clipadapt/registry.py
-    assert dataset_names() == known_datasets()
+    assert tuple(METHODS) == METHOD_NAMES  # METHODS is built from the registry, each class under its own name
+    assert all(cls.name == name for name, cls in METHODS.items())
+    assert tuple(SYNTHETIC_DATASETS) == SYNTHETIC_DATASET_NAMES  # a new synthetic dataset: add its name there
+    for name in dataset_names():
+        assert name == "folder" or name in SYNTHETIC_DATASETS or name in COOP_DATASETS
 
 
 def _library_imports() -> dict[str, set[str]]:

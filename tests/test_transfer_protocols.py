@@ -5,7 +5,8 @@ import json
 import pytest
 
 from clipadapt.cli import main
-from clipadapt.protocols import CROSS_DATASET_TARGETS, DG_TARGETS, canonical_protocol
+from clipadapt.protocols import CROSS_DATASET_TARGETS, DG_TARGETS
+from clipadapt.registry import canonical_protocol
 from clipadapt.errors import ClipadaptError
 
 TINY = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]

@@ -251,7 +251,7 @@ def _check_data(protocol: str, args: argparse.Namespace, base_ratio: str = "1:1"
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
     from . import distributed
-    from .protocols import canonical_protocol
+    from .registry import canonical_protocol
 
     if args.protocol:
         args.protocol = canonical_protocol(args.protocol)
@@ -329,7 +329,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     from .fileio import write_json
     from .model import load_model
-    from .protocols import canonical_protocol, evaluate_transfer, transfer_targets
+    from .protocols import evaluate_transfer, transfer_targets
+    from .registry import canonical_protocol
 
     protocol = canonical_protocol(args.protocol)
     run_config = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "config.yaml")

@@ -14,9 +14,8 @@ from .evaluation import evaluate
 from .feature_cache import FeatureCache
 from .errors import ClipadaptError
 from .model import build_model
+from .registry import canonical_protocol
 
-PROTOCOLS = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
-PROTOCOL_ALIASES = {"dg": "domain_generalization"}
 # Domain generalization: train on the source (all classes), test on its shifted versions.
 DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"], **SYNTHETIC_DG_TARGETS}
 # Cross-dataset transfer: train on the source (all classes), test on other datasets with their own classes.
@@ -27,15 +26,6 @@ CROSS_DATASET_TARGETS = {
     **{source: [d for d in BENCHMARK if d != source] for source in BENCHMARK},
 }
 TRANSFER_TARGETS = {"cross_dataset": CROSS_DATASET_TARGETS, "domain_generalization": DG_TARGETS}
-
-
-def canonical_protocol(name: str) -> str:
-    """The protocol's full name (`dg` is domain_generalization); an unknown name is an error."""
-    name = PROTOCOL_ALIASES.get(name, name)
-    if name not in PROTOCOLS:
-        raise ClipadaptError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)} "
-                             f"(aliases: {', '.join(f'{a}={b}' for a, b in PROTOCOL_ALIASES.items())})")
-    return name
 
 
 def transfer_targets(protocol: str, source: str) -> list[str]:

@@ -25,7 +25,8 @@ from statistics import mean, stdev
 
 from .errors import ClipadaptError
 from .fileio import atomic_path, write_json, write_text
-from .protocols import PROTOCOL_ALIASES, harmonic_mean
+from .protocols import harmonic_mean
+from .registry import PROTOCOL_ALIASES
 from .references import REFERENCES
 
 MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder

@@ -170,7 +170,7 @@ def train_settings(method: str, protocol: str = "base2novel", backbone: str | No
 
     `backbone` None is the CLI's default (the shipped tiny CLIP); `config` is --config (None: the matching
     shipped preset, "none": the method's defaults, else a file or a preset's name)."""
-    from .protocols import canonical_protocol
+    from .registry import canonical_protocol
 
     name, preset = choose_preset(config, method, canonical_protocol(protocol), backbone)
     method_cfg, train_cfg, _ = resolve(method, preset, overrides)

@@ -149,7 +149,8 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     """Read and check a sweep file: unknown keys, protocols, methods, datasets and settings fail before any run."""
     from .data import known_datasets
     from .methods import METHODS
-    from .protocols import TRANSFER_TARGETS, canonical_protocol
+    from .protocols import TRANSFER_TARGETS
+    from .registry import canonical_protocol
     from .runconfig import NO_PRESET, choose_preset, read_preset, read_yaml_mapping, resolve
     from .synthetic_weights import is_shipped
 

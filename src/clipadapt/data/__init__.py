@@ -5,22 +5,22 @@ from __future__ import annotations
 import random
 
 from ..errors import DataError
+from ..registry import FOLDER_DATASET as FOLDER
 from .coop import COOP_DATASETS, read_coop_dataset
 from .datum import DatasetSplits, Datum, classnames_of
 from .fewshot import SUBSAMPLES, num_base_classes, parse_base_ratio, sample_few_shot, subsample_classes
 from .folder import read_image_folder
 
-FOLDER = "folder"
 
 __all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes",
            "num_base_classes", "parse_base_ratio"]
 
 
 def known_datasets() -> list[str]:
-    """Names accepted by build_dataset."""
-    from .synthetic import SYNTHETIC_DATASETS
+    """Names accepted by build_dataset (clipadapt.registry's list)."""
+    from ..registry import dataset_names
 
-    return list(COOP_DATASETS) + [FOLDER] + list(SYNTHETIC_DATASETS)
+    return dataset_names()
 
 
 def _read(name: str, root: str):

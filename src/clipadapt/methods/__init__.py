@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from ..errors import ClipadaptError
+from ..registry import METHOD_CLASSES
 from .base import Method, MethodConfig
-from .clip_adapter import CLIPAdapter
-from .clip_lora import CLIPLoRA
-from .coop import CoOp
-from .maple import MaPLe
-from .mma import MMA
-from .mma_attn import MMAAttn
-from .mmrl import MMRL
-from .mma_pp import MMAPP
-from .rmadapter import RMAdapter
-from .rmma import RMMA
-from .zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [ZeroShot, CLIPAdapter, CoOp, MMA, MMAPP, RMAdapter, RMMA,
-                                                        MMAAttn, MMRL, MaPLe, CLIPLoRA]}
+
+def _load_classes() -> dict[str, type[Method]]:
+    """The method classes the registry names, each checked to carry its registered name."""
+    import importlib
+
+    classes = {}
+    for name, (module, class_name) in METHOD_CLASSES.items():
+        cls = getattr(importlib.import_module(f"{__name__}.{module}"), class_name)
+        if cls.name != name:
+            raise RuntimeError(f"clipadapt.registry lists '{name}' for {module}.{class_name}, whose name is '{cls.name}'")
+        classes[name] = cls
+    return classes
+
+
+METHODS: dict[str, type[Method]] = _load_classes()
 
 
 def method_class(name: str) -> type[Method]:
