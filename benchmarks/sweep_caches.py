@@ -18,9 +18,10 @@ and the cache column says what the run's test evaluation did: `write` N (feature
     python benchmarks/sweep_caches.py --methods zeroshot coop clip_adapter mma_attn mma \\
         --datasets syn_shapes syn_colours --seeds 1 2 3 epochs=2        # the reduced run of the README
 
-`--on-flags` / `--off-flags` are the `clipadapt train` flags of each variant (default: the feature cache
-on in a fresh folder and the prefix caches at their default budget / `--no-feature-cache
-prefix_cache_mb=0`); key=value settings apply to every run of both variants.
+`--on` / `--off` are each variant's run-API settings, `key=value` as on `clipadapt train` plus
+`feature_cache=DIR|false` (default: the feature cache on in a fresh folder and the prefix caches at
+their default budget / `feature_cache=false prefix_cache_mb=0`); key=value settings after the options
+apply to every run of both variants.
 
 Runs go seed by seed (seed 1 of every dataset and method first), so a stopped benchmark has whole seeds.
 Each finished run is appended to OUT/rows.jsonl; started again with the same --out, the benchmark skips
@@ -90,9 +91,9 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3], help="seeds (default 1 2 3)")
     parser.add_argument("--out", help="folder of the runs and their log (default: a temporary folder)")
     parser.add_argument("--data-root", help="synthetic world folder (default: OUT/data, rendered on first use)")
-    parser.add_argument("--on-flags", nargs="*", default=None, help="train flags with the caches on")
-    parser.add_argument("--off-flags", nargs="*", default=["--no-feature-cache", "prefix_cache_mb=0"],
-                        help="train flags with them off")
+    parser.add_argument("--on", nargs="*", default=None, help="run settings with the caches on")
+    parser.add_argument("--off", nargs="*", default=["feature_cache=false", "prefix_cache_mb=0"],
+                        help="run settings with them off")
     parser.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
     parser.add_argument("--summary", action="store_true", help="print the tables of OUT/rows.jsonl and stop")
     parser.add_argument("--json", help="also write the per-run numbers here")
@@ -110,7 +111,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     done = {(r["variant"], r["method"], r["dataset"], r["seed"]) for r in logged}
     data_root = os.path.abspath(args.data_root or out / "data")
-    on_flags = args.on_flags if args.on_flags is not None else ["--feature-cache", str(out / "feature-cache")]
+    variant_settings = {"on": parse_overrides(args.on if args.on is not None
+                                              else [f"feature_cache={out / 'feature-cache'}"]),
+                        "off": parse_overrides(args.off)}
     sweep = read_sweep(args.sweep, parse_overrides(args.overrides))
     chosen = {(r.method, r.dataset, r.shots): r for r in sweep.runs if (not args.methods or r.method in args.methods)
               and (not args.datasets or r.dataset in args.datasets)}
@@ -128,10 +131,10 @@ def main() -> int:
         for variant in order:
             if (variant, run.method, run.dataset, run.seed) in done:
                 continue
-            sweep.run_flags = on_flags if variant == "on" else args.off_flags
-            argv = sweep.train_argv(run, str(out / variant), data_root) + ["--overwrite"]  # an interrupted try
+            kind, kwargs = sweep.run_call(run, str(out / variant), data_root)
+            kwargs = {**kwargs, **variant_settings[variant], "overwrite": True}  # overwrite: an interrupted try
             start = time.perf_counter()
-            error = execute_in_process(argv, run, str(out / variant / run.dir))
+            error = execute_in_process(kind, kwargs, run.record(), str(out / variant / run.dir))
             wall = time.perf_counter() - start
             if error:
                 print(f"FAILED {variant} {run.dir}: {error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Test images' frozen features shared across runs: read back exactly, never for another key, robust to bad files."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -69,19 +70,21 @@ def _forbid_image_reads(monkeypatch):
 
 @pytest.mark.parametrize("method", ["coop", "mma_attn"])
 def test_second_evaluation_reads_the_cache_and_predicts_the_same(method, named_backbone, data, tmp_path,
-                                                                  monkeypatch, capsys):
+                                                                  monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="clipadapt")
     model = _trained_like(method, data.classnames, named_backbone)
     plain = evaluate(model, data.test, batch_size=7, progress=False)
     cache = FeatureCache(tmp_path / "features")
     first = evaluate(model, data.test, batch_size=7, progress=False, feature_cache=cache, dataset="eurosat",
                      split="test/base")
     assert (cache.reads, cache.writes) == (0, 1)
-    assert "feature cache: wrote" in capsys.readouterr().err
+    assert "feature cache: wrote" in caplog.text
+    caplog.clear()
     _forbid_image_reads(monkeypatch)
     second = evaluate(model, data.test, batch_size=7, progress=False, feature_cache=cache, dataset="eurosat",
                       split="test/base")
     assert (cache.reads, cache.writes) == (1, 1)
-    assert "feature cache: read" in capsys.readouterr().err
+    assert "feature cache: read" in caplog.text and "feature cache: wrote" not in caplog.text
     assert (second.accuracy, second.labels, second.topk, second.topk_scores) == \
            (first.accuracy, first.labels, first.topk, first.topk_scores)
     assert first.labels == plain.labels and first.topk == plain.topk and first.accuracy == plain.accuracy
@@ -138,7 +141,7 @@ def test_another_backbone_split_image_set_or_transform_misses(named_backbone, da
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "another key"])
 def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(damage, named_backbone, data, tmp_path,
-                                                                       capsys):
+                                                                       caplog):
     cache = FeatureCache(tmp_path / "features", verbose=False)
     model = _trained_like("clip_adapter", data.classnames, named_backbone)
     first = evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")
@@ -151,10 +154,10 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(damage, n
         key = FeatureCache.key("x", "eurosat", "test/base", data.test, "t", "torch.float32", "cpu")
         cache.save(key, torch.zeros(len(data.test), 8))
         os.replace(cache.path(key), path)
-    capsys.readouterr()
+    caplog.clear()
     again = evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")
-    err = capsys.readouterr().err
-    assert f"warning: ignoring feature cache file '{path}'" in err and "recomputing" in err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"ignoring feature cache file '{path}'" in warnings[0] and "recomputing" in warnings[0]
     assert (again.topk, again.topk_scores) == (first.topk, first.topk_scores)
     assert cache.reads == 0
     evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")

@@ -64,12 +64,16 @@ def test_python_defaults_are_the_command_lines():
     assert model.backbone_source == {"backbone": "synthetic", "pretrained": "shipped"}
     assert params["backbone"].default == "synthetic"
     assert default_pretrained("synthetic") == "shipped" and default_pretrained("ViT-B-16") == "openai"
+    from clipadapt.run import default_backbone, evaluate, train
+
     args = build_parser().parse_args(["eval", "--method", "zeroshot", "--dataset", "folder", "--data-root", ".",
                                       "--out", "o"])
-    from clipadapt.cli import _resolve_pretrained
-
-    _resolve_pretrained(args)
-    assert (args.backbone, args.pretrained) == ("synthetic", "shipped")
+    assert (args.backbone, args.pretrained) == (None, None)  # the command line leaves them to the run API
+    assert default_backbone(None, None) == ("synthetic", "shipped")
+    assert default_backbone("ViT-B-16", None) == ("ViT-B-16", "openai")
+    for run_api in (evaluate, train):
+        run_params = inspect.signature(run_api).parameters
+        assert run_params["backbone"].default is None and run_params["pretrained"].default is None
 
 
 def test_preprocess_turns_an_image_into_the_models_input():

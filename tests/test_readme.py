@@ -157,3 +157,18 @@ def test_the_readme_table_is_the_committed_demo_report():
     for method, *numbers in rows:
         assert numbers[:6] == [tables[d][method][2] for d in datasets], method  # HM per dataset
         assert numbers[6:] == tables["Average"][method], method  # avg base, avg novel, avg HM
+
+
+def test_the_parameter_table_is_what_clipadapt_info_counts():
+    from clipadapt.backbone import load_backbone
+    from clipadapt.registry import METHOD_NAMES
+    from clipadapt.run import method_info
+
+    text = README.read_text()
+    table = text[text.index("## Methods"):text.index("## Datasets")]
+    rows = {m.group(1): int(m.group(2).replace(",", ""))
+            for m in re.finditer(r"^\| `(\w+)` \|.*\| ([\d,]+) \|$", table, flags=re.M)}
+    assert set(rows) == set(METHOD_NAMES)
+    vit = load_backbone("ViT-B-16", "none")  # the architecture the table is for; one build for every method
+    for method, count in rows.items():
+        assert method_info(method, vit)["trainable_params"] == count, method

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from .sweep import read_sweep, run_sweep
 from .synthetic_weights import SHIPPED_WEIGHTS
 
 DEMO_SWEEP = Path(__file__).resolve().parent / "sweeps" / "synthetic_base2novel.yaml"  # package data
+log = logging.getLogger(__name__)
 
 
 def _demo_methods() -> list[str]:
@@ -49,16 +52,27 @@ def demo_sweep(out: str, quick: bool) -> str:
     if not SHIPPED_WEIGHTS.exists():
         # Until the pretrained tiny CLIP ships, show the pipeline working and say plainly what it is.
         data["pretrained"] = "none"
-        print("NOTE: the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
-              "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
-              "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
+        log.warning("the pretrained synthetic CLIP is not in this checkout (src/clipadapt/weights/); the demo runs "
+                    "with RANDOM weights, so its accuracies are near chance and show only that the pipeline works. "
+                    "`clipadapt pretrain-synthetic --install` makes the weights (51 minutes on 2 cores).")
     path = os.path.join(out, "demo-sweep.yaml")
     write_text(path, f"# written by `clipadapt demo` from {DEMO_SWEEP}\n" + yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> int:
-    """Base-to-novel for every method on the synthetic datasets through `sweep` and `report`; print the table."""
+@dataclass
+class DemoResult:
+    """The demo's summary table and where its report is, and the runs that failed (folder: error)."""
+
+    text: str
+    failed: dict[str, str]
+
+
+def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> DemoResult:
+    """Base-to-novel for every method on the synthetic datasets through `sweep` and `report`: the table."""
+    from .checks import check_writable
+
+    check_writable(out, "dir")
     if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
         raise ClipadaptError(f"'{out}' already holds a finished demo (report.md); pass --overwrite or another --out")
     try:  # the chart is drawn last: find out now, not after every run, that it cannot be
@@ -81,9 +95,7 @@ def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> int:
     methods = list(dict.fromkeys(r.method for r in sweep.runs))
     datasets = list(dict.fromkeys(r.dataset for r in sweep.runs))
     write_report(runs, out, methods, datasets, header=header)
-    print(base2novel_summary(runs, methods, datasets))
-    print(f"\nreport: {os.path.join(out, 'report.md')} (tables), {os.path.join(out, 'report.csv')}, "
-          f"{os.path.join(out, f'base2novel_{shots}shots.png')} (chart); {elapsed / 60:.1f} minutes")
-    if result.failed:
-        raise ClipadaptError(f"{len(result.failed)} demo run(s) failed, e.g. {next(iter(result.failed.items()))}")
-    return 0
+    text = (base2novel_summary(runs, methods, datasets)
+            + f"\n\nreport: {os.path.join(out, 'report.md')} (tables), {os.path.join(out, 'report.csv')}, "
+            f"{os.path.join(out, f'base2novel_{shots}shots.png')} (chart); {elapsed / 60:.1f} minutes")
+    return DemoResult(text, result.failed)

@@ -5,15 +5,15 @@ features before `after_heads` depend only on the backbone's weights, the image f
 and the precision they were computed in. They are computed once and stored as one safetensors file
 per (backbone identity, dataset, split, exact list of image paths, transform, precision, device
 type). The whole key is stored inside the file and compared on read, so a file can only ever be read
-for the key it was written for; a file that cannot be read is reported on stderr and recomputed.
+for the key it was written for; a file that cannot be read is logged as a warning and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 
 from .data.datum import Datum
 from .fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "clipadapt-features/1"
 ENV_VAR = "CLIPADAPT_CACHE"  # the root of clipadapt's caches; features live in its features/ folder
@@ -46,7 +48,7 @@ def items_digest(items: list[Datum]) -> str:
 
 
 class FeatureCache:
-    """A folder of frozen image features, one file per key; `verbose` says on stderr what it reads and writes."""
+    """A folder of frozen image features, one file per key; `verbose` logs what it reads and writes."""
 
     def __init__(self, folder: str | os.PathLike | None = None, verbose: bool = True):
         self.folder = Path(folder).expanduser() if folder else default_cache_dir()
@@ -56,7 +58,7 @@ class FeatureCache:
 
     def _say(self, message: str) -> None:
         if self.verbose:
-            print(f"feature cache: {message}", file=sys.stderr)
+            log.info("feature cache: %s", message)
 
     @staticmethod
     def names_weights(backbone_identity: str) -> bool:
@@ -77,7 +79,7 @@ class FeatureCache:
         return self.folder / f"{name}.safetensors"
 
     def load(self, key: dict[str, str]) -> torch.Tensor | None:
-        """The stored features of `key`, or None when absent or unreadable (then said on stderr)."""
+        """The stored features of `key`, or None when absent or unreadable (then logged as a warning)."""
         path = self.path(key)
         if not path.exists():
             return None
@@ -91,8 +93,8 @@ class FeatureCache:
                 raise ValueError(f"it holds {tuple(features.shape)} features for {key['num_images']} images")
         except Exception as err:  # safetensors and json raise several types for a truncated or foreign file
             reason = " ".join(str(err).split())[:200]
-            print(f"warning: ignoring feature cache file '{path}' ({type(err).__name__}: {reason}); "
-                  "recomputing the features", file=sys.stderr)
+            log.warning("ignoring feature cache file '%s' (%s: %s); recomputing the features",
+                        path, type(err).__name__, reason)
             return None
         self.reads += 1
         self._say(f"read {features.shape[0]} image features of {key['dataset']}/{key['split']} from {path}")

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
+from . import adapters
 from .backbone import Backbone, TextBatch, load_backbone
-from .errors import CheckpointMismatchError, ClipadaptError
-from .fileio import atomic_path
+from .errors import ClipadaptError
 from .frozen_cache import (DEFAULT_BUDGET_MB, MB, FrozenImages, PromptPrefix, fixed_precision, image_output,
                            image_tokens, text_output, text_tokens)
 from .methods import Method, make_config, method_class
@@ -21,10 +17,9 @@ from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_pro
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
 
 DEFAULT_TEMPLATE = "a photo of a {}."
-ADAPTER_FORMAT = "clipadapt-adapter/1"
 PROMPT_CHUNK = 1024  # prompts of a prompt set encoded at once without gradient (memory only)
 
-__all__ = ["AdaptedCLIP", "build_model", "load_model", "read_adapter", "format_prompt"]
+__all__ = ["AdaptedCLIP", "build_model", "load_model", "format_prompt"]
 
 
 class AdaptedCLIP(nn.Module):
@@ -360,59 +355,23 @@ class AdaptedCLIP(nn.Module):
             img_f = self.encode(images, with_text=False)[0]
         return self.method.logits(img_f, txt_f, self.backbone.logit_scale)
 
-    # ---- adapters on disk ---------------------------------------------------------------------
-    def adapter_metadata(self) -> dict[str, str]:
-        """What a saved adapter records about the model it belongs to."""
-        return {
-            "format": ADAPTER_FORMAT,
-            "clipadapt_version": __version__,
-            "method": self.method.name,
-            "method_config": json.dumps(self.method.config.to_dict()),
-            "backbone_identity": self.backbone.identity,
-            "backbone": str(self.backbone_source.get("backbone")),
-            "pretrained": str(self.backbone_source.get("pretrained")),
-            "classnames": json.dumps(self.classnames),
-        }
-
+    # ---- adapters on disk (clipadapt.adapters) ---------------------------------------------------
     def save_adapter(self, path: str) -> None:
-        """Write the method's parameters (never the frozen backbone) as safetensors, atomically."""
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=self.adapter_metadata())
+        """Write the method's parameters (never the frozen backbone) as an adapter file, atomically."""
+        adapters.write_adapter(path, self.method.state_dict(), method=self.method.name,
+                               method_config=self.method.config.to_dict(),
+                               backbone=self.backbone_source.get("backbone"),
+                               pretrained=self.backbone_source.get("pretrained"),
+                               backbone_identity=self.backbone.identity, classnames=self.classnames)
 
     def load_adapter(self, path: str) -> None:
         """Read a saved adapter; it must belong to this method and this backbone."""
-        meta, tensors = read_adapter(path)
-        if meta.get("method") != self.method.name:
-            raise CheckpointMismatchError(
-                f"adapter '{path}' was trained with method '{meta.get('method')}', not '{self.method.name}'")
-        if meta.get("backbone_identity") != self.backbone.identity:
-            raise CheckpointMismatchError(
-                f"adapter '{path}' was trained on backbone '{meta.get('backbone_identity')}', "
-                f"but the loaded backbone is '{self.backbone.identity}'")
-        # The prompt set is not part of the adapter: one trained with descriptions may be tested with templates.
-        saved_cfg = {k: v for k, v in json.loads(meta.get("method_config", "{}")).items() if k != "prompts"}
-        ours = {k: v for k, v in self.method.config.to_dict().items() if k != "prompts"}
-        if saved_cfg != ours:
-            raise CheckpointMismatchError(f"adapter '{path}' was saved with config {saved_cfg}, this model has {ours}")
+        meta, tensors = adapters.read_adapter(path)
+        adapters.check_adapter_fits(meta, path, self.method.name, self.backbone.identity,
+                                    self.method.config.to_dict())
         device = next(self.backbone.parameters()).device
         self.method.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         self._text_cache = None
-
-
-def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a saved adapter file."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise ClipadaptError(f"adapter file '{path}' does not exist") from None
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (safetensors): {err}") from None
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (no '{ADAPTER_FORMAT}' metadata)")
-    return meta, tensors
 
 
 def build_model(method: str, classnames: list[str], backbone: str | Backbone = DEFAULT_BACKBONE,
@@ -444,8 +403,8 @@ def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: s
     """Rebuild a model from a saved adapter; backbone and pretrained default to the recorded ones.
 
     `prompts` replaces the recorded prompt set ("none": one template a class)."""
-    meta, _ = read_adapter(checkpoint)
-    options = json.loads(meta["method_config"])
+    meta, _ = adapters.read_adapter(checkpoint)
+    options = adapters.recorded_options(meta)
     if prompts is not None:
         options["prompts"] = None if prompts in NO_PROMPT_SET else prompts
     if backbone is None:
@@ -453,7 +412,10 @@ def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: s
         pretrained = meta["pretrained"] if pretrained is None else pretrained
     # Built for the classes it was trained on, so that methods knowing them (MMRL) can tell later
     # whether the classes it is asked about are those.
-    trained_names = json.loads(meta.get("classnames", "[]"))
+    trained_names = adapters.recorded_classnames(meta)
+    if not (trained_names or classnames):
+        raise ClipadaptError(f"adapter '{checkpoint}' records no class names (an imported official checkpoint); "
+                             "give the classes to classify between")
     model = build_model(meta["method"], trained_names or classnames, backbone, pretrained,
                         default_template=default_template, device=device, dataset=dataset, **options)
     model.load_adapter(checkpoint)

@@ -1,12 +1,15 @@
 """Grids of runs: methods × datasets × seeds × shots under one protocol, one folder per run.
 
-A sweep file (YAML) names the grid; every run is `clipadapt train` with those settings, in
-OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped, an
+A sweep file (YAML) names the grid; every run is one call of the run API (`clipadapt.run.train`, the
+function behind `clipadapt train`) with those settings, in OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped, an
 interrupted one resumes from its checkpoint, a failing one is recorded in its folder (failed.json,
 with the error) and the others go on. OUT/sweep-<file name>.json lists every run the sweep expects, so that
 `clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
 generalization share their source adapters: a sweep with `adapters_from: cross_dataset` evaluates
-the adapters the cross-dataset sweep trained in the same OUT (`clipadapt transfer`), training nothing.
+the adapters the cross-dataset sweep trained in the same OUT (`clipadapt.run.transfer`), training nothing.
+
+The paper and study sweeps ship inside the package (clipadapt/sweeps/, `clipadapt sweep --list`), so
+`clipadapt sweep base2novel` works from a wheel install; a checkout's configs/sweeps/ points there.
 
 A study (configs/sweeps/studies/) lists `variants` instead of `methods`: each is a method and the
 settings that make one row of the paper's table; its runs go to
@@ -32,11 +35,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .adapters import FILE_NAME as ADAPTER_FILE
 from .errors import ClipadaptError
 from .fileio import write_json
 
 PACKAGE_PRESETS = Path(__file__).resolve().parent / "presets"
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a source checkout's configs/
+PACKAGE_SWEEPS = Path(__file__).resolve().parent / "sweeps"  # the paper and study sweeps (package data)
 LAUNCHERS = ("local", "slurm", "submitit-local")
 KEYS = {
     "name": "a name for the sweep (free text)",
@@ -107,25 +111,45 @@ class Sweep:
     device: str = "cpu"
     settings: dict = field(default_factory=dict)
     study: dict | None = None  # a study's variants, reference, plot and paper numbers (None: a plain grid)
-    run_flags: list[str] = field(default_factory=list)  # flags given to every run's command (feature cache)
+    feature_cache: Any = True  # every run's feature cache: True the default folder, a folder, False none
 
-    def train_argv(self, run: Run, out: str, data_root: str, device: str | None = None) -> list[str]:
-        """The `clipadapt train` arguments of a run (`clipadapt transfer` for one that reuses an adapter)."""
+    def run_call(self, run: Run, out: str, data_root: str, device: str | None = None) -> tuple[str, dict]:
+        """The run API function a run is (`train`, or `transfer` for one that reuses an adapter) and its arguments."""
+        common = {"data_root": data_root, "out": os.path.join(out, run.dir), "device": device or self.device,
+                  "feature_cache": self.feature_cache}
         if run.adapters_from:
             source_dir = os.path.join(out, run.dir.replace(run.protocol, run.adapters_from, 1))
-            return ["transfer", "--checkpoint", os.path.join(source_dir, "adapter.safetensors"),
-                    "--protocol", run.protocol, "--data-root", data_root, "--device", device or self.device,
-                    "--out", os.path.join(out, run.dir), *self.run_flags]
-        argv = ["train", "--method", run.method, "--dataset", run.dataset, "--data-root", data_root,
-                "--shots", str(run.shots), "--seed", str(run.seed), "--protocol", run.protocol,
-                "--backbone", self.backbone, "--pretrained", self.pretrained, "--device", device or self.device,
-                "--out", os.path.join(out, run.dir)]
+            return "transfer", {"checkpoint": os.path.join(source_dir, ADAPTER_FILE), "protocol": run.protocol,
+                                **common}
+        kwargs = {"method": run.method, "dataset": run.dataset, **common, "protocol": run.protocol,
+                  "shots": run.shots, "seed": run.seed, "backbone": self.backbone, "pretrained": self.pretrained}
         if run.preset:
-            argv += ["--config", run.preset]
+            kwargs["config"] = run.preset
         if run.variant:
-            argv += ["--study", run.study, "--variant", run.variant]
-        argv += self.run_flags
-        return argv + [f"{k}={json.dumps(v)}" for k, v in run.overrides]  # JSON values read back as YAML
+            kwargs.update(study=run.study, variant=run.variant)
+        return "train", {**kwargs, **dict(run.overrides)}
+
+
+# The flag of each run-API argument on the command line (`--dry-run` prints a run as its command).
+FLAGS = {"checkpoint": "--checkpoint", "method": "--method", "dataset": "--dataset", "data_root": "--data-root",
+         "shots": "--shots", "seed": "--seed", "protocol": "--protocol", "backbone": "--backbone",
+         "pretrained": "--pretrained", "device": "--device", "out": "--out", "config": "--config",
+         "study": "--study", "variant": "--variant"}
+# Arguments of the run API that a sweep sets itself: a setting of that name would collide with them.
+RUN_ARGUMENTS = {*FLAGS, "feature_cache", "overwrite", "progress"}
+
+
+def command_line(kind: str, kwargs: dict) -> list[str]:
+    """The `clipadapt` command that does what run.<kind>(**kwargs) does."""
+    argv = [kind]
+    for key, value in kwargs.items():
+        if key in FLAGS:
+            argv += [FLAGS[key], str(value)]
+        elif key == "feature_cache":
+            argv += [] if value is True else ["--no-feature-cache"] if value is False else ["--feature-cache", str(value)]
+        else:
+            argv.append(f"{key}={json.dumps(value)}")  # JSON values read back as YAML
+    return argv
 
 
 def _as_list(data: dict, key: str, default=None) -> list:
@@ -135,14 +159,47 @@ def _as_list(data: dict, key: str, default=None) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def find_preset(name: str, sweep_dir: str) -> str:
-    """A preset file named in a sweep: beside the sweep file, in the package's presets, or in configs/."""
-    for folder in (sweep_dir, PACKAGE_PRESETS, PACKAGE_PRESETS / "synthetic", REPO_CONFIGS, REPO_CONFIGS / "synthetic"):
+def locate_preset_file(name: str, sweep_dir: str) -> str:
+    """The file of a preset a sweep names: beside the sweep file, else among the package's presets."""
+    for folder in (sweep_dir, PACKAGE_PRESETS, PACKAGE_PRESETS / "synthetic"):
         path = Path(folder) / os.path.expanduser(name)
         if path.is_file():
             return str(path.resolve())
-    raise ClipadaptError(f"sweep file: preset '{name}' not found beside the sweep file, in {PACKAGE_PRESETS} "
-                         f"or in {REPO_CONFIGS}")
+    raise ClipadaptError(f"sweep file: preset '{name}' not found beside the sweep file or in {PACKAGE_PRESETS}")
+
+
+def shipped_sweeps() -> dict[str, Path]:
+    """The sweep files shipped in the package, by name ('base2novel', 'studies/rmma_ablation')."""
+    files = sorted(PACKAGE_SWEEPS.glob("*.yaml")) + sorted(PACKAGE_SWEEPS.glob("studies/*.yaml"))
+    return {str(f.relative_to(PACKAGE_SWEEPS).with_suffix("")): f for f in files}
+
+
+def locate_sweep_file(name: str) -> str:
+    """A sweep file by path, else a shipped sweep by name (with or without .yaml and studies/)."""
+    if os.path.exists(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    shipped = shipped_sweeps()
+    key = name.removesuffix(".yaml")
+    for candidate in (key, f"studies/{key}"):
+        if candidate in shipped:
+            return str(shipped[candidate])
+    close = difflib.get_close_matches(key, list(shipped), n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ClipadaptError(f"sweep file '{name}' does not exist and is not a shipped sweep{hint}; "
+                         "`clipadapt sweep --list` lists them")
+
+
+def describe_sweeps() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped sweep, for `clipadapt sweep --list`."""
+    import yaml
+
+    out = []
+    for name, path in shipped_sweeps().items():
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        text = " ".join(str(data.get("name") or data.get("description") or "").split())
+        out.append((name, text))
+    return out
 
 
 def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
@@ -193,6 +250,11 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
             raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
                                  f"{', '.join(METHODS)}")
     overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
+    for section in (overrides, *(v for v in method_overrides.values() if isinstance(v, dict)),
+                    *variants.values()):
+        for key in set(section) & RUN_ARGUMENTS - {"method"}:
+            raise ClipadaptError(f"sweep file '{path}': '{key}' is not a setting; the sweep sets it for each run "
+                                 "(its own key, or a sweep option)")
     adapters_from = data.get("adapters_from")
     if adapters_from is not None:
         adapters_from = canonical_protocol(str(adapters_from))
@@ -219,7 +281,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         elif str(preset).lower() == NO_PRESET:
             preset, settings = NO_PRESET, {}
         else:
-            preset = find_preset(str(preset), sweep_dir)
+            preset = locate_preset_file(str(preset), sweep_dir)
             settings = read_preset(preset)
         merged = {**overrides, **(method_overrides.get(method) or {}), **variant_settings}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
@@ -294,49 +356,79 @@ def select_variants(sweep: Sweep, names: list[str]) -> Sweep:
 
 
 # ---- executing runs ----------------------------------------------------------------------------
-def _record_failure(run_dir: str, run: Run, error: str, returncode: int | None) -> None:
-    write_json(os.path.join(run_dir, "failed.json"), {**run.record(), "error": error, "returncode": returncode})
+def _record_failure(run_dir: str, record: dict, error: str, returncode: int | None) -> None:
+    write_json(os.path.join(run_dir, "failed.json"), {**record, "error": error, "returncode": returncode})
 
 
-def execute_in_process(argv: list[str], run: Run, run_dir: str) -> str | None:
-    """Run `clipadapt train` in this process; on failure record failed.json and return the error."""
-    from .cli import _preflight, _resolve_pretrained, build_parser, parse_command_line
+def execute_in_process(kind: str, kwargs: dict, record: dict, run_dir: str, child: bool = False) -> str | None:
+    """Run one run-API call (`train` or `transfer`) in this process; on failure record failed.json and
+    return the error. In a sweep's child process (`child`) failed.json also gets the exit code the child
+    ends with, as the command line's: 2 for an input error, 1 for a crash."""
+    from . import run as run_api
     from .errors import one_line
 
+    calls = {"train": run_api.train, "transfer": run_api.transfer}
     os.makedirs(run_dir, exist_ok=True)
+    code = 2
     try:
-        args = parse_command_line(build_parser(), argv)
-        _resolve_pretrained(args)
-        _preflight(args)
-        args.func(args)
+        calls[kind](**kwargs)
         return None
     except KeyboardInterrupt:
         raise
     except ClipadaptError as err:
         error = one_line(str(err)) or type(err).__name__
+    except OSError as err:
+        if err.filename:  # a path the run was given (a data folder, an output file): the user's to fix
+            error = f"cannot use '{err.filename}': {err.strerror}"
+        else:
+            error, code = _crash(run_dir, err), 1
     except BaseException as err:  # noqa: BLE001 - a crashing run must not stop the sweep
-        with open(os.path.join(run_dir, "error.log"), "w") as f:
-            traceback.print_exc(file=f)
-        error = f"{type(err).__name__}: {one_line(str(err))} (traceback in error.log)"
-    _record_failure(run_dir, run, error, None)
+        error, code = _crash(run_dir, err), 1
+    _record_failure(run_dir, record, error, code if child else None)
     return error
 
 
-def execute_subprocess(argv: list[str], run: Run, run_dir: str, env: dict) -> str | None:
-    """Run `clipadapt train` in a child process (its output in run.log); on failure record failed.json."""
+def _crash(run_dir: str, err: BaseException) -> str:
+    """Write the traceback of an unexpected error to run_dir/error.log; its one-line summary."""
+    from .errors import one_line
+
+    with open(os.path.join(run_dir, "error.log"), "w") as f:
+        traceback.print_exc(file=f)
+    return f"{type(err).__name__}: {one_line(str(err))} (traceback in error.log)"
+
+
+def execute_subprocess(kind: str, kwargs: dict, record: dict, run_dir: str, env: dict) -> str | None:
+    """Run one run-API call in a child process (`python -m clipadapt.sweep`, its output in run.log); the
+    child records a failure itself, the parent one that killed the child."""
     os.makedirs(run_dir, exist_ok=True)
-    log = os.path.join(run_dir, "run.log")
-    with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "clipadapt.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
+    log_path = os.path.join(run_dir, "run.log")
+    call = json.dumps({"kind": kind, "kwargs": kwargs, "record": record, "run_dir": run_dir})
+    with open(log_path, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "clipadapt.sweep", call], stdout=f, stderr=subprocess.STDOUT,
                             env=env).returncode
     if rc == 0:
         return None
-    with open(log, errors="replace") as f:
+    failed = os.path.join(run_dir, "failed.json")
+    if os.path.exists(failed):
+        with open(failed) as f:
+            return json.load(f)["error"]
+    with open(log_path, errors="replace") as f:
         lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line.split("clipadapt: error: ", 1)[1] for line in lines if "clipadapt: error: " in line]
-    error = errors[-1] if errors else (lines[-1] if lines else f"exit code {rc}") + " (full output in run.log)"
-    _record_failure(run_dir, run, error, rc)
+    error = (lines[-1] if lines else f"exit code {rc}") + " (full output in run.log)"
+    _record_failure(run_dir, record, error, rc)
     return error
+
+
+def worker_main(argv: list[str]) -> int:
+    """A sweep's child process: one run-API call given as JSON; exit 0 when it finished, else 2 or 1 as failed.json says."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # this process's own output: its run.log
+    call = json.loads(argv[0])
+    if execute_in_process(call["kind"], call["kwargs"], call["record"], call["run_dir"], child=True) is None:
+        return 0
+    with open(os.path.join(call["run_dir"], "failed.json")) as f:
+        return json.load(f)["returncode"]
 
 
 def visible_gpus(gpus: str | None) -> list[str]:
@@ -404,7 +496,8 @@ def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 
     elif jobs == 1:
         for run in todo:
             bar.set_postfix_str(run.dir)
-            finish(run, execute_in_process(sweep.train_argv(run, out, data_root, device), run, os.path.join(out, run.dir)))
+            finish(run, execute_in_process(*sweep.run_call(run, out, data_root, device), run.record(),
+                                           os.path.join(out, run.dir)))
     else:
         _run_parallel(sweep, todo, out, data_root, device, jobs, gpus, finish)
     bar.close()
@@ -431,8 +524,8 @@ def _run_parallel(sweep: Sweep, todo: list[Run], out: str, data_root: str, devic
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
                 run_device = "cuda:0"  # the one GPU the child sees
-            argv = sweep.train_argv(run, out, data_root, run_device)
-            return run, execute_subprocess(argv, run, os.path.join(out, run.dir), env)
+            kind, kwargs = sweep.run_call(run, out, data_root, run_device)
+            return run, execute_subprocess(kind, kwargs, run.record(), os.path.join(out, run.dir), env)
         finally:
             slots.put(gpu)
 
@@ -464,12 +557,17 @@ def _run_submitit(sweep: Sweep, todo: list[Run], out: str, data_root: str, devic
             device = "cuda"
     submitted = []
     for run in todo:  # one job per run; submitit pickles the function and its arguments
-        argv = sweep.train_argv(run, out, data_root, device)
-        submitted.append((run, executor.submit(execute_in_process, argv, run, os.path.join(out, run.dir))))
+        kind, kwargs = sweep.run_call(run, out, data_root, device)
+        submitted.append((run, executor.submit(execute_in_process, kind, kwargs, run.record(),
+                                               os.path.join(out, run.dir))))
     for run, job in submitted:
         try:
             error = job.result()
         except Exception as err:  # noqa: BLE001 - the job itself died (node failure, timeout)
             error = f"{type(err).__name__}: {' '.join(str(err).split())[-300:]}"
-            _record_failure(os.path.join(out, run.dir), run, error, None)
+            _record_failure(os.path.join(out, run.dir), run.record(), error, None)
         finish(run, error)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

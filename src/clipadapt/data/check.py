@@ -100,3 +100,14 @@ def format_state(state: DatasetState) -> list[str]:
         lines.append(f"    {state.missing_images} image(s) listed in its split file(s) are not on disk, e.g. "
                      + ", ".join(state.first_missing_images) + f" (see {DATASETS_MD})")
     return lines
+
+
+def check_data_root(data_root: str, names: list[str] | None = None) -> list[DatasetState]:
+    """The state of each CoOp dataset asked for (default: all) under a data root; unknown names are an error."""
+    names = names or list(COOP_DATASETS)
+    for name in names:
+        if name not in COOP_DATASETS:
+            raise DataError(f"unknown dataset '{name}'; CoOp datasets: {', '.join(COOP_DATASETS)}")
+    if not os.path.isdir(os.path.expanduser(data_root)):
+        raise DataError(f"data root '{data_root}' is not a folder")
+    return [check_dataset(name, data_root) for name in names]

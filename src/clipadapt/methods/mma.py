@@ -20,6 +20,7 @@ from torch import nn
 
 from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
+from ..official_checkpoints import check_state_fits, read_state_dict
 from .base import Method, MethodConfig
 
 
@@ -138,22 +139,14 @@ class MMA(Method):
         return img, txt
 
 
+OFFICIAL_PREFIXES = ("visual_adapter.", "text_adapter.", "shared_adapter.")
+
+
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The adapter tensors of a checkpoint saved by the official MMA code (Dassl's format)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ClipadaptError(f"MMA checkpoint '{path}' does not exist") from None
-    except Exception as err:
-        raise ClipadaptError(f"'{path}' is not a readable MMA checkpoint (torch.save format): {err}") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ClipadaptError(f"'{path}' holds no state dict")
-    prefixes = ("visual_adapter.", "text_adapter.", "shared_adapter.")
-    kept = {k.removeprefix("module."): v for k, v in state.items()}
-    kept = {k: v for k, v in kept.items() if k.startswith(prefixes)}
+    """The adapter tensors of a checkpoint saved by the official MMA (or MMA++) code (Dassl's format)."""
+    kept = {k: v for k, v in read_state_dict(path, "MMA").items() if k.startswith(OFFICIAL_PREFIXES)}
     if not kept:
-        raise ClipadaptError(f"'{path}' has no MMA adapter weights (keys starting with {', '.join(prefixes)})")
+        raise ClipadaptError(f"'{path}' has no MMA adapter weights (keys starting with {', '.join(OFFICIAL_PREFIXES)})")
     return kept
 
 
@@ -170,18 +163,10 @@ def official_config(state: dict[str, torch.Tensor], scale: float = 0.001, path: 
     return MMAConfig(adapter_start=blocks[0], adapter_end=blocks[-1], adapter_dim=dim, scale=scale)
 
 
-def check_official_fits(method: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Refuse an official state dict whose keys or shapes do not fit `method` (an MMA on some backbone)."""
-    ours = method.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    if missing or unexpected:
-        raise ClipadaptError(f"'{path}' does not fit this model's adapters: missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]} (check adapter_start/adapter_end/adapter_dim)")
-    for key, value in state.items():
-        if value.shape != ours[key].shape:
-            raise ClipadaptError(f"'{path}': '{key}' has shape {tuple(value.shape)}, the model expects "
-                                 f"{tuple(ours[key].shape)} (is it the same backbone?)")
+def official_adapter(path: str, scale: float = 0.001) -> tuple[MMAConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMA checkpoint, under this module's names (they are the same)."""
+    state = official_state_dict(path)
+    return official_config(state, scale, path), state
 
 
 def load_official(model, path: str) -> None:
@@ -189,6 +174,6 @@ def load_official(model, path: str) -> None:
     if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
         raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
     state = official_state_dict(path)
-    check_official_fits(model.method, state, path)
+    check_state_fits(model.method, state, path)
     model.method.load_state_dict({k: v.float() for k, v in state.items()})
     model._text_cache = None

@@ -23,7 +23,7 @@ from torch import nn
 from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
 from .base import Method, MethodConfig
-from .mma import MMA
+from .mma import MMA, official_config, official_state_dict
 
 
 @dataclass
@@ -167,3 +167,15 @@ class MMAPP(MMA):
         if self.drawn_scale is not None and self._drawn_features:
             parts["drawn_scale"] = self.drawn_scale
         return total, parts
+
+
+def official_adapter(path: str, train_scale: float = 0.01, test_scale: float = 0.0065, reg_weight: float = 2.5,
+                     dropout: float = 0.1) -> tuple[MMAPPConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMA++ checkpoint; it saves MMA's keys (its dropout has no
+    parameters), so the scales, weight and dropout it was trained with are given here."""
+    state = official_state_dict(path)
+    blocks = official_config(state, path=path)
+    config = MMAPPConfig(adapter_start=blocks.adapter_start, adapter_end=blocks.adapter_end,
+                         adapter_dim=blocks.adapter_dim, dropout=dropout, train_scale=train_scale,
+                         test_scale=test_scale, reg_weight=reg_weight)
+    return config, state

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
+from ..official_checkpoints import read_state_dict
 from .base import Method, MethodConfig
 
 INFERENCE_MODES = ("auto", "fusion", "class")
@@ -234,18 +235,9 @@ _OFFICIAL_NAMES = {"representation_learner.compound_rep_tokens": "rep_tokens", "
 
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The trained tensors of a checkpoint saved by the official MMRL code, under this module's names."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ClipadaptError(f"MMRL checkpoint '{path}' does not exist") from None
-    except Exception as err:
-        raise ClipadaptError(f"'{path}' is not a readable MMRL checkpoint (torch.save format): {err}") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ClipadaptError(f"'{path}' holds no state dict")
+    state = read_state_dict(path, "MMRL")
     out = {}
     for key, value in state.items():
-        key = key.removeprefix("module.")
         if key in _OFFICIAL_NAMES:
             out[_OFFICIAL_NAMES[key]] = value
         for prefix, ours in _OFFICIAL_PREFIXES.items():
@@ -263,3 +255,9 @@ def official_config(state: dict[str, torch.Tensor], last_block: int = 12, **opti
     k, d = state["rep_tokens"].shape
     layers = list(range(last_block - n_layers + 1, last_block + 1))
     return MMRLConfig(n_rep_tokens=int(k), rep_dim=int(d), rep_layers=layers, **options)
+
+
+def official_adapter(path: str, last_block: int = 12, **options) -> tuple[MMRLConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMRL checkpoint (options: alpha, inference, ...)."""
+    state = official_state_dict(path)
+    return official_config(state, last_block, **options), state

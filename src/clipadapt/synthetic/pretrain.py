@@ -11,6 +11,7 @@ exported with the token-embedding rows of the world's vocabulary only (the rest 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -25,6 +26,8 @@ from tqdm import tqdm
 from ..fileio import atomic_path, write_json
 from ..synthetic_weights import export_weights, load_exported  # noqa: F401  (the format lives with the loader)
 from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
+
+log = logging.getLogger(__name__)
 
 CONFIG = "clipadapt-synthetic"
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -97,7 +100,7 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        print(f"resuming pretraining at step {start}")
+        log.info("resuming pretraining at step %d", start)
         if os.path.exists(log_path):  # drop the steps after the saved state: they are done again
             with open(log_path) as f:
                 kept = [line for line in f if json.loads(line)["step"] <= start]
@@ -204,4 +207,29 @@ def zero_shot_record(weights: str, data_root: str, datasets: list[str], progress
             row[subsample] = round(evaluate(model, data.test, progress=progress, desc=f"{name}/{subsample}").accuracy, 2)
             row[f"chance_{subsample}"] = round(100.0 / data.num_classes, 2)
         record[name] = row
+    return record
+
+
+def pretrain_and_record(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: int = 24000,
+                        lr: float = 1e-3, install: bool = False) -> dict:
+    """`clipadapt pretrain-synthetic`: pretrain, record the zero-shot accuracy in OUT/synthetic-clip.json,
+    and with `install` copy the result into the package; returns the record."""
+    import shutil
+
+    from ..data.synthetic import SYNTHETIC_DATASETS
+    from ..synthetic_weights import SHIPPED_RECORD, SHIPPED_WEIGHTS
+
+    start = time.time()
+    weights = pretrain(out_dir, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
+                       eval_fn=zero_shot_probe())
+    record = {"weights": os.path.basename(weights), "pretrain_minutes": round((time.time() - start) / 60, 1),
+              "zero_shot": zero_shot_record(weights, os.path.join(out_dir, "data"), list(SYNTHETIC_DATASETS))}
+    with open(os.path.join(out_dir, "pretrain_config.json")) as f:
+        record["pretrain"] = json.load(f)
+    write_json(os.path.join(out_dir, "synthetic-clip.json"), record)
+    if install:
+        shutil.copyfile(weights, SHIPPED_WEIGHTS)
+        shutil.copyfile(os.path.join(out_dir, "synthetic-clip.json"), SHIPPED_RECORD)
+        shutil.copyfile(os.path.join(out_dir, "pretrain_log.jsonl"), SHIPPED_WEIGHTS.parent / "pretrain_log.jsonl")
+        log.info("installed into %s", SHIPPED_WEIGHTS.parent)
     return record

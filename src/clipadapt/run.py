@@ -1,0 +1,362 @@
+"""One run into one folder, the Python API that `clipadapt train`, `eval`, `transfer` and `predict`,
+the sweep, the demo and a notebook all call.
+
+    import clipadapt
+    metrics = clipadapt.train("mma", "syn_shapes", data_root="data", out="runs/mma-shapes", epochs=2)
+
+`train` resolves the settings (method defaults < the shipped preset for the method, protocol and
+backbone, or `config` < keyword settings), checks every input before any work, resumes an
+interrupted run in the same folder (and refuses one made with other settings), trains and scores
+under the protocol, and writes config.yaml, log.jsonl, checkpoint.pt, adapter.safetensors and
+metrics.json, each whole or not at all. A finished run is never overwritten unless `overwrite`.
+Status lines go to the `clipadapt.run` logger; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import __version__
+from .adapters import FILE_NAME as ADAPTER_FILE
+from .checks import check_device, check_not_finished, check_writable
+from .errors import ClipadaptError
+from .fileio import write_json, write_text
+from .registry import FOLDER_DATASET, canonical_protocol
+
+log = logging.getLogger(__name__)
+
+SETTING_ARGUMENTS = {"prompts", "base_ratio"}  # arguments of `train` that are settings too (its flags set them)
+RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE)  # what --overwrite discards
+
+
+def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
+    """The backbone and weights a run uses when none are named: the shipped tiny CLIP and its weights;
+    a named open_clip model gets OpenAI's weights unless told."""
+    from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained
+
+    backbone = backbone or DEFAULT_BACKBONE
+    return backbone, str(pretrained) if pretrained is not None else default_pretrained(backbone)
+
+
+def feature_cache_of(setting):
+    """The FeatureCache a run's `feature_cache` asks for: True the default folder, a path that folder,
+    False or None no cache (a FeatureCache is used as given)."""
+    from .feature_cache import FeatureCache
+
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return FeatureCache(None)
+    if isinstance(setting, FeatureCache):
+        return setting
+    return FeatureCache(os.path.abspath(os.path.expanduser(str(setting))))
+
+
+def default_protocol(dataset: str) -> str:
+    """A user's own folder has no base/novel convention: it trains and tests on all its classes."""
+    return "fewshot" if dataset == FOLDER_DATASET else "base2novel"
+
+
+def _check_data(protocol: str, dataset: str, data_root: str, shots: int, seed: int, base_ratio) -> None:
+    """Read every split the run will use (file lists only), so that a missing one fails before training."""
+    from .data import build_dataset
+    from .protocols import TRANSFER_TARGETS, transfer_targets
+
+    subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
+    for subsample in subsamples:
+        build_dataset(dataset, data_root, shots, seed, subsample, base_ratio)
+    if protocol in TRANSFER_TARGETS:
+        for target in transfer_targets(protocol, dataset):
+            build_dataset(target, data_root, -1, seed, "all")
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+# ---- train ---------------------------------------------------------------------------------------
+def train(method: str, dataset: str, data_root: str, out: str, *, protocol: str | None = None, shots: int = 16,
+          seed: int = 1, backbone: str | None = None, pretrained: str | None = None, config: str | None = None,
+          prompts: str | None = None, base_ratio: str | None = None, study: str | None = None,
+          variant: str | None = None, device: str = "cpu", feature_cache=True, overwrite: bool = False,
+          progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Train `method` on `dataset` under `protocol` into the folder `out` and score it; returns the metrics.
+
+    `settings` are method options and training settings (scale=0.001, epochs=5, lr=2e-3, ...), over the
+    preset `config` names (None: the shipped preset for the method, protocol and backbone; "none": the
+    method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
+    interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
+    from . import distributed
+
+    backbone, pretrained = default_backbone(backbone, pretrained)
+    check_device(device)
+    check_writable(out, "dir")
+    if protocol:
+        protocol = canonical_protocol(protocol)
+    device = distributed.init_from_env(device)  # under torchrun: join the group; one GPU per rank
+    metrics = _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts,
+                     base_ratio, study, variant, device, feature_cache, overwrite, progress, settings)
+    distributed.shutdown()  # after success only: an error leaves without the final barrier, which would wait forever
+    return metrics
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Refuse settings that name one of `train`'s own arguments (seed=3 is the seed argument, --seed 3)."""
+    import inspect
+
+    own = {name for name, p in inspect.signature(train).parameters.items() if p.kind is p.KEYWORD_ONLY
+           or p.kind is p.POSITIONAL_OR_KEYWORD} - SETTING_ARGUMENTS
+    for key in settings:
+        if key in own:
+            flag = "--" + key.replace("_", "-")
+            raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
+
+
+def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: int, seed: int, backbone: str,
+               pretrained: str, preset_name: str, resolved: dict, study: str | None, variant: str | None) -> dict:
+    """What config.yaml records of a run: everything that defines it, in a fixed order."""
+    record = {"protocol": protocol, "dataset": dataset, "data_root": os.path.abspath(data_root), "shots": shots,
+              "seed": seed, "backbone": backbone, "pretrained": str(pretrained), "preset": preset_name, **resolved}
+    if study or variant:  # a study's run: the report groups it by study and names its row by variant
+        record.update(study=study, variant=variant or method)
+    return record
+
+
+def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
+           study, variant, device, feature_cache, overwrite, progress, settings) -> dict[str, Any]:
+    import yaml
+
+    from . import distributed
+    from .protocols import RunSpec, run_protocol
+    from .runconfig import choose_preset, resolve
+
+    chosen_protocol = protocol or default_protocol(dataset)
+    preset_name, preset = choose_preset(config, method, chosen_protocol, backbone)
+    overrides = dict(settings)
+    if prompts is not None:
+        overrides["prompts"] = prompts
+    if base_ratio is not None:
+        overrides["base_ratio"] = base_ratio
+    method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
+    train_cfg.seed = seed
+    resolved["seed"] = seed
+    record = run_record(method, dataset, data_root, chosen_protocol, shots, seed, backbone, pretrained, preset_name,
+                        resolved, study, variant)
+    metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
+    _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
+    main_rank = distributed.is_main()
+    if overwrite and main_rank:
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    check_not_finished(out)
+    if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
+        previous = _read_yaml(config_path)
+        if previous != record:
+            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+            raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
+                                 "rerun with the same settings to resume, or pass --overwrite")
+    if not protocol:
+        log.info("protocol: %s (the default for --dataset %s; set it with --protocol)", chosen_protocol, dataset)
+    log.info("settings: %s%s", preset_name, " (the shipped preset for this method, protocol and backbone; "
+             "--config FILE or --config none to change)" if config is None else "")
+    distributed.barrier()
+    if main_rank:
+        os.makedirs(out, exist_ok=True)
+        write_text(config_path, yaml.safe_dump(record, sort_keys=False))
+    spec = RunSpec(method, dataset, data_root, shots, seed, backbone, pretrained, out, device,
+                   progress=progress and main_rank, feature_cache=feature_cache_of(feature_cache))
+    metrics = run_protocol(chosen_protocol, spec, method_cfg.to_dict(), train_cfg)
+    if not main_rank:
+        return {}
+    if "variant" in record:
+        metrics.update(study=record["study"], variant=record["variant"])
+    write_json(metrics_path, metrics)
+    log.info("wrote %s", metrics_path)
+    return metrics
+
+
+# ---- evaluate and transfer a saved adapter -------------------------------------------------------
+def evaluate(dataset: str, data_root: str, out: str, *, method: str = "zeroshot", checkpoint: str | None = None,
+             split: str = "test", subsample: str = "all", shots: int = -1, seed: int = 1,
+             backbone: str | None = None, pretrained: str | None = None, backbone_from_checkpoint: bool = False,
+             prompts: str | None = None, device: str = "cpu", batch_size: int = 100, workers: int | None = None,
+             feature_cache=True, save_predictions: bool = False, overwrite: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Score zero-shot CLIP (`method`) or a saved adapter (`checkpoint`) on one split of a dataset into
+    `out`/metrics.json (and predictions.csv); returns the metrics. With a checkpoint the backbone is the
+    recorded one unless `backbone` is given."""
+    from .data import build_dataset
+    from .evaluation import evaluate as score, write_predictions
+    from .model import build_model, load_model
+
+    if not (checkpoint and backbone is None):
+        backbone, pretrained = default_backbone(backbone, pretrained)
+    check_device(device)
+    check_writable(out, "dir")
+    if split not in ("test", "val"):
+        raise ClipadaptError(f"split must be test or val, got '{split}'")
+    data = build_dataset(dataset, data_root, shots=shots, seed=seed, subsample=subsample)
+    items = data.test if split == "test" else data.val
+    if not items:
+        raise ClipadaptError(f"dataset '{dataset}' at '{data_root}' has no {split} images ({subsample} classes)")
+    if checkpoint:
+        from_file = backbone_from_checkpoint or backbone is None
+        model = load_model(checkpoint, data.classnames, device=device, backbone=None if from_file else backbone,
+                           pretrained=None if from_file else pretrained, prompts=prompts,
+                           default_template=data.template, dataset=dataset)
+        method = model.method.name
+    else:
+        options = {} if prompts is None else {"prompts": prompts}
+        model = build_model(method, data.classnames, backbone, pretrained, default_template=data.template,
+                            device=device, dataset=dataset, **options)
+        if model.method.num_trainable():
+            raise ClipadaptError(f"method '{method}' has trainable parameters: evaluating it untrained measures "
+                                 "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)")
+    if not overwrite:
+        check_not_finished(out)  # after every input check: a bad input names itself
+    start = time.time()
+    result = score(model, items, batch_size, workers, device, desc=f"{dataset}/{split}/{subsample}",
+                   feature_cache=feature_cache_of(feature_cache), dataset=dataset, split=f"{split}/{subsample}",
+                   progress=progress)
+    metrics = {
+        "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": dataset, "split": split,
+        "shots": shots, "seed": seed, "subsample": subsample, "method": method, "backbone": model.backbone.name,
+        "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
+        "num_classes": data.num_classes, "prompt_template": model.template, "prompts": model.method.config.prompts,
+        "data_root": os.path.abspath(data_root), "checkpoint": checkpoint,
+        "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
+    }
+    os.makedirs(out, exist_ok=True)
+    if save_predictions:
+        write_predictions(os.path.join(out, "predictions.csv"), items, result, data.classnames)
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    log.info("wrote %s", os.path.join(out, "metrics.json"))
+    return metrics
+
+
+def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source: str | None = None,
+             shots: int = 16, seed: int = 1, backbone: str | None = None, pretrained: str | None = None,
+             device: str = "cpu", batch_size: int = 100, workers: int | None = None, feature_cache=True,
+             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Score a source adapter, without training, on its source's test set and every target of the
+    cross-dataset or domain-generalization protocol, into `out`/metrics.json; returns the metrics."""
+    from .model import load_model
+    from .protocols import TRANSFER_TARGETS, evaluate_transfer, transfer_targets
+
+    check_device(device)
+    check_writable(out, "dir")
+    protocol = canonical_protocol(protocol)
+    if protocol not in TRANSFER_TARGETS:
+        raise ClipadaptError(f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'")
+    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
+    trained = _read_yaml(run_config) if os.path.exists(run_config) else {}  # the training run says what it saw
+    source = source or trained.get("dataset")
+    if not source:
+        raise ClipadaptError(f"give --source: no config.yaml beside '{checkpoint}' names the training dataset")
+    transfer_targets(protocol, source)
+    if not overwrite:
+        check_not_finished(out)
+    model = load_model(checkpoint, device=device, backbone=backbone, pretrained=pretrained if backbone else None)
+    start = time.time()
+    kwargs = dict(batch_size=batch_size, workers=workers, device=device, progress=progress,
+                  feature_cache=feature_cache_of(feature_cache))
+    metrics = evaluate_transfer(model, protocol, source, data_root, kwargs)
+    metrics.update({
+        "trainable_params": model.method.num_trainable(), "total_seconds": round(time.time() - start, 2),
+        "protocol": protocol, "method": model.method.name, "dataset": source,
+        "shots": trained.get("shots", shots), "seed": trained.get("seed", seed),
+        "backbone": model.backbone_source.get("backbone"), "pretrained": str(model.backbone_source.get("pretrained")),
+        "backbone_identity": model.backbone.identity, "checkpoint": os.path.abspath(checkpoint),
+    })
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    log.info("wrote %s", os.path.join(out, "metrics.json"))
+    return metrics
+
+
+# ---- predict and describe ------------------------------------------------------------------------
+def read_class_names(path: str) -> list[str]:
+    """Class names from a text file, one a line (blank lines skipped)."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ClipadaptError(f"cannot read class file '{path}': "
+                             f"{getattr(err, 'strerror', None) or 'not a text file'}") from None
+
+
+def check_class_names(names: list[str], where: str) -> list[str]:
+    """At least two distinct class names, or a clear error naming where they came from."""
+    from .data.folder import check_distinct
+
+    if len(names) < 2:
+        raise ClipadaptError("need at least two class names to classify between")
+    check_distinct(names, where)
+    return names
+
+
+def predict(images: list[str], classes: list[str] | None = None, checkpoint: str | None = None, top_k: int = 5,
+            prompts: str | None = None, backbone: str | None = None, pretrained: str | None = None,
+            device: str = "cpu", batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """The top classes of each image, {image, top: [{class, probability}]}, as the images are scored.
+
+    Without `checkpoint`, zero-shot CLIP against `classes`; with one, `classes` default to those it was
+    trained on. Every input is checked before the first image is scored."""
+    from .model import build_model, load_model
+
+    check_device(device)
+    if classes is None and not checkpoint:
+        raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE "
+                             "(with --checkpoint they default to the classes it was trained on)")
+    for path in images:
+        if not os.path.isfile(path):
+            raise ClipadaptError(f"cannot read image '{path}': no such file")
+    if checkpoint:
+        model = load_model(checkpoint, classes, backbone=backbone, pretrained=pretrained, device=device,
+                           prompts=prompts)
+        if len(model.classnames) < 2:
+            raise ClipadaptError(f"adapter '{checkpoint}' records no class names; give them with --classes")
+    else:
+        options = {} if prompts is None else {"prompts": prompts}
+        backbone, pretrained = default_backbone(backbone, pretrained)
+        model = build_model("zeroshot", classes, backbone, pretrained, device=device, **options)
+    return _predictions(model, images, top_k, device, batch_size)
+
+
+def _predictions(model, images: list[str], top_k: int, device: str, batch_size: int) -> Iterator[dict[str, Any]]:
+    import torch
+
+    from .data.loader import load_image
+    from .evaluation import model_transform
+
+    transform = model_transform(model)
+    model.eval()
+    names = model.classnames
+    k = min(top_k, len(names))
+    for start in range(0, len(images), batch_size):
+        paths = images[start:start + batch_size]
+        batch = torch.stack([transform(load_image(p)) for p in paths]).to(device)
+        with torch.no_grad():
+            probs = model(batch).float().softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+            yield {"image": path, "top": [{"class": names[i], "probability": round(v, 4)} for v, i in zip(p, idx)]}
+
+
+def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, Any]:
+    """A method's trainable parameter count and options on a backbone's architecture (a name, built with
+    random weights, or a loaded Backbone)."""
+    from .model import build_model
+
+    model = build_model(method, ["a", "b"], backbone, "none", **options)
+    return {"method": method, "backbone": getattr(backbone, "name", backbone),
+            "trainable_params": model.method.num_trainable(),
+            "image_blocks": len(model.backbone.image_blocks), "text_blocks": len(model.backbone.text_blocks),
+            "config": model.method.config.to_dict()}
