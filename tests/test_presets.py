@@ -62,3 +62,11 @@ def test_presets_resolve_in_a_non_editable_install(tmp_path):
     here = json.loads(json.dumps({m: synthetic_preset(m) for m in DEMO_METHODS}))
     assert installed["demo"] == here
     assert installed["folder"] == json.loads(json.dumps(choose_preset(None, "mma", "fewshot", "synthetic")))
+    # The README's sweeps by name, from the installed package (its files were outside it before).
+    listed = subprocess.run([sys.executable, "-m", "clipadapt", "sweep", "--list"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert listed.returncode == 0 and "studies/rmma_ablation" in listed.stdout, listed.stderr
+    dry = subprocess.run([sys.executable, "-m", "clipadapt", "sweep", "base2novel", "--out", "runs", "--dry-run"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.count("clipadapt train") >= 3 * 11, dry.stderr
+    assert str(target) in dry.stdout  # its presets are the installed package's
