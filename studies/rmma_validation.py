@@ -27,7 +27,7 @@ from clipadapt.demo import synthetic_preset
 from clipadapt.engine import Trainer, seed_everything
 from clipadapt.evaluation import evaluate, model_transform
 from clipadapt.model import build_model
-from clipadapt.protocols import harmonic_mean
+from clipadapt.scoring import harmonic_mean
 from clipadapt.runconfig import resolve
 
 VARIANTS = {

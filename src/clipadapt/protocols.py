@@ -15,6 +15,7 @@ from .feature_cache import FeatureCache
 from .errors import ClipadaptError
 from .model import build_model
 from .registry import canonical_protocol
+from .scoring import harmonic_mean
 
 # Domain generalization: train on the source (all classes), test on its shifted versions.
 DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"], **SYNTHETIC_DG_TARGETS}
@@ -34,11 +35,6 @@ def transfer_targets(protocol: str, source: str) -> list[str]:
     if source not in table:
         raise ClipadaptError(f"no {protocol} targets for source '{source}'; sources: {', '.join(table)}")
     return table[source]
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    """Harmonic mean of two accuracies (0 when either is 0)."""
-    return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
 
 
 @dataclass

@@ -25,9 +25,9 @@ from statistics import mean, stdev
 
 from .errors import ClipadaptError
 from .fileio import atomic_path, write_json, write_text
-from .protocols import harmonic_mean
 from .registry import PROTOCOL_ALIASES
 from .references import REFERENCES
+from .scoring import harmonic_mean
 
 MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder
 
@@ -470,18 +470,18 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: d
     """base vs novel per method (base-to-novel averages), K-shot curves and the studies' HM curves; returns the
     files written."""
     try:
-        import matplotlib
+        # The object API draws without pyplot, so no backend is chosen for the caller's process.
+        from matplotlib.figure import Figure
     except ImportError:
         return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     written = []
     study_runs = [r for r in runs if r.get("variant")]
     runs = [r for r in runs if not r.get("variant")]
     for study, per_shots in sorted(study_tables(study_runs, studies or {}).items()):
         for (key, shots), lines in sorted(study_curves(study, per_shots, (studies or {}).get(study, {})).items()):
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+            fig = Figure(figsize=(5, 3.6))
+            ax = fig.subplots()
             for label, points in lines.items():
                 ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label or "(defaults)")
             ax.set_xlabel("base : novel classes (B/N)" if key == "base_ratio" else key)
@@ -490,9 +490,9 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: d
             ax.legend(fontsize=7)
             fig.tight_layout()
             written.append(_save(fig, os.path.join(out_dir, f"study_{study}_{key}_{shots}shots.png")))
-            plt.close(fig)
     for shots, table in sorted(base2novel_table(runs).items()):
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig = Figure(figsize=(5, 4))
+        ax = fig.subplots()
         for method in _order(table, methods):
             avg = table[method]["Average"]
             ax.scatter(avg["base"], avg["novel"], s=50)
@@ -501,13 +501,13 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: d
         ax.set_ylabel("average novel accuracy (%)")
         ax.set_title(f"Base vs novel, {shots} shots")
         written.append(_save(fig, os.path.join(out_dir, f"base2novel_{shots}shots.png")))
-        plt.close(fig)
     few = fewshot_table(runs)
     if few:
         names = ["Average", *sorted({d for m in few.values() for d in m if d != "Average"})]
         cols = min(4, len(names))
-        fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.8 * ((len(names) + cols - 1) // cols)),
-                                 squeeze=False)
+        n_rows = (len(names) + cols - 1) // cols
+        fig = Figure(figsize=(3.2 * cols, 2.8 * n_rows))
+        axes = fig.subplots(n_rows, cols, squeeze=False)
         for ax, dataset in zip(axes.flat, names):
             for method in _order(few, methods):
                 per_k = few[method].get(dataset, {})
@@ -524,7 +524,6 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: d
         axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, os.path.join(out_dir, "fewshot.png")))
-        plt.close(fig)
     return written
 
 
