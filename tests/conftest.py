@@ -5,7 +5,7 @@ import torch
 
 from clipadapt.backbone import load_backbone
 from clipadapt.data.coop import COOP_DATASETS
-from clipadapt.data.fake import make_coop_tree
+from fake_datasets import make_coop_tree
 
 logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random weights are random
 

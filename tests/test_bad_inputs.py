@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from clipadapt.cli import main
-from clipadapt.data.fake import make_coop_tree
+from fake_datasets import make_coop_tree
 
 TINY = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]
 

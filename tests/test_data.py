@@ -12,7 +12,7 @@ from torchvision import transforms as T
 from clipadapt.data import build_dataset
 from clipadapt.data.coop import COOP_DATASETS
 from clipadapt.data.datum import Datum
-from clipadapt.data.fake import make_coop_tree
+from fake_datasets import make_coop_tree
 from clipadapt.data.fewshot import sample_few_shot
 from clipadapt.data import transforms as tf
 from clipadapt.errors import DataError
@@ -142,7 +142,7 @@ def test_base_and_new_share_one_draw(fake_root):
 
 
 def test_odd_class_count_puts_extra_class_in_base(tmp_path):
-    from clipadapt.data.fake import make_coop_tree
+    from fake_datasets import make_coop_tree
 
     make_coop_tree(str(tmp_path), "eurosat", num_classes=5, per_class=(3, 1, 1))
     assert len(build_dataset("eurosat", str(tmp_path), subsample="base").classnames) == 3
@@ -190,7 +190,7 @@ def test_unknown_dataset_lists_known_ones(tmp_path):
 
 
 def test_image_folder_dataset(tmp_path):
-    from clipadapt.data.fake import draw_class_image
+    from fake_datasets import draw_class_image
 
     for label, name in enumerate(["red_apple", "green_pear"]):
         os.makedirs(tmp_path / name)

@@ -47,10 +47,23 @@ def test_log_every_must_be_positive():
         TrainConfig(log_every=0)
 
 
-def test_train_time_includes_data_loading_and_says_how_much(learn_root, tmp_path):
+def test_train_time_is_recorded_for_the_steps_alone_and_for_whole_epochs(learn_root, tmp_path):
     result = _train(learn_root, tmp_path, log_every=5)[0]
     assert 0 < result.data_seconds < result.train_seconds
-    assert result.ms_per_image == pytest.approx(1000 * result.train_seconds / result.images_seen)
+    assert 0 < result.step_seconds < result.train_seconds - result.data_seconds  # the steps leave out the waits
+    assert result.epoch_ms_per_image == pytest.approx(1000 * result.train_seconds / result.images_seen)
+    assert result.step_ms_per_image == pytest.approx(1000 * result.step_seconds / result.images_seen)
+    # A resumed run keeps counting: the checkpoint carries the steps' time.
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step_seconds"] == result.step_seconds
+    longer = _train(learn_root, tmp_path, log_every=5, epochs=3)[0]
+    assert longer.images_seen == result.images_seen * 3 // 2 and longer.step_seconds > result.step_seconds
+    # A checkpoint from before steps were timed: the steps' time is unknown, never a partial figure.
+    del checkpoint["step_seconds"]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    (tmp_path / "log.jsonl").unlink()
+    resumed = _train(learn_root, tmp_path, log_every=5, epochs=3)[0]
+    assert resumed.step_seconds is None and resumed.step_ms_per_image is None and resumed.epoch_ms_per_image > 0
 
 
 def test_augmented_batches_do_not_depend_on_the_number_of_workers(learn_root, tmp_path):

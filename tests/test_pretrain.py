@@ -77,3 +77,19 @@ def test_exported_weights_are_the_trained_weights_in_fp16(tmp_path):
 def test_pretraining_refuses_groups_larger_than_the_batch(tmp_path):
     with pytest.raises(ValueError, match="do not fit"):
         pretrain(str(tmp_path), steps=1, batch_size=16, pool_size=40, shape_groups=2, progress=False)
+
+
+def test_the_shipped_record_summarises_the_shipped_log(tmp_path):
+    import gzip
+    from pathlib import Path
+
+    from clipadapt.synthetic.pretrain import summarise_pretrain_log
+    from clipadapt.synthetic_weights import shipped_record
+
+    log = tmp_path / "pretrain_log.jsonl"  # the whole log lives outside the package, gzipped in docs/
+    log.write_bytes(gzip.decompress((Path(__file__).parents[1] / "docs" / "synthetic-pretrain-log.jsonl.gz")
+                                    .read_bytes()))
+    record = shipped_record()
+    summary = summarise_pretrain_log(str(log))
+    assert record["log_summary"] == summary
+    assert summary[-1]["step"] == record["pretrain"]["steps"] and len(summary) == record["pretrain"]["steps"] // 125

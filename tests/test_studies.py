@@ -200,4 +200,4 @@ def test_main_tables_keep_runs_off_the_standard_data_apart(tmp_path):
     rows = summary["base2novel/16"]
     assert rows["mma"]["dtd"]["base"] == 80.0 and rows["mma (base:new 4:1)"]["dtd"]["base"] == 90.0
     assert rows["mma (train noise σ 0.3)"]["dtd"]["base"] == 60.0
-    assert "## Cost: base2novel (16 shots)" in text and "| mma | 1,000 | 2.00 |" in text
+    assert "## Cost: base2novel (16 shots)" in text and "| mma | 1,000 | — | 2.00 |" in text

@@ -146,7 +146,7 @@ def test_train_noise_leaves_the_evaluation_images_unchanged(learn_root, monkeypa
     evaluated_noisy, metrics = _test_inputs_of_a_run(learn_root, monkeypatch, eval_noise_std=0.5)
     assert abs((evaluated_noisy - clean).std().item() - 0.5) < 0.05
     assert metrics["base_ratio"] == "1:1" and (metrics["num_base_classes"], metrics["num_novel_classes"]) == (5, 5)
-    for key in ("trainable_params", "train_ms_per_image", "train_seconds", "peak_memory_mb", "eval_images_per_s"):
+    for key in ("trainable_params", "train_step_ms_per_image", "train_epoch_ms_per_image", "train_seconds", "peak_memory_mb", "eval_images_per_s"):
         assert clean_metrics[key] > 0
 
 

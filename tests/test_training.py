@@ -175,7 +175,8 @@ def test_train_command_outputs(learn_root, tmp_path):
     r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("base", "novel", "hm", "trainable_params", "train_seconds", "train_ms_per_image"):
+    for key in ("base", "novel", "hm", "trainable_params", "train_seconds", "train_step_ms_per_image",
+                "train_epoch_ms_per_image"):
         assert key in metrics
     assert {"adapter.safetensors", "config.yaml", "log.jsonl"} <= set(os.listdir(out))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -239,6 +240,28 @@ def test_validation_accuracy_of_cached_features_equals_evaluation(learn_root):
             p.add_(0.1 * torch.randn_like(p))
     trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
     assert trainer.validation_accuracy() == pytest.approx(evaluate(model, data.val, progress=False).accuracy)
+
+
+def test_validation_scores_through_the_same_path_as_a_cached_evaluation(learn_root, tmp_path, monkeypatch):
+    from clipadapt import evaluation
+    from clipadapt.feature_cache import FeatureCache
+
+    data = _base(learn_root, shots=4)
+    options, cfg = _fast("coop", epochs=1, keep="best_val")
+    model = build_model("coop", data.classnames, **TINY, **options)
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    monkeypatch.setattr(FeatureCache, "names_weights", staticmethod(lambda identity: True))
+    calls = []
+    scorer = evaluation.evaluate_frozen_features
+    monkeypatch.setattr(evaluation, "evaluate_frozen_features",
+                        lambda *a, **k: calls.append(a[1]) or scorer(*a, **k))
+    cached = evaluation.evaluate(model, data.val, cfg.eval_batch_size, progress=False,
+                                 feature_cache=FeatureCache(tmp_path / "features", verbose=False))
+    trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
+    assert trainer.validation_accuracy() == cached.accuracy
+    assert len(calls) == 2 and torch.equal(calls[0], calls[1])  # both scored the same float32 features
 
 
 def test_selection_needs_a_validation_split(learn_root):

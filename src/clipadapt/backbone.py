@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import ClipadaptError
 from .fileio import file_digest
-from .synthetic_weights import SHIPPED_CONFIG, is_shipped, load_shipped, shipped_identity
+from .synthetic_weights import is_shipped, load_shipped, shipped_identity, shipped_tokenizer
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -407,8 +407,7 @@ def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: boo
     """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
     if is_shipped(name):
         model, identity = load_shipped(pretrained)
-        tokenizer = open_clip.get_tokenizer(SHIPPED_CONFIG)
-        return Backbone(model, tokenizer, name, identity, quick_gelu=False).to(device)
+        return Backbone(model, shipped_tokenizer(), name, identity, quick_gelu=False).to(device)
     check_weights_source(name, pretrained)
     if quick_gelu is None:
         quick_gelu = resolve_quick_gelu(name, pretrained)

@@ -111,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     overwrite=args.overwrite, progress=not args.quiet, **named, **settings)
     if metrics:  # under torchrun only rank 0 has results
         shown = RESULT_KEYS.get(metrics["protocol"], ("source", "target_average"))
-        _print_json(metrics, (*shown, "trainable_params", "train_ms_per_image"))
+        _print_json(metrics, (*shown, "trainable_params", "train_step_ms_per_image",
+                                "train_epoch_ms_per_image"))
     return 0
 
 

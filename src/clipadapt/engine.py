@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import logging
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
@@ -36,6 +36,8 @@ from .fileio import atomic_path
 from .frozen_cache import DEFAULT_BUDGET_MB, FrozenImages, plan_images
 from .model import AdaptedCLIP
 from .validation import check_fields
+
+log = logging.getLogger(__name__)
 
 Optimizer = Literal["sgd", "adamw", "adam"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -140,18 +142,62 @@ def seed_everything(seed: int) -> None:
 class TrainResult:
     """What a finished training run reports."""
 
-    train_seconds: float  # wall time of the training epochs, data loading included
+    train_seconds: float  # wall time of the training epochs: data waits and the cache-building pass included
     images_seen: int
     final_loss: float
     epochs_trained: int = 0
     best_epoch: int | None = None  # the validation-selected epoch (1-based), when the run validates
     best_val_accuracy: float | None = None
     data_seconds: float = 0.0  # the part of train_seconds spent waiting for the next batch
+    # Optimizer steps only (forward, loss, backward, update); None when resumed from a checkpoint
+    # written before steps were timed.
+    step_seconds: float | None = 0.0
 
     @property
-    def ms_per_image(self) -> float:
-        """Training wall time per image, data loading included."""
+    def epoch_ms_per_image(self) -> float:
+        """Wall time of whole epochs per image: data waits and the cache-building pass included."""
         return 1000.0 * self.train_seconds / max(1, self.images_seen)
+
+    @property
+    def step_ms_per_image(self) -> float | None:
+        """Time of the optimizer steps alone per image (forward, loss, backward, update)."""
+        return None if self.step_seconds is None else 1000.0 * self.step_seconds / max(1, self.images_seen)
+
+
+class _StepClock:
+    """Time spent inside optimizer steps: CUDA events on a GPU (read once an epoch, no per-step sync),
+    the host clock on the CPU, where each step's work is done when its Python call returns."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+        self._pairs: list = []
+        self._began = 0.0
+
+    def begin(self) -> None:
+        """Mark a step's start."""
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._pairs.append([start, None])
+        else:
+            self._began = time.perf_counter()
+
+    def end(self) -> None:
+        """Mark a step's end."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pairs[-1][1] = end
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+    def settle(self) -> float:
+        """The steps' seconds so far; on CUDA call it after a synchronize (the events must have completed)."""
+        if self.cuda:
+            self.seconds += sum(start.elapsed_time(end) for start, end in self._pairs) / 1000.0
+            self._pairs = []
+        return self.seconds
 
 
 class _LossWindow:
@@ -210,6 +256,7 @@ class Trainer:
                                          noise_std=cfg.train_noise_std)
         self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
         self.data_seconds = 0.0
+        self.step_seconds: float | None = 0.0
         self._epoch_loader = self._epoch_sampler = None  # one image loader for every epoch (its workers persist)
         # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
@@ -228,7 +275,7 @@ class Trainer:
         """Method state and optimiser state after `epoch` epochs, written atomically."""
         state = {"epoch": epoch, "method": self.model.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "train_seconds": self.train_seconds,
-                 "data_seconds": self.data_seconds,
+                 "data_seconds": self.data_seconds, "step_seconds": self.step_seconds,
                  "images_seen": self.images_seen, "last_loss": self.last_loss,
                  "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
                                "since_best": self.since_best, "stopped": self.stopped},
@@ -252,6 +299,8 @@ class Trainer:
             self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
             self.last_loss = float(state["last_loss"])
             self.data_seconds = float(state.get("data_seconds", 0.0))
+            steps_timed = state.get("step_seconds")  # absent from checkpoints written before steps were timed
+            self.step_seconds = None if steps_timed is None else float(steps_timed)
             sel = state.get("selection") or {}
             self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
             self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
@@ -324,27 +373,19 @@ class Trainer:
     @torch.no_grad()
     def validation_accuracy(self) -> float:
         """Top-1 accuracy (percent) on the validation split with the current weights."""
-        from .evaluation import evaluate, model_transform
+        from .evaluation import eval_autocast_dtype, evaluate, evaluate_frozen_features, frozen_features
 
-        model = self.model
+        model, cfg = self.model, self.cfg
+        autocast_dtype = eval_autocast_dtype(self.device)
         if not model.method.image_tower_is_frozen(model.backbone):
-            return evaluate(model, self.val_items, self.cfg.eval_batch_size, self.cfg.workers, self.device,
-                            progress=False, noise_std=self.cfg.eval_noise_std).accuracy
+            return evaluate(model, self.val_items, cfg.eval_batch_size, cfg.workers, self.device, progress=False,
+                            autocast_dtype=autocast_dtype, noise_std=cfg.eval_noise_std).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
-            loader = make_loader(self.val_items, model_transform(model, self.cfg.eval_noise_std), self.cfg.eval_batch_size,
-                                 workers=self.cfg.workers)
-            feats, labels = [], []
-            for images, y, _ in loader:
-                feats.append(model.frozen_image_features(images.to(self.device)).float())
-                labels.append(y.to(self.device))
-            self._val_features = (torch.cat(feats), torch.cat(labels))
-        model.eval()
-        feats, labels = self._val_features
-        correct = 0
-        for start in range(0, len(labels), self.cfg.eval_batch_size):
-            logits = model.logits_from_frozen_image_features(feats[start:start + self.cfg.eval_batch_size])
-            correct += int((logits.argmax(dim=1) == labels[start:start + self.cfg.eval_batch_size]).sum())
-        return 100.0 * correct / len(labels)
+            self._val_features = frozen_features(model, self.val_items, cfg.eval_batch_size, cfg.workers,
+                                                 self.device, autocast_dtype, cfg.eval_noise_std)
+        labels = torch.tensor([item.label for item in self.val_items])
+        return evaluate_frozen_features(model, self._val_features, labels, cfg.eval_batch_size, self.device,
+                                        autocast_dtype).accuracy
 
     def _select(self, epoch: int) -> None:
         """Score the validation split after `epoch` epochs; keep the best weights; decide to stop."""
@@ -359,9 +400,13 @@ class Trainer:
                    "best_epoch": self.best_epoch, "best_val_accuracy": round(self.best_val, 4)})
         if self.stopped:
             self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.best_epoch})
-            if self.progress:
-                print(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} epochs "
-                      f"(best {self.best_val:.2f} at epoch {self.best_epoch})", file=sys.stderr)
+            self._status(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} "
+                         f"epochs (best {self.best_val:.2f} at epoch {self.best_epoch})")
+
+    def _status(self, line: str) -> None:
+        # `progress` is off on the ranks other than 0 and in quiet library calls: one voice per run.
+        if self.progress:
+            log.info(line)
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
@@ -369,8 +414,7 @@ class Trainer:
         if self.try_resume():
             # Steps logged after this checkpoint belonged to the interrupted epoch, which reruns whole.
             self._log({"event": "resume", "after_epoch": self.start_epoch})
-            if self.progress:
-                print(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}", file=sys.stderr)
+            self._status(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
         model.prefix_budget_mb = cfg.prefix_cache_mb
         plan = plan_images(model.backbone, model.method, len(self.items), cfg.augment, cfg.prefix_cache_mb,
@@ -395,8 +439,7 @@ class Trainer:
             self.train_seconds += seconds
             record["cache_seconds"] = round(seconds, 3)
         self._log(record)
-        if self.progress:
-            print(f"{model.method.name}: {path}", file=sys.stderr)
+        self._status(f"{model.method.name}: {path}")
         epochs_done = self.start_epoch
         for epoch in range(self.start_epoch, cfg.epochs):
             if self.stopped:
@@ -416,6 +459,7 @@ class Trainer:
             model.train()
             steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
             window = _LossWindow(self.device)
+            step_clock = _StepClock(self.device)
             epoch_start = time.perf_counter()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
             batch_iter, step = iter(bar), 0
@@ -429,6 +473,7 @@ class Trainer:
                 global_count = extra if sharded else len(labels)
                 inputs = inputs.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
+                step_clock.begin()
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
                     logits = model(inputs)  # images, or FrozenImages entering at the first active block
@@ -438,6 +483,7 @@ class Trainer:
                 distributed.average_gradients(self.params, len(labels), global_count)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                step_clock.end()
                 self.images_seen += global_count
                 window.add(loss, parts, len(labels))
                 step += 1
@@ -452,6 +498,8 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
             self.train_seconds += time.perf_counter() - epoch_start
+            if self.step_seconds is not None:
+                self.step_seconds += step_clock.settle()
             epochs_done = epoch + 1
             if cfg.validates:
                 self._select(epochs_done)
@@ -463,4 +511,4 @@ class Trainer:
         model.eval()
         return TrainResult(self.train_seconds, self.images_seen, self.last_loss, epochs_done,
                            self.best_epoch if cfg.validates else None,
-                           self.best_val if cfg.validates else None, self.data_seconds)
+                           self.best_val if cfg.validates else None, self.data_seconds, self.step_seconds)

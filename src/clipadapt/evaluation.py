@@ -38,14 +38,60 @@ def eval_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     return torch.float16 if torch.device(device).type == "cuda" else None
 
 
-def _frozen_features(model: AdaptedCLIP, loader, device: torch.device, autocast, desc: str,
-                     progress: bool) -> torch.Tensor:
+def _autocast(device: torch.device, autocast_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
+
+
+def frozen_features(model: AdaptedCLIP, items: list[Datum], batch_size: int, workers: int | None = 0,
+                    device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
+                    noise_std: float = 0.0, progress: bool = False, desc: str = "eval") -> torch.Tensor:
+    """The frozen towers' image features of `items` (float32, on the CPU), in item order."""
+    device = torch.device(device)
+    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers,
+                         pin_memory=device.type == "cuda")
     feats = []
-    for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
-                             leave=False):
-        with autocast():
-            feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
+    with torch.no_grad():
+        for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
+                                 leave=False):
+            with _autocast(device, autocast_dtype):
+                feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
     return torch.cat(feats)
+
+
+def _score(model: AdaptedCLIP, batches, logits_of, num_images: int, device: torch.device,
+           autocast_dtype: torch.dtype | None, desc: str, progress: bool) -> EvalResult:
+    labels, topk, scores = [], [], []
+    correct = 0
+    for inputs, y, _ in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+        with _autocast(device, autocast_dtype):
+            logits = logits_of(inputs.to(device, non_blocking=True)).float()
+        k = min(5, logits.shape[1])
+        best = logits.softmax(dim=1).topk(k, dim=1)
+        top = best.indices.cpu()
+        correct += int((top[:, 0] == y).sum())
+        labels += y.tolist()
+        topk += top.tolist()
+        scores += best.values.cpu().tolist()
+    return EvalResult(100.0 * correct / num_images, num_images, labels, topk, scores)
+
+
+@torch.no_grad()
+def evaluate_frozen_features(model: AdaptedCLIP, features: torch.Tensor, labels: torch.Tensor,
+                             batch_size: int = 100, device: str | torch.device = "cpu",
+                             autocast_dtype: torch.dtype | None = None, progress: bool = False,
+                             desc: str = "eval") -> EvalResult:
+    """Top-1 accuracy from the frozen image features of `frozen_features` (methods with a frozen image tower).
+
+    The one scoring path from frozen features: `evaluate` with a feature cache and the trainer's
+    validation both go through it, so a cached score and a fresh one are the same computation."""
+    if len(features) != len(labels) or not len(labels):
+        raise ValueError(f"{len(features)} features for {len(labels)} labels")
+    model.eval()
+    labels = labels.cpu()
+    batches = ((features[start:start + batch_size], labels[start:start + batch_size], None)
+               for start in range(0, len(labels), batch_size))
+    return _score(model, batches, model.logits_from_frozen_image_features, len(labels), torch.device(device),
+                  autocast_dtype, desc, progress)
 
 
 @torch.no_grad()
@@ -66,39 +112,21 @@ def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, work
     if autocast_dtype == "auto":
         autocast_dtype = eval_autocast_dtype(device)
     model.eval()
-
-    def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
-
-    transform = model_transform(model, noise_std)
-    loader = make_loader(items, transform, batch_size, workers=workers, pin_memory=device.type == "cuda")
     if (feature_cache is not None and model.method.image_tower_is_frozen(model.backbone)
             and FeatureCache.names_weights(model.backbone.identity)):
+        transform = model_transform(model, noise_std)
         key = FeatureCache.key(model.backbone.identity, dataset, split, items, f"{transform!r} noise_std={noise_std}",
                                str(autocast_dtype or torch.float32), device.type)
         feats = feature_cache.load(key)
         if feats is None:
-            feats = _frozen_features(model, loader, device, autocast, desc, progress)
+            feats = frozen_features(model, items, batch_size, workers, device, autocast_dtype, noise_std, progress,
+                                    desc)
             feature_cache.save(key, feats)
-        all_labels = torch.tensor([item.label for item in items])
-        batches = ((feats[start:start + batch_size], all_labels[start:start + batch_size], None)
-                   for start in range(0, len(items), batch_size))
-        logits_of = model.logits_from_frozen_image_features
-    else:
-        batches, logits_of = loader, model
-    labels, topk, scores = [], [], []
-    correct = 0
-    for inputs, y, _ in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
-        with autocast():
-            logits = logits_of(inputs.to(device, non_blocking=True)).float()
-        k = min(5, logits.shape[1])
-        best = logits.softmax(dim=1).topk(k, dim=1)
-        top = best.indices.cpu()
-        correct += int((top[:, 0] == y).sum())
-        labels += y.tolist()
-        topk += top.tolist()
-        scores += best.values.cpu().tolist()
-    return EvalResult(100.0 * correct / len(items), len(items), labels, topk, scores)
+        labels = torch.tensor([item.label for item in items])
+        return evaluate_frozen_features(model, feats, labels, batch_size, device, autocast_dtype, progress, desc)
+    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers,
+                         pin_memory=device.type == "cuda")
+    return _score(model, loader, model, len(items), device, autocast_dtype, desc, progress)
 
 
 def write_predictions(path: str, items: list[Datum], result: EvalResult, classnames: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -63,17 +64,20 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
     if model.method.trainable_parameters():
         result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress,
                          val_items=classes_split.val).run()
-        seconds, ms = result.train_seconds, result.ms_per_image
+        seconds = result.train_seconds
+        step_ms = result.step_ms_per_image
         training["epochs_trained"] = result.epochs_trained
         training["train_data_seconds"] = round(result.data_seconds, 3)
-        training["train_ms_includes_data_loading"] = True
+        training["train_step_ms_per_image"] = None if step_ms is None else round(step_ms, 3)
+        training["train_epoch_ms_per_image"] = round(result.epoch_ms_per_image, 3)
         if result.best_epoch is not None:
             training.update(best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4))
     else:
-        seconds, ms = 0.0, 0.0
+        seconds = 0.0
+        training.update(train_step_ms_per_image=0.0, train_epoch_ms_per_image=0.0)
     if spec.out_dir and distributed.is_main():
         model.save_adapter(os.path.join(spec.out_dir, "adapter.safetensors"))
-    return model, seconds, ms, training
+    return model, seconds, training
 
 
 def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kwargs: dict,
@@ -97,35 +101,26 @@ def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kw
 
 
 def reset_peak_memory(device: str) -> None:
-    """Start a new peak-memory window: CUDA's allocator peak, or (Linux) the process's resident high-water mark."""
+    """Start a new peak-memory window on CUDA; on the CPU the peak is the process's since it started."""
     import torch
 
+    # The CPU's resident high-water mark is left alone: resetting it (/proc/self/clear_refs) changes the
+    # whole process's state, which a library call must not do.
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(torch.device(device))
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass
 
 
 def peak_memory_mb(device: str) -> tuple[float | None, str]:
-    """Peak memory since reset_peak_memory, in MiB, and what it measures."""
+    """Peak memory in MiB and what it measures: CUDA's allocator since reset_peak_memory, else the process's."""
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2 ** 20, "cuda_allocated"
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "process_rss"
-    except OSError:
-        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss_since_start"
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "process_peak_rss_since_start"
 
 
 class _EvalClock:
@@ -175,7 +170,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         data_settings.update(base_ratio=cfg.base_ratio, num_base_classes=base.num_classes,
                              num_novel_classes=new.num_classes)
         base_items, new_items = (_scored(base, split, spec.dataset), _scored(new, split, spec.dataset))
-        model, seconds, ms, training = _train(spec, base, method_options, cfg)
+        model, seconds, training = _train(spec, base, method_options, cfg)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         eval_start = time.time()
@@ -189,7 +184,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         items = _scored(data, split, spec.dataset)
-        model, seconds, ms, training = _train(spec, data, method_options, cfg)
+        model, seconds, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
         eval_start = time.time()
@@ -198,7 +193,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
-        model, seconds, ms, training = _train(spec, data, method_options, cfg)
+        model, seconds, training = _train(spec, data, method_options, cfg)
         if not distributed.is_main():
             return {}
         eval_start = time.time()
@@ -216,7 +211,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     metrics.update({"peak_memory_mb": None if peak is None else round(peak, 1), "peak_memory_kind": peak_kind})
     metrics.update({
         "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
-        "train_ms_per_image": round(ms, 3), "total_seconds": round(time.time() - start, 2),
+        "total_seconds": round(time.time() - start, 2),
         "protocol": protocol, "method": spec.method, "dataset": spec.dataset, "shots": spec.shots, "seed": spec.seed,
         "backbone": spec.backbone, "pretrained": str(spec.pretrained), "backbone_identity": model.backbone.identity,
     })

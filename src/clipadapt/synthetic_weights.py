@@ -7,7 +7,6 @@ script (`clipadapt.synthetic.pretrain`), which sits above the library and uses i
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from .errors import ClipadaptError
@@ -58,20 +57,29 @@ def shipped_identity(pretrained: str | None) -> str:
 
 
 def _create_tiny_clip():
+    import dataclasses
+
     import open_clip
     import torch
+    from open_clip.transform import PreprocessCfg
 
-    # open_clip warns "No pretrained weights loaded ... initialized randomly": true for a moment only,
-    # as the shipped weights are loaded next (or 'none' was asked for).
-    factory_log = logging.getLogger()
-    level = factory_log.level
-    factory_log.setLevel(logging.ERROR)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return open_clip.create_model(SHIPPED_CONFIG)
-    finally:
-        factory_log.setLevel(level)
+    # Built from its config rather than through open_clip.create_model, whose "No pretrained weights
+    # loaded ... initialized randomly" goes to the root logger (configuring it on first use) and is
+    # untrue here: the shipped weights are loaded next. Same parameters, drawn from the same seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.CLIP(**open_clip.get_model_config(SHIPPED_CONFIG))
+    open_clip.set_model_preprocess_cfg(model, dataclasses.asdict(PreprocessCfg(size=model.visual.image_size)))
+    return model
+
+
+def shipped_tokenizer():
+    """The tokenizer of the shipped tiny CLIP: open_clip's BPE at the config's context length."""
+    import open_clip
+
+    # As open_clip.get_tokenizer would build it for this config, without its root-logger messages.
+    return open_clip.SimpleTokenizer(context_length=open_clip.get_model_config(SHIPPED_CONFIG)["text_cfg"]
+                                     ["context_length"])
 
 
 def export_weights(model, token_ids: list[int], path: str) -> dict:

@@ -210,6 +210,21 @@ def zero_shot_record(weights: str, data_root: str, datasets: list[str], progress
     return record
 
 
+def summarise_pretrain_log(path: str) -> list[dict]:
+    """The log at each zero-shot probe, with the mean loss over the steps since the previous probe."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    summary, window = [], []
+    for record in records:
+        window.append(record["loss"])
+        if "zero_shot" in record:
+            summary.append({"step": record["step"], "mean_loss": round(sum(window) / len(window), 4),
+                            "lr": record["lr"], "logit_scale": record["logit_scale"],
+                            "seconds": record["seconds"], "zero_shot": record["zero_shot"]})
+            window = []
+    return summary
+
+
 def pretrain_and_record(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: int = 24000,
                         lr: float = 1e-3, install: bool = False) -> dict:
     """`clipadapt pretrain-synthetic`: pretrain, record the zero-shot accuracy in OUT/synthetic-clip.json,
@@ -226,10 +241,11 @@ def pretrain_and_record(out_dir: str, steps: int = 5000, batch_size: int = 128, 
               "zero_shot": zero_shot_record(weights, os.path.join(out_dir, "data"), list(SYNTHETIC_DATASETS))}
     with open(os.path.join(out_dir, "pretrain_config.json")) as f:
         record["pretrain"] = json.load(f)
+    # The package keeps this summary only; the whole log stays in OUT (docs/ holds the shipped one, gzipped).
+    record["log_summary"] = summarise_pretrain_log(os.path.join(out_dir, "pretrain_log.jsonl"))
     write_json(os.path.join(out_dir, "synthetic-clip.json"), record)
     if install:
         shutil.copyfile(weights, SHIPPED_WEIGHTS)
         shutil.copyfile(os.path.join(out_dir, "synthetic-clip.json"), SHIPPED_RECORD)
-        shutil.copyfile(os.path.join(out_dir, "pretrain_log.jsonl"), SHIPPED_WEIGHTS.parent / "pretrain_log.jsonl")
         log.info("installed into %s", SHIPPED_WEIGHTS.parent)
     return record

@@ -1,4 +1,4 @@
-"""Small generated dataset trees in the CoOp folder layout, for tests and first runs without downloads.
+"""Small generated dataset trees in the CoOp folder layout: a test fixture (not shipped in the package).
 
 Images are tiny: a coloured shape on a noisy background, the colour and shape set by the class, so
 that a model can learn them and a reader can check which class an image belongs to.
@@ -12,7 +12,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from .coop import COOP_DATASETS
+from clipadapt.data.coop import COOP_DATASETS
 
 PALETTE = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 40), (160, 60, 200), (40, 200, 210),
            (240, 130, 30), (120, 120, 120), (250, 250, 250), (90, 50, 20)]
