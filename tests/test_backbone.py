@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from clipadapt.backbone import load_backbone, resolve_quick_gelu
+from clipadapt.backbone import load_backbone
+from clipadapt.weights import resolve_quick_gelu
 from clipadapt.model import build_model
 
 PROMPTS = ["a photo of a cat.", "a photo of a very long and elaborate class name with many words.", "x"]
@@ -76,9 +77,9 @@ def test_quick_gelu_reaches_the_model(monkeypatch):
         return real_create("clipadapt-tiny", pretrained=None, force_quick_gelu=force_quick_gelu)
 
     monkeypatch.setattr(open_clip, "create_model", fake_create)
-    import clipadapt.backbone
+    import clipadapt.weights
 
-    monkeypatch.setattr(clipadapt.backbone, "check_weights_reachable", lambda *a, **k: None)  # no weights needed
+    monkeypatch.setattr(clipadapt.weights, "check_weights_reachable", lambda *a, **k: None)  # no weights needed
     bb = load_backbone("ViT-B-16", "openai")
     assert seen["quick_gelu"] is True and bb.quick_gelu
     acts = {type(m).__name__ for m in bb.clip.modules()}

@@ -230,8 +230,9 @@ def test_every_importer_writes_the_file_a_trained_run_writes(method, tmp_path):
 def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
     # In a fresh process: under pytest the root logger already has handlers, which would hide a
     # logging.basicConfig() done on the way (open_clip's factory does one on its first message).
-    code = ("import logging; from clipadapt.backbone import load_backbone; "
+    # open_clip's model registry is left alone too until a name has to be resolved.
+    code = ("import logging, open_clip; from clipadapt.backbone import load_backbone; "
             "load_backbone('synthetic', 'shipped'); load_backbone('synthetic', 'none'); "
-            "root = logging.getLogger(); print(root.handlers, root.level)")
+            "root = logging.getLogger(); print(root.handlers, root.level, 'clipadapt-tiny' in open_clip.list_models())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == f"[] {logging.WARNING}" and done.stderr == ""
+    assert done.stdout.strip() == f"[] {logging.WARNING} False" and done.stderr == ""

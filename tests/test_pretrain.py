@@ -3,12 +3,12 @@
 import json
 import random
 
-import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipadapt.synthetic.pretrain import CONFIG, load_exported, pretrain, vocabulary_token_ids
+from clipadapt.synthetic.pretrain import load_exported, pretrain, vocabulary_token_ids
+from clipadapt.synthetic_weights import shipped_tokenizer
 from clipadapt.synthetic.render import FACTOR_VALUES, SHAPES, contrast_group
 
 SMALL = {"batch_size": 32, "pool_size": 40, "shape_groups": 1, "warmup": 2, "progress": False}
@@ -63,7 +63,7 @@ def test_exported_weights_are_the_trained_weights_in_fp16(tmp_path):
     trained = torch.load(tmp_path / "pretrain_state.pt", weights_only=True)["model"]
     loaded = load_exported(str(tmp_path / "synthetic-clip.safetensors")).state_dict()
     assert loaded.keys() == trained.keys()
-    ids = vocabulary_token_ids(open_clip.get_tokenizer(CONFIG))
+    ids = vocabulary_token_ids(shipped_tokenizer())
     for name, value in trained.items():
         if name == "token_embedding.weight":  # only the world's words are shipped
             value, got = value[ids], loaded[name][ids]

@@ -113,5 +113,5 @@ def test_no_import_circle_through_the_shipped_weights():
 
     # Loading a backbone never reaches the pretraining script, which sits above the library.
     assert not reaches("clipadapt.backbone", "clipadapt.synthetic.pretrain")
-    for module in ("clipadapt.backbone", "clipadapt.synthetic_weights", "clipadapt.model", "clipadapt.methods"):
+    for module in ("clipadapt.backbone", "clipadapt.weights", "clipadapt.synthetic_weights", "clipadapt.model", "clipadapt.methods"):
         assert not reaches(module, module), module

@@ -229,15 +229,21 @@ def test_early_stopping_keeps_the_best_validation_epoch(learn_root, monkeypatch)
     assert not all(torch.equal(v, snapshots[3][k]) for k, v in model.method.state_dict().items())
 
 
-def test_validation_accuracy_of_cached_features_equals_evaluation(learn_root):
-    from clipadapt.evaluation import evaluate
-
+def _moved_off_its_initialisation(learn_root, method):
+    """(data, cfg, model): a method whose parameters were moved off their initial values."""
     data = _base(learn_root, shots=4)
-    options, cfg = _fast("mma_attn", epochs=1, keep="best_val")
-    model = build_model("mma_attn", data.classnames, **TINY, **options)
+    options, cfg = _fast(method, epochs=1, keep="best_val")
+    model = build_model(method, data.classnames, **TINY, **options)
     with torch.no_grad():
         for p in model.method.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    return data, cfg, model
+
+
+def test_validation_accuracy_of_cached_features_equals_evaluation(learn_root):
+    from clipadapt.evaluation import evaluate
+
+    data, cfg, model = _moved_off_its_initialisation(learn_root, "mma_attn")
     trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
     assert trainer.validation_accuracy() == pytest.approx(evaluate(model, data.val, progress=False).accuracy)
 
@@ -246,12 +252,7 @@ def test_validation_scores_through_the_same_path_as_a_cached_evaluation(learn_ro
     from clipadapt import evaluation
     from clipadapt.feature_cache import FeatureCache
 
-    data = _base(learn_root, shots=4)
-    options, cfg = _fast("coop", epochs=1, keep="best_val")
-    model = build_model("coop", data.classnames, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    data, cfg, model = _moved_off_its_initialisation(learn_root, "coop")
     monkeypatch.setattr(FeatureCache, "names_weights", staticmethod(lambda identity: True))
     calls = []
     scorer = evaluation.evaluate_frozen_features

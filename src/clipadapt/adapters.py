@@ -103,7 +103,7 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
     from .backbone import load_backbone
     from .methods import method_class
     from .official_checkpoints import check_state_fits
-    from .backbone import backbone_identity, check_weights_source  # moves to .weights
+    from .weights import backbone_identity, check_weights_source
 
     from .checks import check_writable
 

@@ -1,4 +1,4 @@
-"""open_clip models loaded by name and driven block by block from outside.
+"""open_clip models driven block by block from outside (their weights come from `weights.py`).
 
 The frozen CLIP is never patched: the stepper calls open_clip's own modules (`conv1`, `ln_pre`,
 `transformer.resblocks`, `ln_post`, `proj`; `token_embedding`, `attn_mask`, `ln_final`,
@@ -7,10 +7,7 @@ The frozen CLIP is never patched: the stepper calls open_clip's own modules (`co
 
 from __future__ import annotations
 
-import os
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
@@ -19,13 +16,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from .errors import ClipadaptError
-from .fileio import file_digest
-from .synthetic_weights import is_shipped, load_shipped, shipped_identity, shipped_tokenizer
-
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-NO_WEIGHTS = ("none", "", None)
+from .weights import create_clip
 
 
 @dataclass
@@ -38,38 +29,6 @@ class TextBatch:
     def to(self, device) -> "TextBatch":
         """Move to a device."""
         return TextBatch(self.embeddings.to(device), self.pool_index.to(device))
-
-
-def is_openai_torchscript(path: str) -> bool:
-    """True when a file is one of OpenAI's TorchScript CLIP archives (they need QuickGELU)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.split("/", 1)[-1].startswith("code/") for n in archive.namelist()[:200])
-
-
-def resolve_quick_gelu(name: str, pretrained: str | None) -> bool:
-    """Whether the weights were trained with QuickGELU (OpenAI's), so the model must use it too."""
-    if pretrained in NO_WEIGHTS:
-        return False
-    if os.path.isfile(str(pretrained)):
-        return is_openai_torchscript(str(pretrained))
-    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
-    return bool(tag_cfg.get("quick_gelu", False))
-
-
-def weights_identity(name: str, pretrained: str | None) -> str:
-    """A string naming the frozen weights: model name plus tag, file digest, or 'none'."""
-    if pretrained in NO_WEIGHTS:
-        return f"{name}/none"
-    if os.path.isfile(str(pretrained)):
-        return f"{name}/sha256:{file_digest(pretrained)}"
-    return f"{name}/{pretrained}"
-
-
-def backbone_identity(name: str, pretrained: str | None) -> str:
-    """The identity `load_backbone(name, pretrained)` gives its backbone, without loading any weights."""
-    return shipped_identity(pretrained) if is_shipped(name) else weights_identity(name, pretrained)
 
 
 def _plain_attention_block(block: nn.Module) -> bool:
@@ -327,108 +286,8 @@ class Backbone(nn.Module):
         return self.clip.visual(images.to(self.dtype))
 
 
-def check_weights_source(name: str, pretrained: str | None) -> None:
-    """Refuse an unknown model name, or weights that are neither 'none', a file nor one of its tags."""
-    if is_shipped(name):
-        shipped_identity(pretrained)  # the file must exist
-        return
-    if name not in open_clip.list_models():
-        raise ClipadaptError(f"unknown backbone '{name}'; open_clip knows: {', '.join(open_clip.list_models())}")
-    if pretrained not in NO_WEIGHTS and not os.path.isfile(str(pretrained)):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise ClipadaptError(
-                f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' (tags: {', '.join(tags) or 'none'})")
-
-
-HF_SAFE_NAMES = ("open_clip_model.safetensors",)  # what open_clip tries before its .bin file
-
-
-def _hf_cache_dir(cache_dir: str | None) -> str:
-    if cache_dir:
-        return cache_dir
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def cached_weights(cfg: dict, cache_dir: str | None) -> str | None:
-    """The local file open_clip would load for a pretrained tag's config, if it is already cached."""
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            hub = ""
-    if hub:
-        model_id, filename = os.path.split(hub)
-        for name in (*HF_SAFE_NAMES, filename or "open_clip_pytorch_model.bin"):
-            found = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-        return None
-    url = cfg.get("url", "")
-    path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-    return path if url and os.path.isfile(path) else None
-
-
-def host_reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to host:443 opens within `timeout` seconds (False when HF_HUB_OFFLINE is set)."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def check_weights_reachable(name: str, pretrained: str, cache_dir: str | None = None) -> None:
-    """Refuse, in seconds and one line, a tag whose weights are neither cached nor downloadable."""
-    cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
-    if not cfg or "file" in cfg or cached_weights(cfg, cache_dir):
-        return
-    from urllib.parse import urlparse
-
-    hub = cfg.get("hf_hub", "")
-    host = "huggingface.co" if hub else urlparse(cfg.get("url", "")).hostname or ""
-    if host and host_reachable(host):
-        return
-    where = (f"the Hugging Face cache '{_hf_cache_dir(cache_dir)}' (repo {os.path.split(hub)[0]})" if hub else
-             f"'{os.path.join(cache_dir or os.path.expanduser('~/.cache/clip'), os.path.basename(cfg['url']))}'")
-    raise ClipadaptError(f"weights '{pretrained}' of '{name}' are not cached in {where} and {host} cannot be "
-                         f"reached; copy the weights file to this machine and pass it with --pretrained PATH")
-
-
 def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: bool | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
     """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
-    if is_shipped(name):
-        model, identity = load_shipped(pretrained)
-        return Backbone(model, shipped_tokenizer(), name, identity, quick_gelu=False).to(device)
-    check_weights_source(name, pretrained)
-    if quick_gelu is None:
-        quick_gelu = resolve_quick_gelu(name, pretrained)
-    is_file = pretrained not in NO_WEIGHTS and os.path.isfile(str(pretrained))
-    if pretrained not in NO_WEIGHTS and not is_file:
-        check_weights_reachable(name, str(pretrained), cache_dir)
-    identity = weights_identity(name, pretrained)
-    try:
-        if is_file and is_openai_torchscript(str(pretrained)):
-            model = open_clip.load_openai_model(str(pretrained), device="cpu", jit=False)
-        else:
-            # Random weights are drawn from a fixed seed, so "none" names one reproducible backbone.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = open_clip.create_model(
-                    name, pretrained=None if pretrained in NO_WEIGHTS else pretrained,
-                    force_quick_gelu=quick_gelu, cache_dir=cache_dir)
-    except RuntimeError as err:
-        if "download" in str(err).lower():
-            raise ClipadaptError(f"could not download weights '{pretrained}' for '{name}': {err}. "
-                                 "Pass a local checkpoint file with --pretrained PATH.") from err
-        raise
-    tokenizer = open_clip.get_tokenizer(name)
+    model, tokenizer, identity, quick_gelu = create_clip(name, pretrained, quick_gelu, cache_dir)
     return Backbone(model, tokenizer, name, identity, quick_gelu).to(device)

@@ -15,6 +15,7 @@ from .fileio import file_digest
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_NAME = "synthetic"
 SHIPPED_CONFIG = "clipadapt-synthetic"
+SHIPPED_CONFIG_FILE = Path(__file__).parent / "model_configs" / f"{SHIPPED_CONFIG}.json"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "synthetic-clip.safetensors"
 SHIPPED_RECORD = WEIGHTS_DIR / "synthetic-clip.json"
 SHIPPED_TAGS = ("shipped", "default", "synthetic", None, "")
@@ -56,7 +57,14 @@ def shipped_identity(pretrained: str | None) -> str:
     return f"{SHIPPED_NAME}/sha256:{file_digest(path)}"
 
 
-def _create_tiny_clip():
+def shipped_config() -> dict:
+    """The open_clip model config of the shipped tiny CLIP (read from its file: no registry involved)."""
+    with open(SHIPPED_CONFIG_FILE) as f:
+        return json.load(f)
+
+
+def create_shipped_architecture():
+    """The shipped tiny CLIP's architecture with its seed-0 random weights (before any weights are loaded)."""
     import dataclasses
 
     import open_clip
@@ -68,7 +76,7 @@ def _create_tiny_clip():
     # untrue here: the shipped weights are loaded next. Same parameters, drawn from the same seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = open_clip.CLIP(**open_clip.get_model_config(SHIPPED_CONFIG))
+        model = open_clip.CLIP(**shipped_config())
     open_clip.set_model_preprocess_cfg(model, dataclasses.asdict(PreprocessCfg(size=model.visual.image_size)))
     return model
 
@@ -78,8 +86,7 @@ def shipped_tokenizer():
     import open_clip
 
     # As open_clip.get_tokenizer would build it for this config, without its root-logger messages.
-    return open_clip.SimpleTokenizer(context_length=open_clip.get_model_config(SHIPPED_CONFIG)["text_cfg"]
-                                     ["context_length"])
+    return open_clip.SimpleTokenizer(context_length=shipped_config()["text_cfg"]["context_length"])
 
 
 def export_weights(model, token_ids: list[int], path: str) -> dict:
@@ -108,7 +115,7 @@ def load_exported(path: str):
         raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (safetensors): {err}") from None
     if "token_embedding.ids" not in state:
         raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (format {WEIGHTS_FORMAT})")
-    model = _create_tiny_clip()
+    model = create_shipped_architecture()
     table = model.token_embedding.weight.detach().clone()
     table[state.pop("token_embedding.ids")] = state.pop("token_embedding.rows").float()
     state = {k: v.float() for k, v in state.items()}
@@ -121,5 +128,5 @@ def load_shipped(pretrained: str | None):
     """(model, identity) for the shipped tiny CLIP: its weights, an exported file, or random ('none')."""
     identity = shipped_identity(pretrained)
     if pretrained == "none":
-        return _create_tiny_clip(), identity
+        return create_shipped_architecture(), identity
     return load_exported(str(_weights_path(pretrained))), identity

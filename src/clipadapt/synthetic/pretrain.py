@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import atomic_path, write_json
-from ..synthetic_weights import export_weights, load_exported  # noqa: F401  (the format lives with the loader)
+from ..synthetic_weights import load_exported  # noqa: F401  (the format lives with the loader)
+from ..synthetic_weights import SHIPPED_CONFIG, create_shipped_architecture, export_weights, shipped_tokenizer
 from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
 
 log = logging.getLogger(__name__)
 
-CONFIG = "clipadapt-synthetic"
+CONFIG = SHIPPED_CONFIG
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
@@ -86,10 +87,8 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
     log_path = os.path.join(out_dir, "pretrain_log.jsonl")
     state_path = os.path.join(out_dir, "pretrain_state.pt")
     torch.manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = open_clip.create_model(CONFIG)
-    tokenizer = open_clip.get_tokenizer(CONFIG)
+    model = create_shipped_architecture()  # seed-0 initial weights, the same whatever `seed` draws next
+    tokenizer = shipped_tokenizer()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -175,7 +174,7 @@ def zero_shot_probe(n: int = 300, seed: int = 4242):
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]
     pixels = normalise(render_images(scenes, progress=False))
-    tokenizer = open_clip.get_tokenizer(CONFIG)
+    tokenizer = shipped_tokenizer()
     tasks = {"shape": ([f"a photo of a {s}." for s in SHAPES], [SHAPES.index(s.shape) for s in scenes]),
              "colour": ([f"a photo of a {c} shape." for c in COLOURS], [list(COLOURS).index(s.colour) for s in scenes])}
 
