@@ -236,3 +236,13 @@ def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
             "root = logging.getLogger(); print(root.handlers, root.level, 'clipadapt-tiny' in open_clip.list_models())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == f"[] {logging.WARNING} False" and done.stderr == ""
+
+
+def test_status_lines_print_once_when_open_clip_configured_the_root_logger(learn_root, tmp_path):
+    # A fresh process: open_clip's factory (a random-weight open_clip model) gives the root logger a
+    # handler, which must not print clipadapt's lines a second time. Under pytest that cannot show.
+    done = subprocess.run([sys.executable, "-m", "clipadapt", "eval", "--dataset", "eurosat", "--data-root", learn_root,
+                           "--subsample", "new", "--backbone", "clipadapt-tiny", "--pretrained", "none",
+                           "--workers", "0", "--out", str(tmp_path / "e")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("wrote") == 1 and "INFO" not in done.stderr, done.stderr

@@ -180,3 +180,19 @@ def test_settings_after_the_sweep_options_reach_every_run(tmp_path, capsys):
         main(["sweep", sweep, "--out", str(tmp_path / "o"), "--dry-run", "stray"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_a_failed_run_of_the_sweep_and_of_the_report(fake_root, tmp_path, capsys):
+    sweep = _write(tmp_path, SWEEP.replace("[zeroshot, mma]", "[mma]").replace("[eurosat, dtd]", "[eurosat]")
+                   .replace("lr: 0.01", "lr: 1.0e+30").replace("optimizer: adamw", "optimizer: sgd"))
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root]) == 1
+    assert "2 failed" in capsys.readouterr().out
+    for seed in (1, 2):
+        run = out / f"base2novel/mma/eurosat/shots2/seed{seed}"
+        failed = json.loads((run / "failed.json").read_text())
+        assert "training diverged in epoch" in failed["error"]
+        assert not (run / "metrics.json").exists() and not (run / "adapter.safetensors").exists()
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) in (0, 1)
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert "training diverged" in table and "| mma |" not in table  # listed as failed, never averaged

@@ -296,3 +296,58 @@ def test_interrupted_early_stopping_run_resumes_to_the_same_selection(method, le
         resumed.epochs_trained, resumed.best_epoch, resumed.best_val_accuracy)
     for k in weights:
         assert torch.equal(weights[k], weights_b[k]), k
+
+
+# ---- a diverged run ends loudly -------------------------------------------------------------------
+
+def test_divergence_watch_finds_the_first_bad_step_and_tolerates_scaler_skips():
+    from clipadapt.engine import _DivergenceWatch
+
+    nan = float("nan")
+    plain = _DivergenceWatch(torch.device("cpu"), patience=1)
+    for step, value in enumerate([1.0, 2.0, nan, 1.0], start=1):
+        plain.add(step, torch.tensor(value), {"ce": torch.tensor(value / 2)})
+    assert plain.diverged() and plain.describe() == "step 3: loss nan (ce nan)"
+    scaled = _DivergenceWatch(torch.device("cpu"), patience=3)  # fp16: skipped steps are normal
+    for step, value in enumerate([1.0, nan, nan, 1.0, float("inf"), nan], start=1):
+        scaled.add(step, torch.tensor(value), {})
+    assert not scaled.diverged()
+    scaled.add(7, torch.tensor(nan), {})
+    assert scaled.diverged() and scaled.describe() == "step 7: loss nan"
+
+
+def test_a_loss_gone_nan_stops_the_run_and_keeps_the_last_good_checkpoint(learn_root, tmp_path):
+    from clipadapt.errors import TrainingDivergedError
+
+    data = _base(learn_root, shots=4)  # 20 images, batch 8: 2 steps an epoch
+    options, cfg = _fast("mma", epochs=3)
+    model = build_model("mma", data.classnames, **TINY, **options)
+    real_loss, calls = model.method.loss, {"n": 0}
+
+    def loss_nan_from_step_4(logits, labels):
+        calls["n"] += 1
+        loss, parts = real_loss(logits, labels)
+        return (loss * float("nan"), parts) if calls["n"] >= 4 else (loss, parts)
+
+    model.method.loss = loss_nan_from_step_4
+    trainer = Trainer(model, data.train, cfg, str(tmp_path), progress=False)
+    with pytest.raises(TrainingDivergedError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert "epoch 2, step 2: loss nan" in message and "after epoch 1 stays" in message, message
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["method"].values())
+    events = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert events[-1]["event"] == "diverged" and events[-1]["epoch"] == 2
+
+
+def test_a_diverged_run_exits_2_with_one_line_and_writes_no_results(learn_root, tmp_path, capsys):
+    from clipadapt.cli import main
+
+    out = tmp_path / "run"
+    code = main(["-q", "train", "--method", "mma", "--dataset", "eurosat", "--data-root", learn_root,
+                 "--backbone", "clipadapt-tiny", "--pretrained", "none", "--config", "none", "--shots", "2",
+                 "--out", str(out), "epochs=2", "lr=1e6", "batch_size=4", "workers=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "training diverged in epoch" in err[0], err
+    assert not (out / "adapter.safetensors").exists() and not (out / "metrics.json").exists()

@@ -47,6 +47,9 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     handler.setFormatter(_LineFormatter())
     package.addHandler(handler)
     package.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    # Our lines reach our handler only: a root handler (open_clip's factory calls logging.basicConfig on
+    # its first message) would print each of them a second time.
+    package.propagate = False
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)

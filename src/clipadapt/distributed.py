@@ -79,6 +79,15 @@ def average_gradients(params: list[torch.nn.Parameter], local: int, total: int) 
         offset += g.numel()
 
 
+def any_rank(flag: torch.Tensor) -> bool:
+    """Whether `flag` (a 0-d tensor) is nonzero on any rank; every rank gets the same answer."""
+    if world_size() == 1:
+        return bool(flag)
+    flag = flag.to(torch.int32).reshape(1).clone()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
 def shutdown() -> None:
     """Leave the process group at the end of the command."""
     if dist.is_available() and dist.is_initialized():

@@ -31,13 +31,15 @@ from . import distributed
 from .data.datum import Datum
 from .data.loader import ImageItems, make_epoch_loader, make_loader, resolve_workers
 from .data.transforms import train_transform
-from .errors import ClipadaptError
+from .errors import ClipadaptError, TrainingDivergedError
 from .fileio import atomic_path
 from .frozen_cache import DEFAULT_BUDGET_MB, FrozenImages, plan_images
 from .model import AdaptedCLIP
 from .validation import check_fields
 
 log = logging.getLogger(__name__)
+
+DIVERGED_AFTER_SKIPS = 10  # under fp16, non-finite losses in a row that mean divergence, not a scaler skip
 
 Optimizer = Literal["sgd", "adamw", "adam"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -233,6 +235,54 @@ class _LossWindow:
         return record
 
 
+class _DivergenceWatch:
+    """The first optimizer step whose loss is not finite, kept on the device (no host sync per step).
+
+    Without a grad scaler one such step is divergence. Under fp16 the scaler skips steps whose
+    gradients overflow, which is normal; only a loss that stays non-finite for `patience` steps in a row
+    counts (a skipped step leaves the weights as they were, so a loss that recovers did no harm)."""
+
+    def __init__(self, device: torch.device, patience: int):
+        self.patience = patience
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        self.values: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def add(self, step: int, loss: torch.Tensor, parts: dict[str, Any]) -> None:
+        """Record one step's loss; the step number is the epoch's (1-based)."""
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss)
+        self.in_a_row = torch.where(bad, self.in_a_row + 1, torch.zeros_like(self.in_a_row))
+        hit = (self.in_a_row >= self.patience) & (self.first < 0)
+        self.first = torch.where(hit, torch.full_like(self.first, step), self.first)
+        values = torch.stack([loss, *(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach()
+                                      for v in parts.values())])
+        if self.values is None or self.values.shape != values.shape:
+            self.values, self.names = values.clone(), ["loss", *parts]
+        self.values = torch.where(hit, values, self.values)
+
+    def diverged(self) -> bool:
+        """Whether divergence was seen on any rank (a host sync: called at the log points only)."""
+        return distributed.any_rank(self.first >= 0)
+
+    def describe(self) -> str:
+        """'step S: loss nan (part x, ...)' for the first diverged step on this rank."""
+        step = int(self.first)
+        if step < 0:
+            return "on another rank"
+        values = [f"{name} {float(v):.4g}" for name, v in zip(self.names, self.values)]
+        return f"step {step}: {values[0]}" + (f" ({', '.join(values[1:])})" if len(values) > 1 else "")
+
+
+def _nonfinite_parameters(params: list[torch.nn.Parameter]) -> list[int]:
+    """Indices of the parameters holding a NaN or an infinity (one host sync)."""
+    if not params:
+        return []
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in params])
+    return [] if bool(finite.all()) else [i for i, ok in enumerate(finite.tolist()) if not ok]
+
+
 class Trainer:
     """Trains a model's method on items; `run()` resumes from `out_dir/checkpoint.pt` if present."""
 
@@ -255,6 +305,7 @@ class Trainer:
         self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment,
                                          noise_std=cfg.train_noise_std)
         self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
+        self.last_good_epoch = 0  # the epoch of the newest checkpoint on disk
         self.data_seconds = 0.0
         self.step_seconds: float | None = 0.0
         self._epoch_loader = self._epoch_sampler = None  # one image loader for every epoch (its workers persist)
@@ -295,7 +346,7 @@ class Trainer:
             self.model.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            self.start_epoch = int(state["epoch"])
+            self.start_epoch = self.last_good_epoch = int(state["epoch"])
             self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
             self.last_loss = float(state["last_loss"])
             self.data_seconds = float(state.get("data_seconds", 0.0))
@@ -403,6 +454,24 @@ class Trainer:
             self._status(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} "
                          f"epochs (best {self.best_val:.2f} at epoch {self.best_epoch})")
 
+    def _stop_if_diverged(self, watch: _DivergenceWatch, epoch: int, step: int) -> None:
+        """End the run with one line when the loss or a trained parameter is no longer finite."""
+        bad_params = _nonfinite_parameters(self.params)
+        if not watch.diverged() and not bad_params:
+            return
+        if int(watch.first) >= 0 or not bad_params:
+            where = watch.describe()
+        else:
+            name_of = {id(p): name for name, p in self.model.method.named_parameters()}
+            where = (f"by step {step}: {len(bad_params)} of {len(self.params)} trained tensors are not finite "
+                     f"(first {name_of.get(id(self.params[bad_params[0]]), '?')})")
+        kept = (f"the checkpoint after epoch {self.last_good_epoch} stays in {self.checkpoint_path}"
+                if self.out_dir and self.last_good_epoch > 0 else "no checkpoint was written")
+        self._log({"event": "diverged", "epoch": epoch, "at": where})
+        raise TrainingDivergedError(
+            f"training diverged in epoch {epoch}, {where}; no adapter or metrics were written and {kept} "
+            f"(lower lr={self.cfg.lr:g}, or check the loss weights)")
+
     def _status(self, line: str) -> None:
         # `progress` is off on the ranks other than 0 and in quiet library calls: one voice per run.
         if self.progress:
@@ -459,6 +528,7 @@ class Trainer:
             model.train()
             steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
             window = _LossWindow(self.device)
+            watch = _DivergenceWatch(self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1)
             step_clock = _StepClock(self.device)
             epoch_start = time.perf_counter()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
@@ -487,14 +557,17 @@ class Trainer:
                 self.images_seen += global_count
                 window.add(loss, parts, len(labels))
                 step += 1
+                watch.add(step, loss, parts)
                 if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
                     self.last_loss = loss.item()
                     record = window.flush(time.perf_counter())
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                     self._log({"epoch": epoch + 1, "step": step, "lr": lr, **record})
+                    self._stop_if_diverged(watch, epoch + 1, step)
             if window.steps:  # a loader that yielded another number of batches than expected
                 self.last_loss = loss.item()
                 self._log({"epoch": epoch + 1, "step": step, "lr": lr, **window.flush(time.perf_counter())})
+            self._stop_if_diverged(watch, epoch + 1, step)  # never checkpoint weights that are not finite
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
             self.train_seconds += time.perf_counter() - epoch_start
@@ -505,6 +578,7 @@ class Trainer:
                 self._select(epochs_done)
             if self.out_dir:
                 self.save_checkpoint(epochs_done)
+                self.last_good_epoch = epochs_done
         self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)

@@ -47,5 +47,9 @@ class UnreadableImageError(DataError):
         super().__init__(f"cannot read image '{path}'{detail}")
 
 
+class TrainingDivergedError(ClipadaptError):
+    """The loss or the trained parameters stopped being finite: the run ends without result files."""
+
+
 class CheckpointMismatchError(ClipadaptError):
     """An adapter checkpoint that belongs to another backbone or method."""
