@@ -239,3 +239,28 @@ def test_console_exit_code_and_no_traceback(world):
     assert out.stderr.strip().splitlines() == [line for line in out.stderr.strip().splitlines()
                                                if line.startswith("clipadapt: error:")]
     assert "'lr'" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--method", "MMA"], "unknown method 'MMA' (did you mean 'mma'?)"),
+    (["--method", "mma", "--dataset", "euroset"], "unknown dataset 'euroset' (did you mean 'eurosat'?)"),
+    (["--method", "mma", "--backbone", "ViT-B/16"], "unknown backbone 'ViT-B/16' (did you mean 'ViT-B-16'?)"),
+    (["--method", "mma", "--backbone", "ViT-B-16", "--pretrained", "openia"], "(did you mean 'openai'?)"),
+    (["--method", "mma", "--backbone", "no-such-model", "--config", "none"], "unknown backbone 'no-such-model' ("),
+])
+def test_a_typo_in_a_name_says_the_closest_names_in_one_short_line(fake_root, tmp_path, capsys, flags, line):
+    args = ["train", "--data-root", fake_root, "--out", str(tmp_path / "run"), *flags]
+    if "--dataset" not in flags:
+        args += ["--dataset", "eurosat"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0] and len(err[0]) < 200 and "preset" not in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_method_is_refused_before_torch_is_imported(fake_root, tmp_path):
+    code = ("import sys; from clipadapt.cli import main; "
+            f"code = main(['train', '--method', 'MMA', '--dataset', 'eurosat', '--data-root', {fake_root!r}, "
+            f"'--out', {str(tmp_path / 'run')!r}]); print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr

@@ -3,6 +3,7 @@ run is in the way. Plain Python (torch only to ask about a GPU)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 
@@ -48,3 +49,43 @@ def check_not_finished(out: str) -> None:
     if os.path.exists(os.path.join(out, "metrics.json")):
         raise ClipadaptError(f"'{out}' already holds a finished run (metrics.json); "
                              "pass --overwrite to replace it or choose another --out")
+
+
+def _folded(name: str) -> str:
+    return str(name).lower().replace("/", "-").replace("_", "-")
+
+
+def closest_names(given: str, names: list[str], n: int = 3) -> list[str]:
+    """The valid names nearest to `given`, ignoring case and '/', '-', '_' (at most `n`)."""
+    by_fold: dict[str, str] = {}
+    for name in names:
+        by_fold.setdefault(_folded(name), name)
+    exact = by_fold.get(_folded(given))
+    if exact is not None:
+        return [exact]
+    return [by_fold[f] for f in difflib.get_close_matches(_folded(given), list(by_fold), n=n, cutoff=0.6)]
+
+
+def unknown_name(kind: str, given: str, names: list[str], where: str = "") -> ClipadaptError:
+    """The one-line error for a name that is not one of `names`: the closest valid ones, or the whole list
+    when it fits in two lines."""
+    close = closest_names(given, names)
+    if close:
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}?"
+    elif len(", ".join(names)) <= 320:  # two lines of a terminal at most
+        hint = f"known: {', '.join(names)}"
+    else:
+        hint = f"{len(names)} are known{where}"
+    return ClipadaptError(f"unknown {kind} '{given}' ({hint})")
+
+
+def check_run_names(method: str | None = None, dataset: str | None = None, protocol: str | None = None) -> None:
+    """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
+    from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
+
+    if method is not None and method not in METHOD_NAMES:
+        raise unknown_name("method", method, list(METHOD_NAMES))
+    if dataset is not None and dataset not in dataset_names():
+        raise unknown_name("dataset", dataset, dataset_names())
+    if protocol is not None and protocol not in PROTOCOL_NAMES:
+        raise unknown_name("protocol", protocol, list(PROTOCOL_NAMES))

@@ -97,6 +97,9 @@ RESULT_KEYS = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)} 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
+    from .checks import check_run_names
+
+    check_run_names(args.method, args.dataset, args.protocol)  # before the settings' types pull in torch
     from .run import SETTING_ARGUMENTS, check_settings, train
     from .runconfig import parse_overrides
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import __version__
 from .adapters import FILE_NAME as ADAPTER_FILE
-from .checks import check_device, check_not_finished, check_writable
+from .checks import check_device, check_not_finished, check_run_names, check_writable
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
 from .registry import FOLDER_DATASET, canonical_protocol
@@ -93,9 +93,12 @@ def train(method: str, dataset: str, data_root: str, out: str, *, protocol: str 
     preset `config` names (None: the shipped preset for the method, protocol and backbone; "none": the
     method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
     interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
+    check_run_names(method, dataset, protocol)  # names first, before torch: a typo is not a missing preset
     from . import distributed
+    from .weights import check_weights_source
 
     backbone, pretrained = default_backbone(backbone, pretrained)
+    check_weights_source(backbone, pretrained)
     check_device(device)
     check_writable(out, "dir")
     if protocol:
@@ -197,8 +200,12 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str = "zeroshot"
     from .evaluation import evaluate as score, write_predictions
     from .model import build_model, load_model
 
+    from .weights import check_weights_source
+
+    check_run_names(None if checkpoint else method, dataset)
     if not (checkpoint and backbone is None):
         backbone, pretrained = default_backbone(backbone, pretrained)
+        check_weights_source(backbone, pretrained)
     check_device(device)
     check_writable(out, "dir")
     if split not in ("test", "val"):

@@ -13,9 +13,10 @@ from pathlib import Path
 import open_clip
 import torch
 
+from .checks import closest_names, unknown_name
 from .errors import ClipadaptError
 from .fileio import file_digest
-from .synthetic_weights import is_shipped, load_shipped, shipped_identity, shipped_tokenizer
+from .synthetic_weights import SHIPPED_NAME, is_shipped, load_shipped, shipped_identity, shipped_tokenizer
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # clipadapt's own open_clip configs (tiny CLIPs)
 
@@ -72,12 +73,15 @@ def check_weights_source(name: str, pretrained: str | None) -> None:
         return
     register_model_configs()
     if name not in open_clip.list_models():
-        raise ClipadaptError(f"unknown backbone '{name}'; open_clip knows: {', '.join(open_clip.list_models())}")
+        models = [SHIPPED_NAME, *open_clip.list_models()]
+        raise unknown_name("backbone", name, models, " to open_clip: open_clip.list_models()")
     if pretrained not in NO_WEIGHTS and not os.path.isfile(str(pretrained)):
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
-            raise ClipadaptError(
-                f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' (tags: {', '.join(tags) or 'none'})")
+            close = closest_names(str(pretrained), tags)
+            hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                    f"tags: {', '.join(tags[:12]) or 'none'}{', ...' if len(tags) > 12 else ''}")
+            raise ClipadaptError(f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' ({hint})")
 
 
 HF_SAFE_NAMES = ("open_clip_model.safetensors",)  # what open_clip tries before its .bin file
