@@ -76,6 +76,9 @@ def world(tmp_path_factory):
     torch.save({"state_dict": {k: v for k, v in state.items() if not k.startswith("shared_adapter.")}},
                root / "no_shared.pth.tar")
     torch.save({"state_dict": state}, root / "tiny_mma.pth.tar")
+    tiny.save_adapter(str(root / "mma_adapter.safetensors"))
+    (root / "classes.py").write_text("import os\nCLASSES = ['a', 'b']\n")
+    (root / "empty_classes.txt").write_text("\n\n")
     return w
 
 
@@ -156,6 +159,14 @@ CASES = [
     ("classes-duplicate", [*PREDICT, "--classes", "a,a,b"], ["a", "more than once"]),
     ("classes-file-duplicate", [*PREDICT, "--classes-file", "{root}/dup_classes.txt"], ["red", "more than once"]),
     ("classes-one", [*PREDICT, "--classes", "a"], ["two class names"]),
+    ("classes-file-is-code", [*PREDICT, "--classes-file", "{root}/classes.py"], ["classes.py", "line 1", "one class"]),
+    ("classes-file-empty", [*PREDICT, "--classes-file", "{root}/empty_classes.txt"], ["empty_classes.txt", "empty"]),
+    ("classes-and-classes-file", [*PREDICT, "--classes", "a,b", "--classes-file", "{root}/dup_classes.txt"],
+     ["--classes", "--classes-file"]),
+    ("eval-method-contradicts-checkpoint", [*EVAL, "--method", "coop", "--checkpoint",
+                                            "{root}/mma_adapter.safetensors"], ["coop", "'mma'", "--method"]),
+    ("feature-cache-both", [*EVAL, "--feature-cache", "{root}/fc", "--no-feature-cache"],
+     ["--feature-cache", "--no-feature-cache"]),
     ("classes-none", [*PREDICT], ["--classes"]),
     ("image-missing", ["predict", "{root}/gone.jpg", "--classes", "a,b", *TINY], ["gone.jpg"]),
     ("image-corrupt", ["predict", "{root}/not_image.jpg", "--classes", "a,b", *TINY], ["not_image.jpg"]),

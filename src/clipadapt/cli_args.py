@@ -197,7 +197,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate zero-shot CLIP or a saved adapter on a dataset",
                        description="Evaluate a method on the test (or validation) split of a dataset and write DIR/metrics.json "
                                    "(accuracy in percent, number of images, dataset, subsample, method, backbone).")
-    p.add_argument("--method", default="zeroshot", help=f"one of: {', '.join(METHODS)} (default zeroshot)")
+    p.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default zeroshot; with --checkpoint: "
+                                    "the adapter's own, which a different --method contradicts)")
     p.add_argument("--checkpoint", help="a saved adapter (.safetensors) to evaluate instead of --method")
     p.add_argument("--backbone-from-checkpoint", action="store_true",
                    help="with --checkpoint: load the backbone recorded in the adapter file")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,7 +188,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
-def evaluate(dataset: str, data_root: str, out: str, *, method: str = "zeroshot", checkpoint: str | None = None,
+def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = None, checkpoint: str | None = None,
              split: str = "test", subsample: str = "all", shots: int = -1, seed: int = 1,
              backbone: str | None = None, pretrained: str | None = None, backbone_from_checkpoint: bool = False,
              prompts: str | None = None, device: str = "cpu", batch_size: int = 100, workers: int | None = None,
@@ -195,14 +196,23 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str = "zeroshot"
              progress: bool = True) -> dict[str, Any]:
     """Score zero-shot CLIP (`method`) or a saved adapter (`checkpoint`) on one split of a dataset into
     `out`/metrics.json (and predictions.csv); returns the metrics. With a checkpoint the backbone is the
-    recorded one unless `backbone` is given."""
+    recorded one unless `backbone` is given. `method` defaults to zeroshot; with a checkpoint it is the
+    adapter's, and naming another is an error."""
     from .data import build_dataset
     from .evaluation import evaluate as score, write_predictions
     from .model import build_model, load_model
 
     from .weights import check_weights_source
 
-    check_run_names(None if checkpoint else method, dataset)
+    check_run_names(method, dataset)
+    if checkpoint and method is not None:
+        from .adapters import read_adapter
+
+        recorded = read_adapter(checkpoint)[0].get("method")
+        if recorded != method:
+            raise ClipadaptError(f"--method {method} contradicts the checkpoint '{checkpoint}', an adapter of "
+                                 f"method '{recorded}'; drop --method (the adapter's method is used)")
+    method = method or "zeroshot"
     if not (checkpoint and backbone is None):
         backbone, pretrained = default_backbone(backbone, pretrained)
         check_weights_source(backbone, pretrained)
@@ -289,14 +299,25 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
 
 
 # ---- predict and describe ------------------------------------------------------------------------
+# A line no class name has: code, markup or a config line (a class file given by mistake).
+_NOT_A_CLASS_NAME = re.compile(r"^(import |from \S+ import |def |class \w+[(:]|#|//|<|\{|\[)|[=;{}]|:$")
+
+
 def read_class_names(path: str) -> list[str]:
-    """Class names from a text file, one a line (blank lines skipped)."""
+    """Class names from a text file, one a line (blank lines skipped); a file that is not such a list is refused."""
     try:
         with open(path) as f:
-            return [line.strip() for line in f if line.strip()]
+            lines = [(number, line.strip()) for number, line in enumerate(f, start=1) if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise ClipadaptError(f"cannot read class file '{path}': "
                              f"{getattr(err, 'strerror', None) or 'not a text file'}") from None
+    if not lines:
+        raise ClipadaptError(f"class file '{path}' is empty: give one class name a line")
+    for number, line in lines:
+        if _NOT_A_CLASS_NAME.search(line):
+            raise ClipadaptError(f"class file '{path}' line {number} is not a class name ({line[:60]!r}): "
+                                 "give a text file with one class name a line")
+    return [line for _, line in lines]
 
 
 def check_class_names(names: list[str], where: str) -> list[str]:
