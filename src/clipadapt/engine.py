@@ -14,9 +14,9 @@ part of the checkpoint, so a resumed run stops and selects exactly as an uninter
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import logging
 import random
 import time
 from dataclasses import asdict, dataclass, fields
@@ -432,10 +432,10 @@ class Trainer:
             return evaluate(model, self.val_items, cfg.eval_batch_size, cfg.workers, self.device, progress=False,
                             autocast_dtype=autocast_dtype, noise_std=cfg.eval_noise_std).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
-            self._val_features = frozen_features(model, self.val_items, cfg.eval_batch_size, cfg.workers,
-                                                 self.device, autocast_dtype, cfg.eval_noise_std)
-        labels = torch.tensor([item.label for item in self.val_items])
-        return evaluate_frozen_features(model, self._val_features, labels, cfg.eval_batch_size, self.device,
+            self._val_features = (frozen_features(model, self.val_items, cfg.eval_batch_size, cfg.workers,
+                                                  self.device, autocast_dtype, cfg.eval_noise_std),
+                                  torch.tensor([item.label for item in self.val_items]))
+        return evaluate_frozen_features(model, *self._val_features, cfg.eval_batch_size, self.device,
                                         autocast_dtype).accuracy
 
     def _select(self, epoch: int) -> None:
@@ -563,11 +563,12 @@ class Trainer:
                     record = window.flush(time.perf_counter())
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                     self._log({"epoch": epoch + 1, "step": step, "lr": lr, **record})
+                    # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
                     self._stop_if_diverged(watch, epoch + 1, step)
             if window.steps:  # a loader that yielded another number of batches than expected
                 self.last_loss = loss.item()
                 self._log({"epoch": epoch + 1, "step": step, "lr": lr, **window.flush(time.perf_counter())})
-            self._stop_if_diverged(watch, epoch + 1, step)  # never checkpoint weights that are not finite
+                self._stop_if_diverged(watch, epoch + 1, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
             self.train_seconds += time.perf_counter() - epoch_start

@@ -50,11 +50,10 @@ def frozen_features(model: AdaptedCLIP, items: list[Datum], batch_size: int, wor
     loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers,
                          pin_memory=device.type == "cuda")
     feats = []
-    with torch.no_grad():
-        for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
-                                 leave=False):
-            with _autocast(device, autocast_dtype):
-                feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
+    for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
+                             leave=False):
+        with _autocast(device, autocast_dtype):  # frozen_image_features runs without grad
+            feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
     return torch.cat(feats)
 
 

@@ -201,7 +201,6 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
     from .data import build_dataset
     from .evaluation import evaluate as score, write_predictions
     from .model import build_model, load_model
-
     from .weights import check_weights_source
 
     check_run_names(method, dataset)

@@ -15,7 +15,8 @@ from .fileio import file_digest
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_NAME = "synthetic"
 SHIPPED_CONFIG = "clipadapt-synthetic"
-SHIPPED_CONFIG_FILE = Path(__file__).parent / "model_configs" / f"{SHIPPED_CONFIG}.json"
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # clipadapt's own open_clip configs (tiny CLIPs)
+SHIPPED_CONFIG_FILE = MODEL_CONFIG_DIR / f"{SHIPPED_CONFIG}.json"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "synthetic-clip.safetensors"
 SHIPPED_RECORD = WEIGHTS_DIR / "synthetic-clip.json"
 SHIPPED_TAGS = ("shipped", "default", "synthetic", None, "")

@@ -6,9 +6,9 @@ Stepping the towers block by block is `backbone.py`'s job; it asks this module f
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
-from pathlib import Path
 
 import open_clip
 import torch
@@ -16,21 +16,16 @@ import torch
 from .checks import closest_names, unknown_name
 from .errors import ClipadaptError
 from .fileio import file_digest
-from .synthetic_weights import SHIPPED_NAME, is_shipped, load_shipped, shipped_identity, shipped_tokenizer
-
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # clipadapt's own open_clip configs (tiny CLIPs)
+from .synthetic_weights import (MODEL_CONFIG_DIR, SHIPPED_NAME, is_shipped, load_shipped, shipped_identity,
+                                shipped_tokenizer)
 
 NO_WEIGHTS = ("none", "", None)
 
-_configs_registered = False
 
-
+@functools.cache
 def register_model_configs() -> None:
     """Make clipadapt's model configs known to open_clip (once; called before any name is resolved)."""
-    global _configs_registered
-    if not _configs_registered:
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-        _configs_registered = True
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def is_openai_torchscript(path: str) -> bool:
