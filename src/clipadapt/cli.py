@@ -228,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep file's grid of runs under one folder; exit 1 when a run failed."""
-    from .sweep import command_line, describe_sweeps, locate_sweep_file, read_sweep, run_sweep, select_variants
+    from .sweep import describe_sweeps, dry_run_lines, locate_sweep_file, read_sweep, run_sweep, select_variants
 
     if args.list:
         for name, text in describe_sweeps():
@@ -242,14 +242,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.variants:
         sweep = select_variants(sweep, _split(args.variants))
     sweep.feature_cache = _feature_cache(args)
-    if args.dry_run:
-        data_root = args.data_root or sweep.data_root or "DATA"
-        for run in sweep.runs:
-            print(" ".join(["clipadapt", *command_line(*sweep.run_call(run, args.out, data_root))]))
-        return 0
     slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus_per_job, "cpus": args.cpus_per_job}
+    if args.dry_run:
+        print("\n".join(dry_run_lines(sweep, args.out, args.data_root, args.jobs, args.device, args.launcher, slurm,
+                                      args.rerun_changed)))
+        return 0
     result = run_sweep(sweep, args.out, args.data_root, args.jobs, args.device, args.gpus, args.launcher, slurm,
-                       progress=not args.quiet)
+                       progress=not args.quiet, rerun_changed=args.rerun_changed)
     print(f"{result.total} runs: {result.skipped} already finished, {result.finished} finished now, "
           f"{len(result.failed)} failed")
     for run_dir, error in result.failed.items():

@@ -155,14 +155,18 @@ def add_sweep_parser(sub, commands: dict) -> None:
                                     "and --jobs N each run is pinned to one GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--gpus", help="comma-separated GPU ids to spread runs over (default: all visible)")
     p.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
-                   help="local (default); slurm: one SLURM job per run through submitit; submitit-local: "
+                   help="local (default); slurm: one SLURM job array (a task per run, --jobs at once) through "
+                        "submitit; submitit-local: "
                         "submitit's local executor (for testing a cluster setup)")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--time", type=int, default=60, help="SLURM time limit per run in minutes (default 60)")
     p.add_argument("--gpus-per-job", type=int, default=1, help="SLURM GPUs per run (default 1)")
     p.add_argument("--cpus-per-job", type=int, default=8, help="SLURM CPUs per run (default 8)")
     p.add_argument("--variants", help="a study: run only these comma-separated variants (default: all)")
-    p.add_argument("--dry-run", action="store_true", help="print each run as its `clipadapt` command and stop")
+    p.add_argument("--dry-run", action="store_true", help="print what each run would do (skip, rerun or start, and "
+                   "why) and its `clipadapt` command, and with --launcher slurm the job array; then stop")
+    p.add_argument("--rerun-changed", action="store_true", help="rerun the finished runs whose recorded settings "
+                   "(config.yaml) differ from the sweep's now (without it the sweep refuses them)")
     _add_feature_cache_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every run (e.g. epochs=1)")
     p.set_defaults(func=commands["sweep"])

@@ -133,12 +133,10 @@ def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: 
     return record
 
 
-def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
-           study, variant, device, feature_cache, overwrite, progress, settings) -> dict[str, Any]:
-    import yaml
-
-    from . import distributed
-    from .protocols import RunSpec, run_protocol
+def _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
+                 study, variant, settings):
+    """A train call's protocol, preset name, method and training configs and config.yaml record, computed without
+    running it."""
     from .runconfig import choose_preset, resolve
 
     chosen_protocol = protocol or default_protocol(dataset)
@@ -153,6 +151,19 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     resolved["seed"] = seed
     record = run_record(method, dataset, data_root, chosen_protocol, shots, seed, backbone, pretrained, preset_name,
                         resolved, study, variant)
+    return chosen_protocol, preset_name, method_cfg, train_cfg, record
+
+
+def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
+           study, variant, device, feature_cache, overwrite, progress, settings) -> dict[str, Any]:
+    import yaml
+
+    from . import distributed
+    from .protocols import RunSpec, run_protocol
+
+    chosen_protocol, preset_name, method_cfg, train_cfg, record = _resolve_run(
+        method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio, study,
+        variant, settings)
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
     main_rank = distributed.is_main()
@@ -185,6 +196,51 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
     return metrics
+
+
+# ---- a finished run against the settings it would get now (a sweep's rerun check) -----------------
+# config.yaml keys that may differ between two calls of one run without making it another run: the data
+# folder's path (the same datasets moved or mounted elsewhere). The device, --jobs, the feature cache and
+# timestamps are not in config.yaml at all. A preset file is compared by its name: its contents are in the
+# resolved settings beside it.
+RERUN_IGNORED_KEYS = ("data_root",)
+NOT_RECORDED = ("out", "device", "feature_cache", "overwrite", "progress")  # train arguments config.yaml lacks
+
+
+def planned_record(method: str, dataset: str, data_root: str, *, protocol: str | None = None, shots: int = 16,
+                   seed: int = 1, backbone: str | None = None, pretrained: str | None = None,
+                   config: str | None = None, prompts: str | None = None, base_ratio: str | None = None,
+                   study: str | None = None, variant: str | None = None, **settings: Any) -> dict[str, Any]:
+    """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
+    import yaml
+
+    check_run_names(method, dataset, protocol)
+    check_settings(settings)
+    backbone, pretrained = default_backbone(backbone, pretrained)
+    if protocol:
+        protocol = canonical_protocol(protocol)
+    record = _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts,
+                          base_ratio, study, variant, settings)[-1]
+    return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))  # as it reads back from the file
+
+
+def _comparable(key: str, value):
+    if key == "preset" and isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value)
+    return value
+
+
+def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]] | None:
+    """(key, recorded, now) for each config.yaml key of the run in `out` that `train(out=out, **train_kwargs)`
+    would record differently (RERUN_IGNORED_KEYS aside); None when `out` has no config.yaml."""
+    config_path = os.path.join(out, "config.yaml")
+    if not os.path.exists(config_path):
+        return None
+    recorded = _read_yaml(config_path)
+    now = planned_record(**{k: v for k, v in train_kwargs.items() if k not in NOT_RECORDED})
+    keys = [k for k in dict.fromkeys([*recorded, *now]) if k not in RERUN_IGNORED_KEYS]
+    return [(k, recorded.get(k), now.get(k)) for k in keys
+            if _comparable(k, recorded.get(k)) != _comparable(k, now.get(k))]
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------

@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import traceback
@@ -113,8 +114,10 @@ class Sweep:
     study: dict | None = None  # a study's variants, reference, plot and paper numbers (None: a plain grid)
     feature_cache: Any = True  # every run's feature cache: True the default folder, a folder, False none
 
-    def run_call(self, run: Run, out: str, data_root: str, device: str | None = None) -> tuple[str, dict]:
-        """The run API function a run is (`train`, or `transfer` for one that reuses an adapter) and its arguments."""
+    def run_call(self, run: Run, out: str, data_root: str, device: str | None = None,
+                 overwrite: bool = False) -> tuple[str, dict]:
+        """The run API function a run is (`train`, or `transfer` for one that reuses an adapter) and its arguments;
+        `overwrite` reruns a finished one in place."""
         common = {"data_root": data_root, "out": os.path.join(out, run.dir), "device": device or self.device,
                   "feature_cache": self.feature_cache}
         if run.adapters_from:
@@ -127,6 +130,8 @@ class Sweep:
             kwargs["config"] = run.preset
         if run.variant:
             kwargs.update(study=run.study, variant=run.variant)
+        if overwrite:
+            kwargs["overwrite"] = True
         return "train", {**kwargs, **dict(run.overrides)}
 
 
@@ -145,6 +150,8 @@ def command_line(kind: str, kwargs: dict) -> list[str]:
     for key, value in kwargs.items():
         if key in FLAGS:
             argv += [FLAGS[key], str(value)]
+        elif key == "overwrite":
+            argv += ["--overwrite"] if value else []
         elif key == "feature_cache":
             argv += [] if value is True else ["--no-feature-cache"] if value is False else ["--feature-cache", str(value)]
         else:
@@ -157,6 +164,30 @@ def _as_list(data: dict, key: str, default=None) -> list:
     if value is None:
         raise ClipadaptError(f"sweep file: '{key}' is required ({KEYS[key]})")
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _int_list(path: str, data: dict, key: str, default: list[int]) -> list[int]:
+    """A list of whole numbers (seeds, shots); anything else is one line naming the file, key and value."""
+    values = _as_list(data, key, default)
+    out = []
+    for value in values:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ClipadaptError(f"sweep file '{path}': '{key}' must be a list of whole numbers, got {value!r} "
+                                 f"(e.g. {key}: {default})")
+        out.append(value)
+    return out
+
+
+def _mapping(path: str, data: dict, key: str, what: str) -> dict:
+    """A sweep file's mapping section ({} when absent); another type is one line naming the file and key."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClipadaptError(f"sweep file '{path}': '{key}' maps {what}; got {value!r}")
+    return value
 
 
 def locate_preset_file(name: str, sweep_dir: str) -> str:
@@ -237,19 +268,28 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         if protocol in TRANSFER_TARGETS and d not in TRANSFER_TARGETS[protocol]:
             raise ClipadaptError(f"sweep file '{path}': '{d}' is not a {protocol} source; sources: "
                                  f"{', '.join(TRANSFER_TARGETS[protocol])}")
-    seeds = [int(s) for s in _as_list(data, "seeds", [1, 2, 3])]
-    shots = [int(k) for k in _as_list(data, "shots", [16])]
+    seeds = _int_list(path, data, "seeds", [1, 2, 3])
+    shots = _int_list(path, data, "shots", [16])
+    for key in ("backbone", "pretrained", "data_root", "device", "adapters_from"):
+        if isinstance(data.get(key), (list, dict)):
+            raise ClipadaptError(f"sweep file '{path}': '{key}' is one name, got {data[key]!r}")
     backbone = str(data.get("backbone", "synthetic"))
     pretrained = str(data.get("pretrained") or ("shipped" if is_shipped(backbone) else "openai"))
-    presets = data.get("presets") or {}
-    method_overrides = data.get("method_overrides") or {}
+    presets = _mapping(path, data, "presets", "method names to preset files")
+    method_overrides = _mapping(path, data, "method_overrides", "method names to {setting: value}")
     for name, section in (("presets", presets), ("method_overrides", method_overrides)):
-        if not isinstance(section, dict):
-            raise ClipadaptError(f"sweep file '{path}': '{name}' maps method names to settings; got {section!r}")
         for m in set(section) - set(METHODS):
             raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
                                  f"{', '.join(METHODS)}")
-    overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
+    for m, section in method_overrides.items():
+        if section is not None and not isinstance(section, dict):
+            raise ClipadaptError(f"sweep file '{path}': method_overrides of '{m}' maps settings to values; "
+                                 f"got {section!r}")
+    for m, preset in presets.items():
+        if not isinstance(preset, (str, dict)):
+            raise ClipadaptError(f"sweep file '{path}': the preset of '{m}' is a file name (or {{dataset: file}}); "
+                                 f"got {preset!r}")
+    overrides = {**_mapping(path, data, "overrides", "settings to values"), **(extra_overrides or {})}
     for section in (overrides, *(v for v in method_overrides.values() if isinstance(v, dict)),
                     *variants.values()):
         for key in set(section) & RUN_ARGUMENTS - {"method"}:
@@ -452,33 +492,153 @@ class SweepResult:
     failed: dict[str, str]
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """What a sweep does with one run: skip it (finished, same settings), rerun it (finished or interrupted
+    with other settings; only with --rerun-changed) or start it (new, interrupted or failed), and why."""
+
+    run: Run
+    action: str  # "skip" | "rerun" | "start"
+    why: str
+
+
+def _describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key} {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"
+                     for key, old, new in changes)
+
+
+def plan_sweep(sweep: Sweep, out: str, data_root: str, device: str | None = None) -> list[PlannedRun]:
+    """Each run's action, from its folder: a finished or interrupted run's config.yaml is compared with the one
+    the run API would record now (`clipadapt.run.changed_settings`); writes nothing."""
+    from .run import changed_settings
+
+    plan = []
+    for run in sweep.runs:
+        run_dir = os.path.join(out, run.dir)
+        finished = os.path.exists(os.path.join(run_dir, "metrics.json"))
+        interrupted = not finished and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+        changes = None
+        if (finished or interrupted) and not run.adapters_from:  # a transfer run records no settings of its own
+            kind, kwargs = sweep.run_call(run, out, data_root, device)
+            changes = changed_settings(**kwargs)
+        if changes:
+            plan.append(PlannedRun(run, "rerun", f"settings changed: {_describe_changes(changes)}"))
+        elif finished:
+            plan.append(PlannedRun(run, "skip", "finished with the same settings" if changes is not None
+                                   else "finished"))
+        elif interrupted:
+            plan.append(PlannedRun(run, "start", "interrupted: resumes from its last checkpoint"))
+        elif os.path.exists(os.path.join(run_dir, "failed.json")):
+            plan.append(PlannedRun(run, "start", "failed before: tried again"))
+        else:
+            plan.append(PlannedRun(run, "start", "not run yet"))
+    return plan
+
+
+def check_changed(plan: list[PlannedRun], out: str) -> None:
+    """Refuse, in one line, a sweep whose finished runs were made with other settings (without --rerun-changed)."""
+    changed = [p for p in plan if p.action == "rerun"]
+    if changed:
+        more = f" (and {len(changed) - 1} more run(s) with changed settings)" if len(changed) > 1 else ""
+        raise ClipadaptError(f"'{os.path.join(out, changed[0].run.dir)}' was run with other settings "
+                             f"({changed[0].why.removeprefix('settings changed: ')}){more}; pass --rerun-changed "
+                             "to rerun them, or another --out to keep both")
+
+
+def slurm_parameters(slurm: dict, jobs: int) -> dict:
+    """submitit's parameters for the SLURM job array: time, GPUs, CPUs and partition per task, `jobs` at once."""
+    params = {"timeout_min": int(slurm.get("time") or 60), "gpus_per_node": int(slurm.get("gpus", 1)),
+              "cpus_per_task": int(slurm.get("cpus") or 8), "nodes": 1, "tasks_per_node": 1,
+              "slurm_array_parallelism": jobs}
+    if slurm.get("partition"):
+        params["slurm_partition"] = slurm["partition"]
+    return params
+
+
+def _launcher_device(launcher: str, device: str, slurm: dict) -> str:
+    """A SLURM task with GPUs runs on its GPU (submitit's task sees only its own)."""
+    if launcher == "slurm" and device == "cpu" and int(slurm.get("gpus", 1)) > 0:
+        return "cuda"
+    return device
+
+
+def check_launcher(launcher: str) -> None:
+    """The launcher exists and can run here: slurm needs submitit and sbatch on PATH."""
+    if launcher not in LAUNCHERS:
+        raise ClipadaptError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
+    if launcher == "local":
+        return
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ClipadaptError(f"--launcher {launcher} needs submitit: pip install 'clipadapt[slurm]'") from None
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise ClipadaptError("--launcher slurm: no SLURM here (no 'sbatch' on PATH); run it on the cluster's login "
+                             "node, or use --launcher local (--dry-run shows what would be submitted)")
+
+
+def dry_run_lines(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 1, device: str | None = None,
+                  launcher: str = "local", slurm: dict | None = None, rerun_changed: bool = False) -> list[str]:
+    """What `clipadapt sweep --dry-run` prints: each run's action and why, the command of each run it would
+    start, and under --launcher slurm the job array that would be submitted. Writes nothing."""
+    slurm = slurm or {}
+    data_root = os.path.abspath(os.path.expanduser(data_root or sweep.data_root or "DATA"))
+    device = _launcher_device(launcher, device or sweep.device, slurm)
+    plan = plan_sweep(sweep, out, data_root, device)
+    todo = [p for p in plan if p.action == "start" or (p.action == "rerun" and rerun_changed)]
+    lines = []
+    if launcher == "slurm":
+        params = slurm_parameters(slurm, jobs)
+        lines += [f"slurm job array: {len(todo)} task(s), at most {jobs} at once (--jobs)",
+                  f"  partition: {params.get('slurm_partition', '(the cluster default)')}",
+                  f"  time: {params['timeout_min']} min per task",
+                  f"  gpus per task: {params['gpus_per_node']}", f"  cpus per task: {params['cpus_per_task']}"]
+    task = 0
+    for p in plan:
+        lines.append(f"{p.action} {p.run.dir}: {p.why}")
+        if p in todo:
+            argv = command_line(*sweep.run_call(p.run, out, data_root, device, overwrite=p.action == "rerun"))
+            prefix = f"task {task}: " if launcher == "slurm" else ""
+            lines.append(prefix + " ".join(["clipadapt", *argv]))
+            task += 1
+    changed = sum(p.action == "rerun" for p in plan)
+    if changed and not rerun_changed:
+        lines.append(f"{changed} run(s) with changed settings: the sweep refuses to start without --rerun-changed")
+    return lines
+
+
 def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 1, device: str | None = None,
               gpus: str | None = None, launcher: str = "local", slurm: dict | None = None,
-              progress: bool = True) -> SweepResult:
-    """Run every unfinished run of the sweep; failures are recorded and do not stop the others."""
+              progress: bool = True, rerun_changed: bool = False) -> SweepResult:
+    """Run every unfinished run of the sweep; failures are recorded and do not stop the others. Every check
+    (the launcher, finished runs made with other settings) comes before anything is written."""
     data_root = data_root or sweep.data_root
     if not data_root:
         raise ClipadaptError("give --data-root (the sweep file has no data_root)")
     data_root = os.path.abspath(os.path.expanduser(data_root))
-    if launcher not in LAUNCHERS:
-        raise ClipadaptError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
+    check_launcher(launcher)
     if jobs < 1:
         raise ClipadaptError(f"--jobs must be at least 1, got {jobs}")
-    device = device or sweep.device
+    slurm = slurm or {}
+    device = _launcher_device(launcher, device or sweep.device, slurm)
+    plan = plan_sweep(sweep, out, data_root, device)
+    if not rerun_changed:
+        check_changed(plan, out)
     os.makedirs(out, exist_ok=True)
     manifest = {"sweep_file": os.path.abspath(sweep.path), "protocol": sweep.protocol,
                 "runs": [r.record() for r in sweep.runs]}
     if sweep.study:
         manifest["study"] = sweep.study
     write_json(os.path.join(out, f"sweep-{Path(sweep.path).stem}.json"), manifest)
-    todo = []
-    for run in sweep.runs:
-        run_dir = os.path.join(out, run.dir)
-        if os.path.exists(os.path.join(run_dir, "metrics.json")):
-            continue
-        if os.path.exists(os.path.join(run_dir, "failed.json")):
-            os.remove(os.path.join(run_dir, "failed.json"))  # tried again
-        todo.append(run)
+    todo = [p.run for p in plan if p.action != "skip"]
+    rerun = {p.run.dir for p in plan if p.action == "rerun"}
+    for run in todo:
+        if os.path.exists(os.path.join(out, run.dir, "failed.json")):
+            os.remove(os.path.join(out, run.dir, "failed.json"))  # tried again
+
+    def call(run: Run, run_device: str) -> tuple[str, dict]:
+        return sweep.run_call(run, out, data_root, run_device, overwrite=run.dir in rerun)
+
     result = SweepResult(len(sweep.runs), len(sweep.runs) - len(todo), 0, {})
     bar = tqdm(total=len(sweep.runs), initial=result.skipped, desc="sweep", unit="run", disable=not progress)
 
@@ -492,20 +652,18 @@ def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 
         bar.set_postfix(done=result.finished + result.skipped, failed=len(result.failed))
 
     if launcher != "local":
-        _run_submitit(sweep, todo, out, data_root, device, launcher, slurm or {}, jobs, finish)
+        _run_submitit(call, todo, out, device, launcher, slurm, jobs, finish)
     elif jobs == 1:
         for run in todo:
             bar.set_postfix_str(run.dir)
-            finish(run, execute_in_process(*sweep.run_call(run, out, data_root, device), run.record(),
-                                           os.path.join(out, run.dir)))
+            finish(run, execute_in_process(*call(run, device), run.record(), os.path.join(out, run.dir)))
     else:
-        _run_parallel(sweep, todo, out, data_root, device, jobs, gpus, finish)
+        _run_parallel(call, todo, out, device, jobs, gpus, finish)
     bar.close()
     return result
 
 
-def _run_parallel(sweep: Sweep, todo: list[Run], out: str, data_root: str, device: str, jobs: int,
-                  gpus: str | None, finish) -> None:
+def _run_parallel(call, todo: list[Run], out: str, device: str, jobs: int, gpus: str | None, finish) -> None:
     """N child processes at once; on CUDA each pinned to one GPU through CUDA_VISIBLE_DEVICES."""
     on_gpu = device.startswith("cuda")
     ids = visible_gpus(gpus) if on_gpu else []
@@ -524,7 +682,7 @@ def _run_parallel(sweep: Sweep, todo: list[Run], out: str, data_root: str, devic
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
                 run_device = "cuda:0"  # the one GPU the child sees
-            kind, kwargs = sweep.run_call(run, out, data_root, run_device)
+            kind, kwargs = call(run, run_device)
             return run, execute_subprocess(kind, kwargs, run.record(), os.path.join(out, run.dir), env)
         finally:
             slots.put(gpu)
@@ -534,33 +692,26 @@ def _run_parallel(sweep: Sweep, todo: list[Run], out: str, data_root: str, devic
             finish(*future.result())
 
 
-def _run_submitit(sweep: Sweep, todo: list[Run], out: str, data_root: str, device: str, launcher: str,
-                  slurm: dict, jobs: int, finish) -> None:
-    """One submitit job per run (SLURM, or submitit's local executor); waits for them all."""
-    try:
-        import submitit
-    except ImportError:
-        raise ClipadaptError("--launcher slurm needs submitit: pip install 'clipadapt[slurm]'") from None
+def _run_submitit(call, todo: list[Run], out: str, device: str, launcher: str, slurm: dict, jobs: int,
+                  finish) -> None:
+    """The runs as one submitit job array (SLURM, `jobs` tasks at once; or submitit's local executor); waits for
+    them all."""
+    import submitit
+
+    if not todo:
+        return
     folder = os.path.join(out, ".submitit", "%j")
     if launcher == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=int(slurm.get("time", 60)))
+        executor.update_parameters(timeout_min=int(slurm.get("time") or 60))
     else:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params = {"timeout_min": int(slurm.get("time", 60)), "gpus_per_node": int(slurm.get("gpus", 1)),
-                  "cpus_per_task": int(slurm.get("cpus", 8)), "nodes": 1, "tasks_per_node": 1,
-                  "slurm_array_parallelism": jobs}
-        if slurm.get("partition"):
-            params["slurm_partition"] = slurm["partition"]
-        executor.update_parameters(**{k: v for k, v in params.items()})
-        if device == "cpu" and int(slurm.get("gpus", 1)) > 0:
-            device = "cuda"
-    submitted = []
-    for run in todo:  # one job per run; submitit pickles the function and its arguments
-        kind, kwargs = sweep.run_call(run, out, data_root, device)
-        submitted.append((run, executor.submit(execute_in_process, kind, kwargs, run.record(),
-                                               os.path.join(out, run.dir))))
-    for run, job in submitted:
+        executor.update_parameters(**slurm_parameters(slurm, jobs))
+    calls = [call(run, device) for run in todo]
+    # one array submission (sbatch --array) for every run; submitit pickles the function and its arguments
+    submitted = executor.map_array(execute_in_process, [kind for kind, _ in calls], [kw for _, kw in calls],
+                                   [run.record() for run in todo], [os.path.join(out, run.dir) for run in todo])
+    for run, job in zip(todo, submitted):
         try:
             error = job.result()
         except Exception as err:  # noqa: BLE001 - the job itself died (node failure, timeout)

@@ -1,0 +1,178 @@
+"""`clipadapt sweep`: a rerun with changed settings, the SLURM path (dry run, no SLURM, one job array),
+and type errors in a sweep file."""
+
+import json
+import os
+
+import pytest
+
+from clipadapt.cli import main
+
+SWEEP = """
+protocol: base2novel
+methods: [zeroshot, mma]
+datasets: [eurosat]
+seeds: [1]
+shots: [2]
+backbone: clipadapt-tiny
+pretrained: none
+overrides: {epochs: 2, batch_size: 4, augment: false, optimizer: adamw, lr: 0.01}
+method_overrides: {mma: {scale: 0.1}}
+presets: {zeroshot: none, mma: none}
+"""
+MMA = "base2novel/mma/eurosat/shots2/seed1"
+ZS = "base2novel/zeroshot/eurosat/shots2/seed1"
+
+
+def _write(tmp_path, text, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _files(folder):
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("clipadapt: error:"), err
+    return err[0]
+
+
+def test_changed_settings_refuse_then_rerun_exactly_the_changed_runs(fake_root, tmp_path, capsys):
+    sweep, out = _write(tmp_path, SWEEP), tmp_path / "out"
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root]) == 0
+    capsys.readouterr()
+    before = _files(out)
+    # same settings, the data folder named by another path: both skipped
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root + "/.", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"skip {MMA}: finished with the same settings" in lines and f"skip {ZS}: finished with the same settings" \
+        in lines and not [line for line in lines if line.startswith("clipadapt")]
+    # epochs=5: refused before anything runs, one line naming the folder and the change; nothing touched
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=5"]) == 2
+    line = _one_error_line(capsys)
+    assert os.path.join(str(out), MMA) in line and "epochs 2 -> 5" in line and "--rerun-changed" in line
+    assert _files(out) == before
+    # the dry run says which runs would be skipped and rerun, and why
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--dry-run", "epochs=5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"rerun {MMA}: settings changed: epochs 2 -> 5" in lines
+    assert f"skip {ZS}: finished with the same settings" in lines  # zero-shot trains nothing: epochs do not apply
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--dry-run", "--rerun-changed",
+                 "epochs=5"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("clipadapt")]
+    assert len(commands) == 1 and "--overwrite" in commands[0] and "epochs=5" in commands[0]
+    # --rerun-changed: the mma run again with epochs 5, the zero-shot run's files untouched
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--rerun-changed", "epochs=5"]) == 0
+    assert "2 runs: 1 already finished, 1 finished now, 0 failed" in capsys.readouterr().out
+    assert "epochs: 5" in (out / MMA / "config.yaml").read_text()
+    assert {k: v for k, v in _files(out).items() if ZS in k} == {k: v for k, v in before.items() if ZS in k}
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=5"]) == 0
+    assert "2 already finished" in capsys.readouterr().out
+
+
+def test_a_changed_preset_file_is_a_changed_setting(tmp_path, capsys):
+    from clipadapt.run import changed_settings, planned_record
+    from clipadapt.sweep import read_sweep
+
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("scale: 0.1\n")
+    sweep = read_sweep(_write(tmp_path, SWEEP.replace("mma: none}", "mma: mine.yaml}")))
+    run = next(r for r in sweep.runs if r.method == "mma")
+    kind, kwargs = sweep.run_call(run, str(tmp_path / "out"), str(tmp_path / "data"))
+    folder = tmp_path / "out" / run.dir
+    folder.mkdir(parents=True)
+    import yaml
+
+    record = planned_record(**{k: v for k, v in kwargs.items() if k not in ("out", "device", "feature_cache")})
+    (folder / "config.yaml").write_text(yaml.safe_dump({**record, "data_root": "/elsewhere"}))
+    assert changed_settings(**kwargs) == []  # the data folder's path is not a setting
+    preset.write_text("scale: 0.1\nadapter_dim: 8\n")
+    changes = changed_settings(**kwargs)
+    assert [c[0] for c in changes] == ["adapter_dim"] and changes[0][2] == 8
+
+
+def test_slurm_off_a_cluster_is_one_line_and_writes_nothing(fake_root, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch
+    out = tmp_path / "out"
+    assert main(["sweep", _write(tmp_path, SWEEP), "--out", str(out), "--data-root", fake_root, "--launcher", "slurm",
+                 "--partition", "gpu", "--time", "120", "--gpus-per-job", "1"]) == 2
+    assert "no SLURM" in _one_error_line(capsys) and not out.exists()
+
+
+def test_slurm_dry_run_prints_the_job_array(fake_root, tmp_path, monkeypatch, capsys):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    out = tmp_path / "out"
+    assert main(["sweep", _write(tmp_path, SWEEP.replace("seeds: [1]", "seeds: [1, 2]")), "--out", str(out),
+                 "--data-root", fake_root, "--launcher", "slurm", "--partition", "gpu", "--time", "120",
+                 "--gpus-per-job", "1", "--cpus-per-job", "6", "--jobs", "3", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == ["slurm job array: 4 task(s), at most 3 at once (--jobs)", "  partition: gpu",
+                         "  time: 120 min per task", "  gpus per task: 1", "  cpus per task: 6"]
+    tasks = [line for line in lines if line.startswith("task ")]
+    assert [t.split(":")[0] for t in tasks] == ["task 0", "task 1", "task 2", "task 3"]
+    assert all(" clipadapt train " in t and "--device cuda" in t for t in tasks)
+    assert "--seed 2" in tasks[-1] and not out.exists()
+
+
+def test_slurm_parameters_make_jobs_the_array_parallelism():
+    from clipadapt.sweep import slurm_parameters
+
+    assert slurm_parameters({"partition": "gpu", "time": 120, "gpus": 2, "cpus": 4}, 3) == {
+        "timeout_min": 120, "gpus_per_node": 2, "cpus_per_task": 4, "nodes": 1, "tasks_per_node": 1,
+        "slurm_array_parallelism": 3, "slurm_partition": "gpu"}
+
+
+def test_submitit_runs_go_as_one_job_array(fake_root, tmp_path, monkeypatch, capsys):
+    submitit = pytest.importorskip("submitit")
+    arrays = []
+    original = submitit.LocalExecutor.map_array
+
+    def map_array(self, fn, *iterables):
+        arrays.append(len(iterables[0]))
+        return original(self, fn, *iterables)
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("one submit per run; the runs should go as one array")
+
+    monkeypatch.setattr(submitit.LocalExecutor, "map_array", map_array)
+    monkeypatch.setattr(submitit.LocalExecutor, "submit", submit)
+    sweep = _write(tmp_path, SWEEP.replace("[zeroshot, mma]", "[zeroshot]").replace("seeds: [1]", "seeds: [1, 2]")
+                   .replace("method_overrides: {mma: {scale: 0.1}}", ""))
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--launcher", "submitit-local",
+                 "--jobs", "2"]) == 0
+    assert "2 runs: 0 already finished, 2 finished now, 0 failed" in capsys.readouterr().out
+    assert arrays == [2]
+    for seed in (1, 2):
+        assert json.loads((out / f"base2novel/zeroshot/eurosat/shots2/seed{seed}/metrics.json").read_text())[
+            "seed"] == seed
+
+
+@pytest.mark.parametrize("old, new, fragments", [
+    ("seeds: [1]", "seeds: [one]", ["seeds", "'one'", "whole numbers"]),
+    ("shots: [2]", "shots: [x]", ["shots", "'x'"]),
+    ("shots: [2]", "shots: [2.5]", ["shots", "2.5"]),
+    ("seeds: [1]", "seeds: [true]", ["seeds", "True"]),
+    ("\noverrides: {epochs: 2, batch_size: 4, augment: false, optimizer: adamw, lr: 0.01}", "\noverrides: [epochs]",
+     ["'overrides'", "maps settings"]),
+    ("method_overrides: {mma: {scale: 0.1}}", "method_overrides: {mma: [scale]}", ["method_overrides", "mma"]),
+    ("method_overrides: {mma: {scale: 0.1}}", "method_overrides: [mma]", ["method_overrides"]),
+    ("presets: {zeroshot: none, mma: none}", "presets: {zeroshot: none, mma: [a]}", ["preset", "mma"]),
+    ("backbone: clipadapt-tiny", "backbone: [clipadapt-tiny]", ["backbone", "one name"]),
+])
+def test_type_errors_in_a_sweep_file_name_the_file_key_and_value(fake_root, tmp_path, capsys, old, new, fragments):
+    assert old in SWEEP
+    path = _write(tmp_path, SWEEP.replace(old, new))
+    out = tmp_path / "out"
+    assert main(["sweep", path, "--out", str(out), "--data-root", fake_root]) == 2
+    line = _one_error_line(capsys)
+    assert path in line
+    for fragment in fragments:
+        assert fragment in line, line
+    assert not out.exists()
