@@ -79,6 +79,15 @@ def world(tmp_path_factory):
     tiny.save_adapter(str(root / "mma_adapter.safetensors"))
     (root / "classes.py").write_text("import os\nCLASSES = ['a', 'b']\n")
     (root / "empty_classes.txt").write_text("\n\n")
+    # sweeps: the finished run as a sweep's run, a sweep file that would run it with other settings, bad files
+    import shutil
+
+    shutil.copytree(done, root / "sweep_out" / "fewshot/zeroshot/caltech101/shots2/seed1")
+    grid = "protocol: fewshot\nmethods: [zeroshot]\ndatasets: [caltech101]\nbackbone: clipadapt-tiny\npretrained: none\n"
+    (root / "changed_sweep.yaml").write_text(grid + "seeds: [1]\nshots: [2]\noverrides: {eval_split: val}\n")
+    (root / "seeds_text.yaml").write_text(grid + "seeds: [one]\n")
+    (root / "shots_text.yaml").write_text(grid + "shots: [x]\n")
+    (root / "overrides_list.yaml").write_text(grid + "overrides: [epochs]\n")
     return w
 
 
@@ -97,6 +106,7 @@ FOLDER = ["train", "--method", "mma", "--dataset", "folder", "--out", "{done}", 
           "--data-root"]
 EVAL = ["eval", "--dataset", "caltech101", "--data-root", "{data}", "--out", "{done}", *TINY]
 PREDICT = ["predict", "{img}", *TINY]
+SWEEP = ["sweep", "--out", "{root}/sweep_out", "--data-root", "{data}"]
 CASES = [
     # settings: one conversion path, the key, the value and the type named
     ("epochs-text", [*TRAIN, "epochs=abc"], ["epochs", "abc", "integer"]),
@@ -181,6 +191,12 @@ CASES = [
     ("import-other-backbone", ["import-mma", "{root}/tiny_mma.pth.tar", "--out", "{root}/x.safetensors",
                                "--backbone", "synthetic", "--pretrained", "none"], ["tiny_mma.pth.tar"]),
     ("import-missing", ["import-mma", "{root}/gone.pth.tar", "--out", "{root}/x.safetensors"], ["gone.pth.tar"]),
+    # sweeps
+    ("sweep-settings-changed", [*SWEEP, "{root}/changed_sweep.yaml"],
+     ["fewshot/zeroshot/caltech101/shots2/seed1", "eval_split", "--rerun-changed"]),
+    ("sweep-seeds-text", [*SWEEP, "{root}/seeds_text.yaml"], ["seeds_text.yaml", "'seeds'", "'one'"]),
+    ("sweep-shots-text", [*SWEEP, "{root}/shots_text.yaml"], ["shots_text.yaml", "'shots'", "'x'"]),
+    ("sweep-overrides-not-mapping", [*SWEEP, "{root}/overrides_list.yaml"], ["overrides_list.yaml", "'overrides'"]),
     # backbones
     ("backbone-unknown", [*EVAL[:-4], "--backbone", "ViT-Q-99", "--pretrained", "none"], ["ViT-Q-99"]),
     ("pretrained-unknown-tag", [*EVAL[:-4], "--backbone", "ViT-B-16", "--pretrained", "nonsense"], ["nonsense"]),
@@ -209,6 +225,18 @@ def test_bad_input_gives_one_line(world, capsys, argv, fragments):
     for fragment in fragments:
         assert fragment.format(**world) in errors[0], errors[0]
     assert _snapshot(world["done"]) == before  # the finished run is untouched
+
+
+def test_slurm_off_a_cluster(world, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    before = _snapshot(str(world["root"] / "sweep_out"))
+    out = world["root"] / "slurm_out"
+    argv = [*SWEEP[:2], str(out), *SWEEP[3:], str(world["root"] / "changed_sweep.yaml")]
+    assert main([a.format(**world) for a in argv] + ["--launcher", "slurm", "--rerun-changed"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "no SLURM" in errors[0] and "sbatch" in errors[0], errors
+    assert not out.exists() and _snapshot(str(world["root"] / "sweep_out")) == before
 
 
 def test_cuda_without_a_gpu(world, capsys):

@@ -1,7 +1,9 @@
 """Grids of runs: methods × datasets × seeds × shots under one protocol, one folder per run.
 
 A sweep file (YAML) names the grid; every run is one call of the run API (`clipadapt.run.train`, the
-function behind `clipadapt train`) with those settings, in OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped, an
+function behind `clipadapt train`) with those settings, in OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped when its
+config.yaml records the settings it would get now; one recorded with other settings stops the sweep
+before anything is written, unless `rerun_changed` (`--rerun-changed`) reruns it. An
 interrupted one resumes from its checkpoint, a failing one is recorded in its folder (failed.json,
 with the error) and the others go on. OUT/sweep-<file name>.json lists every run the sweep expects, so that
 `clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
