@@ -108,15 +108,31 @@ def test_bad_sweep_files_fail_with_one_line_and_touch_nothing(fake_root, tmp_pat
     assert sorted(p.name for p in out.rglob("*")) == ["keep", "metrics.json"]
 
 
-def test_sweep_through_submitit_local_executor(fake_root, tmp_path, capsys):
-    pytest.importorskip("submitit")
+def test_sweep_through_submitit_local_executor(fake_root, tmp_path, monkeypatch, capsys):
+    submitit = pytest.importorskip("submitit")
+    arrays, map_array = [], submitit.LocalExecutor.map_array
+
+    def spy(self, fn, *iterables):
+        arrays.append(len(iterables[0]))
+        return map_array(self, fn, *iterables)
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("one submission per run: the runs go as one job array")
+
+    monkeypatch.setattr(submitit.LocalExecutor, "map_array", spy)
+    monkeypatch.setattr(submitit.LocalExecutor, "submit", submit)
     text = SWEEP.replace("[zeroshot, mma]", "[zeroshot]").replace("[eurosat, dtd]", "[eurosat]")
-    sweep = _write(tmp_path, text.replace("method_overrides: {mma: {scale: 0.1}}", "").replace("[1, 2]", "[1]"))
+    sweep = _write(tmp_path, text.replace("method_overrides: {mma: {scale: 0.1}}", ""))
     out = tmp_path / "out"
-    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--launcher", "submitit-local"]) == 0
-    assert "1 runs: 0 already finished, 1 finished now, 0 failed" in capsys.readouterr().out
-    assert json.loads((out / "base2novel/zeroshot/eurosat/shots2/seed1/metrics.json").read_text())["seed"] == 1
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--launcher", "submitit-local",
+                 "--jobs", "2"]) == 0
+    assert "2 runs: 0 already finished, 2 finished now, 0 failed" in capsys.readouterr().out
+    assert arrays == [2]  # one array of both runs
+    for seed in (1, 2):
+        assert json.loads((out / f"base2novel/zeroshot/eurosat/shots2/seed{seed}/metrics.json").read_text())[
+            "seed"] == seed
     assert list((out / ".submitit").iterdir())  # the jobs' own folders (logs, pickles)
+    sweep = _write(tmp_path, text.replace("method_overrides: {mma: {scale: 0.1}}", "").replace("[1, 2]", "[1]"))
     # a job that fails inside is recorded like a local failure
     assert main(["sweep", sweep, "--out", str(tmp_path / "bad"), "--data-root", str(tmp_path / "nowhere"),
                  "--launcher", "submitit-local"]) == 1

@@ -1,7 +1,6 @@
 """`clipadapt sweep`: a rerun with changed settings, the SLURM path (dry run, no SLURM, one job array),
 and type errors in a sweep file."""
 
-import json
 import os
 
 import pytest
@@ -66,7 +65,9 @@ def test_changed_settings_refuse_then_rerun_exactly_the_changed_runs(fake_root, 
     assert len(commands) == 1 and "--overwrite" in commands[0] and "epochs=5" in commands[0]
     # --rerun-changed: the mma run again with epochs 5, the zero-shot run's files untouched
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--rerun-changed", "epochs=5"]) == 0
-    assert "2 runs: 1 already finished, 1 finished now, 0 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 runs: 1 already finished, 1 finished now, 0 failed" in captured.out
+    assert f"rerun {MMA}: settings changed: epochs 2 -> 5" in captured.err
     assert "epochs: 5" in (out / MMA / "config.yaml").read_text()
     assert {k: v for k, v in _files(out).items() if ZS in k} == {k: v for k, v in before.items() if ZS in k}
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=5"]) == 0
@@ -128,32 +129,6 @@ def test_slurm_parameters_make_jobs_the_array_parallelism():
         "slurm_array_parallelism": 3, "slurm_partition": "gpu"}
 
 
-def test_submitit_runs_go_as_one_job_array(fake_root, tmp_path, monkeypatch, capsys):
-    submitit = pytest.importorskip("submitit")
-    arrays = []
-    original = submitit.LocalExecutor.map_array
-
-    def map_array(self, fn, *iterables):
-        arrays.append(len(iterables[0]))
-        return original(self, fn, *iterables)
-
-    def submit(self, *args, **kwargs):
-        raise AssertionError("one submit per run; the runs should go as one array")
-
-    monkeypatch.setattr(submitit.LocalExecutor, "map_array", map_array)
-    monkeypatch.setattr(submitit.LocalExecutor, "submit", submit)
-    sweep = _write(tmp_path, SWEEP.replace("[zeroshot, mma]", "[zeroshot]").replace("seeds: [1]", "seeds: [1, 2]")
-                   .replace("method_overrides: {mma: {scale: 0.1}}", ""))
-    out = tmp_path / "out"
-    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--launcher", "submitit-local",
-                 "--jobs", "2"]) == 0
-    assert "2 runs: 0 already finished, 2 finished now, 0 failed" in capsys.readouterr().out
-    assert arrays == [2]
-    for seed in (1, 2):
-        assert json.loads((out / f"base2novel/zeroshot/eurosat/shots2/seed{seed}/metrics.json").read_text())[
-            "seed"] == seed
-
-
 @pytest.mark.parametrize("old, new, fragments", [
     ("seeds: [1]", "seeds: [one]", ["seeds", "'one'", "whole numbers"]),
     ("shots: [2]", "shots: [x]", ["shots", "'x'"]),
@@ -165,6 +140,9 @@ def test_submitit_runs_go_as_one_job_array(fake_root, tmp_path, monkeypatch, cap
     ("method_overrides: {mma: {scale: 0.1}}", "method_overrides: [mma]", ["method_overrides"]),
     ("presets: {zeroshot: none, mma: none}", "presets: {zeroshot: none, mma: [a]}", ["preset", "mma"]),
     ("backbone: clipadapt-tiny", "backbone: [clipadapt-tiny]", ["backbone", "one name"]),
+    ("methods: [zeroshot, mma]", "variants: {a: {method: mma}}\nplot: 5", ["'plot'", "setting names", "5"]),
+    ("methods: [zeroshot, mma]", "variants: {a: {method: mma}}\nplot: base_ratio", ["'plot'", "base_ratio"]),
+    ("methods: [zeroshot, mma]", "variants: {a: {method: mma}}\npaper: [a]", ["'paper'", "variant names"]),
 ])
 def test_type_errors_in_a_sweep_file_name_the_file_key_and_value(fake_root, tmp_path, capsys, old, new, fragments):
     assert old in SWEEP

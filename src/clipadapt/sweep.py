@@ -374,6 +374,13 @@ def _read_variants(path: str, data: dict) -> dict[str, dict]:
             raise ClipadaptError(f"sweep file '{path}': variant '{name}' names unknown method '{spec['method']}'; "
                                  f"known methods: {', '.join(METHODS)}")
         out[name] = dict(spec)
+    plot, paper = data.get("plot"), data.get("paper")
+    if plot is not None and not (isinstance(plot, list) and all(isinstance(k, str) for k in plot)):
+        raise ClipadaptError(f"sweep file '{path}': 'plot' is a list of setting names (e.g. plot: [base_ratio]); "
+                             f"got {plot!r}")
+    if paper is not None and not (isinstance(paper, dict) and all(isinstance(v, dict) for v in paper.values())):
+        raise ClipadaptError(f"sweep file '{path}': 'paper' maps variant names to {{base: x, novel: y, hm: z}}; "
+                             f"got {paper!r}")
     check_variant_names(path, [data["reference"]] if data.get("reference") is not None else [], out)
     check_variant_names(path, list(data.get("paper") or {}), out)
     return out
@@ -641,6 +648,9 @@ def run_sweep(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 
     def call(run: Run, run_device: str) -> tuple[str, dict]:
         return sweep.run_call(run, out, data_root, run_device, overwrite=run.dir in rerun)
 
+    for p in plan:
+        if p.action == "rerun":  # --rerun-changed: say which, before their old results are replaced
+            tqdm.write(f"rerun {p.run.dir}: {p.why}", file=sys.stderr)
     result = SweepResult(len(sweep.runs), len(sweep.runs) - len(todo), 0, {})
     bar = tqdm(total=len(sweep.runs), initial=result.skipped, desc="sweep", unit="run", disable=not progress)
 
