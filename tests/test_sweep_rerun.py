@@ -47,8 +47,7 @@ def test_changed_settings_refuse_then_rerun_exactly_the_changed_runs(fake_root, 
     # same settings, the data folder named by another path: both skipped
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root + "/.", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"skip {MMA}: finished with the same settings" in lines and f"skip {ZS}: finished with the same settings" \
-        in lines and not [line for line in lines if line.startswith("clipadapt")]
+    assert lines == [f"# skip {ZS}: finished with the same settings", f"# skip {MMA}: finished with the same settings"]
     # epochs=5: refused before anything runs, one line naming the folder and the change; nothing touched
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=5"]) == 2
     line = _one_error_line(capsys)
@@ -57,12 +56,13 @@ def test_changed_settings_refuse_then_rerun_exactly_the_changed_runs(fake_root, 
     # the dry run says which runs would be skipped and rerun, and why
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--dry-run", "epochs=5"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"rerun {MMA}: settings changed: epochs 2 -> 5" in lines
-    assert f"skip {ZS}: finished with the same settings" in lines  # zero-shot trains nothing: epochs do not apply
+    assert f"# rerun {MMA}: settings changed: epochs 2 -> 5 (needs --rerun-changed)" in lines
+    assert f"# skip {ZS}: finished with the same settings" in lines  # zero-shot trains nothing: epochs do not apply
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--dry-run", "--rerun-changed",
                  "epochs=5"]) == 0
     commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("clipadapt")]
-    assert len(commands) == 1 and "--overwrite" in commands[0] and "epochs=5" in commands[0]
+    assert len(commands) == 1 and "--overwrite" in commands[0].split() and "epochs=5" in commands[0].split()
+    assert commands[0].endswith("  # rerun: settings changed: epochs 2 -> 5")
     # --rerun-changed: the mma run again with epochs 5, the zero-shot run's files untouched
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--rerun-changed", "epochs=5"]) == 0
     captured = capsys.readouterr()
@@ -113,11 +113,11 @@ def test_slurm_dry_run_prints_the_job_array(fake_root, tmp_path, monkeypatch, ca
                  "--data-root", fake_root, "--launcher", "slurm", "--partition", "gpu", "--time", "120",
                  "--gpus-per-job", "1", "--cpus-per-job", "6", "--jobs", "3", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:5] == ["slurm job array: 4 task(s), at most 3 at once (--jobs)", "  partition: gpu",
-                         "  time: 120 min per task", "  gpus per task: 1", "  cpus per task: 6"]
-    tasks = [line for line in lines if line.startswith("task ")]
-    assert [t.split(":")[0] for t in tasks] == ["task 0", "task 1", "task 2", "task 3"]
-    assert all(" clipadapt train " in t and "--device cuda" in t for t in tasks)
+    assert lines[:5] == ["# slurm job array: 4 task(s), at most 3 at once (--jobs)", "#   partition: gpu",
+                         "#   time: 120 min per task", "#   gpus per task: 1", "#   cpus per task: 6"]
+    tasks = lines[5:]
+    assert [t.split("  # ")[1] for t in tasks] == [f"task {i}, start: not run yet" for i in range(4)]
+    assert all(t.startswith("clipadapt train ") and " --device cuda " in t for t in tasks)
     assert "--seed 2" in tasks[-1] and not out.exists()
 
 

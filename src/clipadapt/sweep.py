@@ -588,8 +588,9 @@ def check_launcher(launcher: str) -> None:
 
 def dry_run_lines(sweep: Sweep, out: str, data_root: str | None = None, jobs: int = 1, device: str | None = None,
                   launcher: str = "local", slurm: dict | None = None, rerun_changed: bool = False) -> list[str]:
-    """What `clipadapt sweep --dry-run` prints: each run's action and why, the command of each run it would
-    start, and under --launcher slurm the job array that would be submitted. Writes nothing."""
+    """What `clipadapt sweep --dry-run` prints: the command of each run it would start, with its action and why
+    after a `#`, a `# skip` line for each run it leaves, and under --launcher slurm first the job array that
+    would be submitted. The output is a shell script; nothing is written."""
     slurm = slurm or {}
     data_root = os.path.abspath(os.path.expanduser(data_root or sweep.data_root or "DATA"))
     device = _launcher_device(launcher, device or sweep.device, slurm)
@@ -598,21 +599,23 @@ def dry_run_lines(sweep: Sweep, out: str, data_root: str | None = None, jobs: in
     lines = []
     if launcher == "slurm":
         params = slurm_parameters(slurm, jobs)
-        lines += [f"slurm job array: {len(todo)} task(s), at most {jobs} at once (--jobs)",
-                  f"  partition: {params.get('slurm_partition', '(the cluster default)')}",
-                  f"  time: {params['timeout_min']} min per task",
-                  f"  gpus per task: {params['gpus_per_node']}", f"  cpus per task: {params['cpus_per_task']}"]
+        lines += [f"# slurm job array: {len(todo)} task(s), at most {jobs} at once (--jobs)",
+                  f"#   partition: {params.get('slurm_partition', '(the cluster default)')}",
+                  f"#   time: {params['timeout_min']} min per task",
+                  f"#   gpus per task: {params['gpus_per_node']}", f"#   cpus per task: {params['cpus_per_task']}"]
     task = 0
     for p in plan:
-        lines.append(f"{p.action} {p.run.dir}: {p.why}")
-        if p in todo:
-            argv = command_line(*sweep.run_call(p.run, out, data_root, device, overwrite=p.action == "rerun"))
-            prefix = f"task {task}: " if launcher == "slurm" else ""
-            lines.append(prefix + " ".join(["clipadapt", *argv]))
-            task += 1
+        if p not in todo:
+            needs = " (needs --rerun-changed)" if p.action == "rerun" else ""
+            lines.append(f"# {p.action} {p.run.dir}: {p.why}{needs}")
+            continue
+        argv = command_line(*sweep.run_call(p.run, out, data_root, device, overwrite=p.action == "rerun"))
+        where = f"task {task}, " if launcher == "slurm" else ""
+        lines.append(" ".join(["clipadapt", *argv]) + f"  # {where}{p.action}: {p.why}")
+        task += 1
     changed = sum(p.action == "rerun" for p in plan)
     if changed and not rerun_changed:
-        lines.append(f"{changed} run(s) with changed settings: the sweep refuses to start without --rerun-changed")
+        lines.append(f"# {changed} run(s) with changed settings: the sweep refuses to start without --rerun-changed")
     return lines
 
 
