@@ -51,6 +51,11 @@ def world(tmp_path_factory):
                 _write_image(folder / c / f"{i}.png")
         (folder / empty).mkdir()
         w[name] = str(folder)
+    for name, classes in (("one_class", ("cat",)), ("three_classes", ("cat", "dog", "fox"))):
+        for c in classes:  # too few classes for an accuracy to mean anything (issue 24, item 6)
+            for i in range(3):
+                _write_image(root / name / c / f"{i}.png")
+        w[name] = str(root / name)
     dup = root / "dup_names"
     for c in ("cat", "dog"):
         for i in range(3):
@@ -159,6 +164,13 @@ CASES = [
     ("folder-empty-class-first", [*FOLDER, "{empty_first}"], ["aaa", "no images"]),
     ("folder-empty-class-last", [*FOLDER, "{empty_last}"], ["zzz", "no images"]),
     ("folder-duplicate-names", [*FOLDER, "{dup_names}"], ["pet", "more than once"]),
+    ("folder-one-class", [*FOLDER, "{one_class}"], ["one_class", "test split", "1 class", "measures nothing"]),
+    ("folder-base2novel-one-novel-class", [*FOLDER, "{three_classes}", "--protocol", "base2novel"],
+     ["three_classes", "novel half (base:new 1:1) has 1 class (fox)", "--protocol fewshot"]),
+    ("eval-one-class", ["eval", "--dataset", "folder", "--data-root", "{one_class}", "--out", "{done}", *TINY],
+     ["one_class", "1 class"]),
+    ("eval-subsample-new-too-few", ["eval", "--dataset", "folder", "--data-root", "{three_classes}", "--out",
+                                    "{done}", "--subsample", "new", *TINY], ["novel half", "1 class (fox)"]),
     ("dataset-unknown", [*EVAL[:2], "mnist", *EVAL[3:]], ["mnist", "caltech101"]),
     ("data-root-missing", [*TRAIN[:6], "{root}/nowhere", *TRAIN[7:]], ["nowhere"]),
     ("method-unknown", [*TRAIN[:2], "magic", *TRAIN[3:]], ["magic", "zeroshot"]),

@@ -85,3 +85,54 @@ def test_report_on_a_folder_without_runs_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no runs under" in err[0] and "empty" in err[0]
     assert list((tmp_path / "empty").iterdir()) == [tmp_path / "empty" / "sub"]  # nothing written
+
+
+# ---- rows defined by settings (issue 24, item 3) -----------------------------------------------
+def _b2n_with_config(root, seed, lr, rel=None, base=80.0, novel=70.0):
+    folder = root / (rel or f"base2novel/coop/dtd/shots16/seed{seed}")
+    _b2n(root, "coop", "dtd", seed, base, novel) if rel is None else _run(
+        root, rel, protocol="base2novel", method="coop", dataset="dtd", shots=16, seed=seed, base=base, novel=novel,
+        hm=2 * base * novel / (base + novel))
+    (folder / "config.yaml").write_text(f"protocol: base2novel\ndataset: dtd\ndata_root: /d\nshots: 16\nseed: {seed}\n"
+                                        f"backbone: clipadapt-tiny\npretrained: none\npreset: p\nmethod: coop\n"
+                                        f"n_ctx: 4\nlr: {lr}\nepochs: 5\nworkers: {seed}\n")
+
+
+def test_seeds_with_another_lr_are_a_row_of_their_own_and_the_table_says_lr_varies(tmp_path):
+    root = tmp_path / "sw"
+    for seed in (1, 2):
+        _b2n_with_config(root, seed, 0.002)
+    _b2n_with_config(root, 3, 0.05, base=20.0, novel=10.0)  # one seed trained with another lr into the sweep
+    text = main(["report", str(root), "--out", str(tmp_path / "rep")]) or (tmp_path / "rep" / "report.md").read_text()
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())["base2novel/16"]
+    assert set(summary) == {"coop (lr=0.002)", "coop (lr=0.05)"}  # never one mean over both
+    assert summary["coop (lr=0.002)"]["dtd"]["base"] == pytest.approx(80) and summary["coop (lr=0.002)"]["dtd"]["n"] == 2
+    assert summary["coop (lr=0.05)"]["dtd"]["base"] == pytest.approx(20)
+    assert "Settings that vary between the rows: lr (coop (lr=0.002): 0.002; coop (lr=0.05): 0.05)." in text
+    assert "workers" not in text  # what does not change the numbers splits nothing
+
+
+def test_equal_settings_say_none_and_older_runs_without_config_still_report(tmp_path):
+    root = tmp_path / "sw"
+    for seed in (1, 2):
+        _b2n_with_config(root, seed, 0.002)
+    text = main(["report", str(root), "--out", str(tmp_path / "rep")]) or (tmp_path / "rep" / "report.md").read_text()
+    assert "| coop |" in text and "Settings that vary between the rows: none." in text
+    old = tmp_path / "old"
+    _b2n(old, "coop", "dtd", 1, 80, 70)  # an older run: metrics.json only, no config.yaml
+    _b2n_with_config(old, 2, 0.002)
+    text = main(["report", str(old), "--out", str(tmp_path / "rep2")]) or (tmp_path / "rep2" / "report.md").read_text()
+    summary = json.loads((tmp_path / "rep2" / "report.json").read_text())["base2novel/16"]
+    assert "coop (backbone=?, epochs=?, lr=?, n_ctx=?, pretrained=?)" in summary  # unknown, never averaged in
+    assert len(summary) == 2
+
+
+def test_metrics_with_counts_report_as_before(tmp_path):
+    root = tmp_path / "sw"
+    for seed in (1, 2):
+        _run(root, f"f/seed{seed}", protocol="cross_dataset", method="mma", dataset="imagenet", shots=16, seed=seed,
+             source=70.0, dtd=40.0, target_average=40.0,  # no 'targets': read from the keys, as older runs
+             scored={"source": {"images": 10, "classes": 5}, "dtd": {"images": 8, "classes": 4}})
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(summary["cross_dataset/imagenet/16"]["mma"]) == {"source", "dtd", "average"}

@@ -73,7 +73,12 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _print_json(metrics: dict, keys) -> None:
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    from .report import scored_text
+
+    line = {k: metrics[k] for k in keys if k in metrics}
+    if metrics.get("scored"):  # what each number was measured on: images and classes per split
+        line["scored"] = scored_text(metrics)
+    print(json.dumps(line))
 
 
 # ---- commands ------------------------------------------------------------------------------------

@@ -22,9 +22,14 @@ class EvalResult:
 
     accuracy: float
     num_images: int
+    num_classes: int = 0  # the classes the model chose among (the logits' width)
     labels: list[int] = field(default_factory=list)
     topk: list[list[int]] = field(default_factory=list)  # top-5 class indices, best first
     topk_scores: list[list[float]] = field(default_factory=list)  # their softmax probabilities
+
+    def counts(self) -> dict[str, int]:
+        """What the accuracy was measured on: {images, classes}, recorded beside it in metrics.json."""
+        return {"images": self.num_images, "classes": self.num_classes}
 
 
 def model_transform(model: AdaptedCLIP, noise_std: float = 0.0):
@@ -60,18 +65,19 @@ def frozen_features(model: AdaptedCLIP, items: list[Datum], batch_size: int, wor
 def _score(model: AdaptedCLIP, batches, logits_of, num_images: int, device: torch.device,
            autocast_dtype: torch.dtype | None, desc: str, progress: bool) -> EvalResult:
     labels, topk, scores = [], [], []
-    correct = 0
+    correct, num_classes = 0, 0
     for inputs, y, _ in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
         with _autocast(device, autocast_dtype):
             logits = logits_of(inputs.to(device, non_blocking=True)).float()
-        k = min(5, logits.shape[1])
+        num_classes = logits.shape[1]
+        k = min(5, num_classes)
         best = logits.softmax(dim=1).topk(k, dim=1)
         top = best.indices.cpu()
         correct += int((top[:, 0] == y).sum())
         labels += y.tolist()
         topk += top.tolist()
         scores += best.values.cpu().tolist()
-    return EvalResult(100.0 * correct / num_images, num_images, labels, topk, scores)
+    return EvalResult(100.0 * correct / num_images, num_images, num_classes, labels, topk, scores)
 
 
 @torch.no_grad()

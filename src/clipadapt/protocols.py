@@ -88,14 +88,15 @@ def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kw
         source_data = build_dataset(source, data_root, -1, 1, "all")
         model.set_classes(source_data.classnames, source_data.template)
         source_test = source_data.test
-    metrics = {"source": round(evaluate(model, source_test, desc=source, dataset=source, split="test/all",
-                                        **eval_kwargs).accuracy, 4)}
+    result = evaluate(model, source_test, desc=source, dataset=source, split="test/all", **eval_kwargs)
+    metrics, scored = {"source": round(result.accuracy, 4)}, {"source": result.counts()}
     for target in targets:
         shifted = build_dataset(target, data_root, -1, 1, "all")  # the whole test split: no draw, no seed
         model.set_classes(shifted.classnames, shifted.template, trained_on=False)
-        metrics[target] = round(evaluate(model, shifted.test, desc=target, dataset=target, split="test/all",
-                                         **eval_kwargs).accuracy, 4)
+        result = evaluate(model, shifted.test, desc=target, dataset=target, split="test/all", **eval_kwargs)
+        metrics[target], scored[target] = round(result.accuracy, 4), result.counts()
     metrics["targets"] = list(targets)
+    metrics["scored"] = scored  # images and classes behind each accuracy
     metrics["target_average"] = round(sum(metrics[t] for t in targets) / len(targets), 4)
     return metrics
 
@@ -174,13 +175,15 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         eval_start = time.time()
-        base_acc = clock(model, base_items, desc=f"{split} base", dataset=spec.dataset, split=f"{split}/base",
-                         **kwargs).accuracy
+        base_result = clock(model, base_items, desc=f"{split} base", dataset=spec.dataset, split=f"{split}/base",
+                            **kwargs)
         model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
-        novel_acc = clock(model, new_items, desc=f"{split} novel", dataset=spec.dataset, split=f"{split}/new",
-                          **kwargs).accuracy
+        novel_result = clock(model, new_items, desc=f"{split} novel", dataset=spec.dataset, split=f"{split}/new",
+                             **kwargs)
+        base_acc, novel_acc = base_result.accuracy, novel_result.accuracy
         metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
-                   "hm": round(harmonic_mean(base_acc, novel_acc), 4)}
+                   "hm": round(harmonic_mean(base_acc, novel_acc), 4),
+                   "scored": {"base": base_result.counts(), "novel": novel_result.counts()}}
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         items = _scored(data, split, spec.dataset)
@@ -188,8 +191,8 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         if not distributed.is_main():
             return {}
         eval_start = time.time()
-        metrics = {"accuracy": round(clock(model, items, desc=split, dataset=spec.dataset, split=f"{split}/all",
-                                           **kwargs).accuracy, 4)}
+        result = clock(model, items, desc=split, dataset=spec.dataset, split=f"{split}/all", **kwargs)
+        metrics = {"accuracy": round(result.accuracy, 4), "scored": {"accuracy": result.counts()}}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")

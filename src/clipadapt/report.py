@@ -63,6 +63,102 @@ class RunSet:
     studies: dict = field(default_factory=dict)  # study id -> its variants, reference, plot, paper numbers
 
 
+# ---- what defines a row -------------------------------------------------------------------------
+ROW_SETTINGS = "_row_settings"  # where find_runs keeps a run's row-defining settings
+# config.yaml keys that do not change a run's numbers (or are its row's own key, or its seed): every
+# other key (method options, training settings, data settings, backbone and weights) defines the row.
+NOT_ROW_DEFINING = {"seed", "data_root", "workers", "eval_batch_size", "prefix_cache_mb", "log_every", "preset",
+                    "study", "variant", "protocol", "method", "dataset", "shots"}
+# What metrics.json records of the same (runs written before config.yaml existed have only these).
+FROM_METRICS = ("backbone", "pretrained", "backbone_identity", "base_ratio", "train_noise_std", "eval_noise_std",
+                "eval_split")
+UNKNOWN = "?"  # a setting an older run did not record
+
+
+def run_settings(folder: str, metrics: dict) -> dict[str, str]:
+    """The settings that define a run's row, as text: its config.yaml's, and the backbone identity and
+    data settings of its metrics.json; a key neither records is absent (unknown)."""
+    config: dict = {}
+    path = os.path.join(folder, "config.yaml")
+    if os.path.isfile(path):
+        import yaml
+
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f)
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+    settings = {k: v for k, v in config.items() if k not in NOT_ROW_DEFINING}
+    for key in FROM_METRICS:
+        if key in metrics and metrics[key] is not None:
+            settings.setdefault(key, metrics[key])
+    return {k: str(v) for k, v in settings.items()}
+
+
+def _setting(run: dict, key: str) -> str:
+    return run.get(ROW_SETTINGS, {}).get(key, UNKNOWN)
+
+
+def split_by_settings(runs: list[dict]) -> list[dict]:
+    """Runs renamed so that seeds of one row made with different settings are rows of their own.
+
+    Within each (protocol, row name, shots), the keys whose value differs between the seeds of some dataset
+    name every run of that row ("coop (lr=0.05)"); settings that differ only between datasets (a preset per
+    dataset) do not split it. A key an older run did not record counts as the value '?'."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        groups[(r["protocol"], r["method"], int(r.get("shots", -1)))][r["dataset"]].append(r)
+    out = []
+    for per_dataset in groups.values():
+        splitting = set()
+        for seeds in per_dataset.values():
+            keys = set().union(*(r.get(ROW_SETTINGS, {}) for r in seeds))
+            splitting |= {k for k in keys if len({_setting(r, k) for r in seeds}) > 1}
+        for seeds in per_dataset.values():
+            for r in seeds:
+                if splitting:
+                    named = ", ".join(f"{k}={_setting(r, k)}" for k in sorted(splitting))
+                    name = r["method"]
+                    name = f"{name[:-1]}, {named})" if name.endswith(")") else f"{name} ({named})"
+                    r = {**r, "method": name}
+                out.append(r)
+    return out
+
+
+def varying_settings(rows: dict[str, list[dict]]) -> str:
+    """The line under a table: each setting recorded by at least two of its rows with different values
+    between them, and each row's value (several where it differs between datasets), or 'none'."""
+    values: dict = defaultdict(dict)
+    for name, runs in rows.items():
+        for r in runs:
+            for key, value in r.get(ROW_SETTINGS, {}).items():
+                values[key].setdefault(name, set()).add(value)
+    parts = []
+    for key in sorted(values):
+        per_row = values[key]
+        if len(per_row) >= 2 and len({frozenset(v) for v in per_row.values()}) > 1:
+            shown = "; ".join(f"{name}: {'|'.join(sorted(v))}" for name, v in per_row.items())
+            parts.append(f"{key} ({shown})")
+    return "Settings that vary between the rows: " + (", ".join(parts) if parts else "none") + "."
+
+
+def _rows_of(runs: list[dict], protocol: str, shots: int, names, dataset: str | None = None) -> dict:
+    """{row name: its runs} of one table (dataset None: every dataset, for an Average table)."""
+    return {n: [r for r in runs if r["protocol"] == protocol and r["method"] == n and int(r.get("shots", -1)) == shots
+                and (dataset is None or r["dataset"] == dataset)] for n in names}
+
+
+def scored_text(metrics: dict) -> str:
+    """What a result line says each accuracy was measured on: 'base 83.20 % (120 images, 5 classes); ...'."""
+    parts = []
+    for key, counts in (metrics.get("scored") or {}).items():
+        if isinstance(counts, dict) and isinstance(metrics.get(key), (int, float)):
+            parts.append(f"{key} {metrics[key]:.2f} % ({counts.get('images', '?')} images, "
+                         f"{counts.get('classes', '?')} classes)")
+    return "; ".join(parts)
+
+
 def _key(run: dict) -> tuple:
     protocol = PROTOCOL_ALIASES.get(run["protocol"], run["protocol"])
     return protocol, run["method"], run["dataset"], int(run.get("shots", -1))
@@ -80,7 +176,8 @@ def find_runs(root: str) -> RunSet:
             with open(os.path.join(folder, "metrics.json")) as f:
                 m = json.load(f)
             if "protocol" in m and "method" in m and "dataset" in m:
-                finished.append({**m, "protocol": PROTOCOL_ALIASES.get(m["protocol"], m["protocol"]), "dir": rel})
+                finished.append({**m, "protocol": PROTOCOL_ALIASES.get(m["protocol"], m["protocol"]), "dir": rel,
+                                 ROW_SETTINGS: run_settings(folder, m)})
                 seen_dirs.add(rel)
         elif "failed.json" in files:
             with open(os.path.join(folder, "failed.json")) as f:
@@ -174,7 +271,7 @@ def transfer_table(runs: list[dict], protocol: str) -> dict:
 _NOT_TARGETS = {"source", "target_average", "targets", "trainable_params", "train_seconds", "train_ms_per_image",
                 "train_step_ms_per_image", "train_epoch_ms_per_image",
                 "total_seconds", "protocol", "method", "dataset", "shots", "seed", "backbone", "pretrained",
-                "backbone_identity", "settings", "dir", "checkpoint"}
+                "backbone_identity", "settings", "dir", "checkpoint", "scored", ROW_SETTINGS}
 
 
 def fewshot_table(runs: list[dict]) -> dict:
@@ -380,7 +477,7 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
     """Markdown text, CSV rows and a JSON-able summary of every protocol present."""
     # A study's runs are in its own tables; a run off the standard data (another base:new ratio, noisy
     # images) gets a row of its own, named after what differs, rather than being averaged with the others.
-    runs = [{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")]
+    runs = split_by_settings([{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")])
     study_runs = [r for r in run_set.finished if r.get("variant")]
     md, rows, summary = [], [["protocol", "method", "dataset", "shots", "column", "mean", "std", "n_seeds", "seeds"]], {}
 
@@ -413,7 +510,9 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
                 incomplete = [m for m in order if len(table[m]["Average"]["datasets"]) < len(names) - 1]
                 if incomplete:
                     body.append([f"(averages of {', '.join(incomplete)} cover fewer datasets)", "", "", "", ""])
-            md += [f"**{dataset}**", "", *_markdown_table(["method", "base", "novel", "HM", "n"], body)]
+            md += [f"**{dataset}**", "", *_markdown_table(["method", "base", "novel", "HM", "n"], body),
+                   varying_settings(_rows_of(runs, "base2novel", shots, order,
+                                             None if dataset == "Average" else dataset)), ""]
         summary[f"base2novel/{shots}"] = {m: {d: {k: v for k, v in r.items() if not k.endswith("_stat")}
                                               for d, r in t.items()} for m, t in table.items()}
 
@@ -431,6 +530,7 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
                 for c, stat in cols.items():
                     add_csv(protocol, method, source, shots, c, stat)
             md += _markdown_table(["method", source, *map(_short, targets), "average", "n"], body)
+            md += [varying_settings(_rows_of(runs, protocol, shots, _order(entry["methods"], methods), source)), ""]
             summary[f"{protocol}/{source}/{shots}"] = {
                 m: {c: vars(s) for c, s in cols.items()} for m, cols in entry["methods"].items()}
 
@@ -448,6 +548,10 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
                     for k, stat in per_k.items():
                         add_csv("fewshot", method, dataset, k, "accuracy", stat)
             md += [f"**{dataset}**", "", *_markdown_table(["method", *(f"K={k} (n)" for k in ks)], body)]
+            shown = [m for m in _order(few, methods) if few[m].get(dataset)]
+            table_runs = {m: [r for r in runs if r["protocol"] == "fewshot" and r["method"] == m
+                              and (dataset == "Average" or r["dataset"] == dataset)] for m in shown}
+            md += [varying_settings(table_runs), ""]
         summary["fewshot"] = {m: {d: {k: vars(s) for k, s in per_k.items()} for d, per_k in t.items()}
                               for m, t in few.items()}
 

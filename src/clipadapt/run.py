@@ -69,10 +69,29 @@ def _check_data(protocol: str, dataset: str, data_root: str, shots: int, seed: i
 
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
     for subsample in subsamples:
-        build_dataset(dataset, data_root, shots, seed, subsample, base_ratio)
+        check_scored_classes(build_dataset(dataset, data_root, shots, seed, subsample, base_ratio), dataset,
+                             data_root, subsample, base_ratio if protocol == "base2novel" else None)
     if protocol in TRANSFER_TARGETS:
         for target in transfer_targets(protocol, dataset):
-            build_dataset(target, data_root, -1, seed, "all")
+            check_scored_classes(build_dataset(target, data_root, -1, seed, "all"), target, data_root, "all")
+
+
+_HALF = {"base": "base half", "new": "novel half", "all": "test split"}
+
+
+def check_scored_classes(data, dataset: str, data_root: str, subsample: str, base_ratio: str | None = None) -> None:
+    """Refuse to score a split whose classifier has fewer than two classes: every image gets the one class,
+    so the accuracy is 100 % whatever the model, and the number would look like a result."""
+    if data.num_classes >= 2:
+        return
+    where = f"dataset '{dataset}' at '{data_root}'"
+    ratio = f" (base:new {base_ratio})" if base_ratio else ""
+    hint = ("give a folder of at least two class sub-folders" if subsample == "all" else
+            "base-to-novel needs at least two base and two novel classes; on a small folder use --protocol "
+            "fewshot")
+    raise ClipadaptError(f"{where}: the {_HALF[subsample]}{ratio} has {data.num_classes} class "
+                         f"({', '.join(data.classnames) or 'none'}); an accuracy over fewer than two classes "
+                         f"is 100 % whatever the model, so it measures nothing; {hint}")
 
 
 def _read_yaml(path: str) -> dict:
@@ -276,6 +295,7 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
     if split not in ("test", "val"):
         raise ClipadaptError(f"split must be test or val, got '{split}'")
     data = build_dataset(dataset, data_root, shots=shots, seed=seed, subsample=subsample)
+    check_scored_classes(data, dataset, data_root, subsample)
     items = data.test if split == "test" else data.val
     if not items:
         raise ClipadaptError(f"dataset '{dataset}' at '{data_root}' has no {split} images ({subsample} classes)")
@@ -302,7 +322,8 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
         "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": dataset, "split": split,
         "shots": shots, "seed": seed, "subsample": subsample, "method": method, "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
-        "num_classes": data.num_classes, "prompt_template": model.template, "prompts": model.method.config.prompts,
+        "num_classes": data.num_classes, "scored": {"accuracy": result.counts()},
+        "prompt_template": model.template, "prompts": model.method.config.prompts,
         "data_root": os.path.abspath(data_root), "checkpoint": checkpoint,
         "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
     }
