@@ -343,6 +343,9 @@ def predict(images: list[str], classes: list[str] | None = None, checkpoint: str
         raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE "
                              "(with --checkpoint they default to the classes it was trained on)")
     for path in images:
+        if os.path.isdir(path):
+            raise ClipadaptError(f"cannot read image '{path}': it is a folder; give its image files "
+                                 f"(e.g. {os.path.join(path, '*.jpg')})")
         if not os.path.isfile(path):
             raise ClipadaptError(f"cannot read image '{path}': no such file")
     if checkpoint:
