@@ -123,6 +123,10 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
 
 
+# config.yaml keys that say how a run was executed, not what it computes: never a reason to refuse a resume.
+RUN_CIRCUMSTANCES = ("world_size",)
+
+
 def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: int, seed: int, backbone: str,
                pretrained: str, preset_name: str, resolved: dict, study: str | None, variant: str | None) -> dict:
     """What config.yaml records of a run: everything that defines it, in a fixed order."""
@@ -153,6 +157,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     resolved["seed"] = seed
     record = run_record(method, dataset, data_root, chosen_protocol, shots, seed, backbone, pretrained, preset_name,
                         resolved, study, variant)
+    record["world_size"] = distributed.world_size()  # how it ran, not what it is: a resume may use another
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
     main_rank = distributed.is_main()
@@ -163,8 +168,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
         previous = _read_yaml(config_path)
-        if previous != record:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+        changed = sorted(k for k in (set(previous) | set(record)) - set(RUN_CIRCUMSTANCES)
+                         if previous.get(k) != record.get(k))
+        if changed:
             raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                                  "rerun with the same settings to resume, or pass --overwrite")
     if not protocol:
@@ -182,6 +188,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         return {}
     if "variant" in record:
         metrics.update(study=record["study"], variant=record["variant"])
+    metrics["world_size"] = record["world_size"]
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
     return metrics
