@@ -56,6 +56,11 @@ def world(tmp_path_factory):
             for i in range(3):
                 _write_image(root / name / c / f"{i}.png")
         w[name] = str(root / name)
+    mismatch = root / "mismatch"  # test/ has cow where train/ has dog
+    for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "cow"))):
+        for c in classes:
+            _write_image(mismatch / split / c / "a.png")
+    w["mismatch"] = str(mismatch)
     dup = root / "dup_names"
     for c in ("cat", "dog"):
         for i in range(3):
@@ -143,7 +148,10 @@ CASES = [
     ("config-missing", [*TRAIN, "--config", "{root}/nowhere.yaml"], ["nowhere.yaml", "does not exist"]),
     ("config-not-mapping", [*TRAIN, "--config", "{root}/list.yaml"], ["list.yaml", "mapping"]),
     ("config-other-method", [*TRAIN, "--config", "{root}/coop.yaml"], ["coop"]),
-    ("preset-missing", [*TRAIN[:-2], "--protocol", "fewshot"], ["no preset", "mma_fewshot.yaml", "--config none"]),
+    ("preset-missing", [TRAIN[0], "--method", "mma_attn", *TRAIN[3:-2], "--protocol", "cross_dataset"],
+     ["no preset", "mma_attn_cross_dataset.yaml", "--config none"]),
+    ("prompts-file-missing", [*EVAL, "--prompts", "{root}/gone.json"], ["prompts file", "gone.json", "does not exist"]),
+    ("prompts-path-missing", [*EVAL, "--prompts", "{root}/cupl"], ["prompts file or folder", "cupl", "does not exist"]),
     # flags
     ("shots-zero", [*TRAIN, "--shots", "0"], ["--shots", "-1"]),
     ("shots-negative", [*TRAIN, "--shots", "-3"], ["--shots", "-3"]),
@@ -171,6 +179,9 @@ CASES = [
      ["one_class", "1 class"]),
     ("eval-subsample-new-too-few", ["eval", "--dataset", "folder", "--data-root", "{three_classes}", "--out",
                                     "{done}", "--subsample", "new", *TINY], ["novel half", "1 class (fox)"]),
+    ("folder-train-test-classes-differ", [*FOLDER, "{mismatch}"],
+     ["train/ and test/ hold different classes", "only in train/: dog", "only in test/: cow"]),
+    ("datasets-unknown", ["datasets", "--data-root", "{data}", "--dataset", "syn_shape"], ["syn_shape", "'syn_shapes'"]),
     ("dataset-unknown", [*EVAL[:2], "mnist", *EVAL[3:]], ["mnist", "caltech101"]),
     ("data-root-missing", [*TRAIN[:6], "{root}/nowhere", *TRAIN[7:]], ["nowhere"]),
     ("method-unknown", [*TRAIN[:2], "magic", *TRAIN[3:]], ["magic", "zeroshot"]),
@@ -191,6 +202,7 @@ CASES = [
      ["--feature-cache", "--no-feature-cache"]),
     ("classes-none", [*PREDICT], ["--classes"]),
     ("image-missing", ["predict", "{root}/gone.jpg", "--classes", "a,b", *TINY], ["gone.jpg"]),
+    ("image-is-a-folder", ["predict", "{root}/conf_dir", "--classes", "a,b", *TINY], ["conf_dir", "is a folder"]),
     ("image-corrupt", ["predict", "{root}/not_image.jpg", "--classes", "a,b", *TINY], ["not_image.jpg"]),
     # outputs
     ("out-is-a-file", [*EVAL[:5], "--out", "{root}/a_file", *TINY], ["a_file", "is a file"]),

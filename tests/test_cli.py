@@ -244,3 +244,10 @@ def test_eval_scores_the_validation_split(fake_root, tmp_path, capsys):
     expected = build_dataset("caltech101", fake_root, shots=2, seed=3).val
     assert metrics["split"] == "val" and metrics["num_images"] == len(expected) > 0
     assert json.loads(capsys.readouterr().out)["split"] == "val"
+
+
+def test_no_command_prints_help_and_exits_0():
+    """`python -m clipadapt` with nothing after it is a request for help (exit 0), as for `--help`."""
+    out = subprocess.run([sys.executable, "-m", "clipadapt"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: clipadapt") and "train" in out.stdout and not out.stderr.strip()

@@ -35,3 +35,24 @@ def test_missing_files_and_images_are_named_with_their_source(fake_root, tmp_pat
     assert "0 of 3 datasets complete" in out
     assert main(["datasets", "--data-root", str(root), "--dataset", "mnist"]) == 2
     assert "unknown dataset 'mnist'" in capsys.readouterr().err
+
+
+def test_every_dataset_train_accepts_can_be_checked(tmp_path, capsys):
+    """A synthetic dataset and an own folder are datasets `train` accepts: `datasets` checks them too."""
+    from PIL import Image
+
+    assert main(["datasets", "--data-root", str(tmp_path), "--dataset", "syn_shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "syn_shapes       complete (generated: not rendered yet" in out and "1 of 1 datasets complete" in out
+    assert not (tmp_path / "synthetic").exists()  # checking never renders it
+    photos = tmp_path / "photos"
+    for c in ("cat", "dog"):
+        (photos / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(photos / c / f"{i}.png")
+    assert main(["datasets", "--data-root", str(photos), "--dataset", "folder"]) == 0
+    assert "folder           complete: 2 classes, 8 train / 0 val / 2 test images" in capsys.readouterr().out
+    (photos / "empty").mkdir()
+    assert main(["datasets", "--data-root", str(photos), "--dataset", "folder"]) == 1
+    out = capsys.readouterr().out
+    assert "folder           INCOMPLETE" in out and "empty' has no images" in out and "DATASETS.md" not in out

@@ -24,8 +24,8 @@ def test_lookup_by_method_protocol_and_family():
     assert find_preset("mma", "base2novel", "synthetic") == "synthetic/mma.yaml"
     assert find_preset("mma", "fewshot", None) == "synthetic/mma_fewshot.yaml"  # the default backbone is the shipped one
     assert find_preset("rmadapter", "fewshot", None) == "synthetic/rmadapter.yaml"  # no few-shot one: every protocol
-    with pytest.raises(ClipadaptError, match="mma_fewshot.yaml"):
-        find_preset("mma", "fewshot", "ViT-B-16")  # never a silent fallback to another protocol's settings
+    with pytest.raises(ClipadaptError, match="mma_attn_cross_dataset.yaml"):
+        find_preset("mma_attn", "cross_dataset", "ViT-B-16")  # never a silent fallback to another protocol's settings
 
 
 def test_every_method_has_a_synthetic_preset():
@@ -70,3 +70,76 @@ def test_presets_resolve_in_a_non_editable_install(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert dry.returncode == 0 and dry.stdout.count("clipadapt train") >= 3 * 11, dry.stderr
     assert str(target) in dry.stdout  # its presets are the installed package's
+
+
+TRAINABLE = [m for m in METHODS if m != "zeroshot"]  # zero-shot CLIP has nothing to train
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+def test_every_trainable_method_has_a_vit_fewshot_preset(method):
+    from clipadapt.runconfig import train_settings
+
+    assert find_preset(method, "fewshot", "ViT-B-16") == f"{method}_fewshot.yaml"
+    assert find_preset(method, "fewshot", "ViT-L-14") == f"{method}_fewshot.yaml"  # the whole open_clip family
+    settings = train_settings(method, "fewshot", "ViT-B-16")  # every key a valid option or training setting
+    assert settings.preset == f"preset:{method}_fewshot.yaml"
+    assert load_preset(f"{method}_fewshot.yaml")["method"] == method
+    text = (REPO / "src" / "clipadapt" / "presets" / f"{method}_fewshot.yaml").read_text()
+    assert text.startswith("# ") and "all classes" in text.split("method:")[0]  # the file says where it comes from
+
+
+def test_official_fewshot_numbers():
+    """The files hold their sources' numbers (CoOp vit_b16.yaml + main.sh; MMA vit_b16_ep5.yaml; MMA++ b2n_hc)."""
+    coop = load_preset("coop_fewshot.yaml")
+    assert (coop["n_ctx"], coop["ctx_init"], coop["lr"], coop["epochs"], coop["batch_size"]) == (16, "", 0.002, 200, 32)
+    assert (coop["warmup_epochs"], coop["warmup_lr"], coop.get("augment", True)) == (1, 1e-5, True)
+    mma = load_preset("mma_fewshot.yaml")
+    assert (mma["adapter_start"], mma["adapter_end"], mma["adapter_dim"], mma["scale"]) == (5, 12, 32, 0.001)
+    assert (mma["optimizer"], mma["lr"], mma["epochs"], mma["batch_size"]) == ("sgd", 0.0015, 5, 16)
+    assert {k: v for k, v in load_preset("mma_pp_fewshot.yaml").items()} == load_preset("mma_pp_base2novel_templates.yaml")
+    for method in ("rmadapter", "rmma", "mma_attn", "clip_adapter"):
+        assert load_preset(f"{method}_fewshot.yaml") == load_preset(f"{method}_base2novel.yaml"), method
+
+
+def _readme_vit_folder_command() -> list[str]:
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    line = next(line for line in text.splitlines()
+                if line.startswith("clipadapt train ") and "--dataset folder" in line and "--backbone ViT-B-16" in line)
+    return shlex.split(line)[1:]
+
+
+def _photos(root: Path) -> Path:
+    from PIL import Image
+
+    for c, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (32, 32), (colour[0], colour[1] + 10 * i, colour[2])).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+def test_the_readme_vit_folder_command_resolves_a_preset(method, tmp_path, monkeypatch):
+    """The README's ViT-B-16 folder command, for every method, up to training (no weights are downloaded)."""
+    import yaml
+
+    from clipadapt import protocols
+    from clipadapt.cli import main
+
+    seen = {}
+
+    def no_training(protocol, spec, method_options, cfg):
+        seen.update(protocol=protocol, backbone=spec.backbone, options=method_options)
+        return {"protocol": protocol, "accuracy": 0.0}
+
+    monkeypatch.setattr(protocols, "run_protocol", no_training)
+    args = _readme_vit_folder_command()
+    args[args.index("--method") + 1] = method
+    args[args.index("--data-root") + 1] = str(_photos(tmp_path / "photos"))
+    args[args.index("--out") + 1] = str(tmp_path / "run")
+    assert main(args) == 0
+    assert seen["protocol"] == "fewshot" and seen["backbone"] == "ViT-B-16"
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert record["preset"] == f"preset:{method}_fewshot.yaml" and record["protocol"] == "fewshot"

@@ -265,13 +265,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List each CoOp dataset's state under a data root; exit 0 only when every one asked for is complete."""
     from .data.check import check_data_root, format_state
+    from .data.coop import COOP_DATASETS
 
     states = check_data_root(args.data_root, _split(args.dataset))
     for state in states:
         print("\n".join(format_state(state)))
     done = sum(s.complete for s in states)
     print(f"{done} of {len(states)} datasets complete under {os.path.abspath(os.path.expanduser(args.data_root))}"
-          + ("" if done == len(states) else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"))
+          + ("" if all(s.complete or s.name not in COOP_DATASETS for s in states)
+             else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"))
     return 0 if done == len(states) else 1
 
 
@@ -306,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run a sub-command, turning user errors into one line and exit code 2."""
     parser = build_parser()
     args = parse_command_line(parser, argv)
-    if not args.command:
+    if not args.command:  # help asked for by giving nothing: the convention is exit 0
         parser.print_help()
-        return 2
+        return 0
     configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)

@@ -79,6 +79,15 @@ def average_gradients(params: list[torch.nn.Parameter], local: int, total: int) 
         offset += g.numel()
 
 
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over every rank (each rank gets the sum); itself in one process."""
+    if world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """Whether `flag` (a 0-d tensor) is nonzero on any rank; every rank gets the same answer."""
     if world_size() == 1:

@@ -203,32 +203,45 @@ class _StepClock:
 
 
 class _LossWindow:
-    """Loss and loss parts summed on the device between two log records (no host sync per step)."""
+    """Loss and loss parts summed on the device between two log records (no host sync per step).
+
+    Under torchrun each rank adds its slice's mean weighted by its share of the global batch, and a
+    record sums the ranks' windows (one all-reduce a log point): the logged loss is the global batch's,
+    as one process would log it, not rank 0's own."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.start = time.perf_counter()
+        self.last_step_loss = float("nan")  # the global batch's loss at the last flushed step
         self._reset()
 
     def _reset(self) -> None:
         self.loss = torch.zeros((), device=self.device)
+        self.last = torch.zeros((), device=self.device)
         self.parts: dict[str, Any] = {}
         self.steps = self.images = 0
 
-    def add(self, loss: torch.Tensor, parts: dict[str, Any], images: int) -> None:
-        """One step's loss and parts (floats or tensors)."""
-        self.loss += loss.detach().float()
+    def add(self, loss: torch.Tensor, parts: dict[str, Any], images: int, share: float = 1.0) -> None:
+        """One step's loss and parts (floats or tensors); `share` is this rank's part of the global batch."""
+        self.last = loss.detach().float() * share
+        self.loss += self.last
         for name, value in parts.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else value
-            self.parts[name] = self.parts.get(name, 0.0) + value
+            self.parts[name] = self.parts.get(name, 0.0) + value * share
         self.steps += 1
         self.images += images
 
     def flush(self, now: float) -> dict[str, Any]:
-        """The window's means and throughput; starts a new window."""
+        """The window's means (over every rank's slice) and throughput; starts a new window."""
+        from . import distributed
+
         n = self.steps
-        record = {"loss": self.loss.item() / n,
-                  **{name: float(value) / n for name, value in self.parts.items()},
+        names = list(self.parts)
+        values = torch.stack([self.loss, self.last, *(torch.as_tensor(self.parts[k], dtype=torch.float32,
+                                                                      device=self.device) for k in names)])
+        values = distributed.sum_over_ranks(values).tolist()
+        self.last_step_loss = values[1]
+        record = {"loss": values[0] / n, **{name: v / n for name, v in zip(names, values[2:])},
                   "steps_averaged": n, "images_per_s": round(self.images / max(now - self.start, 1e-9), 2)}
         self.start = now
         self._reset()
@@ -555,19 +568,19 @@ class Trainer:
                 self.scaler.update()
                 step_clock.end()
                 self.images_seen += global_count
-                window.add(loss, parts, len(labels))
+                window.add(loss, parts, global_count, share=len(labels) / global_count)
                 step += 1
                 watch.add(step, loss, parts)
                 if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
-                    self.last_loss = loss.item()
                     record = window.flush(time.perf_counter())
+                    self.last_loss = window.last_step_loss
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                     self._log({"epoch": epoch + 1, "step": step, "lr": lr, **record})
                     # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
                     self._stop_if_diverged(watch, epoch + 1, step)
             if window.steps:  # a loader that yielded another number of batches than expected
-                self.last_loss = loss.item()
                 self._log({"epoch": epoch + 1, "step": step, "lr": lr, **window.flush(time.perf_counter())})
+                self.last_loss = window.last_step_loss
                 self._stop_if_diverged(watch, epoch + 1, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work

@@ -66,8 +66,10 @@ def _file_for(spec: str, dataset: str | None) -> str:
     """The JSON file a spec names, picking DIR/<dataset>.json for a folder."""
     if not os.path.isdir(spec):
         if not os.path.exists(spec):
-            raise ClipadaptError(f"prompts '{spec}' is neither 'openai80', 'none', a .json file nor a folder "
-                                 "of <dataset>.json files (CuPL's layout {\"class\": [\"description\", ...]})")
+            what = "file" if spec.lower().endswith(".json") else "file or folder"
+            raise ClipadaptError(f"prompts {what} '{spec}' does not exist (--prompts takes 'openai80', 'none', "
+                                 "a .json file or a folder of <dataset>.json files in CuPL's layout "
+                                 "{\"class\": [\"description\", ...]})")
         return spec
     if not dataset:
         raise ClipadaptError(f"prompts folder '{spec}' holds one file per dataset; without a dataset "

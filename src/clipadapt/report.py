@@ -68,7 +68,8 @@ ROW_SETTINGS = "_row_settings"  # where find_runs keeps a run's row-defining set
 # config.yaml keys that do not change a run's numbers (or are its row's own key, or its seed): every
 # other key (method options, training settings, data settings, backbone and weights) defines the row.
 NOT_ROW_DEFINING = {"seed", "data_root", "workers", "eval_batch_size", "prefix_cache_mb", "log_every", "preset",
-                    "study", "variant", "protocol", "method", "dataset", "shots"}
+                    "study", "variant", "protocol", "method", "dataset", "shots",
+                    "world_size"}  # world_size: how it ran (torchrun matches one process), as run.RUN_CIRCUMSTANCES
 # What metrics.json records of the same (runs written before config.yaml existed have only these).
 FROM_METRICS = ("backbone", "pretrained", "backbone_identity", "base_ratio", "train_noise_std", "eval_noise_std",
                 "eval_split")

@@ -142,6 +142,10 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
 
 
+# config.yaml keys that say how a run was executed, not what it computes: never a reason to refuse a resume.
+RUN_CIRCUMSTANCES = ("world_size",)
+
+
 def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: int, seed: int, backbone: str,
                pretrained: str, preset_name: str, resolved: dict, study: str | None, variant: str | None) -> dict:
     """What config.yaml records of a run: everything that defines it, in a fixed order."""
@@ -183,6 +187,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     chosen_protocol, preset_name, method_cfg, train_cfg, record = _resolve_run(
         method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio, study,
         variant, settings)
+    record["world_size"] = distributed.world_size()  # how it ran, not what it is: a resume may use another
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
     main_rank = distributed.is_main()
@@ -193,8 +198,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
         previous = _read_yaml(config_path)
-        if previous != record:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+        changed = sorted(k for k in (set(previous) | set(record)) - set(RUN_CIRCUMSTANCES)
+                         if previous.get(k) != record.get(k))
+        if changed:
             raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                                  "rerun with the same settings to resume, or pass --overwrite")
     if not protocol:
@@ -212,6 +218,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         return {}
     if "variant" in record:
         metrics.update(study=record["study"], variant=record["variant"])
+    metrics["world_size"] = record["world_size"]
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
     return metrics
@@ -220,9 +227,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
 # ---- a finished run against the settings it would get now (a sweep's rerun check) -----------------
 # config.yaml keys that may differ between two calls of one run without making it another run: the data
 # folder's path (the same datasets moved or mounted elsewhere). The device, --jobs, the feature cache and
-# timestamps are not in config.yaml at all. A preset file is compared by its name: its contents are in the
-# resolved settings beside it.
-RERUN_IGNORED_KEYS = ("data_root",)
+# timestamps are not in config.yaml at all; the number of processes (RUN_CIRCUMSTANCES) is how it ran. A preset
+# file is compared by its name: its contents are in the resolved settings beside it.
+RERUN_IGNORED_KEYS = ("data_root", *RUN_CIRCUMSTANCES)
 NOT_RECORDED = ("out", "device", "feature_cache", "overwrite", "progress")  # train arguments config.yaml lacks
 
 
@@ -420,6 +427,9 @@ def predict(images: list[str], classes: list[str] | None = None, checkpoint: str
         raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE "
                              "(with --checkpoint they default to the classes it was trained on)")
     for path in images:
+        if os.path.isdir(path):
+            raise ClipadaptError(f"cannot read image '{path}': it is a folder; give its image files "
+                                 f"(e.g. {os.path.join(path, '*.jpg')})")
         if not os.path.isfile(path):
             raise ClipadaptError(f"cannot read image '{path}': no such file")
     if checkpoint:

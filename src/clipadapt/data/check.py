@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..checks import unknown_name
 from ..errors import DataError
+from ..registry import SYNTHETIC_DATASET_NAMES, dataset_names
 from .coop import COOP_DATASETS, DATASETS_MD, CoopDataset, read_coop_dataset
 
 _DRIVE = "the Google Drive link in DATASETS.md"
@@ -46,6 +48,7 @@ class DatasetState:
     missing: list[str] = field(default_factory=list)  # "path (where to get it)"
     missing_images: int = 0
     first_missing_images: list[str] = field(default_factory=list)
+    note: str = ""  # instead of counts: why a complete dataset has none to show
 
 
 def _source(spec: CoopDataset, part: str) -> str:
@@ -92,6 +95,8 @@ def check_dataset(name: str, data_root: str, show: int = 3) -> DatasetState:
 def format_state(state: DatasetState) -> list[str]:
     """Lines describing one dataset's state."""
     if state.complete:
+        if state.note:
+            return [f"{state.name:<16} complete ({state.note})"]
         train, val, test = state.counts
         return [f"{state.name:<16} complete: {state.classes} classes, {train} train / {val} val / {test} test images"]
     lines = [f"{state.name:<16} INCOMPLETE"]
@@ -102,12 +107,34 @@ def format_state(state: DatasetState) -> list[str]:
     return lines
 
 
+def check_own_dataset(name: str, data_root: str) -> DatasetState:
+    """The state of a dataset that is not CoOp's: an image folder read as `train` reads it; a synthetic
+    one counted when rendered, else said to be rendered on first use (checking never renders it)."""
+    from . import build_dataset
+    from .synthetic import split_file_name
+
+    root = os.path.abspath(os.path.expanduser(data_root))
+    if name in SYNTHETIC_DATASET_NAMES:
+        folder = os.path.join(root, "synthetic", name)
+        if not os.path.exists(os.path.join(folder, split_file_name(name))):
+            return DatasetState(name, True, note=f"generated: not rendered yet; `train` renders it into {folder}")
+    try:
+        splits = build_dataset(name, root)
+    except DataError as err:
+        return DatasetState(name, False, missing=[str(err)])
+    val = [] if splits.val is splits.test else splits.val  # a split without val scores on its test set
+    return DatasetState(name, True, len(splits.classnames), (len(splits.train), len(val), len(splits.test)))
+
+
 def check_data_root(data_root: str, names: list[str] | None = None) -> list[DatasetState]:
-    """The state of each CoOp dataset asked for (default: all) under a data root; unknown names are an error."""
+    """The state of each dataset asked for (default: CoOp's) under a data root; unknown names are an error.
+
+    Every name `train` accepts can be checked: CoOp's by their files, a folder or a synthetic one by reading it."""
     names = names or list(COOP_DATASETS)
     for name in names:
-        if name not in COOP_DATASETS:
-            raise DataError(f"unknown dataset '{name}'; CoOp datasets: {', '.join(COOP_DATASETS)}")
+        if name not in dataset_names():
+            raise unknown_name("dataset", name, dataset_names())
     if not os.path.isdir(os.path.expanduser(data_root)):
         raise DataError(f"data root '{data_root}' is not a folder")
-    return [check_dataset(name, data_root) for name in names]
+    return [check_dataset(name, data_root) if name in COOP_DATASETS else check_own_dataset(name, data_root)
+            for name in names]

@@ -60,6 +60,20 @@ def _read_split(split_dir: str, folders: list[str], names: dict[str, str], requi
     return items
 
 
+def check_same_classes(root: str, train_folders: list[str]) -> None:
+    """Refuse a test/ whose class folders are not train/'s: each class is scored against the trained ones."""
+    test_dir = os.path.join(root, "test")
+    if not os.path.isdir(test_dir):
+        return  # _read_split says test/ is missing
+    test_folders = _class_folders(test_dir)
+    only_train = sorted(set(train_folders) - set(test_folders))
+    only_test = sorted(set(test_folders) - set(train_folders))
+    if only_train or only_test:
+        raise DataError(f"image folder '{root}': train/ and test/ hold different classes (only in train/: "
+                        f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}); "
+                        "give both the same class sub-folders")
+
+
 def read_image_folder(root: str) -> tuple[list[Datum], list[Datum], list[Datum]]:
     """Train/val/test from ROOT/{train,val,test}/<class>/ or, without train/, ROOT/<class>/ split 80/20."""
     root = os.path.abspath(os.path.expanduser(root))
@@ -78,6 +92,7 @@ def read_image_folder(root: str) -> tuple[list[Datum], list[Datum], list[Datum]]
         train = _read_split(base, folders, names, require_all=True)
         val_dir = os.path.join(root, "val")
         val = _read_split(val_dir, folders, names, require_all=False) if os.path.isdir(val_dir) else []
+        check_same_classes(root, folders)
         test = _read_split(os.path.join(root, "test"), folders, names, require_all=True)
         return train, val, test
     train, test = [], []
