@@ -200,7 +200,9 @@ class PromptSRC(Method):
         key = tuple(self.classnames)
         if self._ensemble is None or self._ensemble[0] != key:
             total = None
-            with torch.no_grad():
+            device = backbone.logit_scale.device.type
+            # Computed once per class list: outside any autocast, so the cached mean is the frozen tower's own numbers.
+            with torch.no_grad(), torch.autocast(device, enabled=False):
                 for template in promptsrc_templates():
                     batch = backbone.text_batch([format_prompt(template, c) for c in self.classnames])
                     x = backbone.text_stem(batch)
