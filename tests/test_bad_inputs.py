@@ -142,6 +142,10 @@ CASES = [
     ("overwrite-with-bad-setting", [*TRAIN, "--overwrite", "epochs=abc"], ["epochs"]),
     ("info-option-text", ["info", "--method", "mma", "--backbone", "clipadapt-tiny", "scale=abc"], ["scale"]),
     ("info-unknown-option", ["info", "--method", "mma", "--backbone", "clipadapt-tiny", "lr=1"], ["lr"]),
+    ("promptsrc-depth-too-deep", ["info", "--method", "promptsrc", "--backbone", "clipadapt-tiny",
+                                  "prompt_depth_text=9"], ["prompt_depth_text", "1..4", "9"]),
+    ("promptsrc-gpa-std-zero", ["info", "--method", "promptsrc", "--backbone", "clipadapt-tiny", "gpa_std=0"],
+     ["gpa_std", "> 0"]),
     # config files
     ("config-directory", [*TRAIN, "--config", "{root}/conf_dir"], ["conf_dir", "directory"]),
     ("config-malformed", [*TRAIN, "--config", "{root}/bad.yaml"], ["bad.yaml", "line 2", "mapping values"]),

@@ -325,6 +325,9 @@ class Trainer:
         # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
         self.since_best, self.stopped = 0, False
+        # Epoch averaging (the method's `epoch_weights`, e.g. PromptSRC's GPA): the running weighted sum.
+        self.epoch_weights = model.method.epoch_weights(cfg.epochs)
+        self.epoch_average: dict[str, torch.Tensor] | None = None
         self._val_features = None
         self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = None  # (items key, images, labels)
         if out_dir:
@@ -343,7 +346,7 @@ class Trainer:
                  "images_seen": self.images_seen, "last_loss": self.last_loss,
                  "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
                                "since_best": self.since_best, "stopped": self.stopped},
-                 "best_method": self.best_state}
+                 "best_method": self.best_state, "epoch_average": self.epoch_average}
         if distributed.is_main():  # under torchrun rank 0 writes; the others wait until it is on disk
             with atomic_path(self.checkpoint_path) as tmp:
                 torch.save(state, tmp)
@@ -369,11 +372,26 @@ class Trainer:
             self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
             self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
             self.best_state = state.get("best_method")
+            self.epoch_average = state.get("epoch_average")
         except Exception as err:  # torch raises many types for a truncated or foreign file
             reason = " ".join(str(err).split())[:200]
             raise ClipadaptError(f"cannot resume from '{path}': not a readable clipadapt checkpoint "
                                  f"({type(err).__name__}: {reason}); pass --overwrite to start the run again") from None
         return True
+
+    def _add_to_epoch_average(self, epoch: int) -> None:
+        """Add the state after `epoch` (1-based), times its weight, to the running epoch average."""
+        if self.epoch_weights is None:
+            return
+        weight = self.epoch_weights[epoch - 1]
+        state = self.model.method.state_dict()
+        if self.epoch_average is None:
+            self.epoch_average = {k: v.detach() * weight if v.is_floating_point() else v.clone()
+                                  for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    self.epoch_average[k] = self.epoch_average[k] + v.detach() * weight
 
     def _log(self, record: dict) -> None:
         if self.out_dir and distributed.is_main():
@@ -588,6 +606,7 @@ class Trainer:
             if self.step_seconds is not None:
                 self.step_seconds += step_clock.settle()
             epochs_done = epoch + 1
+            self._add_to_epoch_average(epochs_done)
             if cfg.validates:
                 self._select(epochs_done)
             if self.out_dir:
@@ -596,6 +615,8 @@ class Trainer:
         self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
+        elif self.epoch_average is not None and epochs_done == cfg.epochs:
+            model.method.load_state_dict(self.epoch_average)  # every epoch's state weighed in: the average
         model.eval()
         return TrainResult(self.train_seconds, self.images_seen, self.last_loss, epochs_done,
                            self.best_epoch if cfg.validates else None,

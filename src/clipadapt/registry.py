@@ -19,6 +19,7 @@ METHOD_CLASSES = {
     "mmrl": ("mmrl", "MMRL"),
     "maple": ("maple", "MaPLe"),
     "clip_lora": ("clip_lora", "CLIPLoRA"),
+    "promptsrc": ("promptsrc", "PromptSRC"),
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 

@@ -140,6 +140,12 @@ class Method(nn.Module):
         """True when image features before `after_heads` are CLIP's own for every input."""
         return self.first_active_blocks(backbone)[0] >= len(backbone.image_blocks)
 
+    # ---- the engine's epoch averaging ------------------------------------------------------------
+    def epoch_weights(self, epochs: int) -> list[float] | None:
+        """Weights of the state after each of `epochs` epochs in an average the run ends with (None: no
+        averaging). The trainer keeps the weighted sum (checkpointed) and loads it after the last epoch."""
+        return None
+
     # ---- bookkeeping --------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates."""
