@@ -19,6 +19,8 @@ METHOD_CLASSES = {
     "mmrl": ("mmrl", "MMRL"),
     "maple": ("maple", "MaPLe"),
     "clip_lora": ("clip_lora", "CLIPLoRA"),
+    "cocoop": ("cocoop", "CoCoOp"),
+    "kgcoop": ("kgcoop", "KgCoOp"),
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 
