@@ -225,7 +225,7 @@ def test_kgcoop_official_checkpoint_loads_to_the_same_tensors(tmp_path):
 # ---- both: learning, info counts --------------------------------------------------------------
 # On the random tiny backbone the frozen hand-crafted text carries no knowledge: KgCoOp's pull towards
 # it (W = 8 in the paper's runs) is lightened here, as FAST_LEARNING lightens other regularizers.
-LEARNING_OPTIONS = {"cocoop": {}, "kgcoop": {"kg_weight": 0.5}}
+LEARNING_OPTIONS = {"cocoop": ({}, 0.01), "kgcoop": ({"kg_weight": 0.1}, 0.03)}
 
 
 @pytest.mark.slow  # minutes on 2 shared cores (CoCoOp: a text pass per image)
@@ -234,9 +234,10 @@ def test_training_beats_zero_shot_on_base_classes(method, learn_root):
     data = build_dataset("eurosat", learn_root, shots=8, seed=1, subsample="base")
     seed_everything(0)
     model = build_model(method, data.classnames, **TINY, default_template=data.template, dataset="eurosat",
-                        **LEARNING_OPTIONS[method])
+                        **LEARNING_OPTIONS[method][0])
     zero_shot = evaluate(model, data.test, progress=False).accuracy
-    cfg = TrainConfig(optimizer="adamw", weight_decay=0.0, lr=0.01, epochs=30, augment=False, batch_size=8)
+    cfg = TrainConfig(optimizer="adamw", weight_decay=0.0, lr=LEARNING_OPTIONS[method][1], epochs=30, augment=False,
+                      batch_size=8)
     Trainer(model, data.train, cfg, progress=False).run()
     trained = evaluate(model, data.test, progress=False).accuracy
     assert trained >= zero_shot + 40, (zero_shot, trained)
@@ -251,3 +252,30 @@ def test_info_counts_the_new_methods(capsys):
         assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["trainable_params"] == build_model(method, ["a", "b"], **TINY).method.num_trainable() > 0
+
+
+# ---- presets: the official settings ------------------------------------------------------------
+@pytest.mark.parametrize("name, method, train", [
+    ("cocoop_base2novel.yaml", {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
+     {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 10, "batch_size": 1,
+      "warmup_epochs": 1, "warmup_lr": 1e-5}),
+    ("kgcoop_base2novel.yaml", {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0, "kg_distance": "cosine"},
+     {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 100, "batch_size": 128,
+      "warmup_epochs": 1, "warmup_lr": 1e-5}),
+    ("synthetic/cocoop.yaml", {"n_ctx": 4, "ctx_init": "a photo of a"}, {"augment": False}),
+    ("synthetic/kgcoop.yaml", {"kg_weight": 8.0}, {"augment": False}),
+])
+def test_presets_hold_the_official_settings(name, method, train):
+    import os
+
+    from clipadapt.runconfig import find_preset, read_preset, resolve
+
+    path = os.path.join(os.path.dirname(__file__), "..", "src", "clipadapt", "presets", name)
+    data = read_preset(path)
+    method_cfg, train_cfg, _ = resolve(data["method"], data)
+    for key, value in method.items():
+        assert getattr(method_cfg, key) == value, key
+    for key, value in train.items():
+        assert getattr(train_cfg, key) == pytest.approx(value), key
+    if not name.startswith("synthetic/"):
+        assert find_preset(data["method"], "base2novel", "ViT-B-16") == name
