@@ -61,6 +61,7 @@ class AdaptedCLIP(nn.Module):
             raise ClipadaptError(f"method '{self.method.name}' takes no prompt sets (its prompts are learned or "
                                  "its passes share state across prompts); drop --prompts / prompts:")
         self.classnames = list(classnames)
+        self.method.set_dataset(dataset, template)
         self.method.set_classes(self.classnames, trained_on)
         self.template = self.method.config.template or template or DEFAULT_TEMPLATE
         self.class_prompts = class_prompts(spec, self.classnames, self.template, dataset)

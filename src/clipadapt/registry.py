@@ -20,6 +20,8 @@ METHOD_CLASSES = {
     "maple": ("maple", "MaPLe"),
     "clip_lora": ("clip_lora", "CLIPLoRA"),
     "promptsrc": ("promptsrc", "PromptSRC"),
+    "cocoop": ("cocoop", "CoCoOp"),
+    "kgcoop": ("kgcoop", "KgCoOp"),
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 

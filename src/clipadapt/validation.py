@@ -86,6 +86,7 @@ RANGES: dict[str, Range] = {
     "head_hidden": Range(ge=1),  # rmadapter checks its own switches (share, recon_towers, ...)
     "lambda_rec_vision": Range(ge=0), "lambda_rec_text": Range(ge=0), "lambda_con_vision": Range(ge=0),
     "lambda_con_text": Range(ge=0),
+    "kg_weight": Range(ge=0), "meta_reduction": Range(ge=1),
 }
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}

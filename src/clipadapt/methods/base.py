@@ -90,6 +90,9 @@ class Method(nn.Module):
     def set_classes(self, classnames: list[str], trained_on: bool | None = None) -> None:
         """Told which classes are scored next and whether they were trained on (None: unknown)."""
 
+    def set_dataset(self, dataset: str | None, dataset_template: str | None) -> None:
+        """Told the dataset the classes come from and its CoOp template (None: unknown)."""
+
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Token embeddings of the class prompts (learned context replaces some of them)."""
         return batch
