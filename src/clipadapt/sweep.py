@@ -57,6 +57,7 @@ KEYS = {
     "presets": "{method: preset file, or {dataset: file, default: file}}",
     "overrides": "{setting: value} for every run",
     "method_overrides": "{method: {setting: value}}",
+    "dataset_overrides": "{method: {dataset: {setting: value}}} (an official per-dataset table)",
     "adapters_from": "cross_dataset | domain_generalization: evaluate the source adapters that protocol's sweep "
                      "trained in the same --out, instead of training again",
     "variants": "a study: {variant name: {method: NAME, preset: FILE (optional), setting: value, ...}}, "
@@ -243,15 +244,25 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     pretrained = str(data.get("pretrained") or ("shipped" if is_shipped(backbone) else "openai"))
     presets = data.get("presets") or {}
     method_overrides = data.get("method_overrides") or {}
-    for name, section in (("presets", presets), ("method_overrides", method_overrides)):
+    dataset_overrides = data.get("dataset_overrides") or {}
+    for name, section in (("presets", presets), ("method_overrides", method_overrides),
+                          ("dataset_overrides", dataset_overrides)):
         if not isinstance(section, dict):
             raise ClipadaptError(f"sweep file '{path}': '{name}' maps method names to settings; got {section!r}")
         for m in set(section) - set(METHODS):
             raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
                                  f"{', '.join(METHODS)}")
+    for method, tables in dataset_overrides.items():
+        if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' maps dataset names to "
+                                 f"{{setting: value}}; got {tables!r}")
+        for d in set(tables) - set(datasets):
+            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' names dataset '{d}', "
+                                 f"which the sweep does not run ({', '.join(datasets)})")
+    per_dataset = [t for tables in dataset_overrides.values() for t in tables.values()]
     overrides = {**(data.get("overrides") or {}), **(extra_overrides or {})}
     for section in (overrides, *(v for v in method_overrides.values() if isinstance(v, dict)),
-                    *variants.values()):
+                    *per_dataset, *variants.values()):
         for key in set(section) & RUN_ARGUMENTS - {"method"}:
             raise ClipadaptError(f"sweep file '{path}': '{key}' is not a setting; the sweep sets it for each run "
                                  "(its own key, or a sweep option)")
@@ -283,7 +294,10 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         else:
             preset = locate_preset_file(str(preset), sweep_dir)
             settings = read_preset(preset)
-        merged = {**overrides, **(method_overrides.get(method) or {}), **variant_settings}
+        # A per-dataset table yields to the command line's key=value (a smoke run's epochs=1).
+        table = {k: v for k, v in (dataset_overrides.get(method) or {}).get(dataset, {}).items()
+                 if k not in (extra_overrides or {})}
+        merged = {**overrides, **(method_overrides.get(method) or {}), **table, **variant_settings}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
             from .engine import TrainConfig
 
