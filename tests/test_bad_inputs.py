@@ -72,6 +72,8 @@ def world(tmp_path_factory):
     (root / "bad.yaml").write_text("lr: 0.1\n  epochs: [3\n")
     (root / "list.yaml").write_text("- lr\n- epochs\n")
     (root / "coop.yaml").write_text("method: coop\n")
+    (root / "table_sweep.yaml").write_text("protocol: base2novel\nmethods: [mmrl]\ndatasets: [syn_shapes]\n"
+                                           "dataset_overrides: {mmrl: {dtd: {reg_weight: 6.0}}}\n")
     (root / "dup_classes.txt").write_text("red\nblue\nred\n")
     (root / "not_image.jpg").write_text("not an image")
     (root / "not_adapter.safetensors").write_text("not safetensors")
@@ -233,6 +235,27 @@ CASES = [
     ("sweep-seeds-text", [*SWEEP, "{root}/seeds_text.yaml"], ["seeds_text.yaml", "'seeds'", "'one'"]),
     ("sweep-shots-text", [*SWEEP, "{root}/shots_text.yaml"], ["shots_text.yaml", "'shots'", "'x'"]),
     ("sweep-overrides-not-mapping", [*SWEEP, "{root}/overrides_list.yaml"], ["overrides_list.yaml", "'overrides'"]),
+    # import --method
+    ("import-method-unknown", ["import", "--method", "mmx", "{root}/tiny_mma.pth.tar", "--out", "{root}/x.safetensors"],
+     ["mmx", "mma", "maple", "clip_lora", "coop"]),
+    ("import-method-without-reader", ["import", "--method", "rmadapter", "{root}/tiny_mma.pth.tar", "--out",
+                                      "{root}/x.safetensors"], ["rmadapter", "import for", "mmrl"]),
+    ("import-method-missing-file", ["import", "--method", "maple", "{root}/gone.pth.tar", "--out",
+                                    "{root}/x.safetensors", "--backbone", "clipadapt-tiny", "--pretrained", "none"],
+     ["MaPLe", "gone.pth.tar", "does not exist"]),
+    ("import-method-wrong-checkpoint", ["import", "--method", "maple", "{root}/tiny_mma.pth.tar", "--out",
+                                        "{root}/x.safetensors", "--backbone", "clipadapt-tiny", "--pretrained",
+                                        "none"], ["tiny_mma.pth.tar", "prompt_learner.ctx"]),
+    ("import-method-unknown-option", ["import", "--method", "coop", "{root}/tiny_mma.pth.tar", "--out",
+                                      "{root}/x.safetensors", "scale=0.5"], ["coop", "scale"]),
+    ("import-lora-missing-file", ["import", "--method", "clip_lora", "{root}/gone.pt", "--out",
+                                  "{root}/x.safetensors", "--backbone", "clipadapt-tiny", "--pretrained", "none"],
+     ["CLIP-LoRA", "gone.pt"]),
+    ("import-lora-not-lora", ["import", "--method", "clip_lora", "{root}/tiny_mma.pth.tar", "--out",
+                              "{root}/x.safetensors", "--backbone", "clipadapt-tiny", "--pretrained", "none"],
+     ["tiny_mma.pth.tar", "save_lora"]),
+    ("sweep-table-names-a-dataset-not-run", ["sweep", "{root}/table_sweep.yaml", "--out", "{root}/sw", "--dry-run"],
+     ["dataset_overrides", "dtd", "syn_shapes"]),
     # backbones
     ("backbone-unknown", [*EVAL[:-4], "--backbone", "ViT-Q-99", "--pretrained", "none"], ["ViT-Q-99"]),
     ("pretrained-unknown-tag", [*EVAL[:-4], "--backbone", "ViT-B-16", "--pretrained", "nonsense"], ["nonsense"]),

@@ -86,11 +86,30 @@ def check_adapter_fits(meta: dict[str, str], path: str, method: str, backbone_id
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
-def _official_readers() -> dict:
-    """Method -> the function turning an official checkpoint into (config, tensors under our names)."""
-    from .methods import mma, mma_pp, mmrl
+def official_readers() -> dict[str, Any]:
+    """Method -> its module's `official_adapter(path, **options) -> (config, tensors under our names)`.
 
-    return {"mma": mma.official_adapter, "mma_pp": mma_pp.official_adapter, "mmrl": mmrl.official_adapter}
+    Found by looking the function up on each registered method's module, so a method that gains a
+    reader needs no edit here."""
+    import importlib
+
+    from .registry import METHOD_CLASSES
+
+    readers = {}
+    for name, (module, _) in METHOD_CLASSES.items():
+        reader = getattr(importlib.import_module(f"{__package__}.methods.{module}"), "official_adapter", None)
+        if callable(reader):
+            readers[name] = reader
+    return readers
+
+
+def reader_options(method: str) -> tuple[list[str], bool]:
+    """The named options a method's official reader takes (its path excluded), and whether it takes others too."""
+    import inspect
+
+    params = list(inspect.signature(official_readers()[method]).parameters.values())[1:]
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16", pretrained: str = "openai",
@@ -108,12 +127,20 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
     from .checks import check_writable
 
     check_writable(out, "file")
-    readers = _official_readers()
+    readers = official_readers()
     if method not in readers:
         raise ClipadaptError(f"no importer for method '{method}'; official checkpoints import for: {', '.join(readers)}")
+    accepted, takes_any = reader_options(method)
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown and not takes_any:
+        raise ClipadaptError(f"the {method} importer takes no option {', '.join(unknown)}; "
+                             f"its options: {', '.join(accepted) or 'none'}")
     check_weights_source(backbone, pretrained)
     identity = backbone_identity(backbone, pretrained)  # before any work: the weights must be named rightly
-    config, state = readers[method](path, **options)
+    try:
+        config, state = readers[method](path, **options)
+    except TypeError as err:  # an option the method's config does not know (readers passing **options on)
+        raise ClipadaptError(f"the {method} importer: {err}") from None
     architecture = load_backbone(backbone, "none")
     check_state_fits(method_class(method)(config, architecture, list(classnames or ["a", "b"])), state, path)
     write_adapter(out, {k: v.float() for k, v in state.items()}, method=method, method_config=config.to_dict(),

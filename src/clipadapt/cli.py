@@ -183,19 +183,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert a checkpoint of a method's official code into a clipadapt adapter file."""
     from .adapters import import_official
+    from .runconfig import parse_overrides
 
-    options = {"mma": lambda: {"scale": args.scale},
-               "mma_pp": lambda: {"train_scale": args.train_scale, "test_scale": args.test_scale,
-                                  "reg_weight": args.reg_weight, "dropout": args.dropout},
-               "mmrl": lambda: {"last_block": args.last_block, "alpha": args.alpha, "inference": args.inference,
-                                "classnames": _class_names(args) or []}}[args.import_method]()
-    written = import_official(args.import_method, args.path, args.out, args.backbone, args.pretrained, **options)
+    method = getattr(args, "import_method", None) or args.method
+    alias_options = {"mma": lambda: {"scale": args.scale},
+                     "mma_pp": lambda: {"train_scale": args.train_scale, "test_scale": args.test_scale,
+                                        "reg_weight": args.reg_weight, "dropout": args.dropout},
+                     "mmrl": lambda: {"last_block": args.last_block, "alpha": args.alpha,
+                                      "inference": args.inference}}
+    # `import --method M` takes the reader's options as key=value; the import-<method> aliases as flags.
+    options = alias_options[method]() if getattr(args, "import_method", None) else parse_overrides(args.overrides)
+    written = import_official(method, args.path, args.out, args.backbone, args.pretrained,
+                              classnames=(_class_names(args) if hasattr(args, "classes") else None) or [],
+                              **options)
     config = written["config"]
-    blocks = (f"blocks {config['adapter_start']}-{config['adapter_end']}, width {config['adapter_dim']}"
-              if "adapter_dim" in config else
-              f"{config['n_rep_tokens']} tokens of width {config['rep_dim']} on blocks "
-              f"{config['rep_layers'][0]}-{config['rep_layers'][-1]}")
-    print(f"wrote {args.out}: {args.import_method}, {blocks}, {written['parameters']:,} parameters, "
+    if "adapter_dim" in config:
+        shape = f"blocks {config['adapter_start']}-{config['adapter_end']}, width {config['adapter_dim']}"
+    elif "rep_layers" in config:
+        shape = (f"{config['n_rep_tokens']} tokens of width {config['rep_dim']} on blocks "
+                 f"{config['rep_layers'][0]}-{config['rep_layers'][-1]}")
+    else:
+        shape = ", ".join(f"{k} {v}" for k, v in config.items() if v not in (None, "", [], {}))
+    print(f"wrote {args.out}: {method}, {shape}, {written['parameters']:,} parameters, "
           f"for {args.backbone} ({args.pretrained})", file=sys.stderr)
     return 0
 

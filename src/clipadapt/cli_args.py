@@ -286,6 +286,23 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N or mps (default cpu)")
     p.set_defaults(func=commands["predict"])
 
+    p = sub.add_parser("import", help="convert a checkpoint of a method's official code",
+                       description="Read a checkpoint saved by a method's official code (Dassl's model.pth.tar-N, "
+                                   "CLIP-LoRA's save_lora .pt, ...) and write a clipadapt adapter file. key=value "
+                                   "arguments are the importer's options (mma: scale=0.001; mma_pp: train_scale, "
+                                   "test_scale, reg_weight, dropout; mmrl: last_block, alpha, inference; maple: "
+                                   "ctx_init; clip_lora: dropout, text_depth, image_depth). The import-mma, "
+                                   "import-mma-pp and import-mmrl commands are aliases that take them as flags.")
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--method", required=True, help="the method that saved it (see the error for those with an importer)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")
+    p.add_argument("--classes", help="comma-separated class names it was trained on (recorded; MMRL fuses on them)")
+    p.add_argument("--classes-file", help="file with the class names it was trained on, one per line")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="the importer's options")
+    p.set_defaults(func=commands["import"], import_method=None)
+
     p = sub.add_parser("import-mma", help="convert a checkpoint of the official MMA code",
                        description="Read the adapter_learner state dict of an official MMA checkpoint "
                                    "(model-best.pth.tar, model.pth.tar-5) and write a clipadapt adapter file.")

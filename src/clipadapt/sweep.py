@@ -60,6 +60,7 @@ KEYS = {
     "presets": "{method: preset file, or {dataset: file, default: file}}",
     "overrides": "{setting: value} for every run",
     "method_overrides": "{method: {setting: value}}",
+    "dataset_overrides": "{method: {dataset: {setting: value}}} (an official per-dataset table)",
     "adapters_from": "cross_dataset | domain_generalization: evaluate the source adapters that protocol's sweep "
                      "trained in the same --out, instead of training again",
     "variants": "a study: {variant name: {method: NAME, preset: FILE (optional), setting: value, ...}}, "
@@ -279,7 +280,9 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     pretrained = str(data.get("pretrained") or ("shipped" if is_shipped(backbone) else "openai"))
     presets = _mapping(path, data, "presets", "method names to preset files")
     method_overrides = _mapping(path, data, "method_overrides", "method names to {setting: value}")
-    for name, section in (("presets", presets), ("method_overrides", method_overrides)):
+    dataset_overrides = _mapping(path, data, "dataset_overrides", "method names to {dataset: {setting: value}}")
+    for name, section in (("presets", presets), ("method_overrides", method_overrides),
+                          ("dataset_overrides", dataset_overrides)):
         for m in set(section) - set(METHODS):
             raise ClipadaptError(f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
                                  f"{', '.join(METHODS)}")
@@ -291,9 +294,17 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         if not isinstance(preset, (str, dict)):
             raise ClipadaptError(f"sweep file '{path}': the preset of '{m}' is a file name (or {{dataset: file}}); "
                                  f"got {preset!r}")
+    for method, tables in dataset_overrides.items():
+        if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' maps dataset names to "
+                                 f"{{setting: value}}; got {tables!r}")
+        for d in set(tables) - set(datasets):
+            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' names dataset '{d}', "
+                                 f"which the sweep does not run ({', '.join(datasets)})")
+    per_dataset = [t for tables in dataset_overrides.values() for t in tables.values()]
     overrides = {**_mapping(path, data, "overrides", "settings to values"), **(extra_overrides or {})}
     for section in (overrides, *(v for v in method_overrides.values() if isinstance(v, dict)),
-                    *variants.values()):
+                    *per_dataset, *variants.values()):
         for key in set(section) & RUN_ARGUMENTS - {"method"}:
             raise ClipadaptError(f"sweep file '{path}': '{key}' is not a setting; the sweep sets it for each run "
                                  "(its own key, or a sweep option)")
@@ -325,7 +336,10 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         else:
             preset = locate_preset_file(str(preset), sweep_dir)
             settings = read_preset(preset)
-        merged = {**overrides, **(method_overrides.get(method) or {}), **variant_settings}
+        # A per-dataset table yields to the command line's key=value (a smoke run's epochs=1).
+        table = {k: v for k, v in (dataset_overrides.get(method) or {}).get(dataset, {}).items()
+                 if k not in (extra_overrides or {})}
+        merged = {**overrides, **(method_overrides.get(method) or {}), **table, **variant_settings}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
             from .engine import TrainConfig
 

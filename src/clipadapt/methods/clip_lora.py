@@ -30,13 +30,18 @@ ENCODERS = ("text", "vision", "both")
 PROJECTIONS = ("q", "k", "v", "o")
 POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top3")
 SCALINGS = ("sqrt", "linear")
+OFFICIAL_TEMPLATE = "a photo of a {}."  # the effective dataset.template[0] of every official dataset file
 
 
 @dataclass
 class CLIPLoRAConfig(MethodConfig):
     """CLIP-LoRA's settings (official names: --r, --alpha, --dropout_rate, --encoder, --params, --position)."""
 
-    template: str | None = None  # the dataset's template, as the official dataset.template[0]
+    # The official prompt: every datasets/*.py of MaxZanella/CLIP-LoRA ends by assigning
+    # template = ['a photo of a {}.'] (after the CoOp one, e.g. dtd.py's '{} texture.'), and lora.py
+    # uses dataset.template[0]. None: that prompt, or the dataset's CoOp template with dataset_template.
+    template: str | None = None
+    dataset_template: bool = False  # True: the dataset's CoOp template (the first line of the official files)
     rank: int = 2
     alpha: float = 1.0
     dropout: float = 0.25
@@ -115,6 +120,8 @@ class CLIPLoRA(Method):
         if not 0.0 <= config.dropout < 1.0:
             raise ClipadaptError(f"clip_lora dropout must lie in [0, 1), got {config.dropout}")
         self.scaling = lora_scaling(config)
+        if not config.template and not config.dataset_template:
+            self.config.template = OFFICIAL_TEMPLATE
         params = [p for p in PROJECTIONS if p in config.params]  # fixed order: q, k, v, o
 
         def tower(blocks: nn.ModuleList, width: int, where: str) -> nn.ModuleDict:
@@ -182,3 +189,61 @@ class CLIPLoRA(Method):
             else:
                 txt = backbone.text_block(index, txt)
         return img, txt
+
+
+# ---- checkpoints of the official code ----------------------------------------------------------
+# loralib/utils.py save_lora writes torch.save({"weights": {"layer_i": {"q_proj" | "k_proj" | "v_proj" |
+# "proj": {"w_lora_A": [r, D], "w_lora_B": [D, r]}}}, "metadata": {r, alpha, encoder, params, position}}),
+# layer_i numbering apply_lora's list: the text tower's adapted blocks first, then the vision tower's.
+OFFICIAL_PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "proj": "o"}
+
+
+def official_adapter(path: str, dropout: float = 0.25, text_depth: int = 12,
+                     image_depth: int = 12) -> tuple[CLIPLoRAConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CLIP-LoRA file (save_lora's .pt); rank, alpha, towers,
+    projections and position read from its metadata; the towers' depths (12 for ViT-B/16) map layer_i to blocks."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ClipadaptError(f"CLIP-LoRA file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ClipadaptError(f"CLIP-LoRA file '{path}' is a folder, not a file") from None
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise ClipadaptError(f"'{path}' is not a readable CLIP-LoRA file (torch.save format): {err}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("weights"), dict) or \
+            not isinstance(saved.get("metadata"), dict):
+        raise ClipadaptError(f"'{path}' is not an official CLIP-LoRA file (save_lora's 'weights' and 'metadata')")
+    meta = saved["metadata"]
+    missing = [k for k in ("r", "alpha", "encoder", "params", "position") if k not in meta]
+    if missing:
+        raise ClipadaptError(f"'{path}': CLIP-LoRA metadata lacks {missing}")
+    if meta["position"] not in POSITIONS:
+        raise ClipadaptError(f"'{path}': CLIP-LoRA position '{meta['position']}' is not one clipadapt builds "
+                             f"({', '.join(POSITIONS)})")
+    config = CLIPLoRAConfig(rank=int(meta["r"]), alpha=float(meta["alpha"]), dropout=dropout,
+                            encoder=str(meta["encoder"]), params=[p for p in PROJECTIONS if p in meta["params"]],
+                            position=str(meta["position"]))
+    slots = []  # (our tower prefix, block) in apply_lora's order
+    if config.encoder in ("text", "both"):
+        slots += [("text_lora", b) for b in lora_blocks(config.position, text_depth)]
+    if config.encoder in ("vision", "both"):
+        slots += [("image_lora", b) for b in lora_blocks(config.position, image_depth)]
+    layers = saved["weights"]
+    if len(layers) != len(slots):
+        raise ClipadaptError(f"'{path}' holds {len(layers)} LoRA layers; encoder '{config.encoder}' at position "
+                             f"'{config.position}' on towers of {text_depth} text / {image_depth} image blocks "
+                             f"has {len(slots)}")
+    state = {}
+    for i, (tower, block) in enumerate(slots):
+        layer = layers.get(f"layer_{i}")
+        if not isinstance(layer, dict):
+            raise ClipadaptError(f"'{path}' has no 'layer_{i}' in its CLIP-LoRA weights")
+        for official, ours in OFFICIAL_PROJECTIONS.items():
+            if ours in config.params:
+                try:
+                    pair = layer[official]
+                    state[f"{tower}.{block}.{ours}.A"] = pair["w_lora_A"]
+                    state[f"{tower}.{block}.{ours}.B"] = pair["w_lora_B"]
+                except (KeyError, TypeError):
+                    raise ClipadaptError(f"'{path}': layer_{i} lacks {official}.w_lora_A / w_lora_B") from None
+    return config, state

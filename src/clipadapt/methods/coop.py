@@ -64,3 +64,28 @@ class CoOp(Method):
         emb = batch.embeddings
         ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
         return TextBatch(torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1), batch.pool_index)
+
+
+# ---- checkpoints of the official code ----------------------------------------------------------
+# KaiyangZhou/CoOp trainers/coop.py registers `self.model.prompt_learner` with Dassl, so its file holds
+# the PromptLearner's state dict: `ctx` and the fixed `token_prefix` / `token_suffix` buffers, which the
+# official load_model deletes (they are rebuilt from the current class names).
+OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
+
+
+def official_adapter(path: str) -> tuple[CoOpConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CoOp checkpoint (prompt_learner/model.pth.tar-N); n_ctx read off `ctx`."""
+    from ..official_checkpoints import read_state_dict
+
+    state = {k.removeprefix("prompt_learner."): v for k, v in read_state_dict(path, "CoOp").items()}
+    if "ctx" not in state:
+        raise ClipadaptError(f"'{path}' has no CoOp context ('ctx' of the prompt_learner)")
+    ctx = state["ctx"]
+    if ctx.dim() == 3:  # CSC=True: one context per class, which this CoOp does not build
+        raise ClipadaptError(f"'{path}' holds class-specific context (CSC, ctx of shape {tuple(ctx.shape)}); "
+                             "clipadapt's coop learns one unified context")
+    if ctx.dim() != 2:
+        raise ClipadaptError(f"'{path}': CoOp's ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]")
+    # An official ctx_init ("a photo of a") only sets the prompt's placeholder words, which the learned
+    # context replaces position for position: "X X X X {}." tokenizes to the same layout.
+    return CoOpConfig(n_ctx=int(ctx.shape[0])), {"ctx": ctx}

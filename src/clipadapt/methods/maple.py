@@ -120,3 +120,26 @@ class MaPLe(Method):
                 txt = torch.cat([txt[:, :1], text, txt[:, 1 + n:]], dim=1)
             txt = backbone.text_block(index, txt)
         return img, txt
+
+
+# ---- checkpoints of the official code ----------------------------------------------------------
+# muzairkhattak/multimodal-prompt-learning trainers/maple.py registers the whole CustomCLIP with Dassl
+# ("MultiModalPromptLearner"), so its file holds the frozen towers too; the trained tensors are those
+# under `prompt_learner.`, whose names (ctx, proj, compound_prompts_text.j, compound_prompt_projections.j)
+# are this module's. The fixed token_prefix / token_suffix buffers are dropped, as the official load_model does.
+OFFICIAL_PREFIX = "prompt_learner."
+OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
+
+
+def official_adapter(path: str, ctx_init: str = "a photo of a") -> tuple[MaPLeConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MaPLe checkpoint; n_ctx and the prompt depth read off the tensors,
+    `ctx_init` as it was trained (CTX_INIT of the official config; it fixes the words after the context)."""
+    from ..official_checkpoints import read_state_dict
+
+    state = {k[len(OFFICIAL_PREFIX):]: v for k, v in read_state_dict(path, "MaPLe").items()
+             if k.startswith(OFFICIAL_PREFIX) and k[len(OFFICIAL_PREFIX):] not in OFFICIAL_FIXED_KEYS}
+    if "ctx" not in state or "proj.weight" not in state:
+        raise ClipadaptError(f"'{path}' has no MaPLe prompt learner (prompt_learner.ctx, prompt_learner.proj.*)")
+    deep = {int(k.split(".")[1]) for k in state if k.startswith("compound_prompts_text.")}
+    config = MaPLeConfig(n_ctx=int(state["ctx"].shape[0]), ctx_init=ctx_init, prompt_depth=len(deep) + 1)
+    return config, state
