@@ -181,6 +181,12 @@ CASES = [
     ("import-other-backbone", ["import-mma", "{root}/tiny_mma.pth.tar", "--out", "{root}/x.safetensors",
                                "--backbone", "synthetic", "--pretrained", "none"], ["tiny_mma.pth.tar"]),
     ("import-missing", ["import-mma", "{root}/gone.pth.tar", "--out", "{root}/x.safetensors"], ["gone.pth.tar"]),
+    # export and adapters as folders or Hub ids (no network: refused before any lookup)
+    ("export-run-missing", ["export", "{root}/nowhere", "--out", "{root}/exported"], ["nowhere", "does not exist"]),
+    ("export-unfinished-run", ["export", "{no_test}", "--out", "{root}/exported"],
+     ["no_test", "not a finished training run"]),
+    ("checkpoint-folder-without-adapter", [*EVAL, "--checkpoint", "{no_test}"], ["no_test", "adapter.safetensors"]),
+    ("checkpoint-bad-hub-id", [*EVAL, "--checkpoint", "hf-hub:not a repo"], ["not a repo", "Hub model id"]),
     # backbones
     ("backbone-unknown", [*EVAL[:-4], "--backbone", "ViT-Q-99", "--pretrained", "none"], ["ViT-Q-99"]),
     ("pretrained-unknown-tag", [*EVAL[:-4], "--backbone", "ViT-B-16", "--pretrained", "nonsense"], ["nonsense"]),

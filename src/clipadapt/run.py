@@ -272,8 +272,10 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
     protocol = canonical_protocol(protocol)
     if protocol not in TRANSFER_TARGETS:
         raise ClipadaptError(f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'")
-    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
-    trained = _read_yaml(run_config) if os.path.exists(run_config) else {}  # the training run says what it saw
+    from .adapters import recorded_run, resolve_adapter
+
+    checkpoint = resolve_adapter(checkpoint)  # a folder or a Hub id: its adapter file
+    trained = recorded_run(checkpoint)  # the training run says what it saw
     source = source or trained.get("dataset")
     if not source:
         raise ClipadaptError(f"give --source: no config.yaml beside '{checkpoint}' names the training dataset")
