@@ -184,6 +184,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         metrics.update(study=record["study"], variant=record["variant"])
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
+    from .run_logging import finish_run
+
+    finish_run(out, record, metrics, train_cfg.logger)  # evaluation and settings in tb/, curves.png
     return metrics
 
 
