@@ -31,6 +31,7 @@ def test_two_gloo_processes_match_one_process(learn_root, tmp_path):
     steps = lambda out: [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()  # noqa: E731
                          if "step" in json.loads(line)]
     assert len(steps(tmp_path / "two")) == len(steps(tmp_path / "one")) == 2 * 3  # 20 images, batch 6: 3 steps
+    _check_rank_zero_alone_wrote_the_curves(tmp_path / "two")
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert abs(one["base"] - two["base"]) < 1e-6 and abs(one["novel"] - two["novel"]) < 1e-6
     # the trained weights moved: the comparison is not between two untouched initialisations
@@ -40,3 +41,16 @@ def test_two_gloo_processes_match_one_process(learn_root, tmp_path):
     assert fresh.returncode == 0
     c = load_file(str(tmp_path / "zero" / "adapter.safetensors"))
     assert any((a[k] - c[k]).abs().max() > 1e-3 for k in a)
+
+
+def _check_rank_zero_alone_wrote_the_curves(out):
+    """The event files of a torchrun run come from one process (rank 0) and hold the numbers of its log.jsonl."""
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from test_run_logging import assert_same, events, expected
+
+    files = list((out / "tb").iterdir())
+    assert files and len({f.name.split(".")[-2] for f in files}) == 1  # events.out.tfevents.TIME.HOST.PID.N
+    tb = events(out)
+    assert_same({k: v for k, v in tb.items() if not k.startswith("eval/")}, expected(out))

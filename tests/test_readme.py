@@ -32,6 +32,9 @@ SKIPPED = {
     "clipadapt pretrain-synthetic --out runs/pretrain --install     # remake the shipped weights (51 min on 2 cores)",
     "clipadapt datasets --data-root ~/data        # which datasets are complete; the exact missing files and their sources",
     "clipadapt sweep configs/sweeps/studies/rmma_ablation.yaml --out runs/studies --data-root ~/data --jobs 4",
+    "python3 -m venv .venv",
+    "tensorboard --logdir runs/    # every run's curves side by side",
+    "import clipadapt  # the same loading as --checkpoint",
 }
 
 

@@ -51,17 +51,19 @@ def assert_same(tb, log):
         assert [v for _, v in tb[tag]] == pytest.approx([v for _, v in log[tag]], rel=1e-6), tag  # float32 events
 
 
+@pytest.mark.slow  # about 30 s on 2 idle cores: two trainings, one interrupted
 def test_event_files_equal_the_log_across_an_interrupted_and_resumed_run(learn_root, tmp_path):
     data = build_dataset("eurosat", learn_root, shots=2, seed=1, subsample="all")
-    cfg = TrainConfig(optimizer="adamw", lr=0.01, epochs=3, batch_size=4, log_every=1, augment=False, patience=5)
+    cfg = TrainConfig(optimizer="adamw", lr=0.01, epochs=3, batch_size=4, log_every=1, augment=False, patience=5,
+                      workers=0)
 
     def train(out_dir, interrupt_at=None):
         seed_everything(3)
-        model = build_model("rmadapter", data.classnames, **TINY, scale=0.1)  # a loss with parts
+        model = build_model("mma", data.classnames, **TINY, scale=0.1)
         trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
         if interrupt_at is not None:
             run_until_interrupted(trainer, interrupt_at)
-            model = build_model("rmadapter", data.classnames, **TINY, scale=0.1)
+            model = build_model("mma", data.classnames, **TINY, scale=0.1)
             trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
         trainer.run()
 
@@ -75,7 +77,7 @@ def test_event_files_equal_the_log_across_an_interrupted_and_resumed_run(learn_r
     assert sum(1 for r in log if r.get("global_step") == 6) == 2  # the rerun epoch's steps: logged twice, one curve
     assert [s for s, _ in resumed["train/loss"]] == list(range(1, 16))
     assert {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "train/ce",
-            "val/accuracy"} <= set(resumed) and len(resumed) > 7  # rmadapter's loss parts have their own curves
+            "val/accuracy"} <= set(resumed)  # a loss part (ce) has its own curve
     # The resumed run's curves are the straight run's (timings aside).
     for tag in ("train/loss", "train/lr", "val/accuracy"):
         assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in straight[tag]], rel=1e-5), tag
@@ -85,7 +87,7 @@ def test_a_run_records_its_evaluation_and_settings_and_logger_none_writes_no_eve
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     settings = dict(protocol="base2novel", shots=2, seed=1, config="none", progress=False, epochs=2, augment=False,
-                    scale=0.1, **TINY)
+                    scale=0.1, workers=0, **TINY)
     metrics = clipadapt.train("mma", "eurosat", learn_root, str(tmp_path / "on"), **settings)
     tb = events(tmp_path / "on")
     last = step_records(read_log(str(tmp_path / "on")))[-1]["global_step"]
