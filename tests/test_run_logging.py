@@ -76,7 +76,7 @@ def test_event_files_equal_the_log_across_an_interrupted_and_resumed_run(learn_r
     assert any(r.get("event") == "resume" for r in log)
     assert sum(1 for r in log if r.get("global_step") == 6) == 2  # the rerun epoch's steps: logged twice, one curve
     assert [s for s, _ in resumed["train/loss"]] == list(range(1, 16))
-    assert {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "train/ce",
+    assert {"train/loss", "train/lr", "train/images_per_s", "train/data_time_share", "train/ce",
             "val/accuracy"} <= set(resumed)  # a loss part (ce) has its own curve
     # The resumed run's curves are the straight run's (timings aside).
     for tag in ("train/loss", "train/lr", "val/accuracy"):

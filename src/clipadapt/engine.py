@@ -234,7 +234,7 @@ class _LossWindow:
         record = {"loss": self.loss.item() / n,
                   **{name: float(value) / n for name, value in self.parts.items()},
                   "steps_averaged": n, "images_per_s": round(self.images / elapsed, 2),
-                  "data_wait_share": round(min(self.data_wait / elapsed, 1.0), 4)}
+                  "data_time_share": round(min(self.data_wait / elapsed, 1.0), 4)}
         self.start = now
         self._reset()
         return record

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from .registry import FOLDER_DATASET, canonical_protocol
 log = logging.getLogger(__name__)
 
 SETTING_ARGUMENTS = {"prompts", "base_ratio"}  # arguments of `train` that are settings too (its flags set them)
-RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE)  # what --overwrite discards
+RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE, "curves.png")  # what --overwrite discards
 
 
 def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
@@ -160,6 +161,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         for name in RUN_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
+        from .run_logging import TB_DIR
+
+        shutil.rmtree(os.path.join(out, TB_DIR), ignore_errors=True)  # the old run's curves
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
         previous = _read_yaml(config_path)

@@ -22,7 +22,7 @@ TB_DIR = "tb"
 CURVES_FILE = "curves.png"
 LOGGERS = ("auto", "tensorboard", "none")  # auto: TensorBoard when the package is installed
 # Keys of a step record that are not loss parts.
-_STEP_KEYS = ("epoch", "step", "global_step", "lr", "loss", "steps_averaged", "images_per_s", "data_wait_share")
+_STEP_KEYS = ("epoch", "step", "global_step", "lr", "loss", "steps_averaged", "images_per_s", "data_time_share")
 EVAL_METRICS = ("base", "novel", "hm", "accuracy")
 
 
@@ -54,8 +54,8 @@ def _writer(out_dir: str, purge_step: int | None = None):
 def step_scalars(record: dict[str, Any]) -> dict[str, float]:
     """The TensorBoard tags and values of one log.jsonl step record (train/loss, train/<part>, train/lr, ...)."""
     scalars = {"train/loss": record["loss"], "train/lr": record["lr"], "train/images_per_s": record["images_per_s"]}
-    if "data_wait_share" in record:
-        scalars["train/data_wait_share"] = record["data_wait_share"]
+    if "data_time_share" in record:
+        scalars["train/data_time_share"] = record["data_time_share"]
     for name, value in record.items():
         if name not in _STEP_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars[f"train/{name}"] = value  # a loss part
@@ -75,7 +75,8 @@ class RunLog:
         if not self.write or not tensorboard_on(logger):
             return
         self.last_step = first_step - 1
-        self.writer = _writer(self.out_dir, purge_step=first_step if first_step > 1 else None)
+        # Always purged from the first step: a run restarted before its first checkpoint also left events.
+        self.writer = _writer(self.out_dir, purge_step=first_step)
         if first_step <= 1:
             self.writer.add_text("settings/training", _yaml_block(settings), 0)
 
