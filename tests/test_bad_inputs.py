@@ -256,6 +256,12 @@ CASES = [
      ["tiny_mma.pth.tar", "save_lora"]),
     ("sweep-table-names-a-dataset-not-run", ["sweep", "{root}/table_sweep.yaml", "--out", "{root}/sw", "--dry-run"],
      ["dataset_overrides", "dtd", "syn_shapes"]),
+    # export and adapters as folders or Hub ids (no network: refused before any lookup)
+    ("export-run-missing", ["export", "{root}/nowhere", "--out", "{root}/exported"], ["nowhere", "does not exist"]),
+    ("export-unfinished-run", ["export", "{no_test}", "--out", "{root}/exported"],
+     ["no_test", "not a finished training run"]),
+    ("checkpoint-folder-without-adapter", [*EVAL, "--checkpoint", "{no_test}"], ["no_test", "adapter.safetensors"]),
+    ("checkpoint-bad-hub-id", [*EVAL, "--checkpoint", "hf-hub:not a repo"], ["not a repo", "Hub model id"]),
     # backbones
     ("backbone-unknown", [*EVAL[:-4], "--backbone", "ViT-Q-99", "--pretrained", "none"], ["ViT-Q-99"]),
     ("pretrained-unknown-tag", [*EVAL[:-4], "--backbone", "ViT-B-16", "--pretrained", "nonsense"], ["nonsense"]),

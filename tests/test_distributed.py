@@ -40,6 +40,7 @@ def test_two_gloo_processes_match_one_process(learn_root, tmp_path):
     for d, n in (("one", 1), ("two", 2)):
         assert yaml.safe_load((tmp_path / d / "config.yaml").read_text())["world_size"] == n
         assert json.loads((tmp_path / d / "metrics.json").read_text())["world_size"] == n
+    _check_rank_zero_alone_wrote_the_curves(tmp_path / "two")
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert abs(one["base"] - two["base"]) < 1e-6 and abs(one["novel"] - two["novel"]) < 1e-6
     # the trained weights moved: the comparison is not between two untouched initialisations
@@ -69,3 +70,14 @@ def test_each_rank_logs_its_share_and_the_record_sums_the_ranks(monkeypatch):
     assert record["loss"] == pytest.approx(per_image.mean().item()) != per_image[:2].mean().item()
     assert record["ce"] == pytest.approx(per_image.mean().item()) and record["const"] == pytest.approx(1.0)
     assert ranks[0].last_step_loss == pytest.approx(per_image.mean().item())
+def _check_rank_zero_alone_wrote_the_curves(out):
+    """The event files of a torchrun run come from one process (rank 0) and hold the numbers of its log.jsonl."""
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from test_run_logging import assert_same, events, expected
+
+    files = list((out / "tb").iterdir())
+    assert files and len({f.name.split(".")[-2] for f in files}) == 1  # events.out.tfevents.TIME.HOST.PID.N
+    tb = events(out)
+    assert_same({k: v for k, v in tb.items() if not k.startswith("eval/")}, expected(out))

@@ -33,6 +33,9 @@ SKIPPED = {
     "clipadapt datasets --data-root ~/data        # which datasets are complete; the exact missing files and their sources",
     "clipadapt sweep configs/sweeps/studies/rmma_ablation.yaml --out runs/studies --data-root ~/data --jobs 4",
     "clipadapt train --method mma --dataset folder --data-root photos --backbone ViT-B-16 --pretrained openai --out runs/mine-vit",
+    "python3 -m venv .venv",
+    "tensorboard --logdir runs/    # every run's curves side by side",
+    "import clipadapt  # the same loading as --checkpoint",
 }
 
 

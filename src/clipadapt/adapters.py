@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -43,11 +44,10 @@ def write_adapter(path: str, tensors: dict[str, torch.Tensor], *, method: str, m
 
 
 def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of an adapter file; a clear error for anything else."""
+    """Metadata and tensors of an adapter (a file, a folder holding one, or a Hub id); a clear error for anything else."""
     from safetensors import safe_open
 
-    if os.path.isdir(path):
-        raise ClipadaptError(f"adapter '{path}' is a folder; give its {FILE_NAME}")
+    path = resolve_adapter(path)
     try:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -148,3 +148,215 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
                   classnames=list(classnames or []), extra={"imported_from": os.path.abspath(path)})
     return {"method": method, "config": config.to_dict(), "parameters": sum(v.numel() for v in state.values()),
             "backbone": backbone, "pretrained": str(pretrained), "out": out}
+
+
+# ---- adapters as folders and Hugging Face Hub repositories --------------------------------------
+HUB_PREFIX = "hf-hub:"
+EXPORT_CONFIG = "config.json"
+EXPORT_CARD = "README.md"
+# A bare `user/name` is a Hub id only when no such local path exists and it does not look like a file.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar")
+# The model card's "paper" line; the method table of the README names the same works.
+PAPERS = {
+    "zeroshot": "CLIP: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
+    "clip_adapter": "CLIP-Adapter: Better Vision-Language Models with Feature Adapters (IJCV 2023)",
+    "coop": "Learning to Prompt for Vision-Language Models (CoOp, IJCV 2022)",
+    "mma": "MMA: Multi-Modal Adapter for Vision-Language Models (CVPR 2024)",
+    "mma_pp": "MMA++ (T-PAMI 2026), the journal extension of MMA",
+    "rmadapter": "RMAdapter: reconstruction-based multi-modal adapter",
+    "rmma": "R-MMA: a recurrent multi-modal adapter",
+    "mma_attn": "MMA of arXiv 2409.02958 (masked attention over output embeddings)",
+    "mmrl": "MMRL: Multi-Modal Representation Learning for Vision-Language Models (CVPR 2025)",
+    "maple": "MaPLe: Multi-modal Prompt Learning (CVPR 2023)",
+    "clip_lora": "Low-Rank Few-Shot Adaptation of Vision-Language Models (CLIP-LoRA, CVPRW 2024)",
+}
+
+
+def is_hub_id(checkpoint: str) -> bool:
+    """Whether a --checkpoint names a Hub repository: `hf-hub:user/name`, or `user/name` with no such local path."""
+    if checkpoint.startswith(HUB_PREFIX):
+        return True
+    return (not os.path.exists(checkpoint) and _HUB_ID.fullmatch(checkpoint) is not None
+            and not checkpoint.lower().endswith(_FILE_SUFFIXES))
+
+
+def resolve_adapter(checkpoint: str) -> str:
+    """The adapter file a checkpoint names: the file itself, `FOLDER/adapter.safetensors` (an export or a run
+    folder), or the file of a Hub repository (downloaded, or read from the cache when HF_HUB_OFFLINE is set)."""
+    if checkpoint.startswith(HUB_PREFIX):
+        return _hub_adapter(checkpoint.removeprefix(HUB_PREFIX))
+    if is_hub_id(checkpoint):
+        try:
+            return _hub_adapter(checkpoint)
+        except ClipadaptError as err:  # a mistyped local folder reads like a Hub id: name both readings
+            raise ClipadaptError(f"no local file or folder '{checkpoint}', and as a Hub id: {err}") from None
+    if os.path.isdir(checkpoint):
+        inside = os.path.join(checkpoint, FILE_NAME)
+        if not os.path.isfile(inside):
+            raise ClipadaptError(f"adapter folder '{checkpoint}' holds no {FILE_NAME} "
+                                 "(give an adapter file, an exported folder or a finished run's folder)")
+        return inside
+    return checkpoint
+
+
+def _hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported.
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_adapter(repo_id: str) -> str:
+    """The local path of a Hub repository's adapter file (its cache's snapshot)."""
+    if not _HUB_ID.fullmatch(repo_id):
+        raise ClipadaptError(f"'{repo_id}' is not a Hub model id (user/name)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, FILE_NAME, local_files_only=_hub_offline())
+    except LocalEntryNotFoundError:
+        where = "offline (HF_HUB_OFFLINE is set) and not in the cache" if _hub_offline() else \
+            "not in the cache and the Hub cannot be reached"
+        raise ClipadaptError(f"Hub adapter '{repo_id}': {FILE_NAME} is {where}") from None
+    except (HfHubHTTPError, OSError, ValueError) as err:  # no such repository, no such file, gated, ...
+        reason = " ".join(str(err).split())[:200]
+        raise ClipadaptError(f"Hub adapter '{repo_id}' cannot be fetched: {reason}") from None
+
+
+def recorded_run(adapter_file: str) -> dict:
+    """The settings of the run that made an adapter: config.yaml beside it (a run folder) or config.json's
+    `run` (an exported folder); {} when neither is there."""
+    import yaml
+
+    folder = os.path.dirname(os.path.abspath(adapter_file))
+    if os.path.isfile(os.path.join(folder, "config.yaml")):
+        with open(os.path.join(folder, "config.yaml")) as f:
+            return yaml.safe_load(f) or {}
+    if os.path.isfile(os.path.join(folder, EXPORT_CONFIG)):
+        with open(os.path.join(folder, EXPORT_CONFIG)) as f:
+            return dict(json.load(f).get("run") or {})
+    return {}
+
+
+def _finished_run(run: str) -> tuple[dict, dict]:
+    """A finished run's metrics and recorded settings; one line for anything else."""
+    import yaml
+
+    if not os.path.isdir(run):
+        raise ClipadaptError(f"run folder '{run}' does not exist")
+    log_path = os.path.join(run, "log.jsonl")
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            if any('"event": "diverged"' in line for line in f):
+                raise ClipadaptError(f"run '{run}' diverged: there is no adapter to export")
+    missing = [n for n in ("metrics.json", "config.yaml", FILE_NAME) if not os.path.isfile(os.path.join(run, n))]
+    if missing:
+        raise ClipadaptError(f"run '{run}' is not a finished training run (no {', '.join(missing)}); "
+                             "finish it (rerun the same train command) before exporting")
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(run, "config.yaml")) as f:
+        record = yaml.safe_load(f) or {}
+    return metrics, record
+
+
+def train_command(method: str, record: dict) -> str:
+    """The `clipadapt train` command that remakes a run from its config.yaml (every resolved setting spelt out)."""
+    import shlex
+
+    own = ("protocol", "dataset", "data_root", "shots", "seed", "backbone", "pretrained", "preset", "study", "variant")
+    words = ["clipadapt", "train", "--method", method, "--dataset", str(record.get("dataset")),
+             "--data-root", "DATA", "--protocol", str(record.get("protocol")), "--shots", str(record.get("shots")),
+             "--seed", str(record.get("seed")), "--backbone", str(record.get("backbone")),
+             "--pretrained", str(record.get("pretrained")), "--config", "none", "--out", "RUN"]
+    for key, value in record.items():
+        if key in own or key == "method" or value is None:
+            continue
+        words.append(f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}")
+    return shlex.join(words)
+
+
+_METRIC_NAMES = ("base", "novel", "hm", "accuracy", "average")
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                key in _METRIC_NAMES or key.endswith(("accuracy", "_acc"))):
+            lines.append(f"| {key} | {value} |")
+        elif isinstance(value, dict) and isinstance(value.get("accuracy"), (int, float)):
+            lines.append(f"| {key} | {value['accuracy']} |")  # per-target accuracies of transfer protocols
+    return lines
+
+
+def model_card(meta: dict[str, str], metrics: dict, record: dict, command: str) -> str:
+    """The README.md of an exported adapter: YAML front matter (license left for the user) and the run's facts."""
+    method = meta["method"]
+    metric_rows = _metric_lines(metrics) or ["| (none recorded) | |"]
+    return "\n".join([
+        "---",
+        "license: # choose one (the backbone's weights have their own license)",
+        "library_name: clipadapt",
+        "tags:", "- clipadapt", "- clip", "- few-shot", f"- {method}",
+        "---",
+        "",
+        f"# {method} adapter for {meta['backbone']} ({record.get('dataset')}, {record.get('shots')} shots)",
+        "",
+        f"A clipadapt adapter: the trained parameters of `{method}` on a frozen CLIP.",
+        "",
+        "| | |", "| --- | --- |",
+        f"| method | `{method}` |",
+        f"| paper | {PAPERS.get(method, method)} |",
+        f"| backbone | `{meta['backbone']}`, weights `{meta['pretrained']}` |",
+        f"| backbone identity | `{meta['backbone_identity']}` |",
+        f"| protocol | {record.get('protocol')} |",
+        f"| dataset | {record.get('dataset')} |",
+        f"| shots | {record.get('shots')} |",
+        f"| seed(s) | {record.get('seed')} |",
+        f"| classes | {len(recorded_classnames(meta))} |",
+        f"| clipadapt | {meta.get('clipadapt_version')} |",
+        "",
+        "## Metrics", "", "| metric | value |", "| --- | --- |", *metric_rows,
+        "",
+        "## Made by", "", "```bash", command, "```",
+        "",
+        "## Use", "", "```bash",
+        "clipadapt predict --checkpoint hf-hub:USER/NAME image.jpg",
+        "```", "",
+        "```python",
+        "import clipadapt",
+        'model = clipadapt.load_model("hf-hub:USER/NAME")',
+        "```", "",
+        f"The method options and the backbone's identity are in `{EXPORT_CONFIG}` and in the metadata of "
+        f"`{FILE_NAME}`; loading refuses another backbone.", "",
+    ])
+
+
+def export_run(run: str, out: str) -> dict[str, Any]:
+    """Write a finished run as a folder a Hub repository can hold: the adapter, config.json and a model card."""
+    import shutil
+
+    metrics, record = _finished_run(run)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ClipadaptError(f"export folder '{out}' exists and is not empty; give a new folder")
+    adapter = os.path.join(run, FILE_NAME)
+    meta, _ = read_adapter(adapter)
+    config = {"format": ADAPTER_FORMAT, "clipadapt_version": meta.get("clipadapt_version"),
+              "method": meta["method"], "method_config": recorded_options(meta), "backbone": meta["backbone"],
+              "pretrained": meta["pretrained"], "backbone_identity": meta["backbone_identity"],
+              "classnames": recorded_classnames(meta),
+              # The run's settings, less the local data folder (a path on the maker's machine).
+              "run": {k: v for k, v in record.items() if k != "data_root"},
+              "metrics": metrics}
+    command = train_command(meta["method"], record)
+    os.makedirs(out, exist_ok=True)
+    with atomic_path(os.path.join(out, FILE_NAME)) as tmp:
+        shutil.copyfile(adapter, tmp)
+    with atomic_path(os.path.join(out, EXPORT_CONFIG)) as tmp, open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    with atomic_path(os.path.join(out, EXPORT_CARD)) as tmp, open(tmp, "w") as f:
+        f.write(model_card(meta, metrics, record, command))
+    return {"out": out, "files": [FILE_NAME, EXPORT_CONFIG, EXPORT_CARD], "method": meta["method"],
+            "command": command}

@@ -209,6 +209,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a finished run as a Hub-ready folder (adapter, config.json, model card)."""
+    from .adapters import export_run
+
+    written = export_run(args.run, args.out)
+    print(f"wrote {args.out}: {', '.join(written['files'])} ({written['method']}); upload it with "
+          f"`huggingface-cli upload USER/NAME {args.out}`", file=sys.stderr)
+    return 0
+
+
 def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the synthetic world, record its zero-shot accuracy, optionally install it."""
     from .synthetic.pretrain import pretrain_and_record
@@ -289,7 +299,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 # ---- entry point ---------------------------------------------------------------------------------
 COMMANDS = {"eval": cmd_eval, "train": cmd_train, "transfer": cmd_transfer, "report": cmd_report, "sweep": cmd_sweep,
             "datasets": cmd_datasets, "info": cmd_info, "predict": cmd_predict, "import": cmd_import,
-            "pretrain-synthetic": cmd_pretrain_synthetic, "demo": cmd_demo}
+            "pretrain-synthetic": cmd_pretrain_synthetic, "demo": cmd_demo,
+            "export": cmd_export}
 
 
 def build_parser() -> argparse.ArgumentParser:

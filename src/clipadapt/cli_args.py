@@ -105,7 +105,7 @@ def add_transfer_parser(sub, commands: dict) -> None:
                        description="Evaluate an adapter trained on a source dataset (all classes), without training, "
                                    "on the source's test set and on every target of the protocol; writes "
                                    "DIR/metrics.json as `train --protocol cross_dataset|domain_generalization` does.")
-    p.add_argument("--checkpoint", required=True, help="the source run's adapter.safetensors")
+    p.add_argument("--checkpoint", required=True, help="the source run's adapter.safetensors, an exported folder or a Hub id (hf-hub:USER/NAME)")
     p.add_argument("--protocol", required=True, choices=["cross_dataset", "domain_generalization", "dg"])
     p.add_argument("--source", help="the dataset it was trained on (default: read from the run's config.yaml)")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in CoOp's layout")
@@ -203,7 +203,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
                                    "(accuracy in percent, number of images, dataset, subsample, method, backbone).")
     p.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default zeroshot; with --checkpoint: "
                                     "the adapter's own, which a different --method contradicts)")
-    p.add_argument("--checkpoint", help="a saved adapter (.safetensors) to evaluate instead of --method")
+    p.add_argument("--checkpoint", help="a saved adapter (.safetensors, an exported folder or hf-hub:USER/NAME) to evaluate instead of --method")
     p.add_argument("--backbone-from-checkpoint", action="store_true",
                    help="with --checkpoint: load the backbone recorded in the adapter file")
     _add_data_args(p, loader_flags=True)
@@ -274,7 +274,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
                        description="Print the top classes of each image. The class names may be ones the adapter "
                                    "never saw in training.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", help="a saved adapter; without it, zero-shot CLIP")
+    p.add_argument("--checkpoint", help="a saved adapter (file, exported folder or hf-hub:USER/NAME); without it, zero-shot CLIP")
     p.add_argument("--classes", help="comma-separated class names (default with --checkpoint: the classes "
                                      "it was trained on)")
     p.add_argument("--classes-file", help="a file with one class name a line")
@@ -344,6 +344,15 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--reg-weight", type=float, default=2.5, help="ADAPTER_TRAIN_SCALE_REG (default 2.5)")
     p.add_argument("--dropout", type=float, default=0.1, help="ADAPTER_DROP (default 0.1; 0.2 for b2n_hc)")
     p.set_defaults(func=commands["import"], import_method="mma_pp")
+
+    p = sub.add_parser("export", help="write a finished run as a Hugging Face Hub-ready folder",
+                       description="Copy a finished run's adapter into a new folder with config.json (method "
+                                   "options, backbone identity, run settings) and a README.md model card; upload "
+                                   "it with `huggingface-cli upload USER/NAME DIR`, load it with "
+                                   "--checkpoint DIR or --checkpoint hf-hub:USER/NAME.")
+    p.add_argument("run", help="the run folder (train --out)")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    p.set_defaults(func=commands["export"])
 
     p = sub.add_parser("pretrain-synthetic", help="pretrain the tiny CLIP on the synthetic world",
                        description="Contrastive pretraining of the shipped tiny CLIP (under an hour on 2 CPU "

@@ -13,7 +13,6 @@ part of the checkpoint, so a resumed run stops and selects exactly as an uninter
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from .errors import ClipadaptError, TrainingDivergedError
 from .fileio import atomic_path
 from .frozen_cache import DEFAULT_BUDGET_MB, FrozenImages, plan_images
 from .model import AdaptedCLIP
+from .run_logging import RunLog
 from .validation import check_fields
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Schedule = Literal["cosine", "constant"]
 Keep = Literal["last", "best_val"]
 EvalSplit = Literal["test", "val"]
+Logger = Literal["auto", "tensorboard", "none"]  # run_logging.LOGGERS
 OPTIMIZERS = get_args(Optimizer)
 PRECISIONS = get_args(Precision)
 SCHEDULES = get_args(Schedule)
@@ -84,6 +85,8 @@ class TrainConfig:
     # first active block (augmentation off), the class prompts' below its first text block. Above
     # it the frozen blocks are recomputed every batch; 0 turns the caches off.
     prefix_cache_mb: float = DEFAULT_BUDGET_MB
+    # TensorBoard event files in the run's tb/ (auto: when the tensorboard package is installed) | none
+    logger: Logger = "auto"
     log_every: int = 10  # steps between loss records (and the last step of each epoch); the loss stays on device between
 
     def __post_init__(self):
@@ -220,6 +223,7 @@ class _LossWindow:
         self.last = torch.zeros((), device=self.device)
         self.parts: dict[str, Any] = {}
         self.steps = self.images = 0
+        self.data_wait = 0.0  # seconds spent waiting for the loader's batches
 
     def add(self, loss: torch.Tensor, parts: dict[str, Any], images: int, share: float = 1.0) -> None:
         """One step's loss and parts (floats or tensors); `share` is this rank's part of the global batch."""
@@ -232,17 +236,18 @@ class _LossWindow:
         self.images += images
 
     def flush(self, now: float) -> dict[str, Any]:
-        """The window's means (over every rank's slice) and throughput; starts a new window."""
+        """The window's means (over every rank's slice), throughput and data-wait share; starts a new window."""
         from . import distributed
 
-        n = self.steps
+        n, elapsed = self.steps, max(now - self.start, 1e-9)
         names = list(self.parts)
         values = torch.stack([self.loss, self.last, *(torch.as_tensor(self.parts[k], dtype=torch.float32,
                                                                       device=self.device) for k in names)])
         values = distributed.sum_over_ranks(values).tolist()
         self.last_step_loss = values[1]
         record = {"loss": values[0] / n, **{name: v / n for name, v in zip(names, values[2:])},
-                  "steps_averaged": n, "images_per_s": round(self.images / max(now - self.start, 1e-9), 2)}
+                  "steps_averaged": n, "images_per_s": round(self.images / elapsed, 2),
+                  "data_time_share": round(min(self.data_wait / elapsed, 1.0), 4)}
         self.start = now
         self._reset()
         return record
@@ -332,6 +337,7 @@ class Trainer:
         self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = None  # (items key, images, labels)
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+        self.events = RunLog(out_dir, write=distributed.is_main())  # log.jsonl and TensorBoard: one voice
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -394,9 +400,7 @@ class Trainer:
                     self.epoch_average[k] = self.epoch_average[k] + v.detach() * weight
 
     def _log(self, record: dict) -> None:
-        if self.out_dir and distributed.is_main():
-            with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.events.record(record)
 
     def _cached_batches(self, epoch: int, drop_last: bool):
         """Batches of the cached frozen images, in the order the image loader draws them (this rank's
@@ -516,6 +520,9 @@ class Trainer:
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             self._status(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
+        steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
+        # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
+        self.events.open_tensorboard(cfg.logger, self.start_epoch * steps + 1, cfg.to_dict())
         model.prefix_budget_mb = cfg.prefix_cache_mb
         plan = plan_images(model.backbone, model.method, len(self.items), cfg.augment, cfg.prefix_cache_mb,
                            cfg.train_noise_std,
@@ -557,7 +564,6 @@ class Trainer:
             else:
                 batches = self._image_batches(cfg.seed * 1000 + epoch, drop_last)
             model.train()
-            steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
             window = _LossWindow(self.device)
             watch = _DivergenceWatch(self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1)
             step_clock = _StepClock(self.device)
@@ -567,7 +573,9 @@ class Trainer:
             while True:
                 fetch = time.perf_counter()
                 batch = next(batch_iter, None)
-                self.data_seconds += time.perf_counter() - fetch
+                waited = time.perf_counter() - fetch
+                self.data_seconds += waited
+                window.data_wait += waited
                 if batch is None:
                     break
                 inputs, labels, extra = batch
@@ -593,11 +601,13 @@ class Trainer:
                     record = window.flush(time.perf_counter())
                     self.last_loss = window.last_step_loss
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-                    self._log({"epoch": epoch + 1, "step": step, "lr": lr, **record})
+                    self._log({"epoch": epoch + 1, "step": step, "global_step": epoch * steps + step, "lr": lr,
+                               **record})
                     # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
                     self._stop_if_diverged(watch, epoch + 1, step)
             if window.steps:  # a loader that yielded another number of batches than expected
-                self._log({"epoch": epoch + 1, "step": step, "lr": lr, **window.flush(time.perf_counter())})
+                self._log({"epoch": epoch + 1, "step": step, "global_step": epoch * steps + step, "lr": lr,
+                           **window.flush(time.perf_counter())})
                 self.last_loss = window.last_step_loss
                 self._stop_if_diverged(watch, epoch + 1, step)
             if self.device.type == "cuda":
@@ -613,6 +623,7 @@ class Trainer:
                 self.save_checkpoint(epochs_done)
                 self.last_good_epoch = epochs_done
         self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
+        self.events.close()
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
         elif self.epoch_average is not None and epochs_done == cfg.epochs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from .registry import FOLDER_DATASET, canonical_protocol
 log = logging.getLogger(__name__)
 
 SETTING_ARGUMENTS = {"prompts", "base_ratio"}  # arguments of `train` that are settings too (its flags set them)
-RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE)  # what --overwrite discards
+RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE, "curves.png")  # what --overwrite discards
 
 
 def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
@@ -195,6 +196,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         for name in RUN_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
+        from .run_logging import TB_DIR
+
+        shutil.rmtree(os.path.join(out, TB_DIR), ignore_errors=True)  # the old run's curves
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
         previous = _read_yaml(config_path)
@@ -221,6 +225,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     metrics["world_size"] = record["world_size"]
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
+    from .run_logging import finish_run
+
+    finish_run(out, record, metrics, train_cfg.logger)  # evaluation and settings in tb/, curves.png
     return metrics
 
 
@@ -356,8 +363,10 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
     protocol = canonical_protocol(protocol)
     if protocol not in TRANSFER_TARGETS:
         raise ClipadaptError(f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'")
-    run_config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
-    trained = _read_yaml(run_config) if os.path.exists(run_config) else {}  # the training run says what it saw
+    from .adapters import recorded_run, resolve_adapter
+
+    checkpoint = resolve_adapter(checkpoint)  # a folder or a Hub id: its adapter file
+    trained = recorded_run(checkpoint)  # the training run says what it saw
     source = source or trained.get("dataset")
     if not source:
         raise ClipadaptError(f"give --source: no config.yaml beside '{checkpoint}' names the training dataset")
