@@ -1,4 +1,5 @@
-"""`clipadapt import --method M`: official checkpoints of MaPLe, CoOp and CLIP-LoRA round-trip.
+"""`clipadapt import --method M`: official checkpoints of MaPLe, CoOp and CLIP-LoRA round-trip (and, through
+the same command, CoCoOp, KgCoOp and PromptSRC, whose official layouts their own test files build).
 
 Each checkpoint is built with the key names and file layout the official code saves, written here
 from the official files (not from clipadapt's state dict names):
@@ -134,3 +135,30 @@ def test_the_aliases_still_import(tmp_path):
     assert main(["import", "--method", "mma", str(path), "--out", str(via_import), *TINY_FLAGS, "scale=0.5"]) == 0
     a, b = load_model(str(via_alias), CLASSES).method.state_dict(), load_model(str(via_import), CLASSES).method.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
+
+
+def test_all_nine_methods_import_through_the_one_command():
+    assert set(official_readers()) == {"mma", "mma_pp", "mmrl", "maple", "coop", "clip_lora", "cocoop", "kgcoop",
+                                       "promptsrc"}
+
+
+def test_cocoop_kgcoop_and_promptsrc_import_through_the_one_command(tmp_path):
+    """The readers of the three newest methods, reached by `import --method M` (their files as the official
+    trainers save them: tests/test_cocoop_kgcoop.py and tests/test_promptsrc.py say which keys and why)."""
+    from test_cocoop_kgcoop import _official_cocoop_file
+    from test_promptsrc import _official_checkpoint
+
+    cocoop = _perturbed("cocoop")
+    _official_cocoop_file(tmp_path / "cocoop.pth.tar-10", cocoop.method, half=False)
+    _round_trip(tmp_path, "cocoop", cocoop, tmp_path / "cocoop.pth.tar-10")
+
+    kgcoop = _perturbed("kgcoop")
+    torch.save({"state_dict": {"ctx": kgcoop.method.ctx.detach().clone(), "token_prefix": torch.zeros(4, 1, 64),
+                               "token_suffix": torch.zeros(4, 72, 64)}, "epoch": 100}, tmp_path / "kgcoop.pth.tar")
+    _round_trip(tmp_path, "kgcoop", kgcoop, tmp_path / "kgcoop.pth.tar")
+
+    promptsrc = _perturbed("promptsrc")
+    _official_checkpoint(promptsrc, tmp_path / "promptsrc.pth.tar-20")
+    with torch.no_grad():
+        promptsrc.method.ctx.copy_(promptsrc.method.ctx.half().float())  # the official file keeps ctx in fp16
+    _round_trip(tmp_path, "promptsrc", promptsrc, tmp_path / "promptsrc.pth.tar-20")
