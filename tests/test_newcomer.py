@@ -95,8 +95,8 @@ def test_train_settings_resolve_as_train_does():
     assert clipadapt.train_settings("mma", backbone="ViT-B-16").preset == "preset:mma_base2novel.yaml"
     defaults = clipadapt.train_settings("mma", config="none", epochs=3)
     assert defaults.preset == "none" and defaults.method["scale"] == 0.001 and defaults.train.epochs == 3
-    with pytest.raises(clipadapt.errors.ClipadaptError, match="mma_fewshot.yaml"):
-        clipadapt.train_settings("mma", protocol="fewshot", backbone="ViT-B-16")  # no silent fallback
+    with pytest.raises(clipadapt.errors.ClipadaptError, match="mma_attn_cross_dataset.yaml"):
+        clipadapt.train_settings("mma_attn", protocol="cross_dataset", backbone="ViT-B-16")  # no silent fallback
 
 
 def _train_test_folder(root, shapes, train=6, test=20, seed=1):

@@ -99,7 +99,7 @@ def test_prompts_folder_picks_the_dataset_file(tmp_path, descriptions_file):
         class_prompts(str(folder), ["banded"], "{}", dataset="eurosat")
     with pytest.raises(ClipadaptError, match="without a dataset"):
         class_prompts(str(folder), ["banded"], "{}")
-    with pytest.raises(ClipadaptError, match="neither 'openai80'"):
+    with pytest.raises(ClipadaptError, match="nope.json' does not exist"):
         class_prompts(str(tmp_path / "nope.json"), ["banded"], "{}")
 
 
