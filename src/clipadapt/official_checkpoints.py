@@ -9,16 +9,21 @@ from torch import nn
 from .errors import ClipadaptError
 
 
+def read_saved_object(path: str, what: str, kind: str = "checkpoint") -> object:
+    """What an official `torch.save` file holds (`what` names the method in errors, `kind` the file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ClipadaptError(f"{what} {kind} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ClipadaptError(f"{what} {kind} '{path}' is a folder, not a {kind} file") from None
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise ClipadaptError(f"'{path}' is not a readable {what} {kind} (torch.save format): {err}") from None
+
+
 def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
     """The state dict of an official checkpoint (`what` names it in errors, e.g. 'MMA'), 'module.' prefixes dropped."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ClipadaptError(f"{what} checkpoint '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise ClipadaptError(f"{what} checkpoint '{path}' is a folder, not a checkpoint file") from None
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ClipadaptError(f"'{path}' is not a readable {what} checkpoint (torch.save format): {err}") from None
+    checkpoint = read_saved_object(path, what)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ClipadaptError(f"'{path}' holds no state dict")

@@ -157,3 +157,11 @@ class Method(nn.Module):
     def num_trainable(self) -> int:
         """How many numbers training changes."""
         return sum(p.numel() for p in self.trainable_parameters())
+
+
+def with_learned_context(batch: TextBatch, ctx: torch.Tensor) -> TextBatch:
+    """The prompts with positions 1..n_ctx (the placeholder words after the start token) replaced by `ctx`."""
+    emb = batch.embeddings
+    context = ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
+    return TextBatch(torch.cat([emb[:, :1], context, emb[:, 1 + ctx.shape[0]:]], dim=1), batch.pool_index)
+

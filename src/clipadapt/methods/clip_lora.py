@@ -202,14 +202,9 @@ def official_adapter(path: str, dropout: float = 0.25, text_depth: int = 12,
                      image_depth: int = 12) -> tuple[CLIPLoRAConfig, dict[str, torch.Tensor]]:
     """The config and tensors of an official CLIP-LoRA file (save_lora's .pt); rank, alpha, towers,
     projections and position read from its metadata; the towers' depths (12 for ViT-B/16) map layer_i to blocks."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ClipadaptError(f"CLIP-LoRA file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise ClipadaptError(f"CLIP-LoRA file '{path}' is a folder, not a file") from None
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ClipadaptError(f"'{path}' is not a readable CLIP-LoRA file (torch.save format): {err}") from None
+    from ..official_checkpoints import read_saved_object
+
+    saved = read_saved_object(path, "CLIP-LoRA", "file")
     if not isinstance(saved, dict) or not isinstance(saved.get("weights"), dict) or \
             not isinstance(saved.get("metadata"), dict):
         raise ClipadaptError(f"'{path}' is not an official CLIP-LoRA file (save_lora's 'weights' and 'metadata')")

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..backbone import TextBatch
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, with_learned_context
 
 
 @dataclass
@@ -61,9 +61,7 @@ class CoOp(Method):
 
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Replace the placeholder embeddings with the learned context."""
-        emb = batch.embeddings
-        ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
-        return TextBatch(torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1), batch.pool_index)
+        return with_learned_context(batch, self.ctx)
 
 
 # ---- checkpoints of the official code ----------------------------------------------------------

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, with_learned_context
 
 
 @dataclass
@@ -88,9 +88,7 @@ class MaPLe(Method):
 
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Positions 1..n_ctx of every prompt become the learned language context P_1."""
-        emb = batch.embeddings
-        ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
-        return TextBatch(torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1), batch.pool_index)
+        return with_learned_context(batch, self.ctx)
 
     def vision_prompts(self, index: int) -> torch.Tensor:
         """F_l P_l for 0-based block `index` (index 0: the shallow prompt F_1 P_1)."""

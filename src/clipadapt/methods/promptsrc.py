@@ -32,7 +32,7 @@ from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
 from ..official_checkpoints import read_state_dict
 from ..prompts import format_prompt, openai_templates
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, with_learned_context
 
 # The official IMAGENET_TEMPLATES (trainers/imagenet_templates.py) hold 60 of CLIP's 80 templates:
 # these 20 are the ones it leaves out. The order does not matter (a mean).
@@ -152,9 +152,7 @@ class PromptSRC(Method):
 
     def prompt_embeddings(self, batch: TextBatch) -> TextBatch:
         """Positions 1..n_ctx of every prompt become the learned language context P_1."""
-        emb = batch.embeddings
-        ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
-        return TextBatch(torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1), batch.pool_index)
+        return with_learned_context(batch, self.ctx)
 
     def step(self, index, backbone, img, txt):
         """Block 1: append the vision prompts; later prompted blocks replace the prompt outputs."""
