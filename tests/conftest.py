@@ -58,6 +58,18 @@ FAST_LEARNING = {
 }
 
 
+def perturbed_model(method: str, classes, seed: int = 1, **options):
+    """A tiny random-weight model whose trainable tensors are moved off their initial values (some start as an identity)."""
+    from clipadapt.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(method, classes, backbone="clipadapt-tiny", pretrained="none", **options)
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
 def run_until_interrupted(trainer, step: int) -> None:
     """Run a trainer whose optimizer raises KeyboardInterrupt at its `step`-th step, as a killed run would."""
     calls = {"n": 0}

@@ -16,19 +16,11 @@ from clipadapt.errors import ClipadaptError
 from clipadapt.evaluation import evaluate
 from clipadapt.methods import cocoop, kgcoop
 from clipadapt.model import build_model
+from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 OTHERS = ["purple star", "orange ring", "grey cross"]
-
-
-def _perturbed(method, **options):
-    torch.manual_seed(1)
-    model = build_model(method, CLASSES, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def official_text_encoder(bb, prompts, tokenized):
@@ -94,7 +86,7 @@ def test_cocoop_vit_b16_parameter_count():
 
 
 def test_cocoop_equals_official_forward():
-    model = _perturbed("cocoop")
+    model = perturbed_model("cocoop", CLASSES)
     assert model.prompts[0] == "X X X X red disc."
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -106,7 +98,7 @@ def test_cocoop_equals_official_forward():
 
 
 def test_cocoop_loss_is_the_official_one():
-    model = _perturbed("cocoop").train()
+    model = perturbed_model("cocoop", CLASSES).train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 1, 1])
     loss, parts = model.method.loss(model(images), labels)
     expected = cocoop_reference(model, images, labels)
@@ -138,7 +130,7 @@ def _official_cocoop_file(path, m, half=True):
 
 
 def test_cocoop_official_checkpoint_loads_to_the_same_tensors(tmp_path):
-    model = _perturbed("cocoop")
+    model = perturbed_model("cocoop", CLASSES)
     path = tmp_path / "model.pth.tar-10"
     _official_cocoop_file(path, model.method)  # PREC fp16: the official tensors are half precision
     config, state = cocoop.official_adapter(str(path))

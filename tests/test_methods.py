@@ -9,6 +9,7 @@ import torch
 from clipadapt.methods import METHODS
 from clipadapt.model import build_model
 from clipadapt.runconfig import read_preset, resolve
+from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -19,19 +20,9 @@ OFF = {"mma": {"scale": 0.0}, "mma_pp": {"test_scale": 0.0}, "rmadapter": {"scal
 # (docs/methods.md); CLIP-LoRA is also zero-shot untrained (B = 0), tested in test_mmrl_maple_lora.py.
 
 
-def _perturbed(method):
-    """A model whose adapters are not at their initial values (some start as an identity)."""
-    torch.manual_seed(1)
-    model = build_model(method, CLASSES, **TINY)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.mark.parametrize("method", list(METHODS))
 def test_logits_shape_and_batch_independence(method):
-    model = _perturbed(method)
+    model = perturbed_model(method, CLASSES)
     torch.manual_seed(2)
     images = torch.randn(5, 3, 32, 32)
     others = torch.randn(3, 3, 32, 32)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from clipadapt.methods import mma as mma_module
 from clipadapt.model import build_model
+from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green_square", "blue disc"]
@@ -20,12 +21,8 @@ def images():
 
 
 def _perturbed(**options):
-    torch.manual_seed(1)
-    model = build_model("mma_pp", CLASSES, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    """MMA++ in training mode (its scale is drawn per step there), adapters off their initial values."""
+    return perturbed_model("mma_pp", CLASSES, **options).train()
 
 
 def test_vit_b16_parameter_count(capsys):

@@ -15,19 +15,11 @@ import torch.nn.functional as F
 
 from clipadapt.errors import ClipadaptError
 from clipadapt.model import build_model, load_model
+from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 OTHERS = ["purple star", "orange ring", "grey cross"]
-
-
-def _perturbed(method, **options):
-    torch.manual_seed(1)
-    model = build_model(method, CLASSES, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _causal(length):
@@ -87,7 +79,7 @@ def test_mmrl_vit_b16_parameter_count():
 
 
 def test_mmrl_equals_official_forward_and_switches_on_novel_classes():
-    model = _perturbed("mmrl", rep_layers=[2, 3, 4])
+    model = perturbed_model("mmrl", CLASSES, rep_layers=[2, 3, 4])
     alpha = model.method.config.alpha
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -110,8 +102,8 @@ def test_mmrl_equals_official_forward_and_switches_on_novel_classes():
 
 def test_mmrl_inference_mode_overrides_the_switch():
     images = torch.randn(2, 3, 32, 32)
-    fused = _perturbed("mmrl", inference="fusion")
-    only_class = _perturbed("mmrl", inference="class")
+    fused = perturbed_model("mmrl", CLASSES, inference="fusion")
+    only_class = perturbed_model("mmrl", CLASSES, inference="class")
     with torch.no_grad():
         c, r = mmrl_reference(fused, images)
         fused.set_classes(CLASSES, trained_on=False)
@@ -122,7 +114,7 @@ def test_mmrl_inference_mode_overrides_the_switch():
 
 
 def test_mmrl_loss_is_the_official_one():
-    model = _perturbed("mmrl", reg_weight=0.3)
+    model = perturbed_model("mmrl", CLASSES, reg_weight=0.3)
     zs = build_model("zeroshot", CLASSES, default_template=model.template, **TINY).eval()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     model.train()
@@ -144,7 +136,7 @@ def test_mmrl_loss_is_the_official_one():
 
 
 def test_mmrl_checkpoint_remembers_its_training_classes(tmp_path):
-    model = _perturbed("mmrl")
+    model = perturbed_model("mmrl", CLASSES)
     path = str(tmp_path / "mmrl.safetensors")
     model.save_adapter(path)
     images = torch.randn(2, 3, 32, 32)
@@ -158,7 +150,7 @@ def test_mmrl_checkpoint_remembers_its_training_classes(tmp_path):
 
 def test_mmrl_text_longer_than_the_context_keeps_a_causal_mask():
     long_name = " ".join(["red"] * 73)  # sos + 73 words + eot = 75 tokens; with 5 inserted, 80 > 77
-    model = _perturbed("mmrl", template="{}")
+    model = perturbed_model("mmrl", CLASSES, template="{}")
     with torch.no_grad():
         model.set_classes([long_name, "blue"])
         assert int(model.text_batch.pool_index.max()) + 1 + 5 > 77
@@ -202,7 +194,7 @@ def test_maple_vit_b16_parameter_count():
 
 
 def test_maple_equals_official_forward():
-    model = _perturbed("maple", prompt_depth=3)
+    model = perturbed_model("maple", CLASSES, prompt_depth=3)
     assert model.prompts[0] == "a photo of a red disc."
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -221,7 +213,7 @@ def test_maple_context_starts_as_the_words_it_replaces():
 
 
 def test_maple_vision_prompts_are_coupled_to_the_language_prompts():
-    model = _perturbed("maple", prompt_depth=3)
+    model = perturbed_model("maple", CLASSES, prompt_depth=3)
     images = torch.randn(2, 3, 32, 32)
     img_f = model.encode(images, with_text=False)[0]
     img_f.sum().backward()
@@ -254,7 +246,7 @@ def test_untrained_clip_lora_is_zero_shot():
 
 @pytest.mark.parametrize("options", [{}, {"scaling": "linear", "rank": 4, "alpha": 2.0, "params": ["q", "v", "o"]}])
 def test_clip_lora_equals_clip_with_merged_weights(options):
-    model = _perturbed("clip_lora", **options)
+    model = perturbed_model("clip_lora", CLASSES, **options)
     m, bb = model.method, model.backbone
     frozen = {k: v.clone() for k, v in bb.state_dict().items()}
     merged_bb = copy.deepcopy(bb)
@@ -278,7 +270,7 @@ def test_clip_lora_equals_clip_with_merged_weights(options):
 
 
 def test_clip_lora_dropout_only_while_training():
-    model = _perturbed("clip_lora", dropout=0.5)
+    model = perturbed_model("clip_lora", CLASSES, dropout=0.5)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), model(images))
@@ -358,7 +350,7 @@ def test_mmrl_official_per_dataset_settings():
 def test_import_mmrl_reads_official_checkpoints(tmp_path):
     from clipadapt.cli import main
 
-    model = _perturbed("mmrl")
+    model = perturbed_model("mmrl", CLASSES)
     m = model.method
     official = {"representation_learner.compound_rep_tokens": m.rep_tokens.detach(),
                 "image_encoder.proj_rep": m.proj_rep.detach(),

@@ -20,19 +20,11 @@ import torch
 from clipadapt.adapters import official_readers
 from clipadapt.cli import main
 from clipadapt.model import build_model, load_model
+from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 TINY_FLAGS = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
-
-
-def _perturbed(method, **options):
-    torch.manual_seed(3)
-    model = build_model(method, CLASSES, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _round_trip(tmp_path, method, source, official_file, *options):
@@ -56,7 +48,7 @@ def test_every_method_with_a_reader_is_found_on_its_module():
 
 
 def test_maple_official_checkpoint_round_trips(tmp_path):
-    source = _perturbed("maple")
+    source = perturbed_model("maple", CLASSES, seed=3)
     m = source.method
     learner = {"prompt_learner.ctx": m.ctx, "prompt_learner.proj.weight": m.proj.weight,
                "prompt_learner.proj.bias": m.proj.bias,
@@ -75,7 +67,7 @@ def test_maple_official_checkpoint_round_trips(tmp_path):
 
 
 def test_coop_official_checkpoint_round_trips_and_csc_is_refused(tmp_path, capsys):
-    source = _perturbed("coop")
+    source = perturbed_model("coop", CLASSES, seed=3)
     path = tmp_path / "model.pth.tar-50"
     torch.save({"state_dict": {"ctx": source.method.ctx.detach().clone().half(),  # fp16, as CLIP's default dtype
                                "token_prefix": torch.zeros(4, 1, 64), "token_suffix": torch.zeros(4, 60, 64)},
@@ -108,7 +100,7 @@ def _save_lora_file(path, method, encoder, params, position):
 @pytest.mark.parametrize("encoder,params,position", [("both", ["q", "k", "v"], "all"),
                                                      ("text", ["q", "v", "o"], "up")])
 def test_clip_lora_official_file_round_trips(tmp_path, encoder, params, position):
-    source = _perturbed("clip_lora", encoder=encoder, params=params, position=position, alpha=2.0, rank=4)
+    source = perturbed_model("clip_lora", CLASSES, seed=3, encoder=encoder, params=params, position=position, alpha=2.0, rank=4)
     bb = source.backbone
     path = tmp_path / "lora_weights.pt"
     _save_lora_file(path, source.method, encoder, params, position)
@@ -118,7 +110,7 @@ def test_clip_lora_official_file_round_trips(tmp_path, encoder, params, position
 
 
 def test_clip_lora_file_with_too_few_layers_is_refused(tmp_path, capsys):
-    source = _perturbed("clip_lora")
+    source = perturbed_model("clip_lora", CLASSES, seed=3)
     path = tmp_path / "lora_weights.pt"
     _save_lora_file(path, source.method, "both", ["q", "k", "v"], "all")
     # the ViT-B/16 default depths (12 + 12 blocks) do not fit the tiny backbone's layers
@@ -148,16 +140,16 @@ def test_cocoop_kgcoop_and_promptsrc_import_through_the_one_command(tmp_path):
     from test_cocoop_kgcoop import _official_cocoop_file
     from test_promptsrc import _official_checkpoint
 
-    cocoop = _perturbed("cocoop")
+    cocoop = perturbed_model("cocoop", CLASSES, seed=3)
     _official_cocoop_file(tmp_path / "cocoop.pth.tar-10", cocoop.method, half=False)
     _round_trip(tmp_path, "cocoop", cocoop, tmp_path / "cocoop.pth.tar-10")
 
-    kgcoop = _perturbed("kgcoop")
+    kgcoop = perturbed_model("kgcoop", CLASSES, seed=3)
     torch.save({"state_dict": {"ctx": kgcoop.method.ctx.detach().clone(), "token_prefix": torch.zeros(4, 1, 64),
                                "token_suffix": torch.zeros(4, 72, 64)}, "epoch": 100}, tmp_path / "kgcoop.pth.tar")
     _round_trip(tmp_path, "kgcoop", kgcoop, tmp_path / "kgcoop.pth.tar")
 
-    promptsrc = _perturbed("promptsrc")
+    promptsrc = perturbed_model("promptsrc", CLASSES, seed=3)
     _official_checkpoint(promptsrc, tmp_path / "promptsrc.pth.tar-20")
     with torch.no_grad():
         promptsrc.method.ctx.copy_(promptsrc.method.ctx.half().float())  # the official file keeps ctx in fp16

@@ -2,7 +2,6 @@
 (muzairkhattak/PromptSRC: trainers/promptsrc.py CustomCLIP.forward and PromptSRC.forward_backward,
 clip/model.py VisionTransformer / ResidualAttentionBlock_IVLP), and the engine's epoch averaging (GPA)."""
 
-import math
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from clipadapt.errors import ClipadaptError
 from clipadapt.evaluation import evaluate
 from clipadapt.methods.promptsrc import gaussian_epoch_weights, official_adapter, promptsrc_templates
 from clipadapt.model import build_model
-from conftest import run_until_interrupted
+from conftest import perturbed_model, run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -84,15 +83,6 @@ OFFICIAL_TEMPLATES = [
     'a pixelated photo of a {}.',
     'itap of the {}.',
 ]
-
-
-def _perturbed(**options):
-    torch.manual_seed(1)
-    model = build_model("promptsrc", CLASSES, **TINY, **options)
-    with torch.no_grad():
-        for p in model.method.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _text_features(model, prompts, ctx=None, deep=()):
@@ -167,7 +157,7 @@ def test_vit_b16_parameter_count():
 
 
 def test_logits_equal_official_forward():
-    model = _perturbed()
+    model = perturbed_model("promptsrc", CLASSES)
     assert model.prompts[0] == "a photo of a red disc." and model.method.depth_text == 3
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -177,7 +167,7 @@ def test_logits_equal_official_forward():
 
 
 def test_logits_equal_official_forward_at_other_depths():
-    model = _perturbed(prompt_depth_text=2, prompt_depth_vision=4, n_ctx_vision=2)
+    model = perturbed_model("promptsrc", CLASSES, prompt_depth_text=2, prompt_depth_vision=4, n_ctx_vision=2)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(images), official_forward(model, images, CLASSES)[0], rtol=1e-5, atol=1e-5)
@@ -191,7 +181,7 @@ def test_context_starts_as_the_words_it_replaces():
 
 
 def test_training_loss_equals_official_loss():
-    model = _perturbed()
+    model = perturbed_model("promptsrc", CLASSES)
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 2, 1, 3])
     model.train()
     logits = model(images)
@@ -292,7 +282,7 @@ def _official_checkpoint(model, path, epoch=20):
 
 
 def test_official_checkpoint_reads_into_the_same_model(tmp_path):
-    source = _perturbed(prompt_depth_text=2, prompt_depth_vision=3, n_ctx_vision=2)
+    source = perturbed_model("promptsrc", CLASSES, prompt_depth_text=2, prompt_depth_vision=3, n_ctx_vision=2)
     path = tmp_path / "model.pth.tar-20"
     _official_checkpoint(source, path)
     config, state = official_adapter(str(path), gpa=False)
