@@ -127,6 +127,20 @@ def test_equal_settings_say_none_and_older_runs_without_config_still_report(tmp_
     assert len(summary) == 2
 
 
+def test_methods_own_settings_are_not_listed_but_a_different_backbone_is(tmp_path):
+    root = tmp_path / "sw"
+    for method, lr, backbone in (("coop", 0.002, "clipadapt-tiny"), ("mma", 0.01, "clipadapt-tiny"),
+                                 ("maple", 0.02, "ViT-B-16")):
+        folder = root / f"base2novel/{method}/dtd/shots16/seed1"
+        _b2n(root, method, "dtd", 1, 80.0, 70.0)
+        (folder / "config.yaml").write_text(f"protocol: base2novel\ndataset: dtd\nshots: 16\nseed: 1\n"
+                                            f"method: {method}\nbackbone: {backbone}\nlr: {lr}\n")
+    text = main(["report", str(root), "--out", str(tmp_path / "rep")]) or (tmp_path / "rep" / "report.md").read_text()
+    # each method's own lr is its preset; the backbone differing between methods makes the rows incomparable
+    assert "Settings that vary between the rows: backbone (coop: clipadapt-tiny; maple: ViT-B-16; " \
+           "mma: clipadapt-tiny)." in text
+    assert "lr (" not in text
+
 def test_metrics_with_counts_report_as_before(tmp_path):
     root = tmp_path / "sw"
     for seed in (1, 2):

@@ -74,6 +74,10 @@ NOT_ROW_DEFINING = {"seed", "data_root", "workers", "eval_batch_size", "prefix_c
 FROM_METRICS = ("backbone", "pretrained", "backbone_identity", "base_ratio", "train_noise_std", "eval_noise_std",
                 "eval_split")
 UNKNOWN = "?"  # a setting an older run did not record
+# Between rows of different methods only these are compared: each method trains with its own preset, so
+# its learning rate or epochs differing from another method's is the comparison, not a defect in it.
+COMPARED_ACROSS_METHODS = FROM_METRICS
+METHOD_OF_ROW = "_method"  # where find_runs keeps the method a (possibly renamed) row was trained with
 
 
 def run_settings(folder: str, metrics: dict) -> dict[str, str]:
@@ -128,18 +132,27 @@ def split_by_settings(runs: list[dict]) -> list[dict]:
 
 
 def varying_settings(rows: dict[str, list[dict]]) -> str:
-    """The line under a table: each setting recorded by at least two of its rows with different values
-    between them, and each row's value (several where it differs between datasets), or 'none'."""
+    """The line under a table: each setting with different values between two of its rows, and each row's
+    value (several where it differs between datasets), or 'none'.
+
+    Rows of one method are compared on every setting; rows of different methods on the backbone and data
+    settings only (COMPARED_ACROSS_METHODS), since each method has its own training settings."""
     values: dict = defaultdict(dict)
+    method_of: dict = {}
     for name, runs in rows.items():
         for r in runs:
+            method_of[name] = r.get(METHOD_OF_ROW, r["method"])
             for key, value in r.get(ROW_SETTINGS, {}).items():
                 values[key].setdefault(name, set()).add(value)
     parts = []
     for key in sorted(values):
         per_row = values[key]
-        if len(per_row) >= 2 and len({frozenset(v) for v in per_row.values()}) > 1:
-            shown = "; ".join(f"{name}: {'|'.join(sorted(v))}" for name, v in per_row.items())
+        groups = [per_row] if key in COMPARED_ACROSS_METHODS else [
+            {n: v for n, v in per_row.items() if method_of[n] == m} for m in dict.fromkeys(method_of.values())]
+        varying = {n: v for g in groups if len(g) >= 2 and len({frozenset(v) for v in g.values()}) > 1
+                   for n, v in g.items()}
+        if varying:
+            shown = "; ".join(f"{name}: {'|'.join(sorted(v))}" for name, v in varying.items())
             parts.append(f"{key} ({shown})")
     return "Settings that vary between the rows: " + (", ".join(parts) if parts else "none") + "."
 
@@ -178,7 +191,7 @@ def find_runs(root: str) -> RunSet:
                 m = json.load(f)
             if "protocol" in m and "method" in m and "dataset" in m:
                 finished.append({**m, "protocol": PROTOCOL_ALIASES.get(m["protocol"], m["protocol"]), "dir": rel,
-                                 ROW_SETTINGS: run_settings(folder, m)})
+                                 ROW_SETTINGS: run_settings(folder, m), METHOD_OF_ROW: m["method"]})
                 seen_dirs.add(rel)
         elif "failed.json" in files:
             with open(os.path.join(folder, "failed.json")) as f:
@@ -272,7 +285,7 @@ def transfer_table(runs: list[dict], protocol: str) -> dict:
 _NOT_TARGETS = {"source", "target_average", "targets", "trainable_params", "train_seconds", "train_ms_per_image",
                 "train_step_ms_per_image", "train_epoch_ms_per_image",
                 "total_seconds", "protocol", "method", "dataset", "shots", "seed", "backbone", "pretrained",
-                "backbone_identity", "settings", "dir", "checkpoint", "scored", ROW_SETTINGS}
+                "backbone_identity", "settings", "dir", "checkpoint", "scored", ROW_SETTINGS, METHOD_OF_ROW}
 
 
 def fewshot_table(runs: list[dict]) -> dict:
