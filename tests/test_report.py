@@ -7,6 +7,7 @@ import math
 import pytest
 
 from clipadapt.cli import main
+from clipadapt.references import REFERENCES
 
 
 def _run(root, rel, **metrics):
@@ -77,6 +78,30 @@ def test_report_numbers_match_hand_computation(runs, tmp_path, capsys):
     assert "Cross-dataset transfer: source imagenet" in md and "Few-shot classification" in md
     assert (tmp_path / "rep" / "base2novel_16shots.png").stat().st_size > 1000
     assert (tmp_path / "rep" / "fewshot.png").stat().st_size > 1000
+
+
+def _table_under(md: str, heading: str) -> str:
+    """The lines of the report from the bold heading of one table to the next heading."""
+    start = md.index(f"**{heading}**\n")
+    ends = [i for i in (md.find("\n**", start + 1), md.find("\n## ", start + 1)) if i != -1]
+    return md[start:min(ends, default=len(md))]
+
+
+def test_published_rows_are_printed_under_their_dataset_table(runs, tmp_path, monkeypatch):
+    # The runs are named dtd and eurosat, as real runs are; dtd is given a published row, eurosat none.
+    dtd_row = {"base": 81.50, "novel": 60.25, "hm": 69.28, "source": "a paper, Table 9 (test row)"}
+    monkeypatch.setitem(REFERENCES, ("base2novel", "dtd"), {"SomeMethod": dtd_row})
+    assert main(["report", str(runs), "--out", str(tmp_path / "rep"), "--references"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    dtd, eurosat, average = (_table_under(md, h) for h in ("dtd", "eurosat", "Average"))
+    assert "| *SomeMethod (published)* | 81.50 | 60.25 | 69.28 | a paper, Table 9 (test row) |" in dtd
+    assert "(published)" not in eurosat and "SomeMethod" not in average
+    assert "*MMA (published)* | 83.20 | 76.80 | 79.87" in average and "MMA (published)" not in dtd
+    # Without --references no published row is printed anywhere; CSV and JSON never carry them.
+    assert main(["report", str(runs), "--out", str(tmp_path / "plain")]) == 0
+    assert "(published)" not in (tmp_path / "plain" / "report.md").read_text()
+    assert "SomeMethod" not in (tmp_path / "rep" / "report.csv").read_text()
+    assert "SomeMethod" not in (tmp_path / "rep" / "report.json").read_text()
 
 
 def test_report_on_a_folder_without_runs_is_one_clear_error(tmp_path, capsys):

@@ -1,10 +1,24 @@
 """Published numbers to print beside ours (`clipadapt report --references`), each with its source.
 
-Only values read from a public source are listed. ViT-B/16, 16 shots, average over the 11 datasets
-and 3 seeds. Left out for want of a source read here: the per-dataset base-to-novel rows of every
-method (no README prints them), and CLIP-LoRA (its paper reports the K-shot protocol only; its README
-prints no table). The CoCoOp and MaPLe averages are also printed, with the same values, by the MaPLe
-README (github.com/muzairkhattak/multimodal-prompt-learning) and the PromptSRC README.
+Keys are (protocol, table): the table is "Average" (the mean over the 11 datasets) or a dataset named as
+clipadapt names it (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,
+fgvc_aircraft, sun397, dtd, eurosat, ucf101), which is also the heading of that dataset's table in the
+report. Only values read from a public source are listed: ViT-B/16, 16 shots, 3 seeds.
+
+Listed: the base-to-novel averages of CLIP, CoOp, CoCoOp, MaPLe and MMA (MMA README), KgCoOp (KgCoOp
+README), PromptSRC (PromptSRC README), MMA++ (HM only) and MMRL (a poster). The CoCoOp and MaPLe
+averages are also printed, with the same values, by the MaPLe README
+(github.com/muzairkhattak/multimodal-prompt-learning) and the PromptSRC README.
+
+Missing, for want of a source read here:
+- every per-dataset base-to-novel row. The papers print them (MaPLe arXiv 2210.03117, PromptSRC
+  2307.06948, KgCoOp 2303.13283, MMRL 2503.08497, MMA CVPR 2024), but the stored copies searched for
+  this list give only their opening passages, never the tables, and the READMEs print averages only.
+  Later papers that reprint these tables were not used: one seen prints CoCoOp's average novel accuracy
+  as 72.30 where CoCoOp's own numbers and every README give 71.69.
+- MMRL's average as its own paper prints it: the row is the poster's, unchecked.
+- CLIP-LoRA (its paper reports the K-shot protocol only; its README prints no table).
+- MMA++'s base and novel accuracy (its README gives the HM only).
 """
 
 _MMA_README = "MMA repository README (github.com/ZjjConan/Multi-Modal-Adapter), base-to-novel table"
@@ -30,3 +44,8 @@ REFERENCES: dict[tuple[str, str], dict[str, dict]] = {
         "MMRL": {"base": 85.68, "novel": 77.16, "hm": 81.20, "source": _RMMA_POSTER},
     },
 }
+
+
+def published_rows(protocol: str, table: str) -> dict[str, dict]:
+    """The published rows, by method, for one table of the report ('Average' or a dataset); {} if none."""
+    return REFERENCES.get((protocol, table), {})

@@ -26,7 +26,7 @@ from statistics import mean, stdev
 from .errors import ClipadaptError
 from .fileio import atomic_path, write_json, write_text
 from .registry import PROTOCOL_ALIASES
-from .references import REFERENCES
+from .references import published_rows
 from .scoring import harmonic_mean
 
 MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder
@@ -516,8 +516,8 @@ def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str
                     add_csv("base2novel", method, dataset, shots, "novel", r["novel_stat"])
                     rows.append(["base2novel", method, dataset, shots, "hm", round(r["hm"], 4), "", r["n"],
                                  " ".join(map(str, r["seeds"]))])
-            if dataset == "Average" and references:
-                for name, ref in REFERENCES.get(("base2novel", "Average"), {}).items():
+            if references:  # under the Average and under each dataset the runs cover, where a source prints one
+                for name, ref in published_rows("base2novel", dataset).items():
                     body.append([f"*{name} (published)*", f"{ref['base']:.2f}" if ref.get("base") else "",
                                  f"{ref['novel']:.2f}" if ref.get("novel") else "", f"{ref['hm']:.2f}", ref["source"]])
             if dataset == "Average":
