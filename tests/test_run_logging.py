@@ -117,3 +117,16 @@ def test_curves_png_is_drawn_without_choosing_a_matplotlib_backend(learn_root, t
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False" and (tmp_path / "run" / "curves.png").exists()
+
+
+def test_logger_tensorboard_without_the_package_is_refused_before_anything_is_written(learn_root, tmp_path,
+                                                                                        monkeypatch):
+    from clipadapt import run_logging
+    from clipadapt.errors import ClipadaptError
+
+    monkeypatch.setattr(run_logging, "tensorboard_available", lambda: False)
+    out = tmp_path / "run"
+    with pytest.raises(ClipadaptError, match="needs the tensorboard package"):
+        clipadapt.train("coop", "eurosat", learn_root, str(out), backbone="clipadapt-tiny", pretrained="none",
+                        epochs=1, logger="tensorboard", progress=False)
+    assert not out.exists()  # no config.yaml of a run that never started

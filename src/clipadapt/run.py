@@ -189,6 +189,9 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio, study,
         variant, settings)
     record["world_size"] = distributed.world_size()  # how it ran, not what it is: a resume may use another
+    from .run_logging import tensorboard_on
+
+    tensorboard_on(train_cfg.logger)  # logger=tensorboard without the package: refused before anything is written
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
     main_rank = distributed.is_main()
