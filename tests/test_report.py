@@ -135,6 +135,10 @@ def test_seeds_with_another_lr_are_a_row_of_their_own_and_the_table_says_lr_vari
     assert summary["coop (lr=0.05)"]["dtd"]["base"] == pytest.approx(20)
     assert "Settings that vary between the rows: lr (coop (lr=0.002): 0.002; coop (lr=0.05): 0.05)." in text
     assert "workers" not in text  # what does not change the numbers splits nothing
+    from clipadapt.report import base2novel_summary
+
+    compact = base2novel_summary(str(root)).splitlines()  # the demo's printed table splits the same rows
+    assert [line.split()[:2] for line in compact[2:]] == [["coop", "(lr=0.002)"], ["coop", "(lr=0.05)"]]
 
 
 def test_equal_settings_say_none_and_older_runs_without_config_still_report(tmp_path):

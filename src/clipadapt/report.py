@@ -486,12 +486,18 @@ def _row_name(run: dict) -> str:
     return run["method"] + (f" ({', '.join(extra)})" if extra else "")
 
 
+def table_rows(run_set: RunSet) -> list[dict]:
+    """The finished runs outside studies, each named by the row it belongs to in the protocol tables."""
+    # A study's runs are in its own tables; a run off the standard data (another base:new ratio, noisy
+    # images) or trained with other settings gets a row of its own, named after what differs, rather than
+    # being averaged with the others.
+    return split_by_settings([{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")])
+
+
 def render(run_set: RunSet, methods: list[str] | None = None, datasets: list[str] | None = None,
            references: bool = False) -> tuple[str, list[list], dict]:
     """Markdown text, CSV rows and a JSON-able summary of every protocol present."""
-    # A study's runs are in its own tables; a run off the standard data (another base:new ratio, noisy
-    # images) gets a row of its own, named after what differs, rather than being averaged with the others.
-    runs = split_by_settings([{**r, "method": _row_name(r)} for r in run_set.finished if not r.get("variant")])
+    runs = table_rows(run_set)
     study_runs = [r for r in run_set.finished if r.get("variant")]
     md, rows, summary = [], [["protocol", "method", "dataset", "shots", "column", "mean", "std", "n_seeds", "seeds"]], {}
 
@@ -678,15 +684,15 @@ def write_report(root: str, out_dir: str | None = None, methods: list[str] | Non
 def base2novel_summary(root: str, methods: list[str] | None = None, datasets: list[str] | None = None) -> str:
     """A compact plain-text table per shots: HM per dataset and the average base / novel / HM of each method."""
     lines = []
-    plain = [r for r in find_runs(root).finished if not r.get("variant")]
-    for shots, table in sorted(base2novel_table(plain).items()):
+    for shots, table in sorted(base2novel_table(table_rows(find_runs(root))).items()):
         names = _order({d for m in table.values() for d in m if d != "Average"}, datasets)
+        width = max(14, *(len(m) + 2 for m in table))  # a row split by settings is named "coop (lr=0.05)"
         lines += [f"HM per dataset, and the average over datasets ({shots} shots):",
-                  f"{'method':<14}" + "".join(f"{_short(d)[:9]:>10}" for d in names)
+                  f"{'method':<{width}}" + "".join(f"{_short(d)[:9]:>10}" for d in names)
                   + f"{'avg base':>10}{'avg novel':>10}{'avg HM':>9}"]
         for method in _order(table, methods):
             rows = table[method]
             cells = "".join(f"{rows[d]['hm']:>10.2f}" if d in rows else f"{'-':>10}" for d in names)
             avg = rows["Average"]
-            lines.append(f"{method:<14}{cells}{avg['base']:>10.2f}{avg['novel']:>10.2f}{avg['hm']:>9.2f}")
+            lines.append(f"{method:<{width}}{cells}{avg['base']:>10.2f}{avg['novel']:>10.2f}{avg['hm']:>9.2f}")
     return "\n".join(lines)
