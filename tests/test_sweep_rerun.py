@@ -154,3 +154,34 @@ def test_type_errors_in_a_sweep_file_name_the_file_key_and_value(fake_root, tmp_
     for fragment in fragments:
         assert fragment in line, line
     assert not out.exists()
+
+
+def test_a_failed_rerun_keeps_the_results_it_was_rerun_over_until_a_rerun_finishes(fake_root, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import json
+
+    from clipadapt import run as run_api
+
+    sweep, out = _write(tmp_path, SWEEP), tmp_path / "out"
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root]) == 0
+    old_metrics = (out / MMA / "metrics.json").read_bytes()
+    real_train = run_api.train
+
+    def crashing_train(**kwargs):
+        if kwargs["method"] == "mma":
+            raise RuntimeError("out of memory")
+        return real_train(**kwargs)
+
+    monkeypatch.setattr(run_api, "train", crashing_train)
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "--rerun-changed", "epochs=3"]) == 1
+    kept = out / MMA / ".replaced"
+    assert (kept / "metrics.json").read_bytes() == old_metrics and (kept / "adapter.safetensors").exists()
+    failure = json.loads((out / MMA / "failed.json").read_text())
+    assert "out of memory" in failure["error"] and str(kept) in failure["error"]
+    assert "out of memory" in capsys.readouterr().err
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0  # .replaced is not a run of its own
+    assert "FAILED `" + MMA in (tmp_path / "rep" / "report.md").read_text()
+    # the next sweep tries the failed run again; once it finishes, the old results go
+    monkeypatch.setattr(run_api, "train", real_train)
+    assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=3"]) == 0
+    assert "epochs: 3" in (out / MMA / "config.yaml").read_text() and not kept.exists()

@@ -3,7 +3,8 @@
 A sweep file (YAML) names the grid; every run is one call of the run API (`clipadapt.run.train`, the
 function behind `clipadapt train`) with those settings, in OUT/<protocol>/<method>/<dataset>/shots<K>/seed<S>/. A finished run (metrics.json) is skipped when its
 config.yaml records the settings it would get now; one recorded with other settings stops the sweep
-before anything is written, unless `rerun_changed` (`--rerun-changed`) reruns it. An
+before anything is written, unless `rerun_changed` (`--rerun-changed`) reruns it; the results it
+reruns over wait in the run's .replaced/ until the rerun finishes (a failed rerun loses nothing). An
 interrupted one resumes from its checkpoint, a failing one is recorded in its folder (failed.json,
 with the error) and the others go on. OUT/sweep-<file name>.json lists every run the sweep expects, so that
 `clipadapt report OUT` can name the ones that are missing. Cross-dataset and domain
@@ -423,6 +424,25 @@ def _record_failure(run_dir: str, record: dict, error: str, returncode: int | No
     write_json(os.path.join(run_dir, "failed.json"), {**record, "error": error, "returncode": returncode})
 
 
+REPLACED_DIR = ".replaced"  # a rerun run's earlier results, kept until the rerun finishes (report skips dot folders)
+
+
+def set_aside_results(run_dir: str) -> None:
+    """Move a finished run's files into run_dir/.replaced before it is rerun over, so that a rerun that
+    fails or is interrupted loses nothing; the next finished run of the folder removes them."""
+    from .run import RUN_FILES
+    from .run_logging import TB_DIR
+
+    if not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        return  # nothing finished to keep: an interrupted run's files are replaced as --overwrite does
+    kept = os.path.join(run_dir, REPLACED_DIR)
+    shutil.rmtree(kept, ignore_errors=True)  # results older than the finished ones being set aside
+    os.makedirs(kept)
+    for name in (*RUN_FILES, TB_DIR):
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.replace(os.path.join(run_dir, name), os.path.join(kept, name))
+
+
 def execute_in_process(kind: str, kwargs: dict, record: dict, run_dir: str, child: bool = False) -> str | None:
     """Run one run-API call (`train` or `transfer`) in this process; on failure record failed.json and
     return the error. In a sweep's child process (`child`) failed.json also gets the exit code the child
@@ -432,9 +452,13 @@ def execute_in_process(kind: str, kwargs: dict, record: dict, run_dir: str, chil
 
     calls = {"train": run_api.train, "transfer": run_api.transfer}
     os.makedirs(run_dir, exist_ok=True)
+    if kwargs.get("overwrite"):
+        set_aside_results(run_dir)
+    kept = os.path.join(run_dir, REPLACED_DIR)
     code = 2
     try:
         calls[kind](**kwargs)
+        shutil.rmtree(kept, ignore_errors=True)  # the rerun finished: what it replaced is no longer needed
         return None
     except KeyboardInterrupt:
         raise
@@ -447,6 +471,8 @@ def execute_in_process(kind: str, kwargs: dict, record: dict, run_dir: str, chil
             error, code = _crash(run_dir, err), 1
     except BaseException as err:  # noqa: BLE001 - a crashing run must not stop the sweep
         error, code = _crash(run_dir, err), 1
+    if os.path.isdir(kept):
+        error += f"; the results it was rerun over are kept in {kept}"
     _record_failure(run_dir, record, error, code if child else None)
     return error
 
