@@ -152,3 +152,30 @@ def _an_image(tmp_path):
     path = tmp_path / "image.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
     return path
+
+
+def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(finished_run, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError
+
+    from clipadapt.adapters import recorded_run, resolve_adapter
+
+    out = tmp_path / "export"
+    clipadapt.adapters.export_run(str(finished_run), str(out))
+    asked = []
+
+    def download(repo_id, filename, local_files_only=False):  # the Hub, as hf_hub_download sees it
+        asked.append((repo_id, filename))
+        if repo_id == "someone/bare" and filename != "adapter.safetensors":
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        snapshot = tmp_path / "snapshots" / repo_id.replace("/", "--")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / filename, snapshot / filename)
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    recorded = recorded_run(resolve_adapter("hf-hub:someone/full"))
+    assert asked == [("someone/full", "adapter.safetensors"), ("someone/full", "config.json")]
+    run = json.loads((out / "config.json").read_text())["run"]
+    assert (recorded["seed"], recorded["shots"], recorded["dataset"]) == (run["seed"], run["shots"], run["dataset"])
+    assert recorded_run(resolve_adapter("hf-hub:someone/bare")) == {}  # the adapter file alone still loads

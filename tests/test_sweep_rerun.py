@@ -185,3 +185,23 @@ def test_a_failed_rerun_keeps_the_results_it_was_rerun_over_until_a_rerun_finish
     monkeypatch.setattr(run_api, "train", real_train)
     assert main(["sweep", sweep, "--out", str(out), "--data-root", fake_root, "epochs=3"]) == 0
     assert "epochs: 3" in (out / MMA / "config.yaml").read_text() and not kept.exists()
+
+
+def test_keys_that_change_no_number_and_settings_added_since_at_their_default_are_not_changes(tmp_path):
+    import yaml
+
+    from clipadapt.run import changed_settings, planned_record
+    from clipadapt.sweep import read_sweep
+
+    sweep = read_sweep(_write(tmp_path, SWEEP))
+    run = next(r for r in sweep.runs if r.method == "mma")
+    kwargs = sweep.run_call(run, str(tmp_path / "out"), str(tmp_path / "data"))[1]
+    folder = tmp_path / "out" / run.dir
+    folder.mkdir(parents=True)
+    record = planned_record(**{k: v for k, v in kwargs.items() if k not in ("out", "device", "feature_cache")})
+    older = {k: v for k, v in record.items() if k != "logger"}  # written before the logger setting existed
+    older.update(workers=7, log_every=1, preset="/elsewhere/mma_fewshot.yaml", world_size=4)
+    (folder / "config.yaml").write_text(yaml.safe_dump(older))
+    assert changed_settings(**kwargs) == []
+    (folder / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in older.items() if k != "scale"}))
+    assert changed_settings(**kwargs) == [("scale", None, 0.1)]  # missing, and not at its default (0.001): changed

@@ -206,21 +206,27 @@ def _hub_offline() -> bool:
 
 
 def _hub_adapter(repo_id: str) -> str:
-    """The local path of a Hub repository's adapter file (its cache's snapshot)."""
+    """The local path of a Hub repository's adapter file (its cache's snapshot), with the exported config.json
+    beside it when the repository has one (the run's seed and shots for `transfer`)."""
     if not _HUB_ID.fullmatch(repo_id):
         raise ClipadaptError(f"'{repo_id}' is not a Hub model id (user/name)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError  # also in 0.21
 
     try:
-        return hf_hub_download(repo_id, FILE_NAME, local_files_only=_hub_offline())
+        path = hf_hub_download(repo_id, FILE_NAME, local_files_only=_hub_offline())
     except LocalEntryNotFoundError:
         where = "offline (HF_HUB_OFFLINE is set) and not in the cache" if _hub_offline() else \
             "not in the cache and the Hub cannot be reached"
         raise ClipadaptError(f"Hub adapter '{repo_id}': {FILE_NAME} is {where}") from None
-    except (HfHubHTTPError, OSError, ValueError) as err:  # no such repository, no such file, gated, ...
+    except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as err:  # no repository or file, gated, ...
         reason = " ".join(str(err).split())[:200]
         raise ClipadaptError(f"Hub adapter '{repo_id}' cannot be fetched: {reason}") from None
+    try:
+        hf_hub_download(repo_id, EXPORT_CONFIG, local_files_only=_hub_offline())
+    except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError):  # the adapter file alone: no run recorded
+        pass
+    return path
 
 
 def recorded_run(adapter_file: str) -> dict:
@@ -264,7 +270,10 @@ def train_command(method: str, record: dict) -> str:
     """The `clipadapt train` command that remakes a run from its config.yaml (every resolved setting spelt out)."""
     import shlex
 
-    own = ("protocol", "dataset", "data_root", "shots", "seed", "backbone", "pretrained", "preset", "study", "variant")
+    from .registry import RUN_CIRCUMSTANCES
+
+    own = ("protocol", "dataset", "data_root", "shots", "seed", "backbone", "pretrained", "preset", "study", "variant",
+           *RUN_CIRCUMSTANCES)  # the command's own flags, and what is not a setting (world_size)
     words = ["clipadapt", "train", "--method", method, "--dataset", str(record.get("dataset")),
              "--data-root", "DATA", "--protocol", str(record.get("protocol")), "--shots", str(record.get("shots")),
              "--seed", str(record.get("seed")), "--backbone", str(record.get("backbone")),

@@ -33,6 +33,15 @@ SYNTHETIC_DATASET_NAMES = ("syn_shapes", "syn_colours", "syn_objects", "syn_patt
                            "syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter")
 FOLDER_DATASET = "folder"
 
+# config.yaml keys that say how a run was executed rather than what it is: not settings at all.
+RUN_CIRCUMSTANCES = ("world_size",)
+# config.yaml keys that change no number a run computes: where the data lies, how a run was executed, the
+# preset file the settings came from (its contents are the settings beside it), data loader processes,
+# evaluation and image-class pair batching, the prefix cache's size, logging. The resume check, the sweep's
+# rerun check and the report's rows all ignore them.
+NUMBER_NEUTRAL_KEYS = ("data_root", *RUN_CIRCUMSTANCES, "preset", "workers", "eval_batch_size", "prefix_cache_mb",
+                       "log_every", "logger", "pair_chunk")
+
 
 def canonical_protocol(name: str) -> str:
     """The protocol's full name (`dg` is domain_generalization); an unknown name is an error."""

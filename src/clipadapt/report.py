@@ -25,7 +25,7 @@ from statistics import mean, stdev
 
 from .errors import ClipadaptError
 from .fileio import atomic_path, write_json, write_text
-from .registry import PROTOCOL_ALIASES
+from .registry import NUMBER_NEUTRAL_KEYS, PROTOCOL_ALIASES
 from .references import published_rows
 from .scoring import harmonic_mean
 
@@ -67,9 +67,7 @@ class RunSet:
 ROW_SETTINGS = "_row_settings"  # where find_runs keeps a run's row-defining settings
 # config.yaml keys that do not change a run's numbers (or are its row's own key, or its seed): every
 # other key (method options, training settings, data settings, backbone and weights) defines the row.
-NOT_ROW_DEFINING = {"seed", "data_root", "workers", "eval_batch_size", "prefix_cache_mb", "log_every", "preset",
-                    "study", "variant", "protocol", "method", "dataset", "shots",
-                    "world_size"}  # world_size: how it ran (torchrun matches one process), as run.RUN_CIRCUMSTANCES
+NOT_ROW_DEFINING = {*NUMBER_NEUTRAL_KEYS, "seed", "study", "variant", "protocol", "method", "dataset", "shots"}
 # What metrics.json records of the same (runs written before config.yaml existed have only these).
 FROM_METRICS = ("backbone", "pretrained", "backbone_identity", "base_ratio", "train_noise_std", "eval_noise_std",
                 "eval_split")

@@ -27,7 +27,7 @@ from .adapters import FILE_NAME as ADAPTER_FILE
 from .checks import check_device, check_not_finished, check_run_names, check_writable
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
-from .registry import FOLDER_DATASET, canonical_protocol
+from .registry import FOLDER_DATASET, METHOD_NAMES, NUMBER_NEUTRAL_KEYS, canonical_protocol
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,6 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
 
 
-# config.yaml keys that say how a run was executed, not what it computes: never a reason to refuse a resume.
-RUN_CIRCUMSTANCES = ("world_size",)
-
-
 def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: int, seed: int, backbone: str,
                pretrained: str, preset_name: str, resolved: dict, study: str | None, variant: str | None) -> dict:
     """What config.yaml records of a run: everything that defines it, in a fixed order."""
@@ -204,9 +200,7 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         shutil.rmtree(os.path.join(out, TB_DIR), ignore_errors=True)  # the old run's curves
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
-        previous = _read_yaml(config_path)
-        changed = sorted(k for k in (set(previous) | set(record)) - set(RUN_CIRCUMSTANCES)
-                         if previous.get(k) != record.get(k))
+        changed = sorted(key for key, _, _ in record_changes(_read_yaml(config_path), _as_read_back(record)))
         if changed:
             raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                                  "rerun with the same settings to resume, or pass --overwrite")
@@ -234,12 +228,36 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     return metrics
 
 
-# ---- a finished run against the settings it would get now (a sweep's rerun check) -----------------
-# config.yaml keys that may differ between two calls of one run without making it another run: the data
-# folder's path (the same datasets moved or mounted elsewhere). The device, --jobs, the feature cache and
-# timestamps are not in config.yaml at all; the number of processes (RUN_CIRCUMSTANCES) is how it ran. A preset
-# file is compared by its name: its contents are in the resolved settings beside it.
-RERUN_IGNORED_KEYS = ("data_root", *RUN_CIRCUMSTANCES)
+# ---- a run's recorded settings against the settings it would get now (resume and rerun checks) ----------
+# Keys that may differ between two calls of one run without making it another run: registry.NUMBER_NEUTRAL_KEYS
+# (the data folder's path, the preset file's name, workers, logging, ...). The device, --jobs, the feature
+# cache and timestamps are not in config.yaml at all.
+_MISSING = object()
+
+
+def _as_read_back(record: dict) -> dict:
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))  # tuples as lists, as config.yaml reads back
+
+
+def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """(key, recorded, now) for each setting two config.yaml records of one run give differently.
+
+    NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
+    default: a setting added to clipadapt since keeps the older behaviour at its default."""
+    from .runconfig import setting_defaults
+
+    defaults = setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}
+    changes = []
+    for key in dict.fromkeys([*previous, *now]):
+        old, new = previous.get(key, _MISSING), now.get(key, _MISSING)
+        if key in NUMBER_NEUTRAL_KEYS or old == new or (old is _MISSING and key in defaults and new == defaults[key]):
+            continue
+        changes.append((key, previous.get(key), now.get(key)))
+    return changes
+
+
 NOT_RECORDED = ("out", "device", "feature_cache", "overwrite", "progress")  # train arguments config.yaml lacks
 
 
@@ -248,8 +266,6 @@ def planned_record(method: str, dataset: str, data_root: str, *, protocol: str |
                    config: str | None = None, prompts: str | None = None, base_ratio: str | None = None,
                    study: str | None = None, variant: str | None = None, **settings: Any) -> dict[str, Any]:
     """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
-    import yaml
-
     check_run_names(method, dataset, protocol)
     check_settings(settings)
     backbone, pretrained = default_backbone(backbone, pretrained)
@@ -257,26 +273,17 @@ def planned_record(method: str, dataset: str, data_root: str, *, protocol: str |
         protocol = canonical_protocol(protocol)
     record = _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts,
                           base_ratio, study, variant, settings)[-1]
-    return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))  # as it reads back from the file
-
-
-def _comparable(key: str, value):
-    if key == "preset" and isinstance(value, str) and os.path.isabs(value):
-        return os.path.basename(value)
-    return value
+    return _as_read_back(record)
 
 
 def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]] | None:
     """(key, recorded, now) for each config.yaml key of the run in `out` that `train(out=out, **train_kwargs)`
-    would record differently (RERUN_IGNORED_KEYS aside); None when `out` has no config.yaml."""
+    would record differently (`record_changes`); None when `out` has no config.yaml."""
     config_path = os.path.join(out, "config.yaml")
     if not os.path.exists(config_path):
         return None
-    recorded = _read_yaml(config_path)
     now = planned_record(**{k: v for k, v in train_kwargs.items() if k not in NOT_RECORDED})
-    keys = [k for k in dict.fromkeys([*recorded, *now]) if k not in RERUN_IGNORED_KEYS]
-    return [(k, recorded.get(k), now.get(k)) for k in keys
-            if _comparable(k, recorded.get(k)) != _comparable(k, now.get(k))]
+    return record_changes(_read_yaml(config_path), now)
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
@@ -368,11 +375,12 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
         raise ClipadaptError(f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'")
     from .adapters import recorded_run, resolve_adapter
 
-    checkpoint = resolve_adapter(checkpoint)  # a folder or a Hub id: its adapter file
+    given, checkpoint = checkpoint, resolve_adapter(checkpoint)  # a folder or a Hub id: its adapter file
     trained = recorded_run(checkpoint)  # the training run says what it saw
     source = source or trained.get("dataset")
     if not source:
-        raise ClipadaptError(f"give --source: no config.yaml beside '{checkpoint}' names the training dataset")
+        raise ClipadaptError(f"give --source: no config.yaml or config.json recorded with '{given}' names the "
+                             "training dataset")
     transfer_targets(protocol, source)
     if not overwrite:
         check_not_finished(out)

@@ -155,6 +155,12 @@ def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[s
     return method_cfg, train_cfg, resolved
 
 
+def setting_defaults(method: str) -> dict[str, Any]:
+    """Each method option's and training setting's default value, as config.yaml records it."""
+    record = {**make_config(method, {}).to_dict(), **TrainConfig().to_dict()}
+    return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))
+
+
 @dataclass
 class TrainSettings:
     """What `clipadapt train` runs with: the preset it used, the method's options and the training settings."""
