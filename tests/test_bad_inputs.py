@@ -73,7 +73,7 @@ def world(tmp_path_factory):
     (root / "list.yaml").write_text("- lr\n- epochs\n")
     (root / "coop.yaml").write_text("method: coop\n")
     (root / "table_sweep.yaml").write_text("protocol: base2novel\nmethods: [mmrl]\ndatasets: [syn_shapes]\n"
-                                           "dataset_overrides: {mmrl: {dtd: {reg_weight: 6.0}}}\n")
+                                           "dataset_overrides: {mmrl: {dtdd: {reg_weight: 6.0}}}\n")
     (root / "dup_classes.txt").write_text("red\nblue\nred\n")
     (root / "not_image.jpg").write_text("not an image")
     (root / "not_adapter.safetensors").write_text("not safetensors")
@@ -254,8 +254,8 @@ CASES = [
     ("import-lora-not-lora", ["import", "--method", "clip_lora", "{root}/tiny_mma.pth.tar", "--out",
                               "{root}/x.safetensors", "--backbone", "clipadapt-tiny", "--pretrained", "none"],
      ["tiny_mma.pth.tar", "save_lora"]),
-    ("sweep-table-names-a-dataset-not-run", ["sweep", "{root}/table_sweep.yaml", "--out", "{root}/sw", "--dry-run"],
-     ["dataset_overrides", "dtd", "syn_shapes"]),
+    ("sweep-table-names-no-dataset", ["sweep", "{root}/table_sweep.yaml", "--out", "{root}/sw", "--dry-run"],
+     ["dataset_overrides", "'dtdd'", "not a dataset", "did you mean 'dtd'"]),
     # export and adapters as folders or Hub ids (no network: refused before any lookup)
     ("export-run-missing", ["export", "{root}/nowhere", "--out", "{root}/exported"], ["nowhere", "does not exist"]),
     ("export-unfinished-run", ["export", "{no_test}", "--out", "{root}/exported"],

@@ -81,6 +81,9 @@ def test_per_dataset_tables_are_the_official_ones(name):
             c = CLASSES[run.dataset]
             trained = c - c // 2 if name == "base2novel" else c
             assert settings["epochs"] == math.ceil(16000 / trained), run.dataset
+        if run.method == "promptsrc" and name == "fewshot":  # the official config's two GPA settings
+            late = run.dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")
+            assert (settings.get("gpa_mean"), settings.get("gpa_std")) == ((45, 5) if late else (None, None))
         if run.method not in ("mmrl", "clip_lora"):
             assert "reg_weight" not in settings and "epochs" not in settings
 
@@ -89,3 +92,12 @@ def test_the_command_line_wins_over_a_per_dataset_table():
     sweep = read_sweep(str(SWEEPS / "base2novel.yaml"), {"epochs": 1})
     lora = [dict(r.overrides) for r in sweep.runs if r.method == "clip_lora"]
     assert lora and all(s["epochs"] == 1 for s in lora)
+
+
+def test_the_command_line_wins_over_method_overrides_and_study_variants(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("protocol: base2novel\nmethods: [mma]\ndatasets: [syn_shapes]\nseeds: [1]\n"
+                    "method_overrides: {mma: {epochs: 7}}\n")
+    assert [dict(r.overrides)["epochs"] for r in read_sweep(str(path), {"epochs": 1}).runs] == [1]
+    study = next((SWEEPS / "studies").glob("*.yaml"))  # a shipped study: its variants' settings yield too
+    assert {dict(r.overrides).get("epochs") for r in read_sweep(str(study), {"epochs": 1}).runs} == {1}

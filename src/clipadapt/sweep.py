@@ -299,9 +299,13 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
             raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' maps dataset names to "
                                  f"{{setting: value}}; got {tables!r}")
-        for d in set(tables) - set(datasets):
-            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' names dataset '{d}', "
-                                 f"which the sweep does not run ({', '.join(datasets)})")
+        from .registry import dataset_names
+
+        for d in sorted(set(tables) - set(dataset_names())):  # a known dataset the sweep does not run: unused
+            close = difflib.get_close_matches(str(d), dataset_names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' names '{d}', which is not a "
+                                 f"dataset{hint}")
     per_dataset = [t for tables in dataset_overrides.values() for t in tables.values()]
     overrides = {**_mapping(path, data, "overrides", "settings to values"), **(extra_overrides or {})}
     for section in (overrides, *(v for v in method_overrides.values() if isinstance(v, dict)),
@@ -337,10 +341,10 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         else:
             preset = locate_preset_file(str(preset), sweep_dir)
             settings = read_preset(preset)
-        # A per-dataset table yields to the command line's key=value (a smoke run's epochs=1).
-        table = {k: v for k, v in (dataset_overrides.get(method) or {}).get(dataset, {}).items()
-                 if k not in (extra_overrides or {})}
-        merged = {**overrides, **(method_overrides.get(method) or {}), **table, **variant_settings}
+        # The command line's key=value wins over every section of the file (a smoke run's epochs=1).
+        table = (dataset_overrides.get(method) or {}).get(dataset, {})
+        merged = {**overrides, **(method_overrides.get(method) or {}), **table, **variant_settings,
+                  **(extra_overrides or {})}
         if method == "zeroshot":  # nothing trains: training settings do not apply, and are dropped
             from .engine import TrainConfig
 
