@@ -115,7 +115,7 @@ def test_cocoop_context_starts_as_the_words_it_replaces():
     zero = model.method.meta_net.linear2  # with a zero shift CoCoOp is CoOp with that context
     with torch.no_grad():
         zero.weight.zero_(), zero.bias.zero_()
-        coop = build_model("coop", CLASSES, ctx_init="a photo of a", **TINY).eval()
+        coop = build_model("coop", CLASSES, ctx_init="a photo of a", n_ctx=4, **TINY).eval()
         images = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(model.eval()(images), coop(images), rtol=1e-5, atol=1e-5)
 
@@ -271,3 +271,12 @@ def test_presets_hold_the_official_settings(name, method, train):
         assert getattr(train_cfg, key) == pytest.approx(value), key
     if not name.startswith("synthetic/"):
         assert find_preset(data["method"], "base2novel", "ViT-B-16") == name
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop", "kgcoop"])
+def test_an_n_ctx_the_initial_words_contradict_is_refused_not_recorded(method):
+    from clipadapt.errors import ClipadaptError
+
+    with pytest.raises(ClipadaptError, match="ctx_init 'a photo of a' is 4 tokens but n_ctx is 16: set n_ctx=4"):
+        build_model(method, CLASSES, ctx_init="a photo of a", n_ctx=16, **TINY)
+    assert perturbed_model(method, CLASSES, ctx_init="", n_ctx=16).method.ctx.shape[0] == 16

@@ -179,3 +179,10 @@ def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(f
     run = json.loads((out / "config.json").read_text())["run"]
     assert (recorded["seed"], recorded["shots"], recorded["dataset"]) == (run["seed"], run["shots"], run["dataset"])
     assert recorded_run(resolve_adapter("hf-hub:someone/bare")) == {}  # the adapter file alone still loads
+
+
+def test_every_method_names_its_paper_on_the_model_card():
+    from clipadapt.adapters import PAPERS
+    from clipadapt.registry import METHOD_NAMES
+
+    assert set(PAPERS) == set(METHOD_NAMES)

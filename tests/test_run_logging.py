@@ -130,3 +130,17 @@ def test_logger_tensorboard_without_the_package_is_refused_before_anything_is_wr
         clipadapt.train("coop", "eurosat", learn_root, str(out), backbone="clipadapt-tiny", pretrained="none",
                         epochs=1, logger="tensorboard", progress=False)
     assert not out.exists()  # no config.yaml of a run that never started
+
+
+def test_a_failing_summary_after_training_leaves_the_run_finished(learn_root, tmp_path, monkeypatch, caplog):
+    from clipadapt import run_logging
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(run_logging, "finish_run", broken)
+    out = tmp_path / "run"
+    metrics = clipadapt.train("coop", "eurosat", learn_root, str(out), backbone="clipadapt-tiny", pretrained="none",
+                              epochs=1, logger="none", progress=False)
+    assert (out / "metrics.json").exists() and "hm" in metrics
+    assert "could not be written: no display" in caplog.text

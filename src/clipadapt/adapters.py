@@ -170,6 +170,9 @@ PAPERS = {
     "mmrl": "MMRL: Multi-Modal Representation Learning for Vision-Language Models (CVPR 2025)",
     "maple": "MaPLe: Multi-modal Prompt Learning (CVPR 2023)",
     "clip_lora": "Low-Rank Few-Shot Adaptation of Vision-Language Models (CLIP-LoRA, CVPRW 2024)",
+    "cocoop": "Conditional Prompt Learning for Vision-Language Models (CoCoOp, CVPR 2022)",
+    "kgcoop": "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization (KgCoOp, CVPR 2023)",
+    "promptsrc": "Self-regulating Prompts: Foundational Model Adaptation without Forgetting (PromptSRC, ICCV 2023)",
 }
 
 
@@ -250,11 +253,10 @@ def _finished_run(run: str) -> tuple[dict, dict]:
 
     if not os.path.isdir(run):
         raise ClipadaptError(f"run folder '{run}' does not exist")
-    log_path = os.path.join(run, "log.jsonl")
-    if os.path.exists(log_path):
-        with open(log_path) as f:
-            if any('"event": "diverged"' in line for line in f):
-                raise ClipadaptError(f"run '{run}' diverged: there is no adapter to export")
+    from .run_logging import read_log
+
+    if any(r.get("event") == "diverged" for r in read_log(run)):
+        raise ClipadaptError(f"run '{run}' diverged: there is no adapter to export")
     missing = [n for n in ("metrics.json", "config.yaml", FILE_NAME) if not os.path.isfile(os.path.join(run, n))]
     if missing:
         raise ClipadaptError(f"run '{run}' is not a finished training run (no {', '.join(missing)}); "

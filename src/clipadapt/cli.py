@@ -215,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     written = export_run(args.run, args.out)
     print(f"wrote {args.out}: {', '.join(written['files'])} ({written['method']}); upload it with "
-          f"`huggingface-cli upload USER/NAME {args.out}`", file=sys.stderr)
+          f"`hf upload USER/NAME {args.out}`", file=sys.stderr)
     return 0
 
 

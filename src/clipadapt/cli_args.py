@@ -348,7 +348,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a finished run as a Hugging Face Hub-ready folder",
                        description="Copy a finished run's adapter into a new folder with config.json (method "
                                    "options, backbone identity, run settings) and a README.md model card; upload "
-                                   "it with `huggingface-cli upload USER/NAME DIR`, load it with "
+                                   "it with `hf upload USER/NAME DIR`, load it with "
                                    "--checkpoint DIR or --checkpoint hf-hub:USER/NAME.")
     p.add_argument("run", help="the run folder (train --out)")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")

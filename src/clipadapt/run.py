@@ -224,7 +224,11 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     log.info("wrote %s", metrics_path)
     from .run_logging import finish_run
 
-    finish_run(out, record, metrics, train_cfg.logger)  # evaluation and settings in tb/, curves.png
+    try:  # evaluation and settings in tb/, curves.png: a finished run stays finished if drawing them fails
+        finish_run(out, record, metrics, train_cfg.logger)
+    except Exception as err:  # noqa: BLE001
+        log.warning("the run finished (%s) but its TensorBoard summary or curves.png could not be written: %s",
+                    metrics_path, err)
     return metrics
 
 

@@ -23,7 +23,7 @@ class CoOpConfig(MethodConfig):
     """Number of context vectors, or an initial phrase whose word embeddings start the context."""
 
     n_ctx: int = 16
-    ctx_init: str = ""  # e.g. "a photo of a": n_ctx becomes its token count
+    ctx_init: str = ""  # e.g. "a photo of a": n_ctx must be its token count (4)
     template: str | None = None  # derived from n_ctx; set only to change what follows the class name
 
 
@@ -42,6 +42,10 @@ class CoOp(Method):
         if config.ctx_init:
             tokens = backbone.tokenize([config.ctx_init])
             n = int(backbone.pool_index(tokens)[0]) - 1
+            if n != config.n_ctx:  # the official code takes n from the words; a record saying otherwise would lie
+                raise ClipadaptError(f"{self.name}'s ctx_init '{config.ctx_init}' is {n} tokens but n_ctx is "
+                                     f"{config.n_ctx}: set n_ctx={n}, or ctx_init='' for {config.n_ctx} random "
+                                     "context vectors")
             with torch.no_grad():
                 init = backbone.embed_tokens(tokens)[0, 1:1 + n].clone()
         else:
