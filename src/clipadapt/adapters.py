@@ -82,7 +82,13 @@ def check_adapter_fits(meta: dict[str, str], path: str, method: str, backbone_id
     saved = {k: v for k, v in recorded_options(meta).items() if k not in UNBOUND_OPTIONS}
     ours = {k: v for k, v in method_config.items() if k not in UNBOUND_OPTIONS}
     if saved != ours:
-        raise CheckpointMismatchError(f"adapter '{path}' was saved with config {saved}, this model has {ours}")
+        def shown(options: dict, key: str) -> str:
+            return repr(options[key]) if key in options else "(none)"
+
+        differing = [f"{k}: saved {shown(saved, k)}, this model {shown(ours, k)}" for k in dict.fromkeys([*saved, *ours])
+                     if shown(saved, k) != shown(ours, k)]
+        raise CheckpointMismatchError(f"adapter '{path}' was saved with other {method} options "
+                                      f"({'; '.join(differing)})")
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
