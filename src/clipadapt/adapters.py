@@ -137,8 +137,10 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
     if method not in readers:
         raise ClipadaptError(f"no importer for method '{method}'; official checkpoints import for: {', '.join(readers)}")
     accepted, takes_any = reader_options(method)
+    if takes_any:  # a reader passing options on to the method's config: any of its fields, checked before reading
+        accepted = [*accepted, *(f for f in method_class(method).Config.__dataclass_fields__ if f not in accepted)]
     unknown = sorted(k for k in options if k not in accepted)
-    if unknown and not takes_any:
+    if unknown:
         raise ClipadaptError(f"the {method} importer takes no option {', '.join(unknown)}; "
                              f"its options: {', '.join(accepted) or 'none'}")
     check_weights_source(backbone, pretrained)

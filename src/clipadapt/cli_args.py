@@ -291,10 +291,13 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
                                    "CLIP-LoRA's save_lora .pt, ...) and write a clipadapt adapter file. key=value "
                                    "arguments are the importer's options (mma: scale=0.001; mma_pp: train_scale, "
                                    "test_scale, reg_weight, dropout; mmrl: last_block, alpha, inference; maple: "
-                                   "ctx_init; clip_lora: dropout, text_depth, image_depth). The import-mma, "
-                                   "import-mma-pp and import-mmrl commands are aliases that take them as flags.")
+                                   "ctx_init; clip_lora: dropout, text_depth, image_depth; coop, cocoop, kgcoop and "
+                                   "promptsrc: any of the method's options the file does not fix, e.g. kg_weight, "
+                                   "text_loss_weight). The import-mma, import-mma-pp and import-mmrl commands are "
+                                   "aliases that take them as flags.")
     p.add_argument("path", help="the official checkpoint file")
-    p.add_argument("--method", required=True, help="the method that saved it (see the error for those with an importer)")
+    p.add_argument("--method", required=True, help="the method that saved it: mma, mma_pp, mmrl, maple, coop, "
+                                                   "clip_lora, cocoop, kgcoop or promptsrc")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)")
     p.add_argument("--pretrained", default="openai", help="its weights (default openai, as the official code)")

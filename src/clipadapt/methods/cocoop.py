@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import TextBatch
-from ..official_checkpoints import read_state_dict
-from .coop import CoOp, CoOpConfig
+from .coop import CoOp, CoOpConfig, official_prompt_learner
 from ..errors import ClipadaptError
 
 
@@ -119,17 +118,8 @@ class CoCoOp(CoOp):
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The learned tensors of an official CoCoOp checkpoint (Dassl saves the prompt_learner's state dict:
     ctx, meta_net.linear{1,2}.{weight,bias}, and the token_prefix/suffix buffers its load_model drops)."""
-    raw = read_state_dict(path, "CoCoOp")
-    state = {k.removeprefix("prompt_learner."): v.float() for k, v in raw.items()}
-    wanted = ["ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
-              "meta_net.linear2.bias"]
-    missing = [k for k in wanted if k not in state]
-    if missing:
-        raise ClipadaptError(f"'{path}' is not an official CoCoOp checkpoint: no {', '.join(missing)} "
-                             "(it holds the prompt_learner's ctx and meta_net tensors)")
-    if state["ctx"].dim() != 2:
-        raise ClipadaptError(f"'{path}': ctx has shape {tuple(state['ctx'].shape)}; CoCoOp's context is [n_ctx, width]")
-    return {k: state[k] for k in wanted}
+    return official_prompt_learner(path, "CoCoOp", ("meta_net.linear1.weight", "meta_net.linear1.bias",
+                                                    "meta_net.linear2.weight", "meta_net.linear2.bias"))
 
 
 def official_adapter(path: str, **options) -> tuple[CoCoOpConfig, dict[str, torch.Tensor]]:

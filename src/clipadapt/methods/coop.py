@@ -75,19 +75,28 @@ class CoOp(Method):
 OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
 
 
-def official_adapter(path: str) -> tuple[CoOpConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official CoOp checkpoint (prompt_learner/model.pth.tar-N); n_ctx read off `ctx`."""
+def official_prompt_learner(path: str, paper_name: str, also: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """`ctx` (and the `also` tensors) of a Dassl checkpoint of a CoOp-family prompt learner (CoOp, CoCoOp,
+    KgCoOp), as float tensors; refuses a file without them and class-specific context (CSC)."""
     from ..official_checkpoints import read_state_dict
 
-    state = {k.removeprefix("prompt_learner."): v for k, v in read_state_dict(path, "CoOp").items()}
-    if "ctx" not in state:
-        raise ClipadaptError(f"'{path}' has no CoOp context ('ctx' of the prompt_learner)")
+    state = {k.removeprefix("prompt_learner."): v.float() for k, v in read_state_dict(path, paper_name).items()}
+    missing = [k for k in ("ctx", *also) if k not in state]
+    if missing:
+        raise ClipadaptError(f"'{path}' is not an official {paper_name} checkpoint: no {', '.join(missing)} "
+                             f"(of its prompt_learner)")
     ctx = state["ctx"]
-    if ctx.dim() == 3:  # CSC=True: one context per class, which this CoOp does not build
+    if ctx.dim() == 3:  # CSC=True: one context per class, which clipadapt does not build
         raise ClipadaptError(f"'{path}' holds class-specific context (CSC, ctx of shape {tuple(ctx.shape)}); "
-                             "clipadapt's coop learns one unified context")
+                             f"clipadapt's {paper_name} learns one unified context")
     if ctx.dim() != 2:
-        raise ClipadaptError(f"'{path}': CoOp's ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]")
+        raise ClipadaptError(f"'{path}': {paper_name}'s ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]")
+    return {k: state[k] for k in ("ctx", *also)}
+
+
+def official_adapter(path: str, **options) -> tuple[CoOpConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CoOp checkpoint (prompt_learner/model.pth.tar-N); n_ctx read off `ctx`."""
+    state = official_prompt_learner(path, "CoOp")
     # An official ctx_init ("a photo of a") only sets the prompt's placeholder words, which the learned
     # context replaces position for position: "X X X X {}." tokenizes to the same layout.
-    return CoOpConfig(n_ctx=int(ctx.shape[0])), {"ctx": ctx}
+    return CoOpConfig(n_ctx=int(state["ctx"].shape[0]), **options), state

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClipadaptError
-from ..official_checkpoints import read_state_dict
-from .coop import CoOp, CoOpConfig
+from .coop import CoOp, CoOpConfig, official_prompt_learner
 
 # trainers/kgcoop.py CUSTOM_TEMPLATES, under clipadapt's dataset names. They are CoOp's templates but
 # for DTD ("a photo of a {}, a type of texture." instead of "{} texture.").
@@ -135,14 +134,7 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The learned context of an official KgCoOp checkpoint. Dassl saves the prompt_learner's state dict
     (ctx, bias_vectors, meta_net.linear1.*, token_prefix, token_suffix); only `ctx` is trained (the
     trainer freezes every parameter without 'ctx' in its name) and the forward reads no other."""
-    raw = read_state_dict(path, "KgCoOp")
-    state = {k.removeprefix("prompt_learner."): v.float() for k, v in raw.items()}
-    if "ctx" not in state:
-        raise ClipadaptError(f"'{path}' is not an official KgCoOp checkpoint: no 'ctx' tensor")
-    if state["ctx"].dim() != 2:
-        raise ClipadaptError(f"'{path}': ctx has shape {tuple(state['ctx'].shape)}; class-specific contexts "
-                             "(CSC) are not supported")
-    return {"ctx": state["ctx"]}
+    return official_prompt_learner(path, "KgCoOp")
 
 
 def official_adapter(path: str, **options) -> tuple[KgCoOpConfig, dict[str, torch.Tensor]]:
