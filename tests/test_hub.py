@@ -186,3 +186,14 @@ def test_every_method_names_its_paper_on_the_model_card():
     from clipadapt.registry import METHOD_NAMES
 
     assert set(PAPERS) == set(METHOD_NAMES)
+
+
+def test_a_cross_dataset_runs_card_and_summary_show_its_source_and_target_accuracies():
+    from clipadapt.adapters import _metric_lines
+    from clipadapt.run_logging import final_metrics
+
+    metrics = {"protocol": "cross_dataset", "source": 70.0, "dtd": 40.0, "eurosat": 30.5, "target_average": 35.25,
+               "targets": ["dtd", "eurosat"], "shots": 16, "seed": 1, "train_seconds": 3.0}
+    assert _metric_lines(metrics) == ["| source | 70.0 |", "| dtd | 40.0 |", "| eurosat | 30.5 |", "| target_average | 35.25 |"]
+    assert final_metrics(metrics) == {"eval/source": 70.0, "eval/dtd": 40.0, "eval/eurosat": 30.5,
+                                      "eval/target_average": 35.25}

@@ -295,18 +295,10 @@ def train_command(method: str, record: dict) -> str:
     return shlex.join(words)
 
 
-_METRIC_NAMES = ("base", "novel", "hm", "accuracy", "average")
-
-
 def _metric_lines(metrics: dict) -> list[str]:
-    lines = []
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                key in _METRIC_NAMES or key.endswith(("accuracy", "_acc"))):
-            lines.append(f"| {key} | {value} |")
-        elif isinstance(value, dict) and isinstance(value.get("accuracy"), (int, float)):
-            lines.append(f"| {key} | {value['accuracy']} |")  # per-target accuracies of transfer protocols
-    return lines
+    from .run_logging import scored_accuracies
+
+    return [f"| {key} | {value} |" for key, value in scored_accuracies(metrics).items()]
 
 
 def model_card(meta: dict[str, str], metrics: dict, record: dict, command: str) -> str:

@@ -133,16 +133,26 @@ def step_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [latest[s] for s in sorted(latest)]
 
 
-def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The evaluation numbers of a run's metrics.json, as tags: eval/base, eval/novel, eval/hm, eval/accuracy,
-    eval/<target> (transfer protocols' per-dataset accuracies)."""
+def scored_accuracies(metrics: dict[str, Any]) -> dict[str, float]:
+    """Every accuracy a run's metrics.json holds, by name: base, novel, hm or accuracy, and for the transfer
+    protocols the source, each target (listed in `targets`) and target_average."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    transfer = ["source", *metrics.get("targets", []), "target_average"] if "targets" in metrics else []
     found = {}
-    for key, value in metrics.items():
-        if key in EVAL_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
-            found[f"eval/{key}"] = float(value)
-        elif isinstance(value, dict) and isinstance(value.get("accuracy"), (int, float)):
-            found[f"eval/{key}"] = float(value["accuracy"])
+    for key in dict.fromkeys([*EVAL_METRICS, *transfer, *metrics]):
+        value = metrics.get(key)
+        if number(value) and (key in EVAL_METRICS or key in transfer):
+            found[key] = float(value)
+        elif isinstance(value, dict) and number(value.get("accuracy")):  # an older layout: {target: {accuracy}}
+            found[key] = float(value["accuracy"])
     return found
+
+
+def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The evaluation numbers of a run's metrics.json as TensorBoard tags: eval/base, ..., eval/<target>."""
+    return {f"eval/{key}": value for key, value in scored_accuracies(metrics).items()}
 
 
 def finish_run(out_dir: str, record: dict[str, Any], metrics: dict[str, Any], logger: str) -> None:
