@@ -104,6 +104,14 @@ def text_output(backbone: Backbone, x: torch.Tensor, start: int, pool_index: tor
     return backbone.text_head(x, pool_index)
 
 
+def frozen_text_features(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
+    """Frozen CLIP's text features of `prompts` [prompts, dim], float32, not normalised; the same numbers
+    under any autocast (the hand-crafted targets KgCoOp and PromptSRC compare with)."""
+    with fixed_precision(backbone.logit_scale.device):
+        batch = backbone.text_batch(prompts)
+        return text_output(backbone, text_tokens(backbone, batch, 0), 0, batch.pool_index).float()
+
+
 @contextmanager
 def fixed_precision(device: torch.device):
     """No gradient and no autocast: frozen caches hold the same numbers wherever they are first

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClipadaptError
+from ..frozen_cache import frozen_text_features
 from .coop import CoOp, CoOpConfig, official_prompt_learner
 
 # trainers/kgcoop.py CUSTOM_TEMPLATES, under clipadapt's dataset names. They are CoOp's templates but
@@ -96,12 +97,8 @@ class KgCoOp(CoOp):
         """Frozen CLIP's unit text features of the hand-crafted prompts [classes, dim], once per class set."""
         if self._knowledge is None:
             template = self.knowledge_template()
-            with torch.no_grad():
-                batch = backbone.text_batch([template.format(c.replace("_", " ")) for c in self.classnames])
-                x = backbone.text_stem(batch)
-                for index in range(len(backbone.text_blocks)):
-                    x = backbone.text_block(index, x)
-                self._knowledge = F.normalize(backbone.text_head(x, batch.pool_index).float(), dim=-1)
+            prompts = [template.format(c.replace("_", " ")) for c in self.classnames]
+            self._knowledge = F.normalize(frozen_text_features(backbone, prompts), dim=-1)
         return self._knowledge
 
     def begin_forward(self) -> None:

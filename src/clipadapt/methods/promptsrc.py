@@ -30,6 +30,7 @@ from torch import nn
 
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
+from ..frozen_cache import frozen_text_features
 from ..official_checkpoints import read_state_dict
 from ..prompts import format_prompt, openai_templates
 from .base import Method, MethodConfig, with_learned_context
@@ -196,19 +197,11 @@ class PromptSRC(Method):
     def frozen_template_features(self, backbone: Backbone) -> torch.Tensor:
         """Frozen CLIP's text features of the current classes, averaged over the 60 templates (not normalised)."""
         key = tuple(self.classnames)
-        if self._ensemble is None or self._ensemble[0] != key:
-            total = None
-            device = backbone.logit_scale.device.type
-            # Computed once per class list: outside any autocast, so the cached mean is the frozen tower's own numbers.
-            with torch.no_grad(), torch.autocast(device, enabled=False):
-                for template in promptsrc_templates():
-                    batch = backbone.text_batch([format_prompt(template, c) for c in self.classnames])
-                    x = backbone.text_stem(batch)
-                    for index in range(self.n_text_blocks):
-                        x = backbone.text_block(index, x)
-                    feats = backbone.text_head(x, batch.pool_index).float()
-                    total = feats if total is None else total + feats
-            self._ensemble = (key, total / len(promptsrc_templates()))
+        if self._ensemble is None or self._ensemble[0] != key:  # once per class list
+            templates = promptsrc_templates()
+            total = sum(frozen_text_features(backbone, [format_prompt(t, c) for c in self.classnames])
+                        for t in templates)
+            self._ensemble = (key, total / len(templates))
         return self._ensemble[1]
 
     def logits(self, img_f, txt_f, logit_scale):
