@@ -46,7 +46,7 @@ Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Schedule = Literal["cosine", "constant"]
 Keep = Literal["last", "best_val"]
 EvalSplit = Literal["test", "val"]
-Logger = Literal["auto", "tensorboard", "none"]  # run_logging.LOGGERS
+Logger = Literal["auto", "tensorboard", "none"]  # run_logging.LOGGERS (torch-free), tested equal
 OPTIMIZERS = get_args(Optimizer)
 PRECISIONS = get_args(Precision)
 SCHEDULES = get_args(Schedule)
@@ -237,8 +237,6 @@ class _LossWindow:
 
     def flush(self, now: float) -> dict[str, Any]:
         """The window's means (over every rank's slice), throughput and data-wait share; starts a new window."""
-        from . import distributed
-
         n, elapsed = self.steps, max(now - self.start, 1e-9)
         names = list(self.parts)
         values = torch.stack([self.loss, self.last, *(torch.as_tensor(self.parts[k], dtype=torch.float32,
