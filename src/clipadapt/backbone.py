@@ -260,6 +260,14 @@ class Backbone(nn.Module):
         """Patch embedding, class token, positional embedding and ln_pre: [batch, tokens, width]."""
         return self.clip.visual._embeds(images.to(self.dtype))
 
+    def image_input_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln_pre on tokens that join the image stem's output (prompts appended after the patches)."""
+        return self.clip.visual.ln_pre(tokens)
+
+    def image_output_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln_post on output tokens read beside the class token (representation tokens)."""
+        return self.clip.visual.ln_post(tokens)
+
     def image_block(self, index: int, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
         """Run image block `index` (0-based) on [batch, tokens, width]; with `queries` (a position)
         only that position's output ([batch, 1, width])."""

@@ -104,7 +104,7 @@ class MaPLe(Method):
             if index == 0:
                 # The official code appends F_1 P_1 before ln_pre; the backbone's stem has applied
                 # ln_pre to the other tokens already, and ln_pre acts on each token alone.
-                visual = backbone.clip.visual.ln_pre(self.vision_prompts(0).to(img.dtype))
+                visual = backbone.image_input_norm(self.vision_prompts(0).to(img.dtype))
                 img = torch.cat([img, visual.unsqueeze(0).expand(img.shape[0], -1, -1)], dim=1)
             elif deep:
                 visual = self.vision_prompts(index).to(img.dtype).unsqueeze(0).expand(img.shape[0], -1, -1)

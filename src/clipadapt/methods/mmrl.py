@@ -188,7 +188,7 @@ class MMRL(Method):
     def after_heads(self, backbone: Backbone, img_f, txt_f):
         """Representation features of the images; the frozen features the regularizer compares with."""
         if img_f is not None:
-            rep = backbone.clip.visual.ln_post(self._img_rep).mean(dim=1)
+            rep = backbone.image_output_norm(self._img_rep).mean(dim=1)
             self._img_rep_f = rep @ self.proj_rep.to(rep.dtype)
             if self._frozen_img is not None:
                 with torch.no_grad():

@@ -163,7 +163,7 @@ class PromptSRC(Method):
                 self._frozen_img = img  # frozen CLIP's stream is the same up to here
             if index == 0 and n_v:
                 # Official: appended before ln_pre, which acts on each token alone.
-                visual = backbone.clip.visual.ln_pre(self.vision_ctx.to(img.dtype))
+                visual = backbone.image_input_norm(self.vision_ctx.to(img.dtype))
                 img = torch.cat([img, visual.unsqueeze(0).expand(img.shape[0], -1, -1)], dim=1)
             elif 1 <= index < self.depth_vision:
                 visual = self.vision_prompts[index - 1].to(img.dtype).unsqueeze(0).expand(img.shape[0], -1, -1)
