@@ -114,21 +114,27 @@ def train(method: str, dataset: str, data_root: str, out: str, *, protocol: str 
     preset `config` names (None: the shipped preset for the method, protocol and backbone; "none": the
     method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
     interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
-    check_run_names(method, dataset, protocol)  # names first, before torch: a typo is not a missing preset
+    protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
     from . import distributed
     from .weights import check_weights_source
 
-    backbone, pretrained = default_backbone(backbone, pretrained)
     check_weights_source(backbone, pretrained)
     check_device(device)
     check_writable(out, "dir")
-    if protocol:
-        protocol = canonical_protocol(protocol)
     device = distributed.init_from_env(device)  # under torchrun: join the group; one GPU per rank
     metrics = _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts,
                      base_ratio, study, variant, device, feature_cache, overwrite, progress, settings)
     distributed.shutdown()  # after success only: an error leaves without the final barrier, which would wait forever
     return metrics
+
+
+def run_arguments(method: str, dataset: str, protocol: str | None, backbone: str | None,
+                  pretrained: str | None) -> tuple[str | None, str, str]:
+    """(protocol, backbone, pretrained) as `train` and `planned_record` both see them: the names checked first
+    (before torch: a typo is not a missing preset), the protocol's canonical name, the default backbone."""
+    check_run_names(method, dataset, protocol)
+    backbone, pretrained = default_backbone(backbone, pretrained)
+    return (canonical_protocol(protocol) if protocol else None), backbone, pretrained
 
 
 def check_settings(settings: dict[str, Any]) -> None:
@@ -270,11 +276,8 @@ def planned_record(method: str, dataset: str, data_root: str, *, protocol: str |
                    config: str | None = None, prompts: str | None = None, base_ratio: str | None = None,
                    study: str | None = None, variant: str | None = None, **settings: Any) -> dict[str, Any]:
     """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
-    check_run_names(method, dataset, protocol)
+    protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
     check_settings(settings)
-    backbone, pretrained = default_backbone(backbone, pretrained)
-    if protocol:
-        protocol = canonical_protocol(protocol)
     record = _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts,
                           base_ratio, study, variant, settings)[-1]
     return _as_read_back(record)
