@@ -295,14 +295,15 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         if not isinstance(preset, (str, dict)):
             raise ClipadaptError(f"sweep file '{path}': the preset of '{m}' is a file name (or {{dataset: file}}); "
                                  f"got {preset!r}")
+    from .registry import dataset_names
+
+    known_datasets = dataset_names()
     for method, tables in dataset_overrides.items():
         if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
             raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' maps dataset names to "
                                  f"{{setting: value}}; got {tables!r}")
-        from .registry import dataset_names
-
-        for d in sorted(set(tables) - set(dataset_names())):  # a known dataset the sweep does not run: unused
-            close = difflib.get_close_matches(str(d), dataset_names(), n=1)
+        for d in sorted(set(tables) - set(known_datasets)):  # a known dataset the sweep does not run: unused
+            close = difflib.get_close_matches(str(d), known_datasets, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ClipadaptError(f"sweep file '{path}': dataset_overrides of '{method}' names '{d}', which is not a "
                                  f"dataset{hint}")
