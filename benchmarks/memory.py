@@ -96,7 +96,7 @@ def main() -> None:
         xs = [r["classes"] for r in sweep]
         ys = [r["step_bytes"] / MB for r in sweep]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        per_class = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        per_class = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         double = next(r for r in mine if r["batch"] == 2 * args.batch)["step_bytes"] / MB
         first = next(r for r in sweep if r["classes"] == args.classes[0])["step_bytes"] / MB
         per_image = (double - first) / args.batch

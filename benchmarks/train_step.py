@@ -50,7 +50,8 @@ def timed(fn, device) -> float:
 
 def profile(step, frozen_forward, name: str) -> None:
     """Self CPU time by operator for one step and one frozen forward, forward and backward apart."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
 
     for label, fn in ((name, step), ("frozen forward", frozen_forward)):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -27,8 +27,8 @@ from clipadapt.demo import synthetic_preset
 from clipadapt.engine import Trainer, seed_everything
 from clipadapt.evaluation import evaluate, model_transform
 from clipadapt.model import build_model
-from clipadapt.scoring import harmonic_mean
 from clipadapt.runconfig import resolve
+from clipadapt.scoring import harmonic_mean
 
 VARIANTS = {
     "zeroshot": None,

@@ -2,10 +2,10 @@ import logging
 
 import pytest
 import torch
+from fake_datasets import make_coop_tree
 
 from clipadapt.backbone import load_backbone
 from clipadapt.data.coop import COOP_DATASETS
-from fake_datasets import make_coop_tree
 
 logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that random weights are random
 

@@ -82,7 +82,7 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
         wnids = [f"n{label:08d}" for label in range(num_classes)]
         os.makedirs(base, exist_ok=True)
         with open(os.path.join(base, "classnames.txt"), "w") as f:
-            f.write("".join(f"{w} {n}\n" for w, n in zip(wnids, classnames)))
+            f.write("".join(f"{w} {n}\n" for w, n in zip(wnids, classnames, strict=True)))
         if spec.reader == "imagenet":
             for split_name, which in (("train", 0), ("val", 2)):
                 for label, wnid in enumerate(wnids):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from clipadapt.backbone import load_backbone
-from clipadapt.weights import resolve_quick_gelu
 from clipadapt.model import build_model
+from clipadapt.weights import resolve_quick_gelu
 
 PROMPTS = ["a photo of a cat.", "a photo of a very long and elaborate class name with many words.", "x"]
 
@@ -102,7 +102,7 @@ def test_local_checkpoint_file_loads(tmp_path, tiny_backbone):
     torch.save(tiny_backbone.clip.state_dict(), path)
     bb = load_backbone("clipadapt-tiny", str(path))
     assert bb.identity.startswith("clipadapt-tiny/sha256:")
-    for a, b in zip(bb.clip.parameters(), tiny_backbone.clip.parameters()):
+    for a, b in zip(bb.clip.parameters(), tiny_backbone.clip.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_datasets import make_coop_tree
 
 from clipadapt.cli import main
-from fake_datasets import make_coop_tree
 
 TINY = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]
 

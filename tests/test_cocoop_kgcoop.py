@@ -9,14 +9,14 @@ class text through CLIP's own encode_text for KgCoOp.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturbed_model
 
 from clipadapt import build_dataset
-from clipadapt.engine import Trainer, TrainConfig, seed_everything
+from clipadapt.engine import TrainConfig, Trainer, seed_everything
 from clipadapt.errors import ClipadaptError
 from clipadapt.evaluation import evaluate
 from clipadapt.methods import cocoop, kgcoop
 from clipadapt.model import build_model
-from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -50,7 +50,7 @@ def cocoop_reference(model, images, labels=None):
     bias = m.meta_net(image_features).unsqueeze(1)
     ctx_shifted = m.ctx.unsqueeze(0) + bias
     logits = []
-    for ctx_i, imf_i in zip(ctx_shifted, image_features):
+    for ctx_i, imf_i in zip(ctx_shifted, image_features, strict=True):
         pts_i = torch.cat([prefix, ctx_i.unsqueeze(0).expand(len(tokenized), -1, -1), suffix], dim=1)
         text_features = official_text_encoder(bb, pts_i, tokenized)
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)

@@ -7,14 +7,14 @@ import random
 from collections import defaultdict
 
 import pytest
+from fake_datasets import make_coop_tree
 from torchvision import transforms as T
 
 from clipadapt.data import build_dataset
+from clipadapt.data import transforms as tf
 from clipadapt.data.coop import COOP_DATASETS
 from clipadapt.data.datum import Datum
-from fake_datasets import make_coop_tree
 from clipadapt.data.fewshot import sample_few_shot
-from clipadapt.data import transforms as tf
 from clipadapt.errors import DataError
 
 
@@ -46,7 +46,10 @@ def dassl_reference(train, val, shots, seed, subsample, val_is_test=False):
         return train, val
     selected = labels[:m] if subsample == "base" else labels[m:]
     relabel = {y: i for i, y in enumerate(selected)}
-    keep = lambda items: [Datum(d.impath, relabel[d.label], d.classname) for d in items if d.label in selected]
+
+    def keep(items):
+        return [Datum(d.impath, relabel[d.label], d.classname) for d in items if d.label in selected]
+
     return keep(train), keep(val)
 
 

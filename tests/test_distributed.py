@@ -32,7 +32,7 @@ def test_two_gloo_processes_match_one_process(learn_root, tmp_path):
                          if "step" in json.loads(line)]
     assert len(steps(tmp_path / "two")) == len(steps(tmp_path / "one")) == 2 * 3  # 20 images, batch 6: 3 steps
     # the logged loss is the global batch's (the mean over both ranks' slices), as one process logs it
-    for r1, r2 in zip(steps(tmp_path / "one"), steps(tmp_path / "two")):
+    for r1, r2 in zip(steps(tmp_path / "one"), steps(tmp_path / "two"), strict=True):
         assert (r1["epoch"], r1["step"]) == (r2["epoch"], r2["step"])
         assert abs(r1["loss"] - r2["loss"]) <= 1e-5 * max(1.0, abs(r1["loss"])), (r1, r2)
     import yaml
@@ -62,7 +62,7 @@ def test_each_rank_logs_its_share_and_the_record_sums_the_ranks(monkeypatch):
 
     per_image = torch.tensor([0.5, 1.5, 2.0, 4.0, 8.0])
     ranks = [_LossWindow(torch.device("cpu")) for _ in range(2)]
-    for window, part in zip(ranks, (per_image[:2], per_image[2:])):
+    for window, part in zip(ranks, (per_image[:2], per_image[2:]), strict=True):
         window.add(part.mean(), {"ce": part.mean(), "const": 1.0}, 5, share=len(part) / 5)
     other = torch.stack([ranks[1].loss, ranks[1].last, ranks[1].parts["ce"], torch.tensor(ranks[1].parts["const"])])
     monkeypatch.setattr(distributed, "sum_over_ranks", lambda values: values + other)  # the all-reduce, by hand

@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
+from conftest import FAST_LEARNING, run_until_interrupted
 
 from clipadapt import build_dataset, build_model
-from clipadapt.engine import Trainer, TrainConfig, seed_everything
+from clipadapt.engine import TrainConfig, Trainer, seed_everything
 from clipadapt.frozen_cache import FrozenImages, bytes_per_image, plan_images
 from clipadapt.methods import METHODS
-from conftest import FAST_LEARNING, run_until_interrupted
 
 # 8 blocks a tower: MMA's first adapter sits after block 4 (1-based), so blocks 1-3 are frozen prefix.
 DEEP = dict(backbone="clipadapt-tiny-deep", pretrained="none")

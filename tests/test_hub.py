@@ -79,8 +79,9 @@ def test_an_export_holds_the_adapter_its_config_and_a_model_card(finished_run, t
         assert fact in card, fact
     # The card's command remakes the run: it parses, and its settings are the recorded ones.
     command = next(line for line in card.splitlines() if line.startswith("clipadapt train"))
-    from clipadapt.cli import build_parser
     import shlex
+
+    from clipadapt.cli import build_parser
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.method, args.shots, args.seed, args.protocol) == ("mma", 2, 3, "base2novel")
     assert "scale=0.1" in command and "epochs=1" in command

@@ -189,7 +189,7 @@ def _official_mmrl(method) -> dict:
     """An MMRL checkpoint in the official code's key names (representation_learner.*, image_encoder.proj_rep)."""
     state = {"representation_learner.compound_rep_tokens": method.rep_tokens.detach().clone(),
              "image_encoder.proj_rep": method.proj_rep.detach().clone()}
-    for j, (to_image, to_text) in enumerate(zip(method.rep_to_image, method.rep_to_text)):
+    for j, (to_image, to_text) in enumerate(zip(method.rep_to_image, method.rep_to_text, strict=True)):
         for name in ("weight", "bias"):
             state[f"representation_learner.compound_rep_tokens_r2vproj.{j}.{name}"] = getattr(to_image, name).detach()
             state[f"representation_learner.compound_rep_tokens_r2tproj.{j}.{name}"] = getattr(to_text, name).detach()

@@ -8,7 +8,7 @@ import torch
 from clipadapt import build_dataset, build_model
 from clipadapt.data.loader import EpochShuffle, make_loader, resolve_workers
 from clipadapt.data.transforms import train_transform
-from clipadapt.engine import Trainer, TrainConfig
+from clipadapt.engine import TrainConfig, Trainer
 from clipadapt.evaluation import eval_autocast_dtype, evaluate
 from clipadapt.validation import SettingError
 
@@ -117,7 +117,7 @@ def test_evaluation_under_bf16_autocast_predicts_as_fp32(learn_root):
     assert clear.float().mean() > 0.4  # many images are decided by more than the rounding
     assert torch.equal(top32[clear], top16[clear])
     assert abs(fp32.accuracy - bf16.accuracy) <= 100.0 * (~clear).float().mean()
-    same_order = [a[0] == b[0] for a, b in zip(fp32.topk, bf16.topk)]
+    same_order = [a[0] == b[0] for a, b in zip(fp32.topk, bf16.topk, strict=True)]
     assert (p32[torch.tensor(same_order), 0] - p16[torch.tensor(same_order), 0]).abs().max() < tolerance
 
 

@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
+from conftest import perturbed_model
 
 from clipadapt.methods import METHODS
 from clipadapt.model import build_model
 from clipadapt.runconfig import read_preset, resolve
-from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -197,7 +197,7 @@ def test_coop_context_sits_after_start_token():
 
 def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatch):
     from clipadapt import build_dataset
-    from clipadapt.engine import Trainer, TrainConfig
+    from clipadapt.engine import TrainConfig, Trainer
 
     data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")
     for augment, expected_calls in ((False, 1), (True, 2 * 3)):  # 20 images: one cache batch, or 2 full batches x 3 epochs

@@ -180,7 +180,7 @@ def test_rmadapter_detached_reconstruction_trains_only_its_branch(images):
 
 def test_rmadapter_share_none_changes_training(learn_root):
     from clipadapt import build_dataset
-    from clipadapt.engine import Trainer, TrainConfig, seed_everything
+    from clipadapt.engine import TrainConfig, Trainer, seed_everything
 
     data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")
     cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.0, epochs=2, batch_size=8, augment=False)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturbed_model
 
 from clipadapt.methods import mma as mma_module
 from clipadapt.model import build_model
-from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green_square", "blue disc"]
@@ -140,7 +140,6 @@ def test_no_gradient_flows_through_the_drawn_scale_pass(images):
 
 
 def test_test_scale_never_leaks_into_training(images):
-    labels = torch.tensor([0, 1, 2])
     model = _perturbed(dropout=0.0, train_scale=0.5, test_scale=0.1)
     twin = _perturbed(dropout=0.0, train_scale=0.5, test_scale=0.1)
     with torch.no_grad():

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturbed_model
 
 from clipadapt.errors import ClipadaptError
 from clipadapt.model import build_model, load_model
-from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -356,7 +356,7 @@ def test_import_mmrl_reads_official_checkpoints(tmp_path):
                 "image_encoder.proj_rep": m.proj_rep.detach(),
                 "prompt_embeddings": torch.zeros(4, 77, 64),  # frozen parts the official file also holds
                 "image_encoder.conv1.weight": torch.zeros(64, 3, 8, 8)}
-    for j, (to_image, to_text) in enumerate(zip(m.rep_to_image, m.rep_to_text)):
+    for j, (to_image, to_text) in enumerate(zip(m.rep_to_image, m.rep_to_text, strict=True)):
         for name in ("weight", "bias"):
             official[f"module.representation_learner.compound_rep_tokens_r2vproj.{j}.{name}"] = getattr(to_image, name)
             official[f"representation_learner.compound_rep_tokens_r2tproj.{j}.{name}"] = getattr(to_text, name)

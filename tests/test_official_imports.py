@@ -16,11 +16,11 @@ from the official files (not from clipadapt's state dict names):
 
 import pytest
 import torch
+from conftest import perturbed_model
 
 from clipadapt.adapters import official_readers
 from clipadapt.cli import main
 from clipadapt.model import build_model, load_model
-from conftest import perturbed_model
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 TINY_FLAGS = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]

@@ -10,8 +10,8 @@ import yaml
 import clipadapt
 from clipadapt.errors import ClipadaptError
 from clipadapt.methods.mmrl import official_overrides
-from clipadapt.runconfig import find_preset
 from clipadapt.registry import METHOD_NAMES
+from clipadapt.runconfig import find_preset
 from clipadapt.sweep import read_sweep
 
 PACKAGE = Path(clipadapt.__file__).parent

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from clipadapt.synthetic.pretrain import load_exported, pretrain, vocabulary_token_ids
-from clipadapt.synthetic_weights import shipped_tokenizer
 from clipadapt.synthetic.render import FACTOR_VALUES, SHAPES, contrast_group
+from clipadapt.synthetic_weights import shipped_tokenizer
 
 SMALL = {"batch_size": 32, "pool_size": 40, "shape_groups": 1, "warmup": 2, "progress": False}
 

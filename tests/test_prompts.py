@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_until_interrupted
 
 from clipadapt import model as model_module
 from clipadapt.errors import ClipadaptError
 from clipadapt.model import build_model
 from clipadapt.prompts import class_prompts, openai_templates
-from conftest import run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green_square", "blue disc"]
@@ -110,7 +110,7 @@ def test_methods_with_learned_prompts_refuse_prompt_sets():
 
 
 def _train_recording_draws(data, seed, out_dir=None, interrupt_at=None):
-    from clipadapt.engine import Trainer, TrainConfig, seed_everything
+    from clipadapt.engine import TrainConfig, Trainer, seed_everything
 
     cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.0, epochs=2, batch_size=8, augment=False, seed=seed)
 

@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturbed_model, run_until_interrupted
 
 from clipadapt import build_dataset
-from clipadapt.engine import Trainer, TrainConfig, seed_everything
+from clipadapt.engine import TrainConfig, Trainer, seed_everything
 from clipadapt.errors import ClipadaptError
 from clipadapt.evaluation import evaluate
-from clipadapt.methods.promptsrc import gaussian_epoch_weights, official_adapter, promptsrc_templates
+from clipadapt.methods.promptsrc import (
+    gaussian_epoch_weights,
+    official_adapter,
+    promptsrc_templates,
+)
 from clipadapt.model import build_model
-from conftest import perturbed_model, run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
@@ -224,7 +228,7 @@ def test_run_ends_with_the_gaussian_average_of_its_epochs(learn_root, tmp_path):
     trainer.run()
     weights = gaussian_epoch_weights(3, 2.0, 1.0)
     for key, value in model.method.state_dict().items():
-        expected = sum(w * s[key] for w, s in zip(weights, after_epoch))
+        expected = sum(w * s[key] for w, s in zip(weights, after_epoch, strict=True))
         torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
     assert not torch.equal(model.method.ctx, after_epoch[-1]["ctx"])  # the average, not the last epoch
 

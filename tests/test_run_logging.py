@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from conftest import run_until_interrupted
 
 import clipadapt
 from clipadapt import build_dataset, build_model
-from clipadapt.engine import Trainer, TrainConfig, seed_everything
+from clipadapt.engine import TrainConfig, Trainer, seed_everything
 from clipadapt.run_logging import read_log, step_records, step_scalars
-from conftest import run_until_interrupted
 
 pytest.importorskip("tensorboard")
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")

@@ -4,9 +4,9 @@
 import json
 
 import pytest
+from fake_datasets import make_coop_tree
 
 from clipadapt.cli import main
-from fake_datasets import make_coop_tree
 
 TINY = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]
 

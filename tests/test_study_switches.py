@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from clipadapt.cli import main
-from clipadapt.data import build_dataset, num_base_classes, parse_base_ratio
-from clipadapt.data import transforms
+from clipadapt.data import build_dataset, num_base_classes, parse_base_ratio, transforms
 from clipadapt.errors import ClipadaptError, DataError
 from clipadapt.model import build_model
 
@@ -306,7 +305,7 @@ def test_mma_attn_heads_change_the_function_not_the_parameter_count(heads, image
     other = _perturb(build_model("mma_attn", CLASSES, heads=heads, **TINY)).eval()
     assert other.method.num_trainable() == four.method.num_trainable()
     assert other.method.mha.num_heads == heads
-    assert all(torch.equal(a, b) for a, b in zip(four.method.parameters(), other.method.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(four.method.parameters(), other.method.parameters(), strict=True))
     with torch.no_grad():
         assert not torch.allclose(other(images), four(images), atol=1e-5)
 

@@ -17,7 +17,7 @@ def test_renderer_is_deterministic_for_a_seed():
     scenes_a = [random_scene(random.Random(7)) for _ in range(3)]
     scenes_b = [random_scene(random.Random(7)) for _ in range(3)]
     assert scenes_a == scenes_b
-    for a, b in zip(scenes_a, scenes_b):
+    for a, b in zip(scenes_a, scenes_b, strict=True):
         assert np.array_equal(render(a), render(b))
     assert not np.array_equal(render(Scene("star", "red", seed=1)), render(Scene("star", "red", seed=2)))
     img = render(Scene("star", "red", seed=3))

@@ -9,12 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import FAST_LEARNING, run_until_interrupted
 
 from clipadapt import build_dataset, build_model
-from clipadapt.engine import Trainer, TrainConfig, lr_at_epoch, seed_everything
+from clipadapt.engine import TrainConfig, Trainer, lr_at_epoch, seed_everything
 from clipadapt.errors import CheckpointMismatchError
 from clipadapt.evaluation import evaluate
-from conftest import FAST_LEARNING, run_until_interrupted
 
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 TRAINED = list(FAST_LEARNING)

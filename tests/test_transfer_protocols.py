@@ -5,9 +5,9 @@ import json
 import pytest
 
 from clipadapt.cli import main
+from clipadapt.errors import ClipadaptError
 from clipadapt.protocols import CROSS_DATASET_TARGETS, DG_TARGETS
 from clipadapt.registry import canonical_protocol
-from clipadapt.errors import ClipadaptError
 
 TINY = ["--backbone", "clipadapt-tiny", "--pretrained", "none"]
 QUICK = ["optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=1", "augment=false"]

@@ -126,11 +126,10 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
     tensors are checked, key by key and shape by shape, against the method built on the backbone's
     architecture (no weights are loaded), and the file records the backbone's identity as training does."""
     from .backbone import load_backbone
+    from .checks import check_writable
     from .methods import method_class
     from .official_checkpoints import check_state_fits
     from .weights import backbone_identity, check_weights_source
-
-    from .checks import check_writable
 
     check_writable(out, "file")
     readers = official_readers()
@@ -222,7 +221,11 @@ def _hub_adapter(repo_id: str) -> str:
     if not _HUB_ID.fullmatch(repo_id):
         raise ClipadaptError(f"'{repo_id}' is not a Hub model id (user/name)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError  # also in 0.21
+    from huggingface_hub.utils import (  # also in 0.21
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+    )
 
     try:
         path = hf_hub_download(repo_id, FILE_NAME, local_files_only=_hub_offline())

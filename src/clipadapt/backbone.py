@@ -26,7 +26,7 @@ class TextBatch:
     embeddings: torch.Tensor  # [prompts, context, width], before positional embeddings
     pool_index: torch.Tensor  # [prompts], the end-of-text position for CLIP's tokenizer
 
-    def to(self, device) -> "TextBatch":
+    def to(self, device) -> TextBatch:
         """Move to a device."""
         return TextBatch(self.embeddings.to(device), self.pool_index.to(device))
 

@@ -252,7 +252,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep file's grid of runs under one folder; exit 1 when a run failed."""
-    from .sweep import describe_sweeps, dry_run_lines, locate_sweep_file, read_sweep, run_sweep, select_variants
+    from .sweep import (
+        describe_sweeps,
+        dry_run_lines,
+        locate_sweep_file,
+        read_sweep,
+        run_sweep,
+        select_variants,
+    )
 
     if args.list:
         for name, text in describe_sweeps():

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from . import __version__
-from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 from .checks import DEVICE_PATTERN
+from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 
 
 class _Parser(argparse.ArgumentParser):

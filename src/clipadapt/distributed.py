@@ -74,7 +74,7 @@ def average_gradients(params: list[torch.nn.Parameter], local: int, total: int) 
     flat = torch.cat([g.reshape(-1) for g in grads]) * (local / total)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
 

@@ -243,7 +243,7 @@ class _LossWindow:
                                                                       device=self.device) for k in names)])
         values = distributed.sum_over_ranks(values).tolist()
         self.last_step_loss = values[1]
-        record = {"loss": values[0] / n, **{name: v / n for name, v in zip(names, values[2:])},
+        record = {"loss": values[0] / n, **{name: v / n for name, v in zip(names, values[2:], strict=True)},
                   "steps_averaged": n, "images_per_s": round(self.images / elapsed, 2),
                   "data_time_share": round(min(self.data_wait / elapsed, 1.0), 4)}
         self.start = now
@@ -287,7 +287,7 @@ class _DivergenceWatch:
         step = int(self.first)
         if step < 0:
             return "on another rank"
-        values = [f"{name} {float(v):.4g}" for name, v in zip(self.names, self.values)]
+        values = [f"{name} {float(v):.4g}" for name, v in zip(self.names, self.values, strict=True)]
         return f"step {step}: {values[0]}" + (f" ({', '.join(values[1:])})" if len(values) > 1 else "")
 
 
@@ -425,7 +425,7 @@ class Trainer:
         mine = [distributed.my_slice(b) for b in batches]
         loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
                             num_workers=resolve_workers(self.cfg.workers))
-        for (images, labels, _), batch in zip(loader, batches):
+        for (images, labels, _), batch in zip(loader, batches, strict=True):
             yield images, labels, len(batch)
 
     def _items_key(self) -> tuple:
@@ -457,7 +457,12 @@ class Trainer:
     @torch.no_grad()
     def validation_accuracy(self) -> float:
         """Top-1 accuracy (percent) on the validation split with the current weights."""
-        from .evaluation import eval_autocast_dtype, evaluate, evaluate_frozen_features, frozen_features
+        from .evaluation import (
+            eval_autocast_dtype,
+            evaluate,
+            evaluate_frozen_features,
+            frozen_features,
+        )
 
         model, cfg = self.model, self.cfg
         autocast_dtype = eval_autocast_dtype(self.device)

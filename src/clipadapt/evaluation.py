@@ -143,8 +143,8 @@ def write_predictions(path: str, items: list[Datum], result: EvalResult, classna
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for item, label, top, scores in zip(items, result.labels, result.topk, result.topk_scores):
+        for item, label, top, scores in zip(items, result.labels, result.topk, result.topk_scores, strict=True):
             row = [item.impath, label, classnames[label]]
-            for index, score in zip(top, scores):
+            for index, score in zip(top, scores, strict=True):
                 row += [index, classnames[index], f"{score:.4f}"]
             writer.writerow(row)

@@ -42,11 +42,11 @@ class FrozenImages:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, index) -> "FrozenImages":
+    def __getitem__(self, index) -> FrozenImages:
         return FrozenImages(self.tokens[index], self.block, self.at_output,
                             None if self.final is None else self.final[index])
 
-    def to(self, device, non_blocking: bool = False) -> "FrozenImages":
+    def to(self, device, non_blocking: bool = False) -> FrozenImages:
         """Move to a device."""
         return FrozenImages(self.tokens.to(device, non_blocking=non_blocking), self.block, self.at_output,
                             None if self.final is None else self.final.to(device, non_blocking=non_blocking))

@@ -10,8 +10,17 @@ from torch import nn
 from . import adapters
 from .backbone import Backbone, TextBatch, load_backbone
 from .errors import ClipadaptError
-from .frozen_cache import (DEFAULT_BUDGET_MB, MB, FrozenImages, PromptPrefix, fixed_precision, image_output,
-                           image_tokens, text_output, text_tokens)
+from .frozen_cache import (
+    DEFAULT_BUDGET_MB,
+    MB,
+    FrozenImages,
+    PromptPrefix,
+    fixed_precision,
+    image_output,
+    image_tokens,
+    text_output,
+    text_tokens,
+)
 from .methods import Method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained

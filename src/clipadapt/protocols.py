@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from . import distributed
 from .data import build_dataset
-from .data.synthetic import BENCHMARK, DG_TARGETS as SYNTHETIC_DG_TARGETS
-from .engine import Trainer, TrainConfig, seed_everything
+from .data.synthetic import BENCHMARK
+from .data.synthetic import DG_TARGETS as SYNTHETIC_DG_TARGETS
+from .engine import TrainConfig, Trainer, seed_everything
+from .errors import ClipadaptError
 from .evaluation import evaluate
 from .feature_cache import FeatureCache
-from .errors import ClipadaptError
 from .model import build_model
 from .registry import canonical_protocol
 from .scoring import harmonic_mean

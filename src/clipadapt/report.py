@@ -25,8 +25,8 @@ from statistics import mean, stdev
 
 from .errors import ClipadaptError
 from .fileio import atomic_path, write_json, write_text
-from .registry import NUMBER_NEUTRAL_KEYS, PROTOCOL_ALIASES
 from .references import published_rows
+from .registry import NUMBER_NEUTRAL_KEYS, PROTOCOL_ALIASES
 from .scoring import harmonic_mean
 
 MANIFESTS = "sweep-*.json"  # one per sweep file run into the folder
@@ -42,7 +42,7 @@ class Stat:
     seeds: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, values: dict[int, float]) -> "Stat":
+    def of(cls, values: dict[int, float]) -> Stat:
         """Statistics of {seed: value}."""
         xs = [values[s] for s in sorted(values)]
         return cls(mean(xs), stdev(xs) if len(xs) > 1 else None, len(xs), sorted(values))
@@ -638,7 +638,7 @@ def _plots(runs: list[dict], out_dir: str, methods: list[str] | None, studies: d
         n_rows = (len(names) + cols - 1) // cols
         fig = Figure(figsize=(3.2 * cols, 2.8 * n_rows))
         axes = fig.subplots(n_rows, cols, squeeze=False)
-        for ax, dataset in zip(axes.flat, names):
+        for ax, dataset in zip(axes.flat, names, strict=True):
             for method in _order(few, methods):
                 per_k = few[method].get(dataset, {})
                 ks = sorted(per_k)

@@ -305,7 +305,8 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
     recorded one unless `backbone` is given. `method` defaults to zeroshot; with a checkpoint it is the
     adapter's, and naming another is an error."""
     from .data import build_dataset
-    from .evaluation import evaluate as score, write_predictions
+    from .evaluation import evaluate as score
+    from .evaluation import write_predictions
     from .model import build_model, load_model
     from .weights import check_weights_source
 
@@ -487,8 +488,8 @@ def _predictions(model, images: list[str], top_k: int, device: str, batch_size: 
         with torch.no_grad():
             probs = model(batch).float().softmax(dim=-1)
         top = probs.topk(k, dim=-1)
-        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
-            yield {"image": path, "top": [{"class": names[i], "probability": round(v, 4)} for v, i in zip(p, idx)]}
+        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
+            yield {"image": path, "top": [{"class": names[i], "probability": round(v, 4)} for v, i in zip(p, idx, strict=True)]}
 
 
 def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, Any]:

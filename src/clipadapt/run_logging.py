@@ -180,7 +180,9 @@ def finish_run(out_dir: str, record: dict[str, Any], metrics: dict[str, Any], lo
 def write_curves(out_dir: str, steps: list[dict], validations: list[dict], scores: dict[str, float]) -> str | None:
     """curves.png: the training loss and the accuracies against epoch (for those without TensorBoard)."""
     try:
-        from matplotlib.figure import Figure  # the object API: no backend is chosen for the caller's process
+        from matplotlib.figure import (
+            Figure,  # the object API: no backend is chosen for the caller's process
+        )
     except ImportError:
         return None
     if not steps:

@@ -21,7 +21,6 @@ from .engine import TrainConfig
 from .errors import ClipadaptError, one_line
 from .methods import make_config, method_class
 
-
 # Settings that have a flag of their own: one setting, one name.
 FLAG_SETTINGS = {"seed": "--seed"}
 

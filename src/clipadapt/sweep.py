@@ -771,7 +771,7 @@ def _run_submitit(call, todo: list[Run], out: str, device: str, launcher: str, s
     # one array submission (sbatch --array) for every run; submitit pickles the function and its arguments
     submitted = executor.map_array(execute_in_process, [kind for kind, _ in calls], [kw for _, kw in calls],
                                    [run.record() for run in todo], [os.path.join(out, run.dir) for run in todo])
-    for run, job in zip(todo, submitted):
+    for run, job in zip(todo, submitted, strict=True):
         try:
             error = job.result()
         except Exception as err:  # noqa: BLE001 - the job itself died (node failure, timeout)

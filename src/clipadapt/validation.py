@@ -15,8 +15,9 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal, Union
 
 from .errors import ClipadaptError
 
@@ -142,7 +143,7 @@ def _convert(value: Any, tp: Any) -> Any:
         if origin is tuple and args and Ellipsis not in args:
             if len(value) != len(args):
                 raise _Mismatch
-            return tuple(_convert(v, a) for v, a in zip(value, args))
+            return tuple(_convert(v, a) for v, a in zip(value, args, strict=True))
         inner = args[0] if args else Any
         items = [_convert(v, inner) for v in value]
         return tuple(items) if origin is tuple else items

@@ -16,8 +16,14 @@ import torch
 from .checks import closest_names, unknown_name
 from .errors import ClipadaptError
 from .fileio import file_digest
-from .synthetic_weights import (MODEL_CONFIG_DIR, SHIPPED_NAME, is_shipped, load_shipped, shipped_identity,
-                                shipped_tokenizer)
+from .synthetic_weights import (
+    MODEL_CONFIG_DIR,
+    SHIPPED_NAME,
+    is_shipped,
+    load_shipped,
+    shipped_identity,
+    shipped_tokenizer,
+)
 
 NO_WEIGHTS = ("none", "", None)
 

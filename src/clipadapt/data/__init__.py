@@ -8,9 +8,14 @@ from ..errors import DataError
 from ..registry import FOLDER_DATASET as FOLDER
 from .coop import COOP_DATASETS, read_coop_dataset
 from .datum import DatasetSplits, Datum, classnames_of
-from .fewshot import SUBSAMPLES, num_base_classes, parse_base_ratio, sample_few_shot, subsample_classes
+from .fewshot import (
+    SUBSAMPLES,
+    num_base_classes,
+    parse_base_ratio,
+    sample_few_shot,
+    subsample_classes,
+)
 from .folder import read_image_folder
-
 
 __all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes",
            "num_base_classes", "parse_base_ratio"]

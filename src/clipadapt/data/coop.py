@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import DataError
 from .datum import Datum
@@ -77,7 +77,7 @@ def read_split_file(path: str, image_dir: str) -> tuple[list[Datum], list[Datum]
                         f"({{'train'|'val'|'test': [[path, label, classname], ...]}}): {err}") from err
 
 
-def read_imagenet_classnames(path: str) -> "OrderedDict[str, str]":
+def read_imagenet_classnames(path: str) -> OrderedDict[str, str]:
     """Read ImageNet's `classnames.txt`: one 'wnid class name' a line."""
     _require(path, "class-name file")
     names: OrderedDict[str, str] = OrderedDict()

@@ -90,7 +90,7 @@ def generate(spec: SyntheticDataset, folder: str) -> None:
         split = {"train": [], "val": [], "test": []}
         for label, (classname, fixed) in enumerate(spec.classes):
             os.makedirs(os.path.join(tmp, "images", f"{label:03d}"))
-            for split_name, n in zip(("train", "val", "test"), spec.per_class):
+            for split_name, n in zip(("train", "val", "test"), spec.per_class, strict=True):
                 for i in range(n):
                     scene = random_scene(rng, **dict(spec.shared), **dict(fixed))
                     rel = f"{label:03d}/{split_name}_{i:03d}.png"

@@ -42,7 +42,7 @@ class MethodConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "MethodConfig":
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
         """Build from a dict, rejecting unknown keys with the list of known ones."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

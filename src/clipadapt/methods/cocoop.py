@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import TextBatch
-from .coop import CoOp, CoOpConfig, official_prompt_learner
 from ..errors import ClipadaptError
+from .coop import CoOp, CoOpConfig, official_prompt_learner
 
 
 @dataclass

@@ -64,7 +64,7 @@ class RMAdapterConfig(MMAConfig):
 def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
     dims = [in_dim] + [hidden] * (layers - 1)
     mods: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
         mods += [nn.Linear(a, b), nn.ReLU()]
     if with_last:
         mods.append(nn.Linear(dims[-1], out_dim))

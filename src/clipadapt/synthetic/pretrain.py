@@ -24,8 +24,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import atomic_path, write_json
-from ..synthetic_weights import load_exported  # noqa: F401  (the format lives with the loader)
-from ..synthetic_weights import SHIPPED_CONFIG, create_shipped_architecture, export_weights, shipped_tokenizer
+from ..synthetic_weights import (
+    SHIPPED_CONFIG,
+    create_shipped_architecture,
+    export_weights,
+    load_exported,  # noqa: F401  (the format lives with the loader)
+    shipped_tokenizer,
+)
 from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ def render_groups(n: int, seed: int, size: int, factor: str | None,
     groups = [contrast_group(rng, size, factor) for _ in range(n)]
     pixels = render_images([s for members, _ in groups for s in members], f"rendering {factor or 'contrast'} groups",
                            progress)
-    return [(members, f, images) for (members, f), images in zip(groups, pixels.split([len(m) for m, _ in groups]))]
+    return [(members, f, images) for (members, f), images in zip(groups, pixels.split([len(m) for m, _ in groups]), strict=True)]
 
 
 def vocabulary_token_ids(tokenizer) -> list[int]:
