@@ -1,6 +1,6 @@
 """Wall time of `clipadapt --help` and `clipadapt COMMAND --help` in fresh processes (median of 3 runs).
 
-    python benchmarks/cli_startup.py
+python benchmarks/cli_startup.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def seconds(args: list[str], runs: int = 3) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "clipadapt", *args, "--help"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "clipadapt", *args, "--help"], check=True, capture_output=True
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -26,7 +28,12 @@ def seconds(args: list[str], runs: int = 3) -> float:
 def torch_loaded() -> bool:
     """Whether building the parser imports torch."""
     code = "import sys; from clipadapt.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+    return (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "True"
+    )
 
 
 if __name__ == "__main__":

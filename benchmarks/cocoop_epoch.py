@@ -32,7 +32,9 @@ def build(variant: str, backbone: str, classes: list[str]):
     """The model of a variant and its SGD optimizer (the official settings: lr 0.002, momentum 0.9)."""
     torch.manual_seed(0)
     method = "coop" if variant == "coop" else "cocoop"
-    model = build_model(method, classes, backbone=backbone, pretrained="none", ctx_init="a photo of a").train()
+    model = build_model(
+        method, classes, backbone=backbone, pretrained="none", ctx_init="a photo of a"
+    ).train()
     if variant == "cocoop looped":
         m = model.method
 
@@ -40,18 +42,20 @@ def build(variant: str, backbone: str, classes: list[str]):
             if m._class_prompts is None or img_f is None:
                 return type(m).after_heads(m, bb, img_f, txt_f)
             ctx = m.context(img_f)
-            return img_f, torch.cat([m.class_text(bb, ctx[i:i + 1]) for i in range(ctx.shape[0])])
+            return img_f, torch.cat([m.class_text(bb, ctx[i : i + 1]) for i in range(ctx.shape[0])])
 
         m.after_heads = looped
-    optimizer = torch.optim.SGD(model.method.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.method.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4
+    )
     return model, optimizer
 
 
 def epoch(model, optimizer, images: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
     """One pass of training steps over the images."""
     for start in range(0, len(images), batch):
-        logits = model(images[start:start + batch])
-        loss, _ = model.method.loss(logits, labels[start:start + batch])
+        logits = model(images[start : start + batch])
+        loss, _ = model.method.loss(logits, labels[start : start + batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -60,7 +64,9 @@ def epoch(model, optimizer, images: torch.Tensor, labels: torch.Tensor, batch: i
 def main() -> None:
     """Run the benchmark and print the table."""
     logging.disable(logging.WARNING)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="clipadapt-tiny")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
@@ -83,13 +89,17 @@ def main() -> None:
             epoch(*models[v], images, labels, args.batch)
             times[v].append(1000 * (time.perf_counter() - start))
     base = statistics.median(times["coop"])
-    print(f"{args.backbone} (random weights), {args.images} images, batch {args.batch}, {args.classes} classes, "
-          f"cpu fp32, {args.threads} threads, median of {args.repeats} interleaved rounds")
+    print(
+        f"{args.backbone} (random weights), {args.images} images, batch {args.batch}, {args.classes} classes, "
+        f"cpu fp32, {args.threads} threads, median of {args.repeats} interleaved rounds"
+    )
     print(f"{'what':<16}{'epoch ms':>10}{'x coop':>8}{'min..max ms':>18}{'params':>9}")
     for v in VARIANTS:
         med = statistics.median(times[v])
         spread = f"{min(times[v]):.0f}..{max(times[v]):.0f}"
-        print(f"{v:<16}{med:>10.1f}{med / base:>8.2f}{spread:>18}{models[v][0].method.num_trainable():>9,}")
+        print(
+            f"{v:<16}{med:>10.1f}{med / base:>8.2f}{spread:>18}{models[v][0].method.num_trainable():>9,}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def timed(fn, device) -> float:
 def main() -> None:
     """Run the interleaved benchmark and print the medians and the ratio."""
     logging.disable(logging.WARNING)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="ViT-B-16")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--classes", type=int, default=50)
@@ -67,9 +69,15 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
-    autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-    steps = {m: make_step(build_model(m, names, backbone=backbone).train(), images, labels, autocast, scaled)
-             for m in ("mma", "mma_pp")}
+    autocast = dict(
+        device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    )
+    steps = {
+        m: make_step(
+            build_model(m, names, backbone=backbone).train(), images, labels, autocast, scaled
+        )
+        for m in ("mma", "mma_pp")
+    }
     for step in steps.values():  # warm-up
         step()
     times: dict[str, list[float]] = {m: [] for m in steps}
@@ -77,8 +85,10 @@ def main() -> None:
         for method, step in steps.items():
             times[method].append(timed(step, device))
     mma, pp = statistics.median(times["mma"]), statistics.median(times["mma_pp"])
-    print(f"{args.backbone}, batch {args.batch}, {args.classes} classes, {args.device}, {args.precision}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
+    print(
+        f"{args.backbone}, batch {args.batch}, {args.classes} classes, {args.device}, {args.precision}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats"
+    )
     print(f"mma step     {mma:10.1f} ms (median; min {min(times['mma']):.1f})")
     print(f"mma_pp step  {pp:10.1f} ms (median; min {min(times['mma_pp']):.1f})")
     print(f"ratio mma_pp / mma: {pp / mma:.2f}")

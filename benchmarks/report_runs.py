@@ -19,9 +19,30 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["zeroshot", "clip_adapter", "coop", "maple", "mmrl", "clip_lora", "mma", "mma_pp", "rmadapter", "rmma"]
-DATASETS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-            "fgvc_aircraft", "sun397", "dtd", "eurosat"]
+METHODS = [
+    "zeroshot",
+    "clip_adapter",
+    "coop",
+    "maple",
+    "mmrl",
+    "clip_lora",
+    "mma",
+    "mma_pp",
+    "rmadapter",
+    "rmma",
+]
+DATASETS = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+]
 SEEDS = (1, 2, 3)
 
 
@@ -35,8 +56,16 @@ def write_runs(root: Path) -> int:
                 base, novel = rng.uniform(60, 95), rng.uniform(50, 90)
                 folder = root / "base2novel" / method / dataset / "shots16" / f"seed{seed}"
                 folder.mkdir(parents=True)
-                metrics = {"protocol": "base2novel", "method": method, "dataset": dataset, "shots": 16, "seed": seed,
-                           "base": base, "novel": novel, "hm": 2 * base * novel / (base + novel)}
+                metrics = {
+                    "protocol": "base2novel",
+                    "method": method,
+                    "dataset": dataset,
+                    "shots": 16,
+                    "seed": seed,
+                    "base": base,
+                    "novel": novel,
+                    "hm": 2 * base * novel / (base + novel),
+                }
                 (folder / "metrics.json").write_text(json.dumps(metrics))
                 count += 1
     return count
@@ -51,9 +80,16 @@ def seconds(command: list[str]) -> float:
 
 def modules_loaded(root: Path, out: Path) -> list[str]:
     """The heavy packages a report run imports."""
-    code = ("import sys; from clipadapt.cli import main; main(['-q', 'report', sys.argv[1], '--out', sys.argv[2]]); "
-            "print(' '.join(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, str(root), str(out)], capture_output=True, text=True, check=True)
+    code = (
+        "import sys; from clipadapt.cli import main; main(['-q', 'report', sys.argv[1], '--out', sys.argv[2]]); "
+        "print(' '.join(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.split("\n")[-2].split()
 
 
@@ -72,7 +108,9 @@ if __name__ == "__main__":
             times["import torch"].append(seconds(torch_import))
         print(f"{n} runs, median of {args.rounds} interleaved rounds, fresh processes")
         for what, values in times.items():
-            print(f"{what:<14} {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f})")
+            print(
+                f"{what:<14} {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f})"
+            )
         ratio = statistics.median(times["report"]) / statistics.median(times["import torch"])
         print(f"report / import torch: {ratio:.2f}")
         print(f"heavy packages a report imports: {modules_loaded(root, out) or 'none'}")

@@ -64,7 +64,9 @@ def profile(step, frozen_forward, name: str) -> None:
 def main() -> None:
     """Run the benchmark and print the table."""
     logging.disable(logging.WARNING)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="ViT-B-16")
     parser.add_argument("--methods", nargs="+", default=["mma", "rmadapter", "rmma"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -74,7 +76,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--profile", metavar="VARIANT", help="profile one variant (e.g. 'mma cache on') and stop")
+    parser.add_argument(
+        "--profile", metavar="VARIANT", help="profile one variant (e.g. 'mma cache on') and stop"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -84,9 +88,13 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
-    autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    autocast = dict(
+        device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    )
 
-    frozen = build_model("zeroshot", names, backbone=backbone, default_template="a photo of a {}.").eval()
+    frozen = build_model(
+        "zeroshot", names, backbone=backbone, default_template="a photo of a {}."
+    ).eval()
 
     def frozen_forward():
         frozen._drop_prompt_caches()  # both towers every call: the text would otherwise be computed once
@@ -100,14 +108,26 @@ def main() -> None:
             model = build_model(method, names, backbone=backbone).train()
             model.prefix_budget_mb = 0 if variant == "cache off" else 4096
             inputs = images
-            if variant == "cache on":  # what the trainer caches once per run, in the run's precision
+            if (
+                variant == "cache on"
+            ):  # what the trainer caches once per run, in the run's precision
                 block = model.method.first_active_blocks(backbone)[0]
                 with torch.autocast(**autocast):
-                    inputs = model.frozen_images(images, block, with_final=model.method.compares_with_frozen)
+                    inputs = model.frozen_images(
+                        images, block, with_final=model.method.compares_with_frozen
+                    )
                 if not inputs.at_output:
                     inputs.tokens = inputs.tokens.to(dtype or backbone.dtype)
-            opt = build_optimizer(model.method.trainable_parameters(), TrainConfig(**{
-                k: v for k, v in model.method.training_defaults.items() if k in TrainConfig.field_names()}))
+            opt = build_optimizer(
+                model.method.trainable_parameters(),
+                TrainConfig(
+                    **{
+                        k: v
+                        for k, v in model.method.training_defaults.items()
+                        if k in TrainConfig.field_names()
+                    }
+                ),
+            )
             scaler = torch.amp.GradScaler("cuda", enabled=scaled)
 
             def step(model=model, opt=opt, scaler=scaler, inputs=inputs):
@@ -132,15 +152,21 @@ def main() -> None:
             times[name].append(timed(fn, device))
     ms = {name: statistics.median(t) for name, t in times.items()}
     base = ms["frozen forward"]
-    print(f"{args.backbone} (random weights), batch {args.batch}, {args.classes} classes, {args.device}, "
-          f"{args.precision}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds")
-    print(f"{'what':<26}{'ms':>9}{'x frozen fwd':>14}{'x mma same':>12}{'min..max ms':>18}{'params':>11}")
+    print(
+        f"{args.backbone} (random weights), batch {args.batch}, {args.classes} classes, {args.device}, "
+        f"{args.precision}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds"
+    )
+    print(
+        f"{'what':<26}{'ms':>9}{'x frozen fwd':>14}{'x mma same':>12}{'min..max ms':>18}{'params':>11}"
+    )
     for name, value in ms.items():
         method, _, variant = name.partition(" ")
         ref = ms.get(f"mma {variant}")
         rel = f"{value / ref:.2f}" if ref and method != "mma" and name != "frozen forward" else ""
         spread = f"{min(times[name]):.0f}..{max(times[name]):.0f}"
-        print(f"{name:<26}{value:>9.1f}{value / base:>14.2f}{rel:>12}{spread:>18}{params.get(name, 0):>11,}")
+        print(
+            f"{name:<26}{value:>9.1f}{value / base:>14.2f}{rel:>12}{spread:>18}{params.get(name, 0):>11,}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,21 +24,27 @@ from clipadapt.cli import main
 from clipadapt.synthetic.render import SHAPES, random_scene, render
 
 TEST_TRIO = {"star", "cross", "diamond"}
-CANDIDATES = {"preset(b16,e20)": ["--config", "synthetic/mma.yaml"],
-              "b4,e20": ["--config", "synthetic/mma.yaml", "batch_size=4"],
-              "b8,e40": ["--config", "synthetic/mma.yaml", "batch_size=8", "epochs=40"],
-              "b4,e40": ["--config", "synthetic/mma.yaml", "batch_size=4", "epochs=40"],
-              "b4,e20,lr.005": ["--config", "synthetic/mma.yaml", "batch_size=4", "lr=0.005"]}
+CANDIDATES = {
+    "preset(b16,e20)": ["--config", "synthetic/mma.yaml"],
+    "b4,e20": ["--config", "synthetic/mma.yaml", "batch_size=4"],
+    "b8,e40": ["--config", "synthetic/mma.yaml", "batch_size=8", "epochs=40"],
+    "b4,e40": ["--config", "synthetic/mma.yaml", "batch_size=4", "epochs=40"],
+    "b4,e20,lr.005": ["--config", "synthetic/mma.yaml", "batch_size=4", "lr=0.005"],
+}
 
 
-def render_folder(root: Path, shapes: tuple[str, ...], seed: int, train: int = 6, held_out: int = 20) -> Path:
+def render_folder(
+    root: Path, shapes: tuple[str, ...], seed: int, train: int = 6, held_out: int = 20
+) -> Path:
     """`root/{train,test}/<shape>/*.png` drawn by the synthetic renderer."""
     rng = random.Random(seed)
     for shape in shapes:
         for split, count in (("train", train), ("test", held_out)):
             (root / split / shape).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                Image.fromarray(render(random_scene(rng, shape=shape))).save(root / split / shape / f"{i}.png")
+                Image.fromarray(render(random_scene(rng, shape=shape))).save(
+                    root / split / shape / f"{i}.png"
+                )
     return root
 
 
@@ -53,7 +59,9 @@ def accuracy(argv: list[str], out: Path) -> float:
 
 def main_study() -> None:
     """Score every candidate on every validation trio."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="folder for the rendered folders and the runs")
     parser.add_argument("--trios", type=int, default=8)
     args = parser.parse_args()
@@ -64,11 +72,31 @@ def main_study() -> None:
             trios.append(trio)
     for i, trio in enumerate(trios):
         folder = render_folder(out / "_".join(trio), trio, 100 + i)
-        row = {"zs": accuracy(["eval", "--method", "zeroshot", "--dataset", "folder", "--data-root", str(folder)],
-                              out / "runs" / "zeroshot")}
+        row = {
+            "zs": accuracy(
+                ["eval", "--method", "zeroshot", "--dataset", "folder", "--data-root", str(folder)],
+                out / "runs" / "zeroshot",
+            )
+        }
         for name, extra in CANDIDATES.items():
-            row[name] = accuracy(["train", "--method", "mma", "--dataset", "folder", "--data-root", str(folder),
-                                  "--protocol", "fewshot", "--shots", "6", *extra, "workers=0"], out / "runs" / "mma")
+            row[name] = accuracy(
+                [
+                    "train",
+                    "--method",
+                    "mma",
+                    "--dataset",
+                    "folder",
+                    "--data-root",
+                    str(folder),
+                    "--protocol",
+                    "fewshot",
+                    "--shots",
+                    "6",
+                    *extra,
+                    "workers=0",
+                ],
+                out / "runs" / "mma",
+            )
         print(json.dumps({"trio": trio, **row}), flush=True)
 
 

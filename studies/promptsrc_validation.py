@@ -47,8 +47,12 @@ def teacher_templates(variant: str):
 
 def main() -> None:
     """Train every variant on every dataset and seed, and print the validation table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True, help="where the synthetic datasets are (made if missing)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-root", required=True, help="where the synthetic datasets are (made if missing)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     args = parser.parse_args()
@@ -61,10 +65,21 @@ def main() -> None:
             for seed in (1, 2, 3):
                 method = "zeroshot" if variant == "zeroshot" else "promptsrc"
                 with teacher_templates(variant):
-                    m = train(method, dataset, args.data_root, os.path.join(out, variant, dataset, str(seed)),
-                              protocol="base2novel", seed=seed, backbone="synthetic", pretrained="shipped",
-                              eval_split="val", progress=False, overwrite=True, logger="none",
-                              **VARIANTS[variant])
+                    m = train(
+                        method,
+                        dataset,
+                        args.data_root,
+                        os.path.join(out, variant, dataset, str(seed)),
+                        protocol="base2novel",
+                        seed=seed,
+                        backbone="synthetic",
+                        pretrained="shipped",
+                        eval_split="val",
+                        progress=False,
+                        overwrite=True,
+                        logger="none",
+                        **VARIANTS[variant],
+                    )
                 scores.append((m["base"], m["novel"]))
             base = sum(b for b, _ in scores) / 3
             novel = sum(n for _, n in scores) / 3

@@ -32,17 +32,28 @@ from clipadapt.scoring import harmonic_mean
 
 VARIANTS = {
     "zeroshot": None,
-    "old": {"sep_norm": "frobenius", "attn_proj": "none", "text_context": "all"},  # the defaults before issue 9
+    "old": {
+        "sep_norm": "frobenius",
+        "attn_proj": "none",
+        "text_context": "all",
+    },  # the defaults before issue 9
     "gram_all": {"sep_norm": "gram", "attn_proj": "none", "text_context": "all"},
     "gram_eot": {"sep_norm": "gram", "attn_proj": "none", "text_context": "eot"},
     "nosep_eot": {"lambda_sep": 0.0, "attn_proj": "none", "text_context": "eot"},
     "gram_eot_qkv": {"sep_norm": "gram", "attn_proj": "qkv", "text_context": "eot"},
     "gram_eot_qkvo": {"sep_norm": "gram", "attn_proj": "qkvo", "text_context": "eot"},
-    "gram_eot_i2t": {"sep_norm": "gram", "attn_proj": "none", "text_context": "eot", "contrastive": "image_to_text"},
+    "gram_eot_i2t": {
+        "sep_norm": "gram",
+        "attn_proj": "none",
+        "text_context": "eot",
+        "contrastive": "image_to_text",
+    },
 }
 
 
-def score(variant: str, options: dict | None, root: str, shots: int, seed: int) -> tuple[float, float]:
+def score(
+    variant: str, options: dict | None, root: str, shots: int, seed: int
+) -> tuple[float, float]:
     """Average base and novel validation accuracy over the synthetic datasets."""
     base_accs, novel_accs = [], []
     for name in BENCHMARK:
@@ -51,17 +62,28 @@ def score(variant: str, options: dict | None, root: str, shots: int, seed: int) 
         novel = build_dataset(name, root, -1, seed, "new")
         seed_everything(seed)
         if options is None:
-            model = build_model("zeroshot", base.classnames, "synthetic", "shipped", default_template=base.template)
+            model = build_model(
+                "zeroshot", base.classnames, "synthetic", "shipped", default_template=base.template
+            )
         else:
             method_cfg, train_cfg, _ = resolve("rmma", synthetic_preset("rmma")[1], options)
             train_cfg.seed = seed
-            model = build_model("rmma", base.classnames, "synthetic", "shipped", default_template=base.template,
-                                **method_cfg.to_dict())
+            model = build_model(
+                "rmma",
+                base.classnames,
+                "synthetic",
+                "shipped",
+                default_template=base.template,
+                **method_cfg.to_dict(),
+            )
             Trainer(model, base.train, train_cfg, progress=False).run()
         base_accs.append(evaluate(model, base_val, progress=False).accuracy)
         model.set_classes(novel.classnames, novel.template)
         novel_accs.append(evaluate(model, novel.val, progress=False).accuracy)
-        print(f"  {variant:14s} {name:13s} base {base_accs[-1]:6.2f} novel {novel_accs[-1]:6.2f}", flush=True)
+        print(
+            f"  {variant:14s} {name:13s} base {base_accs[-1]:6.2f} novel {novel_accs[-1]:6.2f}",
+            flush=True,
+        )
     return sum(base_accs) / len(base_accs), sum(novel_accs) / len(novel_accs)
 
 
@@ -70,17 +92,22 @@ def loss_terms(root: str, shots: int, seed: int) -> None:
     print("| dataset | i2t | t2i | t2i if every image scored alike |\n| --- | --- | --- | --- |")
     for name in BENCHMARK:
         base = build_dataset(name, root, shots, seed, "base")
-        model = build_model("rmma", base.classnames, "synthetic", "shipped", default_template=base.template).eval()
+        model = build_model(
+            "rmma", base.classnames, "synthetic", "shipped", default_template=base.template
+        ).eval()
         i2t, t2i, alike = [], [], []
         with torch.no_grad():
-            for images, labels, *_ in make_loader(base.train, model_transform(model), 16, shuffle=True, seed=seed,
-                                                  drop_last=True):
+            for images, labels, *_ in make_loader(
+                base.train, model_transform(model), 16, shuffle=True, seed=seed, drop_last=True
+            ):
                 _, parts = model.method.loss(model(images), labels)
                 i2t.append(parts["i2t"].item())
                 t2i.append(parts["t2i"].item())
                 counts = labels.unique(return_counts=True)[1].float()
                 alike.append(torch.log(len(labels) / counts).mean().item())
-        print(f"| {name} | {sum(i2t) / len(i2t):.3f} | {sum(t2i) / len(t2i):.3f} | {sum(alike) / len(alike):.3f} |")
+        print(
+            f"| {name} | {sum(i2t) / len(i2t):.3f} | {sum(t2i) / len(t2i):.3f} | {sum(alike) / len(alike):.3f} |"
+        )
 
 
 def main() -> None:
@@ -90,7 +117,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--loss-terms", action="store_true", help="print L_CLIP's halves at zero-shot and stop")
+    parser.add_argument(
+        "--loss-terms", action="store_true", help="print L_CLIP's halves at zero-shot and stop"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.loss_terms:
@@ -101,9 +130,13 @@ def main() -> None:
         start = time.time()
         b, n = score(variant, VARIANTS[variant], args.data_root, args.shots, args.seed)
         rows.append((variant, b, n, harmonic_mean(b, n), time.time() - start))
-    print("\n| variant | options | val base | val novel | val HM |\n| --- | --- | --- | --- | --- |")
+    print(
+        "\n| variant | options | val base | val novel | val HM |\n| --- | --- | --- | --- | --- |"
+    )
     for variant, b, n, hm, _ in rows:
-        print(f"| {variant} | {VARIANTS[variant] or 'zero-shot CLIP'} | {b:.2f} | {n:.2f} | {hm:.2f} |")
+        print(
+            f"| {variant} | {VARIANTS[variant] or 'zero-shot CLIP'} | {b:.2f} | {n:.2f} | {hm:.2f} |"
+        )
     print(f"\n{sum(r[4] for r in rows) / 60:.1f} minutes")
 
 

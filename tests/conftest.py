@@ -47,7 +47,10 @@ FAST_LEARNING = {
     "mma": ({"scale": 0.1}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     "rmadapter": ({"scale": 0.1}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     # MMA++'s consistency term pulls towards the smaller drawn scales: a lighter weight learns in fewer epochs.
-    "mma_pp": ({"train_scale": 0.1, "test_scale": 0.1, "reg_weight": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 12}),
+    "mma_pp": (
+        {"train_scale": 0.1, "test_scale": 0.1, "reg_weight": 0.5},
+        {**ADAMW, "lr": 0.01, "epochs": 12},
+    ),
     "rmma": ({}, {**ADAMW, "lr": 0.01, "epochs": 15}),
     "mma_attn": ({"residual": 0.5}, {**ADAMW, "lr": 0.01, "epochs": 30}),
     "clip_adapter": ({"ratio": 0.8, "reduction": 1}, {**ADAMW, "lr": 0.05, "epochs": 30}),

@@ -14,8 +14,18 @@ from PIL import Image, ImageDraw
 
 from clipadapt.data.coop import COOP_DATASETS
 
-PALETTE = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 40), (160, 60, 200), (40, 200, 210),
-           (240, 130, 30), (120, 120, 120), (250, 250, 250), (90, 50, 20)]
+PALETTE = [
+    (220, 40, 40),
+    (40, 160, 60),
+    (40, 80, 220),
+    (230, 200, 40),
+    (160, 60, 200),
+    (40, 200, 210),
+    (240, 130, 30),
+    (120, 120, 120),
+    (250, 250, 250),
+    (90, 50, 20),
+]
 
 
 def draw_class_image(label: int, index: int, size: int = 32) -> Image.Image:
@@ -40,8 +50,14 @@ def _write_images(folder: str, label: int, names: list[str], size: int) -> None:
         draw_class_image(label, i, size).save(os.path.join(folder, name))
 
 
-def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tuple[int, int, int] = (20, 5, 6),
-                   size: int = 32, class_sizes: list[tuple[int, int, int]] | None = None) -> list[str]:
+def make_coop_tree(
+    root: str,
+    dataset: str,
+    num_classes: int = 6,
+    per_class: tuple[int, int, int] = (20, 5, 6),
+    size: int = 32,
+    class_sizes: list[tuple[int, int, int]] | None = None,
+) -> list[str]:
     """Write a fake `dataset` under `root` in CoOp's layout; returns its class names.
 
     `class_sizes` gives (train, val, test) counts per class (e.g. short classes); else every class
@@ -60,8 +76,8 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
             _write_images(os.path.join(image_dir, name), label, files, size)
             rel = [f"{name}/{f}" for f in files]
             split["train"] += [[p, label, name] for p in rel[:n_train]]
-            split["val"] += [[p, label, name] for p in rel[n_train:n_train + n_val]]
-            split["test"] += [[p, label, name] for p in rel[n_train + n_val:]]
+            split["val"] += [[p, label, name] for p in rel[n_train : n_train + n_val]]
+            split["test"] += [[p, label, name] for p in rel[n_train + n_val :]]
         with open(os.path.join(base, spec.split_file), "w") as f:
             json.dump(split, f)
     elif spec.reader == "fgvc":
@@ -74,7 +90,9 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
             for label, name in enumerate(classnames):
                 for j in range(sizes[label][which]):
                     counter += 1
-                    draw_class_image(label, counter, size).save(os.path.join(image_dir, f"{counter}.jpg"))
+                    draw_class_image(label, counter, size).save(
+                        os.path.join(image_dir, f"{counter}.jpg")
+                    )
                     lines.append(f"{counter} {name.replace('_', ' ')}")
             with open(os.path.join(base, f"images_variant_{split_name}.txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -86,15 +104,28 @@ def make_coop_tree(root: str, dataset: str, num_classes: int = 6, per_class: tup
         if spec.reader == "imagenet":
             for split_name, which in (("train", 0), ("val", 2)):
                 for label, wnid in enumerate(wnids):
-                    _write_images(os.path.join(image_dir, split_name, wnid), label,
-                                  [f"{wnid}_{j:04d}.JPEG" for j in range(sizes[label][which])], size)
+                    _write_images(
+                        os.path.join(image_dir, split_name, wnid),
+                        label,
+                        [f"{wnid}_{j:04d}.JPEG" for j in range(sizes[label][which])],
+                        size,
+                    )
         elif spec.reader == "imagenetv2":
             for label in range(num_classes):
-                _write_images(os.path.join(image_dir, str(label)), label,
-                              [f"{j}.jpeg" for j in range(sizes[label][2])], size)
+                _write_images(
+                    os.path.join(image_dir, str(label)),
+                    label,
+                    [f"{j}.jpeg" for j in range(sizes[label][2])],
+                    size,
+                )
         else:  # -Sketch, -A, -R: every other class only, as -A and -R hold a subset of ImageNet's classes
             for label, wnid in enumerate(wnids):
                 if dataset != "imagenet_sketch" and label % 2:
                     continue
-                _write_images(os.path.join(image_dir, wnid), label, [f"{j}.jpg" for j in range(sizes[label][2])], size)
+                _write_images(
+                    os.path.join(image_dir, wnid),
+                    label,
+                    [f"{j}.jpg" for j in range(sizes[label][2])],
+                    size,
+                )
     return classnames

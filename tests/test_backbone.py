@@ -9,7 +9,11 @@ from clipadapt.backbone import load_backbone
 from clipadapt.model import build_model
 from clipadapt.weights import resolve_quick_gelu
 
-PROMPTS = ["a photo of a cat.", "a photo of a very long and elaborate class name with many words.", "x"]
+PROMPTS = [
+    "a photo of a cat.",
+    "a photo of a very long and elaborate class name with many words.",
+    "x",
+]
 
 
 def _reference(bb, images, prompts):
@@ -25,7 +29,9 @@ def _reference(bb, images, prompts):
 def _check_parity(bb, image_size):
     torch.manual_seed(1)
     images = torch.randn(4, 3, image_size, image_size)
-    model = build_model("zeroshot", ["cat", "dog", "emu"], backbone=bb, pretrained="none", template="{}")
+    model = build_model(
+        "zeroshot", ["cat", "dog", "emu"], backbone=bb, pretrained="none", template="{}"
+    )
     model.set_classes(PROMPTS, template="{}")
     model.eval()
     ref_img, ref_txt, ref_logits = _reference(bb, images, PROMPTS)
@@ -79,7 +85,9 @@ def test_quick_gelu_reaches_the_model(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model", fake_create)
     import clipadapt.weights
 
-    monkeypatch.setattr(clipadapt.weights, "check_weights_reachable", lambda *a, **k: None)  # no weights needed
+    monkeypatch.setattr(
+        clipadapt.weights, "check_weights_reachable", lambda *a, **k: None
+    )  # no weights needed
     bb = load_backbone("ViT-B-16", "openai")
     assert seen["quick_gelu"] is True and bb.quick_gelu
     acts = {type(m).__name__ for m in bb.clip.modules()}
@@ -107,11 +115,13 @@ def test_local_checkpoint_file_loads(tmp_path, tiny_backbone):
 
 
 def test_evaluation_is_batch_independent(tiny_backbone):
-    model = build_model("zeroshot", ["a", "b", "c"], backbone=tiny_backbone, pretrained="none").eval()
+    model = build_model(
+        "zeroshot", ["a", "b", "c"], backbone=tiny_backbone, pretrained="none"
+    ).eval()
     torch.manual_seed(3)
     images = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
-        alone = torch.cat([model(images[i:i + 1]) for i in range(6)])
+        alone = torch.cat([model(images[i : i + 1]) for i in range(6)])
         together = model(images)
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
 

@@ -16,7 +16,9 @@ template = ['{} texture.']
 """
 template = ['a photo of a {}.']
 '''
-COOP_DTD_TEMPLATE = "{} texture."  # what the first of those lines says, and clipadapt's dtd template
+COOP_DTD_TEMPLATE = (
+    "{} texture."  # what the first of those lines says, and clipadapt's dtd template
+)
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["banded", "braided", "bubbly"]
 
@@ -30,13 +32,19 @@ def _effective_template(source: str) -> str:
 
 def test_the_official_files_second_assignment_wins():
     assert "['{} texture.']" in OFFICIAL_DTD_LINES_7_TO_10  # the line a reader sees first
-    assert _effective_template(OFFICIAL_DTD_LINES_7_TO_10) == "a photo of a {}." == OFFICIAL_TEMPLATE
+    assert (
+        _effective_template(OFFICIAL_DTD_LINES_7_TO_10) == "a photo of a {}." == OFFICIAL_TEMPLATE
+    )
 
 
 def test_clip_lora_prompts_with_the_effective_template_on_a_dataset_with_its_own():
     model = build_model("clip_lora", CLASSES, default_template=COOP_DTD_TEMPLATE, **TINY).eval()
     assert model.template == _effective_template(OFFICIAL_DTD_LINES_7_TO_10)
-    assert model.class_prompts == [["a photo of a banded."], ["a photo of a braided."], ["a photo of a bubbly."]]
+    assert model.class_prompts == [
+        ["a photo of a banded."],
+        ["a photo of a braided."],
+        ["a photo of a bubbly."],
+    ]
     # untrained (B = 0) it is zero-shot CLIP prompted so, and not prompted with the dataset's template
     official = build_model("zeroshot", CLASSES, default_template="a photo of a {}.", **TINY).eval()
     coop = build_model("zeroshot", CLASSES, default_template=COOP_DTD_TEMPLATE, **TINY).eval()
@@ -47,7 +55,11 @@ def test_clip_lora_prompts_with_the_effective_template_on_a_dataset_with_its_own
 
 
 def test_the_dataset_template_is_a_switch():
-    model = build_model("clip_lora", CLASSES, default_template=COOP_DTD_TEMPLATE, dataset_template=True, **TINY)
+    model = build_model(
+        "clip_lora", CLASSES, default_template=COOP_DTD_TEMPLATE, dataset_template=True, **TINY
+    )
     assert model.template == COOP_DTD_TEMPLATE
-    explicit = build_model("clip_lora", CLASSES, default_template=COOP_DTD_TEMPLATE, template="itap of a {}.", **TINY)
+    explicit = build_model(
+        "clip_lora", CLASSES, default_template=COOP_DTD_TEMPLATE, template="itap of a {}.", **TINY
+    )
     assert explicit.template == "itap of a {}."

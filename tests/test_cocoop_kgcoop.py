@@ -38,7 +38,7 @@ def official_prompt_parts(model, ctx_init="a photo of a"):
     bb, n = model.backbone, model.method.n_ctx
     tokenized = bb.tokenize([f"{ctx_init} {name}." for name in model.classnames])
     emb = bb._text.token_embedding(tokenized)
-    return tokenized, emb[:, :1], emb[:, 1 + n:]
+    return tokenized, emb[:, :1], emb[:, 1 + n :]
 
 
 def cocoop_reference(model, images, labels=None):
@@ -51,7 +51,9 @@ def cocoop_reference(model, images, labels=None):
     ctx_shifted = m.ctx.unsqueeze(0) + bias
     logits = []
     for ctx_i, imf_i in zip(ctx_shifted, image_features, strict=True):
-        pts_i = torch.cat([prefix, ctx_i.unsqueeze(0).expand(len(tokenized), -1, -1), suffix], dim=1)
+        pts_i = torch.cat(
+            [prefix, ctx_i.unsqueeze(0).expand(len(tokenized), -1, -1), suffix], dim=1
+        )
         text_features = official_text_encoder(bb, pts_i, tokenized)
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)
         logits.append(bb.logit_scale * imf_i @ text_features.t())
@@ -65,8 +67,12 @@ def kgcoop_reference(model, images, template):
     tokenized, prefix, suffix = official_prompt_parts(model)
     prompts = torch.cat([prefix, m.ctx.unsqueeze(0).expand(len(tokenized), -1, -1), suffix], dim=1)
     text_features = official_text_encoder(bb, prompts, tokenized)
-    with torch.no_grad():  # PromptLearner: a second CLIP's encode_text of the CUSTOM_TEMPLATES prompts
-        old = bb.clip.encode_text(bb.tokenize([template.format(c.replace("_", " ")) for c in model.classnames]))
+    with (
+        torch.no_grad()
+    ):  # PromptLearner: a second CLIP's encode_text of the CUSTOM_TEMPLATES prompts
+        old = bb.clip.encode_text(
+            bb.tokenize([template.format(c.replace("_", " ")) for c in model.classnames])
+        )
         old = old / old.norm(dim=-1, keepdim=True)
     image_features = bb.clip.visual(images)
     image_features = image_features / image_features.norm(dim=-1, keepdim=True)
@@ -90,11 +96,17 @@ def test_cocoop_equals_official_forward():
     assert model.prompts[0] == "X X X X red disc."
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5
+        )
         model.method.config.pair_chunk = 5  # evaluation in chunks of images: the same logits
-        torch.testing.assert_close(model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5
+        )
         model.set_classes(OTHERS)
-        torch.testing.assert_close(model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(images), cocoop_reference(model, images), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_cocoop_loss_is_the_official_one():
@@ -104,7 +116,9 @@ def test_cocoop_loss_is_the_official_one():
     expected = cocoop_reference(model, images, labels)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     loss.backward()
-    assert model.method.meta_net.linear2.bias.grad.abs().sum() > 0  # the meta-net is trained through the text
+    assert (
+        model.method.meta_net.linear2.bias.grad.abs().sum() > 0
+    )  # the meta-net is trained through the text
 
 
 def test_cocoop_context_starts_as_the_words_it_replaces():
@@ -122,7 +136,11 @@ def test_cocoop_context_starts_as_the_words_it_replaces():
 
 def _official_cocoop_file(path, m, half=True):
     cast = (lambda t: t.detach().half()) if half else (lambda t: t.detach().clone())
-    state = {"ctx": cast(m.ctx), "token_prefix": torch.zeros(4, 1, 64), "token_suffix": torch.zeros(4, 72, 64)}
+    state = {
+        "ctx": cast(m.ctx),
+        "token_prefix": torch.zeros(4, 1, 64),
+        "token_suffix": torch.zeros(4, 72, 64),
+    }
     for layer in ("linear1", "linear2"):
         for part in ("weight", "bias"):
             state[f"meta_net.{layer}.{part}"] = cast(getattr(getattr(m.meta_net, layer), part))
@@ -134,8 +152,13 @@ def test_cocoop_official_checkpoint_loads_to_the_same_tensors(tmp_path):
     path = tmp_path / "model.pth.tar-10"
     _official_cocoop_file(path, model.method)  # PREC fp16: the official tensors are half precision
     config, state = cocoop.official_adapter(str(path))
-    assert set(state) == {"ctx", "meta_net.linear1.weight", "meta_net.linear1.bias",
-                          "meta_net.linear2.weight", "meta_net.linear2.bias"}  # token_prefix/suffix dropped
+    assert set(state) == {
+        "ctx",
+        "meta_net.linear1.weight",
+        "meta_net.linear1.bias",
+        "meta_net.linear2.weight",
+        "meta_net.linear2.bias",
+    }  # token_prefix/suffix dropped
     for key, value in state.items():
         assert torch.equal(value, model.method.state_dict()[key].half().float()), key
     loaded = build_model("cocoop", CLASSES, **TINY, **config.to_dict())
@@ -156,11 +179,14 @@ def test_kgcoop_vit_b16_parameter_count():
     assert model.method.num_trainable() == 4 * 512 == 2048
 
 
-@pytest.mark.parametrize("dataset, coop_template, template", [
-    ("dtd", "{} texture.", "a photo of a {}, a type of texture."),  # KgCoOp's own, not CoOp's
-    ("oxford_pets", "a photo of a {}, a type of pet.", "a photo of a {}, a type of pet."),
-    (None, None, "a photo of a {}."),
-])
+@pytest.mark.parametrize(
+    "dataset, coop_template, template",
+    [
+        ("dtd", "{} texture.", "a photo of a {}, a type of texture."),  # KgCoOp's own, not CoOp's
+        ("oxford_pets", "a photo of a {}, a type of pet.", "a photo of a {}, a type of pet."),
+        (None, None, "a photo of a {}."),
+    ],
+)
 def test_kgcoop_logits_and_loss_are_the_official_ones(dataset, coop_template, template):
     torch.manual_seed(1)
     model = build_model("kgcoop", CLASSES, **TINY, default_template=coop_template, dataset=dataset)
@@ -197,9 +223,14 @@ def test_kgcoop_paper_distance_is_twice_the_code():
 def test_kgcoop_official_checkpoint_loads_to_the_same_tensors(tmp_path):
     torch.manual_seed(3)
     model = build_model("kgcoop", CLASSES, **TINY).eval()
-    official = {"ctx": model.method.ctx.detach().clone(), "bias_vectors": torch.randn(1, 512),
-                "meta_net.linear1.weight": torch.randn(512, 512), "meta_net.linear1.bias": torch.randn(512),
-                "token_prefix": torch.zeros(4, 1, 64), "token_suffix": torch.zeros(4, 72, 64)}
+    official = {
+        "ctx": model.method.ctx.detach().clone(),
+        "bias_vectors": torch.randn(1, 512),
+        "meta_net.linear1.weight": torch.randn(512, 512),
+        "meta_net.linear1.bias": torch.randn(512),
+        "token_prefix": torch.zeros(4, 1, 64),
+        "token_suffix": torch.zeros(4, 72, 64),
+    }
     path = tmp_path / "model-best.pth.tar"
     torch.save({"state_dict": official, "epoch": 100}, path)
     config, state = kgcoop.official_adapter(str(path))
@@ -225,11 +256,23 @@ LEARNING_OPTIONS = {"cocoop": ({}, 0.01), "kgcoop": ({"kg_weight": 0.1}, 0.03)}
 def test_training_beats_zero_shot_on_base_classes(method, learn_root):
     data = build_dataset("eurosat", learn_root, shots=8, seed=1, subsample="base")
     seed_everything(0)
-    model = build_model(method, data.classnames, **TINY, default_template=data.template, dataset="eurosat",
-                        **LEARNING_OPTIONS[method][0])
+    model = build_model(
+        method,
+        data.classnames,
+        **TINY,
+        default_template=data.template,
+        dataset="eurosat",
+        **LEARNING_OPTIONS[method][0],
+    )
     zero_shot = evaluate(model, data.test, progress=False).accuracy
-    cfg = TrainConfig(optimizer="adamw", weight_decay=0.0, lr=LEARNING_OPTIONS[method][1], epochs=30, augment=False,
-                      batch_size=8)
+    cfg = TrainConfig(
+        optimizer="adamw",
+        weight_decay=0.0,
+        lr=LEARNING_OPTIONS[method][1],
+        epochs=30,
+        augment=False,
+        batch_size=8,
+    )
     Trainer(model, data.train, cfg, progress=False).run()
     trained = evaluate(model, data.test, progress=False).accuracy
     assert trained >= zero_shot + 40, (zero_shot, trained)
@@ -243,20 +286,49 @@ def test_info_counts_the_new_methods(capsys):
     for method in ("cocoop", "kgcoop"):
         assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
-        assert info["trainable_params"] == build_model(method, ["a", "b"], **TINY).method.num_trainable() > 0
+        assert (
+            info["trainable_params"]
+            == build_model(method, ["a", "b"], **TINY).method.num_trainable()
+            > 0
+        )
 
 
 # ---- presets: the official settings ------------------------------------------------------------
-@pytest.mark.parametrize("name, method, train", [
-    ("cocoop_base2novel.yaml", {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
-     {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 10, "batch_size": 1,
-      "warmup_epochs": 1, "warmup_lr": 1e-5}),
-    ("kgcoop_base2novel.yaml", {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0, "kg_distance": "cosine"},
-     {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 100, "batch_size": 128,
-      "warmup_epochs": 1, "warmup_lr": 1e-5}),
-    ("synthetic/cocoop.yaml", {"n_ctx": 4, "ctx_init": "a photo of a"}, {"augment": False}),
-    ("synthetic/kgcoop.yaml", {"kg_weight": 8.0}, {"augment": False}),
-])
+@pytest.mark.parametrize(
+    "name, method, train",
+    [
+        (
+            "cocoop_base2novel.yaml",
+            {"n_ctx": 4, "ctx_init": "a photo of a", "meta_reduction": 16},
+            {
+                "optimizer": "sgd",
+                "lr": 0.002,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "epochs": 10,
+                "batch_size": 1,
+                "warmup_epochs": 1,
+                "warmup_lr": 1e-5,
+            },
+        ),
+        (
+            "kgcoop_base2novel.yaml",
+            {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0, "kg_distance": "cosine"},
+            {
+                "optimizer": "sgd",
+                "lr": 0.002,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "epochs": 100,
+                "batch_size": 128,
+                "warmup_epochs": 1,
+                "warmup_lr": 1e-5,
+            },
+        ),
+        ("synthetic/cocoop.yaml", {"n_ctx": 4, "ctx_init": "a photo of a"}, {"augment": False}),
+        ("synthetic/kgcoop.yaml", {"kg_weight": 8.0}, {"augment": False}),
+    ],
+)
 def test_presets_hold_the_official_settings(name, method, train):
     import os
 
@@ -277,6 +349,8 @@ def test_presets_hold_the_official_settings(name, method, train):
 def test_an_n_ctx_the_initial_words_contradict_is_refused_not_recorded(method):
     from clipadapt.errors import ClipadaptError
 
-    with pytest.raises(ClipadaptError, match="ctx_init 'a photo of a' is 4 tokens but n_ctx is 16: set n_ctx=4"):
+    with pytest.raises(
+        ClipadaptError, match="ctx_init 'a photo of a' is 4 tokens but n_ctx is 16: set n_ctx=4"
+    ):
         build_model(method, CLASSES, ctx_init="a photo of a", n_ctx=16, **TINY)
     assert perturbed_model(method, CLASSES, ctx_init="", n_ctx=16).method.ctx.shape[0] == 16

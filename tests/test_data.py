@@ -48,14 +48,22 @@ def dassl_reference(train, val, shots, seed, subsample, val_is_test=False):
     relabel = {y: i for i, y in enumerate(selected)}
 
     def keep(items):
-        return [Datum(d.impath, relabel[d.label], d.classname) for d in items if d.label in selected]
+        return [
+            Datum(d.impath, relabel[d.label], d.classname) for d in items if d.label in selected
+        ]
 
     return keep(train), keep(val)
 
 
 def _items(n_classes, per_class, shuffle_seed=0):
-    items = [Datum(f"img_{c}_{i}.jpg", c, f"class {c}") for c in range(n_classes) for i in range(per_class[c])]
-    random.Random(shuffle_seed).shuffle(items)  # labels appear in a mixed order, as in real split files
+    items = [
+        Datum(f"img_{c}_{i}.jpg", c, f"class {c}")
+        for c in range(n_classes)
+        for i in range(per_class[c])
+    ]
+    random.Random(shuffle_seed).shuffle(
+        items
+    )  # labels appear in a mixed order, as in real split files
     return items
 
 
@@ -92,7 +100,9 @@ def test_fewshot_matches_dassl_with_short_classes_on_every_loader(short_root, na
         for seed in (1, 2):
             for subsample in ("all", "base", "new"):
                 ours = build_dataset(name, short_root, shots=shots, seed=seed, subsample=subsample)
-                ref_train, ref_val = dassl_reference(full.train, full.val, shots, seed, subsample, val_is_test)
+                ref_train, ref_val = dassl_reference(
+                    full.train, full.val, shots, seed, subsample, val_is_test
+                )
                 assert ours.train == ref_train, (shots, seed, subsample)
                 assert ours.val == (ours.test if val_is_test else ref_val), (shots, seed, subsample)
     # A short class keeps each of its images once, in order: no duplicates.
@@ -139,8 +149,10 @@ def test_base_and_new_share_one_draw(fake_root):
     new = build_dataset("dtd", fake_root, shots=4, seed=1, subsample="new")
     n = full.num_classes
     assert base.classnames == full.classnames[: math.ceil(n / 2)]
-    assert new.classnames == full.classnames[math.ceil(n / 2):]
-    assert {d.impath for d in base.train} | {d.impath for d in new.train} == {d.impath for d in full.train}
+    assert new.classnames == full.classnames[math.ceil(n / 2) :]
+    assert {d.impath for d in base.train} | {d.impath for d in new.train} == {
+        d.impath for d in full.train
+    }
     assert sorted({d.label for d in new.test}) == list(range(len(new.classnames)))
 
 
@@ -174,11 +186,15 @@ def test_every_coop_dataset_loads(fake_root, name):
 
 def test_split_file_paths_are_joined_to_the_image_folder(fake_root):
     data = build_dataset("caltech101", fake_root)
-    assert data.train[0].impath.startswith(os.path.join(fake_root, "caltech-101", "101_ObjectCategories"))
+    assert data.train[0].impath.startswith(
+        os.path.join(fake_root, "caltech-101", "101_ObjectCategories")
+    )
     with open(os.path.join(fake_root, "caltech-101", "split_zhou_Caltech101.json")) as f:
         split = json.load(f)
     assert [d.impath for d in data.test] == [
-        os.path.join(fake_root, "caltech-101", "101_ObjectCategories", p) for p, _, _ in split["test"]]
+        os.path.join(fake_root, "caltech-101", "101_ObjectCategories", p)
+        for p, _, _ in split["test"]
+    ]
 
 
 def test_missing_split_file_names_it_and_coop_docs(tmp_path):

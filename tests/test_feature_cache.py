@@ -52,62 +52,118 @@ def test_logits_from_frozen_image_features_equal_forward(method, tiny_backbone):
         got = model.logits_from_frozen_image_features(model.frozen_image_features(images))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     model.train()  # the training path (text through the method with gradient) gives the same logits
-    torch.testing.assert_close(model.logits_from_frozen_image_features(model.frozen_image_features(images)),
-                               model(images), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.logits_from_frozen_image_features(model.frozen_image_features(images)),
+        model(images),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
-def test_logits_from_frozen_image_features_refuses_a_method_that_changes_the_image_tower(tiny_backbone):
+def test_logits_from_frozen_image_features_refuses_a_method_that_changes_the_image_tower(
+    tiny_backbone,
+):
     model = build_model("mma", ["cat", "dog"], tiny_backbone)
     with pytest.raises(Exception, match="changes the image tower"):
-        model.logits_from_frozen_image_features(torch.zeros(1, tiny_backbone.clip.visual.output_dim))
+        model.logits_from_frozen_image_features(
+            torch.zeros(1, tiny_backbone.clip.visual.output_dim)
+        )
 
 
 def _forbid_image_reads(monkeypatch):
     def refuse(path):
         raise AssertionError(f"image {path} was read although its features are cached")
+
     monkeypatch.setattr(loader_module, "load_image", refuse)
 
 
 @pytest.mark.parametrize("method", ["coop", "mma_attn"])
-def test_second_evaluation_reads_the_cache_and_predicts_the_same(method, named_backbone, data, tmp_path,
-                                                                  monkeypatch, caplog):
+def test_second_evaluation_reads_the_cache_and_predicts_the_same(
+    method, named_backbone, data, tmp_path, monkeypatch, caplog
+):
     caplog.set_level(logging.INFO, logger="clipadapt")
     model = _trained_like(method, data.classnames, named_backbone)
     plain = evaluate(model, data.test, batch_size=7, progress=False)
     cache = FeatureCache(tmp_path / "features")
-    first = evaluate(model, data.test, batch_size=7, progress=False, feature_cache=cache, dataset="eurosat",
-                     split="test/base")
+    first = evaluate(
+        model,
+        data.test,
+        batch_size=7,
+        progress=False,
+        feature_cache=cache,
+        dataset="eurosat",
+        split="test/base",
+    )
     assert (cache.reads, cache.writes) == (0, 1)
     assert "feature cache: wrote" in caplog.text
     caplog.clear()
     _forbid_image_reads(monkeypatch)
-    second = evaluate(model, data.test, batch_size=7, progress=False, feature_cache=cache, dataset="eurosat",
-                      split="test/base")
+    second = evaluate(
+        model,
+        data.test,
+        batch_size=7,
+        progress=False,
+        feature_cache=cache,
+        dataset="eurosat",
+        split="test/base",
+    )
     assert (cache.reads, cache.writes) == (1, 1)
     assert "feature cache: read" in caplog.text and "feature cache: wrote" not in caplog.text
-    assert (second.accuracy, second.labels, second.topk, second.topk_scores) == \
-           (first.accuracy, first.labels, first.topk, first.topk_scores)
-    assert first.labels == plain.labels and first.topk == plain.topk and first.accuracy == plain.accuracy
+    assert (second.accuracy, second.labels, second.topk, second.topk_scores) == (
+        first.accuracy,
+        first.labels,
+        first.topk,
+        first.topk_scores,
+    )
+    assert (
+        first.labels == plain.labels
+        and first.topk == plain.topk
+        and first.accuracy == plain.accuracy
+    )
     torch.testing.assert_close(torch.tensor(first.topk_scores), torch.tensor(plain.topk_scores))
 
 
-def test_other_image_frozen_methods_and_seeds_share_the_entry(named_backbone, data, tmp_path, monkeypatch):
+def test_other_image_frozen_methods_and_seeds_share_the_entry(
+    named_backbone, data, tmp_path, monkeypatch
+):
     cache = FeatureCache(tmp_path / "features", verbose=False)
-    evaluate(_trained_like("zeroshot", data.classnames, named_backbone), data.test, progress=False,
-             feature_cache=cache, dataset="eurosat", split="test/base")
+    evaluate(
+        _trained_like("zeroshot", data.classnames, named_backbone),
+        data.test,
+        progress=False,
+        feature_cache=cache,
+        dataset="eurosat",
+        split="test/base",
+    )
     _forbid_image_reads(monkeypatch)
     for method in ("coop", "clip_adapter", "mma_attn"):
-        evaluate(_trained_like(method, data.classnames, named_backbone), data.test, progress=False,
-                 feature_cache=cache, dataset="eurosat", split="test/base")
+        evaluate(
+            _trained_like(method, data.classnames, named_backbone),
+            data.test,
+            progress=False,
+            feature_cache=cache,
+            dataset="eurosat",
+            split="test/base",
+        )
     assert (cache.reads, cache.writes) == (3, 1)
 
 
-def test_methods_that_change_the_image_tower_and_random_weights_are_not_cached(named_backbone, tiny_backbone, data,
-                                                                               tmp_path):
+def test_methods_that_change_the_image_tower_and_random_weights_are_not_cached(
+    named_backbone, tiny_backbone, data, tmp_path
+):
     cache = FeatureCache(tmp_path / "features", verbose=False)
-    evaluate(_trained_like("mma", data.classnames, named_backbone), data.test, progress=False, feature_cache=cache)
-    evaluate(_trained_like("zeroshot", data.classnames, tiny_backbone), data.test, progress=False,  # '.../none'
-             feature_cache=cache)
+    evaluate(
+        _trained_like("mma", data.classnames, named_backbone),
+        data.test,
+        progress=False,
+        feature_cache=cache,
+    )
+    evaluate(
+        _trained_like("zeroshot", data.classnames, tiny_backbone),
+        data.test,
+        progress=False,  # '.../none'
+        feature_cache=cache,
+    )
     assert (cache.reads, cache.writes) == (0, 0)
     assert not (tmp_path / "features").exists()
 
@@ -115,8 +171,12 @@ def test_methods_that_change_the_image_tower_and_random_weights_are_not_cached(n
 def test_another_backbone_split_image_set_or_transform_misses(named_backbone, data, tmp_path):
     cache = FeatureCache(tmp_path / "features", verbose=False)
     model = _trained_like("zeroshot", data.classnames, named_backbone)
-    run = lambda items, split="test/base": evaluate(model, items, progress=False, feature_cache=cache,  # noqa: E731
-                                                     dataset="eurosat", split=split)
+
+    def run(items, split="test/base"):
+        return evaluate(
+            model, items, progress=False, feature_cache=cache, dataset="eurosat", split=split
+        )
+
     run(data.test)
     run(data.test[:-1])  # one image fewer
     run(list(reversed(data.test)))  # the same images in another order: another feature order
@@ -124,8 +184,14 @@ def test_another_backbone_split_image_set_or_transform_misses(named_backbone, da
     other = load_backbone("clipadapt-tiny", "none")
     other.load_state_dict(named_backbone.state_dict())
     other.identity = "clipadapt-tiny/test-weights-1"
-    evaluate(_trained_like("zeroshot", data.classnames, other), data.test, progress=False, feature_cache=cache,
-             dataset="eurosat", split="test/base")
+    evaluate(
+        _trained_like("zeroshot", data.classnames, other),
+        data.test,
+        progress=False,
+        feature_cache=cache,
+        dataset="eurosat",
+        split="test/base",
+    )
     cfg = named_backbone.preprocess_cfg
     saved = dict(cfg)
     try:
@@ -140,11 +206,14 @@ def test_another_backbone_split_image_set_or_transform_misses(named_backbone, da
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "another key"])
-def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(damage, named_backbone, data, tmp_path,
-                                                                       caplog):
+def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(
+    damage, named_backbone, data, tmp_path, caplog
+):
     cache = FeatureCache(tmp_path / "features", verbose=False)
     model = _trained_like("clip_adapter", data.classnames, named_backbone)
-    first = evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")
+    first = evaluate(
+        model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base"
+    )
     (path,) = list((tmp_path / "features").iterdir())
     if damage == "garbage":
         path.write_bytes(b"not a safetensors file")
@@ -155,12 +224,20 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(damage, n
         cache.save(key, torch.zeros(len(data.test), 8))
         os.replace(cache.path(key), path)
     caplog.clear()
-    again = evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")
+    again = evaluate(
+        model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base"
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and f"ignoring feature cache file '{path}'" in warnings[0] and "recomputing" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and f"ignoring feature cache file '{path}'" in warnings[0]
+        and "recomputing" in warnings[0]
+    )
     assert (again.topk, again.topk_scores) == (first.topk, first.topk_scores)
     assert cache.reads == 0
-    evaluate(model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base")
+    evaluate(
+        model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base"
+    )
     assert cache.reads == 1  # rewritten whole
 
 
@@ -174,21 +251,40 @@ def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
 
 
 def _cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "clipadapt", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "clipadapt", *args], capture_output=True, text=True, env=env
+    )
 
 
 def test_cli_eval_says_when_it_reads_the_cache_and_opts_out(learn_root, tmp_path):
     env = {**os.environ, "CLIPADAPT_CACHE": str(tmp_path / "cache")}
-    base = ["eval", "--dataset", "eurosat", "--data-root", learn_root, "--subsample", "new", "--workers", "0",
-            "--backbone", "synthetic", "--pretrained", "shipped"]
+    base = [
+        "eval",
+        "--dataset",
+        "eurosat",
+        "--data-root",
+        learn_root,
+        "--subsample",
+        "new",
+        "--workers",
+        "0",
+        "--backbone",
+        "synthetic",
+        "--pretrained",
+        "shipped",
+    ]
     one = _cli(*base, "--out", str(tmp_path / "one"), env=env)
     assert one.returncode == 0, one.stderr
     assert "feature cache: wrote" in one.stderr and "feature cache: read" not in one.stderr
     two = _cli(*base, "--out", str(tmp_path / "two"), env=env)
-    assert "feature cache: read" in two.stderr and str(tmp_path / "cache" / "features") in two.stderr
+    assert (
+        "feature cache: read" in two.stderr and str(tmp_path / "cache" / "features") in two.stderr
+    )
     assert one.stdout == two.stdout  # the same accuracy line
     off = _cli(*base, "--out", str(tmp_path / "off"), "--no-feature-cache", env=env)
     assert off.returncode == 0 and "feature cache" not in off.stderr
     assert off.stdout == one.stdout
-    elsewhere = _cli(*base, "--out", str(tmp_path / "else"), "--feature-cache", str(tmp_path / "mine"), env=env)
+    elsewhere = _cli(
+        *base, "--out", str(tmp_path / "else"), "--feature-cache", str(tmp_path / "mine"), env=env
+    )
     assert "feature cache: wrote" in elsewhere.stderr and len(os.listdir(tmp_path / "mine")) == 1

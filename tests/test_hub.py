@@ -19,8 +19,20 @@ SETTINGS = {"epochs": 1, "augment": False, "scale": 0.1, "lr": 0.01}
 @pytest.fixture(scope="module")
 def finished_run(learn_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "mma"
-    clipadapt.train("mma", "eurosat", learn_root, str(out), protocol="base2novel", shots=2, seed=3,
-                    backbone="clipadapt-tiny", pretrained="none", config="none", progress=False, **SETTINGS)
+    clipadapt.train(
+        "mma",
+        "eurosat",
+        learn_root,
+        str(out),
+        protocol="base2novel",
+        shots=2,
+        seed=3,
+        backbone="clipadapt-tiny",
+        pretrained="none",
+        config="none",
+        progress=False,
+        **SETTINGS,
+    )
     return out
 
 
@@ -60,34 +72,59 @@ def _offline_hub(monkeypatch, hf_home) -> None:
 def test_an_export_holds_the_adapter_its_config_and_a_model_card(finished_run, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", str(finished_run), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter.safetensors", "config.json"]
-    assert (out / "adapter.safetensors").read_bytes() == (finished_run / "adapter.safetensors").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "adapter.safetensors",
+        "config.json",
+    ]
+    assert (out / "adapter.safetensors").read_bytes() == (
+        finished_run / "adapter.safetensors"
+    ).read_bytes()
     config = json.loads((out / "config.json").read_text())
     record = yaml.safe_load((finished_run / "config.yaml").read_text())
     meta, _ = clipadapt.adapters.read_adapter(str(finished_run / "adapter.safetensors"))
-    assert config["method"] == "mma" and config["method_config"] == json.loads(meta["method_config"])
-    assert config["backbone_identity"] == meta["backbone_identity"] and config["backbone"] == "clipadapt-tiny"
-    assert config["run"] == {k: v for k, v in record.items() if k != "data_root"}  # no local path leaves the machine
+    assert config["method"] == "mma" and config["method_config"] == json.loads(
+        meta["method_config"]
+    )
+    assert (
+        config["backbone_identity"] == meta["backbone_identity"]
+        and config["backbone"] == "clipadapt-tiny"
+    )
+    assert config["run"] == {
+        k: v for k, v in record.items() if k != "data_root"
+    }  # no local path leaves the machine
     assert config["metrics"] == json.loads((finished_run / "metrics.json").read_text())
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---\n")[1])
     assert "license" in front and front["license"] is None  # left for the user
     metrics = config["metrics"]
-    for fact in ("`mma`", "MMA: Multi-Modal Adapter", "clipadapt-tiny", "base2novel", "eurosat", "| shots | 2 |",
-                 "| seed(s) | 3 |", f"| hm | {metrics['hm']} |", f"| base | {metrics['base']} |",
-                 "clipadapt train --method mma --dataset eurosat"):
+    for fact in (
+        "`mma`",
+        "MMA: Multi-Modal Adapter",
+        "clipadapt-tiny",
+        "base2novel",
+        "eurosat",
+        "| shots | 2 |",
+        "| seed(s) | 3 |",
+        f"| hm | {metrics['hm']} |",
+        f"| base | {metrics['base']} |",
+        "clipadapt train --method mma --dataset eurosat",
+    ):
         assert fact in card, fact
     # The card's command remakes the run: it parses, and its settings are the recorded ones.
     command = next(line for line in card.splitlines() if line.startswith("clipadapt train"))
     import shlex
 
     from clipadapt.cli import build_parser
+
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.method, args.shots, args.seed, args.protocol) == ("mma", 2, 3, "base2novel")
     assert "scale=0.1" in command and "epochs=1" in command
 
 
-def test_export_refuses_an_unfinished_run_a_diverged_run_and_a_non_empty_folder(finished_run, tmp_path):
+def test_export_refuses_an_unfinished_run_a_diverged_run_and_a_non_empty_folder(
+    finished_run, tmp_path
+):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(finished_run, unfinished)
     (unfinished / "metrics.json").unlink()
@@ -107,34 +144,61 @@ def test_export_refuses_an_unfinished_run_a_diverged_run_and_a_non_empty_folder(
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_an_export_loads_back_from_its_folder_and_from_an_offline_hub_id(finished_run, tmp_path, monkeypatch):
+def test_an_export_loads_back_from_its_folder_and_from_an_offline_hub_id(
+    finished_run, tmp_path, monkeypatch
+):
     out = tmp_path / "export"
     clipadapt.adapters.export_run(str(finished_run), str(out))
     expected = _logits(str(finished_run / "adapter.safetensors"))
     assert torch.equal(_logits(str(out)), expected)
-    assert torch.equal(_logits(str(finished_run)), expected)  # a run folder is a folder holding an adapter
+    assert torch.equal(
+        _logits(str(finished_run)), expected
+    )  # a run folder is a folder holding an adapter
     hf_home = tmp_path / "hf"
     _fill_hub_cache(hf_home, "someone/mma-eurosat", out)
     _offline_hub(monkeypatch, hf_home)
     assert torch.equal(_logits("hf-hub:someone/mma-eurosat"), expected)
     assert torch.equal(_logits("someone/mma-eurosat"), expected)  # no such local path: a Hub id
-    with pytest.raises(ClipadaptError, match="Hub adapter 'someone/other'.*offline .HF_HUB_OFFLINE is set. and "
-                                             "not in the cache"):
+    with pytest.raises(
+        ClipadaptError,
+        match="Hub adapter 'someone/other'.*offline .HF_HUB_OFFLINE is set. and not in the cache",
+    ):
         clipadapt.load_model("hf-hub:someone/other")
 
 
-def test_eval_predict_and_transfer_take_a_folder_and_a_hub_id(finished_run, learn_root, tmp_path, monkeypatch,
-                                                                capsys):
+def test_eval_predict_and_transfer_take_a_folder_and_a_hub_id(
+    finished_run, learn_root, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "export"
     clipadapt.adapters.export_run(str(finished_run), str(out))
     hf_home = tmp_path / "hf"
     _fill_hub_cache(hf_home, "someone/mma-eurosat", out)
     _offline_hub(monkeypatch, hf_home)
     accuracies = []
-    for i, checkpoint in enumerate([str(finished_run / "adapter.safetensors"), str(out), "hf-hub:someone/mma-eurosat"]):
-        assert main(["eval", "--checkpoint", checkpoint, "--dataset", "eurosat", "--data-root", learn_root,
-                     "--subsample", "base", "--out", str(tmp_path / f"eval{i}")]) == 0
-        accuracies.append(json.loads((tmp_path / f"eval{i}" / "metrics.json").read_text())["accuracy"])
+    for i, checkpoint in enumerate(
+        [str(finished_run / "adapter.safetensors"), str(out), "hf-hub:someone/mma-eurosat"]
+    ):
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    checkpoint,
+                    "--dataset",
+                    "eurosat",
+                    "--data-root",
+                    learn_root,
+                    "--subsample",
+                    "base",
+                    "--out",
+                    str(tmp_path / f"eval{i}"),
+                ]
+            )
+            == 0
+        )
+        accuracies.append(
+            json.loads((tmp_path / f"eval{i}" / "metrics.json").read_text())["accuracy"]
+        )
     assert len(set(accuracies)) == 1
     image = _an_image(tmp_path)
     outputs = []
@@ -144,7 +208,10 @@ def test_eval_predict_and_transfer_take_a_folder_and_a_hub_id(finished_run, lear
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0]
     from clipadapt.adapters import recorded_run, resolve_adapter
-    assert recorded_run(resolve_adapter("hf-hub:someone/mma-eurosat"))["dataset"] == "eurosat"  # transfer's source
+
+    assert (
+        recorded_run(resolve_adapter("hf-hub:someone/mma-eurosat"))["dataset"] == "eurosat"
+    )  # transfer's source
 
 
 def _an_image(tmp_path):
@@ -155,7 +222,9 @@ def _an_image(tmp_path):
     return path
 
 
-def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(finished_run, tmp_path, monkeypatch):
+def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(
+    finished_run, tmp_path, monkeypatch
+):
     import huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError
 
@@ -178,8 +247,14 @@ def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(f
     recorded = recorded_run(resolve_adapter("hf-hub:someone/full"))
     assert asked == [("someone/full", "adapter.safetensors"), ("someone/full", "config.json")]
     run = json.loads((out / "config.json").read_text())["run"]
-    assert (recorded["seed"], recorded["shots"], recorded["dataset"]) == (run["seed"], run["shots"], run["dataset"])
-    assert recorded_run(resolve_adapter("hf-hub:someone/bare")) == {}  # the adapter file alone still loads
+    assert (recorded["seed"], recorded["shots"], recorded["dataset"]) == (
+        run["seed"],
+        run["shots"],
+        run["dataset"],
+    )
+    assert (
+        recorded_run(resolve_adapter("hf-hub:someone/bare")) == {}
+    )  # the adapter file alone still loads
 
 
 def test_every_method_names_its_paper_on_the_model_card():
@@ -193,8 +268,26 @@ def test_a_cross_dataset_runs_card_and_summary_show_its_source_and_target_accura
     from clipadapt.adapters import _metric_lines
     from clipadapt.run_logging import final_metrics
 
-    metrics = {"protocol": "cross_dataset", "source": 70.0, "dtd": 40.0, "eurosat": 30.5, "target_average": 35.25,
-               "targets": ["dtd", "eurosat"], "shots": 16, "seed": 1, "train_seconds": 3.0}
-    assert _metric_lines(metrics) == ["| source | 70.0 |", "| dtd | 40.0 |", "| eurosat | 30.5 |", "| target_average | 35.25 |"]
-    assert final_metrics(metrics) == {"eval/source": 70.0, "eval/dtd": 40.0, "eval/eurosat": 30.5,
-                                      "eval/target_average": 35.25}
+    metrics = {
+        "protocol": "cross_dataset",
+        "source": 70.0,
+        "dtd": 40.0,
+        "eurosat": 30.5,
+        "target_average": 35.25,
+        "targets": ["dtd", "eurosat"],
+        "shots": 16,
+        "seed": 1,
+        "train_seconds": 3.0,
+    }
+    assert _metric_lines(metrics) == [
+        "| source | 70.0 |",
+        "| dtd | 40.0 |",
+        "| eurosat | 30.5 |",
+        "| target_average | 35.25 |",
+    ]
+    assert final_metrics(metrics) == {
+        "eval/source": 70.0,
+        "eval/dtd": 40.0,
+        "eval/eurosat": 30.5,
+        "eval/target_average": 35.25,
+    }

@@ -17,7 +17,12 @@ from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "clipadapt"
-TIMING = ("seconds", "per_s", "peak_memory", "ms_per_image")  # keys that measure the machine, not the run
+TIMING = (
+    "seconds",
+    "per_s",
+    "peak_memory",
+    "ms_per_image",
+)  # keys that measure the machine, not the run
 
 
 def _measured(metrics: dict) -> dict:
@@ -25,30 +30,83 @@ def _measured(metrics: dict) -> dict:
 
 
 def _losses(path: Path) -> list:
-    return [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k and "seconds" not in k}
-            for line in path.read_text().splitlines()]
+    return [
+        {
+            k: v
+            for k, v in json.loads(line).items()
+            if "time" not in k and "per_s" not in k and "seconds" not in k
+        }
+        for line in path.read_text().splitlines()
+    ]
 
 
 def test_the_run_api_and_the_cli_give_the_same_run(learn_root, tmp_path, capsys):
     settings = {"epochs": 2, "augment": False, "scale": 0.1, "lr": 0.01}
-    api = clipadapt.train("mma", "eurosat", learn_root, str(tmp_path / "api"), protocol="base2novel", shots=4,
-                          seed=2, backbone="clipadapt-tiny", pretrained="none", config="none", **settings)
-    assert main(["train", "--method", "mma", "--dataset", "eurosat", "--data-root", learn_root, "--out",
-                 str(tmp_path / "cli"), "--protocol", "base2novel", "--shots", "4", "--seed", "2", "--backbone",
-                 "clipadapt-tiny", "--pretrained", "none", "--config", "none",
-                 *(f"{k}={v}" for k, v in settings.items())]) == 0
+    api = clipadapt.train(
+        "mma",
+        "eurosat",
+        learn_root,
+        str(tmp_path / "api"),
+        protocol="base2novel",
+        shots=4,
+        seed=2,
+        backbone="clipadapt-tiny",
+        pretrained="none",
+        config="none",
+        **settings,
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "mma",
+                "--dataset",
+                "eurosat",
+                "--data-root",
+                learn_root,
+                "--out",
+                str(tmp_path / "cli"),
+                "--protocol",
+                "base2novel",
+                "--shots",
+                "4",
+                "--seed",
+                "2",
+                "--backbone",
+                "clipadapt-tiny",
+                "--pretrained",
+                "none",
+                "--config",
+                "none",
+                *(f"{k}={v}" for k, v in settings.items()),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
-    assert _measured(api) == _measured(cli) and {printed[k] == api[k] for k in ("base", "novel", "hm")} == {True}
-    assert json.loads((tmp_path / "api" / "metrics.json").read_text()) == api  # what it returns is what it wrote
-    assert (tmp_path / "api" / "config.yaml").read_text() == (tmp_path / "cli" / "config.yaml").read_text()
-    a, b = load_file(tmp_path / "api" / "adapter.safetensors"), load_file(tmp_path / "cli" / "adapter.safetensors")
+    assert _measured(api) == _measured(cli) and {
+        printed[k] == api[k] for k in ("base", "novel", "hm")
+    } == {True}
+    assert (
+        json.loads((tmp_path / "api" / "metrics.json").read_text()) == api
+    )  # what it returns is what it wrote
+    assert (tmp_path / "api" / "config.yaml").read_text() == (
+        tmp_path / "cli" / "config.yaml"
+    ).read_text()
+    a, b = (
+        load_file(tmp_path / "api" / "adapter.safetensors"),
+        load_file(tmp_path / "cli" / "adapter.safetensors"),
+    )
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert _losses(tmp_path / "api" / "log.jsonl") == _losses(tmp_path / "cli" / "log.jsonl")
 
 
 def test_the_run_api_refuses_a_finished_run_and_a_typo_in_a_setting(learn_root, tmp_path):
-    common = dict(protocol="fewshot", shots=2, backbone="clipadapt-tiny", pretrained="none", config="none")
+    common = dict(
+        protocol="fewshot", shots=2, backbone="clipadapt-tiny", pretrained="none", config="none"
+    )
     clipadapt.train("zeroshot", "eurosat", learn_root, str(tmp_path / "z"), **common)
     before = (tmp_path / "z" / "metrics.json").read_text()
     with pytest.raises(ClipadaptError, match="already holds a finished run"):
@@ -89,54 +147,121 @@ def test_the_package_has_no_import_circle_and_nothing_imports_the_command_line()
 def test_the_report_imports_neither_torch_nor_the_training_stack(tmp_path):
     run = tmp_path / "runs" / "base2novel" / "coop" / "dtd" / "shots16" / "seed1"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({"protocol": "base2novel", "method": "coop", "dataset": "dtd",
-                                                  "shots": 16, "seed": 1, "base": 80.0, "novel": 60.0}))
-    heavy = ("torch", "open_clip", "torchvision", "matplotlib.pyplot", "clipadapt.protocols", "clipadapt.model")
-    code = ("import sys; import clipadapt.report; from clipadapt.cli import main; "
-            "code = main(['-q', 'report', sys.argv[1], '--out', sys.argv[2]]); "
-            f"print(code, [m for m in {heavy!r} if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs"), str(tmp_path / "rep")],
-                          capture_output=True, text=True, check=True)
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "protocol": "base2novel",
+                "method": "coop",
+                "dataset": "dtd",
+                "shots": 16,
+                "seed": 1,
+                "base": 80.0,
+                "novel": 60.0,
+            }
+        )
+    )
+    heavy = (
+        "torch",
+        "open_clip",
+        "torchvision",
+        "matplotlib.pyplot",
+        "clipadapt.protocols",
+        "clipadapt.model",
+    )
+    code = (
+        "import sys; import clipadapt.report; from clipadapt.cli import main; "
+        "code = main(['-q', 'report', sys.argv[1], '--out', sys.argv[2]]); "
+        f"print(code, [m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "runs"), str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip().splitlines()[-1] == "0 []"
     assert (tmp_path / "rep" / "base2novel_16shots.png").stat().st_size > 0
 
 
 def test_quiet_and_verbose_do_what_they_say(learn_root, tmp_path, capsys):
-    base = ["eval", "--dataset", "eurosat", "--data-root", learn_root, "--subsample", "new", "--workers", "0",
-            "--backbone", "clipadapt-tiny", "--pretrained", "none"]
+    base = [
+        "eval",
+        "--dataset",
+        "eurosat",
+        "--data-root",
+        learn_root,
+        "--subsample",
+        "new",
+        "--workers",
+        "0",
+        "--backbone",
+        "clipadapt-tiny",
+        "--pretrained",
+        "none",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     normal = capsys.readouterr()
     assert "wrote" in normal.err and json.loads(normal.out)["num_images"] > 0
     assert main(["-q", *base, "--out", str(tmp_path / "b")]) == 0
     quiet = capsys.readouterr()
-    assert quiet.err == "" and quiet.out == normal.out  # results only: no status line, no progress bar
+    assert (
+        quiet.err == "" and quiet.out == normal.out
+    )  # results only: no status line, no progress bar
     assert main(["-v", *base, "--out", str(tmp_path / "c")]) == 0
     assert "wrote" in capsys.readouterr().err
     assert logging.getLogger().level == logging.INFO  # -v opens the other libraries' messages
-    main(["-q", *base, "--out", str(tmp_path / "a")])  # refused (finished run): the error line stays
+    main(
+        ["-q", *base, "--out", str(tmp_path / "a")]
+    )  # refused (finished run): the error line stays
     assert "clipadapt: error:" in capsys.readouterr().err
 
 
 def test_library_calls_print_nothing(learn_root, tmp_path, capsys):
-    clipadapt.evaluate("eurosat", learn_root, str(tmp_path / "e"), subsample="new", backbone="clipadapt-tiny",
-                       pretrained="none", workers=0, progress=False)
-    assert capsys.readouterr() == ("", "")  # status lines go to the clipadapt loggers, which the caller configures
+    clipadapt.evaluate(
+        "eurosat",
+        learn_root,
+        str(tmp_path / "e"),
+        subsample="new",
+        backbone="clipadapt-tiny",
+        pretrained="none",
+        workers=0,
+        progress=False,
+    )
+    assert capsys.readouterr() == (
+        "",
+        "",
+    )  # status lines go to the clipadapt loggers, which the caller configures
 
 
 def test_shipped_sweeps_are_package_data_and_run_by_name(tmp_path, capsys):
     from clipadapt.sweep import locate_sweep_file, shipped_sweeps
 
     names = set(shipped_sweeps())
-    assert {"base2novel", "cross_dataset", "domain_generalization", "fewshot", "synthetic_base2novel",
-            "studies/rmma_ablation", "studies/synthetic_rmma_ablation"} <= names
+    assert {
+        "base2novel",
+        "cross_dataset",
+        "domain_generalization",
+        "fewshot",
+        "synthetic_base2novel",
+        "studies/rmma_ablation",
+        "studies/synthetic_rmma_ablation",
+    } <= names
     assert all(path.is_relative_to(SRC) for path in shipped_sweeps().values())  # inside the package
-    assert locate_sweep_file("base2novel") == locate_sweep_file("base2novel.yaml") == str(SRC / "sweeps/base2novel.yaml")
+    assert (
+        locate_sweep_file("base2novel")
+        == locate_sweep_file("base2novel.yaml")
+        == str(SRC / "sweeps/base2novel.yaml")
+    )
     assert locate_sweep_file("rmma_ablation").endswith("sweeps/studies/rmma_ablation.yaml")
     checkout = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "base2novel.yaml"
-    assert checkout.read_text() == (SRC / "sweeps" / "base2novel.yaml").read_text()  # the README's paths work
+    assert (
+        checkout.read_text() == (SRC / "sweeps" / "base2novel.yaml").read_text()
+    )  # the README's paths work
     assert main(["sweep", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == len(names) and any(line.startswith("studies/rmadapter_table4 ") for line in listed)
+    assert len(listed) == len(names) and any(
+        line.startswith("studies/rmadapter_table4 ") for line in listed
+    )
     assert main(["sweep", "synthetic_base2novel", "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("clipadapt train --method zeroshot")
     assert main(["sweep", "base2novl", "--out", str(tmp_path / "o"), "--dry-run"]) == 2
@@ -157,18 +282,35 @@ def test_a_sweeps_runs_are_run_api_calls_with_its_settings(tmp_path):
     sweep.feature_cache = False
     run = next(r for r in sweep.runs if r.method == "mma")
     kind, kwargs = sweep.run_call(run, str(tmp_path), "DATA")
-    assert kind == "train" and kwargs["epochs"] == 1 and kwargs["method"] == "mma" and kwargs["feature_cache"] is False
+    assert (
+        kind == "train"
+        and kwargs["epochs"] == 1
+        and kwargs["method"] == "mma"
+        and kwargs["feature_cache"] is False
+    )
     assert kwargs["config"].endswith("presets/synthetic/mma.yaml")
     argv = command_line(kind, kwargs)
-    assert argv[:3] == ["train", "--method", "mma"] and "--no-feature-cache" in argv and "epochs=1" in argv
+    assert (
+        argv[:3] == ["train", "--method", "mma"]
+        and "--no-feature-cache" in argv
+        and "epochs=1" in argv
+    )
 
 
 def test_a_sweep_refuses_a_setting_that_is_a_run_argument(tmp_path):
     from clipadapt.sweep import read_sweep
 
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"protocol": "base2novel", "methods": ["mma"], "datasets": ["syn_shapes"],
-                                    "overrides": {"shots": 4}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "protocol": "base2novel",
+                "methods": ["mma"],
+                "datasets": ["syn_shapes"],
+                "overrides": {"shots": 4},
+            }
+        )
+    )
     with pytest.raises(ClipadaptError, match="'shots' is not a setting"):
         read_sweep(str(path))
 
@@ -177,9 +319,19 @@ def test_children_of_a_parallel_sweep_run_the_api_not_the_command_line(tmp_path)
     from clipadapt.sweep import execute_subprocess
 
     record = {"protocol": "fewshot", "method": "zeroshot", "dataset": "eurosat", "dir": "r"}
-    error = execute_subprocess("train", {"method": "zeroshot", "dataset": "eurosat", "data_root": str(tmp_path / "no"),
-                                         "out": str(tmp_path / "r"), "protocol": "fewshot"}, record,
-                               str(tmp_path / "r"), dict(os.environ))
+    error = execute_subprocess(
+        "train",
+        {
+            "method": "zeroshot",
+            "dataset": "eurosat",
+            "data_root": str(tmp_path / "no"),
+            "out": str(tmp_path / "r"),
+            "protocol": "fewshot",
+        },
+        record,
+        str(tmp_path / "r"),
+        dict(os.environ),
+    )
     failed = json.loads((tmp_path / "r" / "failed.json").read_text())
     assert error == failed["error"] and failed["returncode"] == 2 and str(tmp_path / "no") in error
     assert "Traceback" not in (tmp_path / "r" / "run.log").read_text()
@@ -187,12 +339,20 @@ def test_children_of_a_parallel_sweep_run_the_api_not_the_command_line(tmp_path)
 
 def _official_mmrl(method) -> dict:
     """An MMRL checkpoint in the official code's key names (representation_learner.*, image_encoder.proj_rep)."""
-    state = {"representation_learner.compound_rep_tokens": method.rep_tokens.detach().clone(),
-             "image_encoder.proj_rep": method.proj_rep.detach().clone()}
-    for j, (to_image, to_text) in enumerate(zip(method.rep_to_image, method.rep_to_text, strict=True)):
+    state = {
+        "representation_learner.compound_rep_tokens": method.rep_tokens.detach().clone(),
+        "image_encoder.proj_rep": method.proj_rep.detach().clone(),
+    }
+    for j, (to_image, to_text) in enumerate(
+        zip(method.rep_to_image, method.rep_to_text, strict=True)
+    ):
         for name in ("weight", "bias"):
-            state[f"representation_learner.compound_rep_tokens_r2vproj.{j}.{name}"] = getattr(to_image, name).detach()
-            state[f"representation_learner.compound_rep_tokens_r2tproj.{j}.{name}"] = getattr(to_text, name).detach()
+            state[f"representation_learner.compound_rep_tokens_r2vproj.{j}.{name}"] = getattr(
+                to_image, name
+            ).detach()
+            state[f"representation_learner.compound_rep_tokens_r2tproj.{j}.{name}"] = getattr(
+                to_text, name
+            ).detach()
     return state
 
 
@@ -204,24 +364,45 @@ def test_every_importer_writes_the_file_a_trained_run_writes(method, tmp_path):
     from clipadapt.model import build_model, load_model
 
     # What an official file says: its blocks (an importer reads them off the keys), not "the default range".
-    options = {"mma": {"scale": 0.1, "adapter_start": 2, "adapter_end": 4}, "mmrl": {"rep_layers": [2, 3, 4]}}[method]
+    options = {
+        "mma": {"scale": 0.1, "adapter_start": 2, "adapter_end": 4},
+        "mmrl": {"rep_layers": [2, 3, 4]},
+    }[method]
     source = build_model(method, ["a", "b"], backbone="synthetic", pretrained="shipped", **options)
     state = source.method.state_dict() if method == "mma" else _official_mmrl(source.method)
     torch.save({"state_dict": state}, tmp_path / "official.pth.tar")
     reader = {"mma": {"scale": 0.1}, "mmrl": {"last_block": 4, "classnames": ["a", "b"]}}[method]
-    import_official(method, str(tmp_path / "official.pth.tar"), str(tmp_path / "imported.safetensors"),
-                    "synthetic", "shipped", **reader)
+    import_official(
+        method,
+        str(tmp_path / "official.pth.tar"),
+        str(tmp_path / "imported.safetensors"),
+        "synthetic",
+        "shipped",
+        **reader,
+    )
     source.save_adapter(str(tmp_path / "trained.safetensors"))
-    imported, trained = read_adapter(str(tmp_path / "imported.safetensors")), read_adapter(str(tmp_path / "trained.safetensors"))
-    same = ("format", "method", "method_config", "backbone_identity", "backbone", "pretrained",
-            *(("classnames",) if method == "mmrl" else ()))  # official MMA files name no classes
+    imported, trained = (
+        read_adapter(str(tmp_path / "imported.safetensors")),
+        read_adapter(str(tmp_path / "trained.safetensors")),
+    )
+    same = (
+        "format",
+        "method",
+        "method_config",
+        "backbone_identity",
+        "backbone",
+        "pretrained",
+        *(("classnames",) if method == "mmrl" else ()),
+    )  # official MMA files name no classes
     assert {k: imported[0][k] for k in same} == {k: trained[0][k] for k in same}
     assert imported[0]["imported_from"].endswith("official.pth.tar")
     assert all(torch.equal(imported[1][k], trained[1][k].float()) for k in trained[1])
     images = torch.randn(2, 3, source.backbone.image_size, source.backbone.image_size)
     with torch.no_grad():
-        torch.testing.assert_close(load_model(str(tmp_path / "imported.safetensors"), ["a", "b"]).eval()(images),
-                                   source.eval()(images))
+        torch.testing.assert_close(
+            load_model(str(tmp_path / "imported.safetensors"), ["a", "b"]).eval()(images),
+            source.eval()(images),
+        )
     if method == "mma":
         with pytest.raises(ClipadaptError, match="records no class names"):
             load_model(str(tmp_path / "imported.safetensors"))
@@ -231,9 +412,11 @@ def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
     # In a fresh process: under pytest the root logger already has handlers, which would hide a
     # logging.basicConfig() done on the way (open_clip's factory does one on its first message).
     # open_clip's model registry is left alone too until a name has to be resolved.
-    code = ("import logging, open_clip; from clipadapt.backbone import load_backbone; "
-            "load_backbone('synthetic', 'shipped'); load_backbone('synthetic', 'none'); "
-            "root = logging.getLogger(); print(root.handlers, root.level, 'clipadapt-tiny' in open_clip.list_models())")
+    code = (
+        "import logging, open_clip; from clipadapt.backbone import load_backbone; "
+        "load_backbone('synthetic', 'shipped'); load_backbone('synthetic', 'none'); "
+        "root = logging.getLogger(); print(root.handlers, root.level, 'clipadapt-tiny' in open_clip.list_models())"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == f"[] {logging.WARNING} False" and done.stderr == ""
 
@@ -241,8 +424,29 @@ def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
 def test_status_lines_print_once_when_open_clip_configured_the_root_logger(learn_root, tmp_path):
     # A fresh process: open_clip's factory (a random-weight open_clip model) gives the root logger a
     # handler, which must not print clipadapt's lines a second time. Under pytest that cannot show.
-    done = subprocess.run([sys.executable, "-m", "clipadapt", "eval", "--dataset", "eurosat", "--data-root", learn_root,
-                           "--subsample", "new", "--backbone", "clipadapt-tiny", "--pretrained", "none",
-                           "--workers", "0", "--out", str(tmp_path / "e")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipadapt",
+            "eval",
+            "--dataset",
+            "eurosat",
+            "--data-root",
+            learn_root,
+            "--subsample",
+            "new",
+            "--backbone",
+            "clipadapt-tiny",
+            "--pretrained",
+            "none",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("wrote") == 1 and "INFO" not in done.stderr, done.stderr

@@ -19,7 +19,9 @@ def _train(learn_root, out, **settings):
     data = build_dataset("eurosat", learn_root, shots=8, seed=1, subsample="base")
     torch.manual_seed(0)
     model = build_model("mma", data.classnames, **TINY, scale=0.1)
-    cfg = TrainConfig(**{"optimizer": "adamw", "lr": 0.01, "epochs": 2, "batch_size": 8, "workers": 0, **settings})
+    cfg = TrainConfig(
+        **{"optimizer": "adamw", "lr": 0.01, "epochs": 2, "batch_size": 8, "workers": 0, **settings}
+    )
     result = Trainer(model, data.train, cfg, out_dir=str(out), progress=False).run()
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return result, model.method.state_dict(), [r for r in steps if "step" in r]
@@ -36,10 +38,16 @@ def test_logging_every_n_steps_changes_no_number_and_logs_window_means(learn_roo
     assert [(r["epoch"], r["step"]) for r in three_log] == [(1, 3), (1, 5), (2, 3), (2, 5)]
     assert [r["steps_averaged"] for r in three_log] == [3, 2, 3, 2]
     for record in three_log:
-        window = [r["loss"] for r in one_log if r["epoch"] == record["epoch"]
-                  and record["step"] - record["steps_averaged"] < r["step"] <= record["step"]]
+        window = [
+            r["loss"]
+            for r in one_log
+            if r["epoch"] == record["epoch"]
+            and record["step"] - record["steps_averaged"] < r["step"] <= record["step"]
+        ]
         assert record["loss"] == pytest.approx(sum(window) / len(window), rel=1e-6)
-        assert record["ce"] == pytest.approx(record["loss"], rel=1e-6)  # mma's loss is its cross-entropy
+        assert record["ce"] == pytest.approx(
+            record["loss"], rel=1e-6
+        )  # mma's loss is its cross-entropy
 
 
 def test_log_every_must_be_positive():
@@ -50,20 +58,33 @@ def test_log_every_must_be_positive():
 def test_train_time_is_recorded_for_the_steps_alone_and_for_whole_epochs(learn_root, tmp_path):
     result = _train(learn_root, tmp_path, log_every=5)[0]
     assert 0 < result.data_seconds < result.train_seconds
-    assert 0 < result.step_seconds < result.train_seconds - result.data_seconds  # the steps leave out the waits
-    assert result.epoch_ms_per_image == pytest.approx(1000 * result.train_seconds / result.images_seen)
-    assert result.step_ms_per_image == pytest.approx(1000 * result.step_seconds / result.images_seen)
+    assert (
+        0 < result.step_seconds < result.train_seconds - result.data_seconds
+    )  # the steps leave out the waits
+    assert result.epoch_ms_per_image == pytest.approx(
+        1000 * result.train_seconds / result.images_seen
+    )
+    assert result.step_ms_per_image == pytest.approx(
+        1000 * result.step_seconds / result.images_seen
+    )
     # A resumed run keeps counting: the checkpoint carries the steps' time.
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["step_seconds"] == result.step_seconds
     longer = _train(learn_root, tmp_path, log_every=5, epochs=3)[0]
-    assert longer.images_seen == result.images_seen * 3 // 2 and longer.step_seconds > result.step_seconds
+    assert (
+        longer.images_seen == result.images_seen * 3 // 2
+        and longer.step_seconds > result.step_seconds
+    )
     # A checkpoint from before steps were timed: the steps' time is unknown, never a partial figure.
     del checkpoint["step_seconds"]
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     (tmp_path / "log.jsonl").unlink()
     resumed = _train(learn_root, tmp_path, log_every=5, epochs=3)[0]
-    assert resumed.step_seconds is None and resumed.step_ms_per_image is None and resumed.epoch_ms_per_image > 0
+    assert (
+        resumed.step_seconds is None
+        and resumed.step_ms_per_image is None
+        and resumed.epoch_ms_per_image > 0
+    )
 
 
 def test_augmented_batches_do_not_depend_on_the_number_of_workers(learn_root, tmp_path):
@@ -79,8 +100,13 @@ def test_epoch_order_is_the_seeded_shuffle_order(learn_root):
     sampler = EpochShuffle(len(data.train))
     for seed in (1000, 1001):
         sampler.set_epoch_seed(seed)
-        loader = make_loader(data.train, train_transform(32, (0.5,) * 3, (0.5,) * 3, augment=False), 8,
-                             shuffle=True, seed=seed)
+        loader = make_loader(
+            data.train,
+            train_transform(32, (0.5,) * 3, (0.5,) * 3, augment=False),
+            8,
+            shuffle=True,
+            seed=seed,
+        )
         expected = [int(i) for _, _, idx in loader for i in idx]
         assert [index for s, index in sampler] == expected
         assert {s for s, _ in sampler} == {seed}
@@ -118,10 +144,14 @@ def test_evaluation_under_bf16_autocast_predicts_as_fp32(learn_root):
     assert torch.equal(top32[clear], top16[clear])
     assert abs(fp32.accuracy - bf16.accuracy) <= 100.0 * (~clear).float().mean()
     same_order = [a[0] == b[0] for a, b in zip(fp32.topk, bf16.topk, strict=True)]
-    assert (p32[torch.tensor(same_order), 0] - p16[torch.tensor(same_order), 0]).abs().max() < tolerance
+    assert (
+        p32[torch.tensor(same_order), 0] - p16[torch.tensor(same_order), 0]
+    ).abs().max() < tolerance
 
 
-def test_run_with_persistent_workers_and_augmentation_resumes_to_the_same_numbers(learn_root, tmp_path):
+def test_run_with_persistent_workers_and_augmentation_resumes_to_the_same_numbers(
+    learn_root, tmp_path
+):
     from conftest import run_until_interrupted
 
     data = build_dataset("eurosat", learn_root, shots=8, seed=1, subsample="base")
@@ -129,7 +159,9 @@ def test_run_with_persistent_workers_and_augmentation_resumes_to_the_same_number
 
     def trainer(out):
         torch.manual_seed(0)
-        model = build_model("mma_pp", data.classnames, **TINY, train_scale=0.1)  # draws from the global generator
+        model = build_model(
+            "mma_pp", data.classnames, **TINY, train_scale=0.1
+        )  # draws from the global generator
         return model, Trainer(model, data.train, cfg, out_dir=str(out), progress=False)
 
     straight, t = trainer(tmp_path / "a")

@@ -14,8 +14,16 @@ from clipadapt.runconfig import read_preset, resolve
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green square", "blue disc", "yellow square"]
 # The option that switches each method's contribution off.
-OFF = {"mma": {"scale": 0.0}, "mma_pp": {"test_scale": 0.0}, "rmadapter": {"scale": 0.0}, "rmma": {"alpha": 0.0},
-       "mma_attn": {"residual": 0.0}, "clip_adapter": {"ratio": 0.0}, "clip_lora": {"alpha": 0.0}, "zeroshot": {}}
+OFF = {
+    "mma": {"scale": 0.0},
+    "mma_pp": {"test_scale": 0.0},
+    "rmadapter": {"scale": 0.0},
+    "rmma": {"alpha": 0.0},
+    "mma_attn": {"residual": 0.0},
+    "clip_adapter": {"ratio": 0.0},
+    "clip_lora": {"alpha": 0.0},
+    "zeroshot": {},
+}
 # No option switches MMRL or MaPLe off: their tokens enter the attention of every block they reach
 # (docs/methods.md); CLIP-LoRA is also zero-shot untrained (B = 0), tested in test_mmrl_maple_lora.py.
 
@@ -28,7 +36,7 @@ def test_logits_shape_and_batch_independence(method):
     others = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         together = model(images)
-        alone = torch.cat([model(images[i:i + 1]) for i in range(5)])
+        alone = torch.cat([model(images[i : i + 1]) for i in range(5)])
         mixed = model(torch.cat([others, images[2:3]]))[-1]
     assert together.shape == (5, len(CLASSES))
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
@@ -59,26 +67,42 @@ def test_rmma_parameter_count_does_not_grow_with_depth():
     deep = build_model("rmma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none")
     assert len(deep.backbone.image_blocks) == 2 * len(shallow.backbone.image_blocks)
     assert deep.method.num_trainable() == shallow.method.num_trainable() > 0
-    mma_shallow = build_model("mma", CLASSES, backbone="clipadapt-tiny", pretrained="none").method.num_trainable()
-    mma_deep = build_model("mma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none").method.num_trainable()
+    mma_shallow = build_model(
+        "mma", CLASSES, backbone="clipadapt-tiny", pretrained="none"
+    ).method.num_trainable()
+    mma_deep = build_model(
+        "mma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none"
+    ).method.num_trainable()
     assert mma_deep > mma_shallow  # unlike MMA's, whose adapters are per block
 
 
 def _fake_vit_b16():
     from types import SimpleNamespace
 
-    return SimpleNamespace(image_width=768, text_width=512, image_blocks=[None] * 12, text_blocks=[None] * 12)
+    return SimpleNamespace(
+        image_width=768, text_width=512, image_blocks=[None] * 12, text_blocks=[None] * 12
+    )
 
 
-@pytest.mark.parametrize("attn_proj, expected", [("none", 173_568), ("qkv", 337_664), ("qkvo", 502_912)])
+@pytest.mark.parametrize(
+    "attn_proj, expected", [("none", 173_568), ("qkv", 337_664), ("qkvo", 502_912)]
+)
 def test_rmma_vit_b16_parameter_counts(attn_proj, expected):
     from clipadapt.methods.rmma import RMMA, RMMAConfig
 
     d, di, dt = 64, 768, 512
-    routing, down, fuse = (d * di + di) + (d * dt + dt), (di * d + d) + (dt * d + d), 2 * d * d + d + d  # + v0
+    routing, down, fuse = (
+        (d * di + di) + (d * dt + dt),
+        (di * d + d) + (dt * d + d),
+        2 * d * d + d + d,
+    )  # + v0
     qkv = 3 * (di * d + d) + 3 * (dt * d + d)
     out = (d * di + di) + (d * dt + dt)
-    formula = {"none": routing + down + fuse, "qkv": routing + fuse + qkv, "qkvo": routing + down + fuse + qkv + out}
+    formula = {
+        "none": routing + down + fuse,
+        "qkv": routing + fuse + qkv,
+        "qkvo": routing + down + fuse + qkv + out,
+    }
     method = RMMA(RMMAConfig(attn_proj=attn_proj), _fake_vit_b16(), [])
     assert method.num_trainable() == formula[attn_proj] == expected
 
@@ -90,13 +114,15 @@ def test_rmma_attention_projections_keep_untrained_model_zero_shot_and_learn(att
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images), zs(images), rtol=0, atol=1e-5)
-    m = build_model("rmma", CLASSES, attn_proj=attn_proj, **TINY)  # trained-looking: batch independent
+    m = build_model(
+        "rmma", CLASSES, attn_proj=attn_proj, **TINY
+    )  # trained-looking: batch independent
     with torch.no_grad():
         for p in m.method.parameters():
             p.add_(0.05 * torch.randn_like(p))
         m.eval()
         together = m(images)
-        alone = torch.cat([m(images[i:i + 1]) for i in range(3)])
+        alone = torch.cat([m(images[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(together, zs(images), atol=1e-3)
 
@@ -115,7 +141,11 @@ def test_rmma_separation_loss_is_zero_for_disjoint_latent_directions():
             m.down_text.weight[32:] = torch.randn(32, w)
             assert m.separation_loss().item() == pytest.approx(0.0, abs=1e-6)
             m.route_text.weight.copy_(m.route_image.weight)  # identical routing: full overlap
-            expected = 1.0 if sep_norm == "gram" else (m.route_image.weight @ m.route_text.weight.t()).norm().item()
+            expected = (
+                1.0
+                if sep_norm == "gram"
+                else (m.route_image.weight @ m.route_text.weight.t()).norm().item()
+            )
             assert m.separation_loss().item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -128,7 +158,9 @@ def test_rmma_separation_loss_is_scale_free_and_weighs_like_the_task_loss():
     frob = RMMA(RMMAConfig(sep_norm="frobenius"), _fake_vit_b16(), [])
     at_init = gram.separation_loss()
     assert 0.0 < 0.6 * at_init.item() <= 1.2  # two cosines in [0, 1], weighted by λ = 0.6
-    assert 0.6 * frob.separation_loss().item() > 10  # the unnormalised norm swamps a cross-entropy of 1-2
+    assert (
+        0.6 * frob.separation_loss().item() > 10
+    )  # the unnormalised norm swamps a cross-entropy of 1-2
     at_init.backward()
     for layer in (gram.route_image, gram.route_text, gram.down_image, gram.down_text):
         # Scale-free: the gradient is orthogonal to each weight, so descent does not shrink it.
@@ -151,7 +183,9 @@ def test_rmma_text_context_switch_changes_the_image_keys():
             model.eval()
             outs[context] = model(torch.ones(2, 3, 32, 32))
         ctx = model.method._text_context[model.method.first]
-        assert ctx.shape[0] == (len(CLASSES) if context == "eot" else int((model.text_batch.pool_index + 1).sum()))
+        assert ctx.shape[0] == (
+            len(CLASSES) if context == "eot" else int((model.text_batch.pool_index + 1).sum())
+        )
     assert not torch.allclose(outs["eot"], outs["all"])
 
 
@@ -200,7 +234,10 @@ def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatc
     from clipadapt.engine import TrainConfig, Trainer
 
     data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")
-    for augment, expected_calls in ((False, 1), (True, 2 * 3)):  # 20 images: one cache batch, or 2 full batches x 3 epochs
+    for augment, expected_calls in (
+        (False, 1),
+        (True, 2 * 3),
+    ):  # 20 images: one cache batch, or 2 full batches x 3 epochs
         model = build_model("clip_adapter", data.classnames, **TINY)
         calls = {"n": 0}
         real = model.frozen_image_features
@@ -210,13 +247,19 @@ def test_output_only_methods_compute_frozen_features_once(learn_root, monkeypatc
             return real(images)
 
         monkeypatch.setattr(model, "frozen_image_features", counting)
-        Trainer(model, data.train, TrainConfig(epochs=3, batch_size=8, augment=augment), progress=False).run()
+        Trainer(
+            model, data.train, TrainConfig(epochs=3, batch_size=8, augment=augment), progress=False
+        ).run()
         assert calls["n"] == expected_calls, augment
 
 
 @pytest.mark.parametrize("folder", ["", "synthetic"])
 def test_every_method_has_presets_that_resolve(folder):
-    presets = glob.glob(os.path.join(os.path.dirname(__file__), "..", "src", "clipadapt", "presets", folder, "*.yaml"))
+    presets = glob.glob(
+        os.path.join(
+            os.path.dirname(__file__), "..", "src", "clipadapt", "presets", folder, "*.yaml"
+        )
+    )
     covered = set()
     for path in presets:
         data = read_preset(path)
@@ -232,16 +275,27 @@ def test_train_help_and_info_list_every_method(capsys):
 
     from clipadapt.cli import main
 
-    out = subprocess.run([sys.executable, "-m", "clipadapt.cli", "train", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "clipadapt.cli", "train", "--help"], capture_output=True, text=True
+    )
     for method in METHODS:
         assert method in out.stdout
         assert main(["info", "--method", method, "--backbone", "clipadapt-tiny", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["method"] == method
 
 
-@pytest.mark.parametrize("name, image_frozen", [("zeroshot", True), ("coop", True), ("clip_adapter", True),
-                                                ("mma_attn", True), ("mma", False), ("rmma", False),
-                                                ("clip_lora", False)])
+@pytest.mark.parametrize(
+    "name, image_frozen",
+    [
+        ("zeroshot", True),
+        ("coop", True),
+        ("clip_adapter", True),
+        ("mma_attn", True),
+        ("mma", False),
+        ("rmma", False),
+        ("clip_lora", False),
+    ],
+)
 def test_image_tower_frozen_declaration(tiny_backbone, name, image_frozen):
     model = build_model(name, ["cat", "dog"], backbone=tiny_backbone)
     assert model.method.image_tower_is_frozen(tiny_backbone) == image_frozen

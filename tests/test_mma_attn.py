@@ -83,7 +83,9 @@ def test_parameter_count_and_reference_state_dict_names():
     adapter = MMAAttn(MMAAttnConfig(), SimpleNamespace(embed_dim=512), [])
     assert adapter.num_trainable() == 107_712
 
-    class ReferenceAdapter(nn.Module):  # the submodule layout of MaskedMultiheadAttentionDownsampled
+    class ReferenceAdapter(
+        nn.Module
+    ):  # the submodule layout of MaskedMultiheadAttentionDownsampled
         def __init__(self):
             super().__init__()
             self.downsampler = nn.Sequential(nn.Linear(512, 32), nn.Linear(32, 128))

@@ -38,9 +38,13 @@ def test_structure_and_initialisation_follow_official_code():
     mma = build_model("mma", CLASSES, **TINY).method
     assert set(m.state_dict()) == set(mma.state_dict())  # MMA's modules and official keys
     shared = m.shared_adapter["3"]
-    assert [type(x).__name__ for x in shared] == ["Linear", "ReLU", "Dropout"] and shared[2].p == 0.2
+    assert [type(x).__name__ for x in shared] == ["Linear", "ReLU", "Dropout"] and shared[
+        2
+    ].p == 0.2
     for name, p in m.named_parameters():
-        if name.endswith("bias"):  # nn.Linear's default, which the official MMA++ keeps (MMA zeroes them)
+        if name.endswith(
+            "bias"
+        ):  # nn.Linear's default, which the official MMA++ keeps (MMA zeroes them)
             bound = p.new_tensor(1.0 / m.get_submodule(name.rsplit(".", 1)[0]).in_features ** 0.5)
             assert torch.count_nonzero(p) > 0 and p.abs().max() <= bound, name
     w = m.text_adapter["3"].up.weight  # fan_out = 64 rows
@@ -58,7 +62,9 @@ def _reference_logits(model, images, prompts_per_class, scale):
                 adapters = m.visual_adapter if tower == "image" else m.text_adapter
                 a, shared = adapters[str(i + 1)], m.shared_adapter[str(i + 1)]
                 u = block.ln_1(x)
-                out = out + scale * a.up(shared[1](shared[0](a.down(u))))  # dropout is off at evaluation
+                out = out + scale * a.up(
+                    shared[1](shared[0](a.down(u)))
+                )  # dropout is off at evaluation
             x = out
         return x
 
@@ -77,8 +83,11 @@ def _reference_logits(model, images, prompts_per_class, scale):
 
 def test_eval_logits_follow_the_equations(images, tmp_path):
     assert model_transformer_is_batch_first()
-    descriptions = {"Red disc": ["a round red thing.", "a red circle on a plain background.", "a red disc."],
-                    "green square": ["a green square."], "blue_disc": ["a blue disc.", "something round and blue."]}
+    descriptions = {
+        "Red disc": ["a round red thing.", "a red circle on a plain background.", "a red disc."],
+        "green square": ["a green square."],
+        "blue_disc": ["a blue disc.", "something round and blue."],
+    }
     path = tmp_path / "cupl.json"
     path.write_text(json.dumps(descriptions))
     model = _perturbed(train_scale=0.9, test_scale=0.4, adapter_start=2, prompts=str(path)).eval()
@@ -87,12 +96,17 @@ def test_eval_logits_follow_the_equations(images, tmp_path):
         expected = _reference_logits(model, images, per_class, scale=0.4)
         torch.testing.assert_close(model(images), expected, rtol=1e-4, atol=1e-4)
         # ... and not the training scale's logits
-        assert not torch.allclose(_reference_logits(model, images, per_class, scale=0.9), expected, atol=1e-2)
+        assert not torch.allclose(
+            _reference_logits(model, images, per_class, scale=0.9), expected, atol=1e-2
+        )
 
 
 def model_transformer_is_batch_first():
     model = build_model("zeroshot", CLASSES, **TINY)
-    return model.backbone.clip.transformer.batch_first and model.backbone.clip.visual.transformer.batch_first
+    return (
+        model.backbone.clip.transformer.batch_first
+        and model.backbone.clip.visual.transformer.batch_first
+    )
 
 
 def _train_pass(model, images, labels):
@@ -107,7 +121,9 @@ def test_consistency_is_at_its_minimum_and_adds_no_gradient_at_equal_scales(imag
     model = _perturbed(dropout=0.0, train_scale=0.5, reg_weight=2.5)
     monkeypatch.setattr(model.method, "draw_scale", lambda: model.method.config.train_scale)
     logits, total, parts = _train_pass(model, images, labels)
-    assert parts["cos_text"] == pytest.approx(1.0, abs=1e-5) and parts["cos_image"] == pytest.approx(1.0, abs=1e-5)
+    assert parts["cos_text"] == pytest.approx(1.0, abs=1e-5) and parts[
+        "cos_image"
+    ] == pytest.approx(1.0, abs=1e-5)
     total.backward()
     with_term = {n: p.grad.clone() for n, p in model.method.named_parameters()}
     model.zero_grad()
@@ -132,8 +148,10 @@ def test_no_gradient_flows_through_the_drawn_scale_pass(images):
     cons.backward(retain_graph=True)
     got = {n: p.grad.clone() for n, p in m.named_parameters()}
     model.zero_grad()
-    ref = sum(-m.config.reg_weight * F.cosine_similarity(m._features[t], drawn[t].clone(), dim=-1).mean()
-              for t in ("text", "image"))
+    ref = sum(
+        -m.config.reg_weight * F.cosine_similarity(m._features[t], drawn[t].clone(), dim=-1).mean()
+        for t in ("text", "image")
+    )
     ref.backward()
     for name, p in m.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7)
@@ -156,11 +174,17 @@ def test_drawn_scale_pass_starts_at_the_first_adapted_block(images, monkeypatch)
     bb = model.backbone
     calls = {"image": [], "text": []}
     real_image, real_text = bb.image_block, bb.text_block
-    monkeypatch.setattr(bb, "image_block", lambda i, x, *q: calls["image"].append(i) or real_image(i, x, *q))
-    monkeypatch.setattr(bb, "text_block", lambda i, x, *q: calls["text"].append(i) or real_text(i, x, *q))
+    monkeypatch.setattr(
+        bb, "image_block", lambda i, x, *q: calls["image"].append(i) or real_image(i, x, *q)
+    )
+    monkeypatch.setattr(
+        bb, "text_block", lambda i, x, *q: calls["text"].append(i) or real_text(i, x, *q)
+    )
     _train_pass(model, images, torch.tensor([0, 1, 2]))
     for tower in ("image", "text"):
-        assert sorted(calls[tower]) == [0, 1, 2, 2, 3, 3], tower  # the drawn pass reuses blocks 1-2's output
+        assert sorted(calls[tower]) == [0, 1, 2, 2, 3, 3], (
+            tower
+        )  # the drawn pass reuses blocks 1-2's output
     calls = {"image": [], "text": []}
     with torch.no_grad():
         model.eval()(images)
@@ -179,7 +203,9 @@ def test_drawn_scales_follow_the_seeded_generator(images):
 
 
 def _official_checkpoint(tmp_path, model, name="model.pth.tar-50"):
-    state = {k: v.clone() for k, v in model.method.state_dict().items()}  # the official AdapterLearner's keys
+    state = {
+        k: v.clone() for k, v in model.method.state_dict().items()
+    }  # the official AdapterLearner's keys
     path = tmp_path / name
     torch.save({"state_dict": state, "epoch": 50, "optimizer": {}, "scheduler": {}}, path)
     return path
@@ -192,25 +218,72 @@ def test_import_mma_pp_command(tmp_path, images, capsys):
     source = _perturbed(adapter_start=2, test_scale=0.3).eval()
     path = _official_checkpoint(tmp_path, source)
     out = tmp_path / "adapter.safetensors"
-    assert main(["import-mma-pp", str(path), "--out", str(out), "--backbone", "clipadapt-tiny", "--pretrained",
-                 "none", "--test-scale", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "import-mma-pp",
+                str(path),
+                "--out",
+                str(out),
+                "--backbone",
+                "clipadapt-tiny",
+                "--pretrained",
+                "none",
+                "--test-scale",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     model = load_model(str(out), CLASSES).eval()
-    assert model.method.name == "mma_pp" and (model.method.start, model.method.config.test_scale) == (2, 0.3)
+    assert model.method.name == "mma_pp" and (
+        model.method.start,
+        model.method.config.test_scale,
+    ) == (2, 0.3)
     with torch.no_grad():
         torch.testing.assert_close(model(images), source(images), rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     # The adapted blocks are read off the keys; a tensor of the wrong shape is named, and nothing is written.
-    assert main(["import-mma-pp", str(_official_checkpoint(tmp_path, _perturbed(adapter_start=3), "b")), "--out",
-                 str(tmp_path / "x.safetensors"), "--backbone", "clipadapt-tiny", "--pretrained", "none",
-                 "--test-scale", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "import-mma-pp",
+                str(_official_checkpoint(tmp_path, _perturbed(adapter_start=3), "b")),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+                "--backbone",
+                "clipadapt-tiny",
+                "--pretrained",
+                "none",
+                "--test-scale",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     wrong = tmp_path / "wrong.pth.tar"
     state = dict(torch.load(path)["state_dict"])
     state["text_adapter.2.up.weight"] = torch.zeros(5, 5)
     torch.save({"state_dict": state}, wrong)
-    assert main(["import-mma-pp", str(wrong), "--out", str(tmp_path / "y.safetensors"), "--backbone",
-                 "clipadapt-tiny", "--pretrained", "none"]) == 2
+    assert (
+        main(
+            [
+                "import-mma-pp",
+                str(wrong),
+                "--out",
+                str(tmp_path / "y.safetensors"),
+                "--backbone",
+                "clipadapt-tiny",
+                "--pretrained",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert "text_adapter.2.up.weight" in capsys.readouterr().err
     assert not (tmp_path / "y.safetensors").exists()
     loaded = build_model("mma_pp", CLASSES, adapter_start=2, **TINY)
     mma_module.load_official(loaded, str(path))
-    assert torch.equal(loaded.method.text_adapter["2"].up.weight, source.method.text_adapter["2"].up.weight)
+    assert torch.equal(
+        loaded.method.text_adapter["2"].up.weight, source.method.text_adapter["2"].up.weight
+    )

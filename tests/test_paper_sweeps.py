@@ -16,11 +16,26 @@ from clipadapt.sweep import read_sweep
 
 PACKAGE = Path(clipadapt.__file__).parent
 SWEEPS, PRESETS = PACKAGE / "sweeps", PACKAGE / "presets"
-PAPER_SWEEPS = {"base2novel": "base2novel", "cross_dataset": "cross_dataset",
-                "domain_generalization": "domain_generalization", "fewshot": "fewshot"}
+PAPER_SWEEPS = {
+    "base2novel": "base2novel",
+    "cross_dataset": "cross_dataset",
+    "domain_generalization": "domain_generalization",
+    "fewshot": "fewshot",
+}
 # Classes of CoOp's 11 datasets (their split files); base-to-novel trains on the first ceil(C / 2).
-CLASSES = {"imagenet": 1000, "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102,
-           "food101": 101, "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101}
+CLASSES = {
+    "imagenet": 1000,
+    "caltech101": 100,
+    "oxford_pets": 37,
+    "stanford_cars": 196,
+    "oxford_flowers": 102,
+    "food101": 101,
+    "fgvc_aircraft": 100,
+    "sun397": 397,
+    "dtd": 47,
+    "eurosat": 10,
+    "ucf101": 101,
+}
 
 
 def _listed(name):
@@ -56,14 +71,18 @@ def test_the_known_gaps_are_closed():
 
 
 def test_domain_generalization_reuses_only_adapters_the_cross_dataset_sweep_trains():
-    assert set(_listed("domain_generalization")["methods"]) == set(_listed("cross_dataset")["methods"])
+    assert set(_listed("domain_generalization")["methods"]) == set(
+        _listed("cross_dataset")["methods"]
+    )
 
 
 def test_the_demo_sweep_lists_every_method_with_a_synthetic_preset():
     synthetic = {p.stem for p in (PRESETS / "synthetic").glob("*.yaml")} & set(METHOD_NAMES)
     demo = _listed("synthetic_base2novel")
     assert synthetic - {"zeroshot"} <= set(demo["methods"])
-    assert len(read_sweep(str(SWEEPS / "synthetic_base2novel.yaml")).runs) == len(demo["methods"]) * 6
+    assert (
+        len(read_sweep(str(SWEEPS / "synthetic_base2novel.yaml")).runs) == len(demo["methods"]) * 6
+    )
 
 
 @pytest.mark.parametrize("name", ["base2novel", "fewshot"])
@@ -75,15 +94,26 @@ def test_per_dataset_tables_are_the_official_ones(name):
     for run in sweep.runs:
         settings = dict(run.overrides)
         if run.method == "mmrl":
-            assert {k: settings[k] for k in official_overrides(run.dataset, protocol)} == \
-                official_overrides(run.dataset, protocol)
+            assert {
+                k: settings[k] for k in official_overrides(run.dataset, protocol)
+            } == official_overrides(run.dataset, protocol)
         if run.method == "clip_lora":
             c = CLASSES[run.dataset]
             trained = c - c // 2 if name == "base2novel" else c
             assert settings["epochs"] == math.ceil(16000 / trained), run.dataset
-        if run.method == "promptsrc" and name == "fewshot":  # the official config's two GPA settings
-            late = run.dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")
-            assert (settings.get("gpa_mean"), settings.get("gpa_std")) == ((45, 5) if late else (None, None))
+        if (
+            run.method == "promptsrc" and name == "fewshot"
+        ):  # the official config's two GPA settings
+            late = run.dataset in (
+                "stanford_cars",
+                "oxford_flowers",
+                "fgvc_aircraft",
+                "dtd",
+                "eurosat",
+            )
+            assert (settings.get("gpa_mean"), settings.get("gpa_std")) == (
+                (45, 5) if late else (None, None)
+            )
         if run.method not in ("mmrl", "clip_lora"):
             assert "reg_weight" not in settings and "epochs" not in settings
 
@@ -96,8 +126,14 @@ def test_the_command_line_wins_over_a_per_dataset_table():
 
 def test_the_command_line_wins_over_method_overrides_and_study_variants(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("protocol: base2novel\nmethods: [mma]\ndatasets: [syn_shapes]\nseeds: [1]\n"
-                    "method_overrides: {mma: {epochs: 7}}\n")
+    path.write_text(
+        "protocol: base2novel\nmethods: [mma]\ndatasets: [syn_shapes]\nseeds: [1]\n"
+        "method_overrides: {mma: {epochs: 7}}\n"
+    )
     assert [dict(r.overrides)["epochs"] for r in read_sweep(str(path), {"epochs": 1}).runs] == [1]
-    study = next((SWEEPS / "studies").glob("*.yaml"))  # a shipped study: its variants' settings yield too
-    assert {dict(r.overrides).get("epochs") for r in read_sweep(str(study), {"epochs": 1}).runs} == {1}
+    study = next(
+        (SWEEPS / "studies").glob("*.yaml")
+    )  # a shipped study: its variants' settings yield too
+    assert {
+        dict(r.overrides).get("epochs") for r in read_sweep(str(study), {"epochs": 1}).runs
+    } == {1}

@@ -8,12 +8,18 @@ from clipadapt import build_model
 from clipadapt.backbone import _block_at_queries, _run_block, at_queries, load_backbone
 from clipadapt.methods import METHODS, method_class
 
-DEEP = dict(backbone="clipadapt-tiny-deep", pretrained="none")  # 8 blocks a tower: adapters after block 4
+DEEP = dict(
+    backbone="clipadapt-tiny-deep", pretrained="none"
+)  # 8 blocks a tower: adapters after block 4
 # Prompts of different lengths, so that the end-of-text positions differ and the causal mask matters.
 CLASSES = ["red disc", "blue square", "a much longer class name than the others here", "dog"]
 OPTED_IN = {
     "mma": {"scale": 0.5},
-    "mma_pp": {"train_scale": 0.5, "test_scale": 0.3, "dropout": 0.3},  # dropout: the noise must match too
+    "mma_pp": {
+        "train_scale": 0.5,
+        "test_scale": 0.3,
+        "dropout": 0.3,
+    },  # dropout: the noise must match too
     "rmadapter": {"scale": 0.5},
     "coop": {},
     "kgcoop": {},
@@ -34,6 +40,7 @@ def _record_queries(monkeypatch, bb):
             if queries is not None:
                 seen[tower].append(index)
             return real(index, x, queries)
+
         monkeypatch.setattr(bb, f"{tower}_block", run)
     return seen
 
@@ -68,7 +75,9 @@ def _pass(model, inputs, train, seed=3):
 @pytest.mark.parametrize("cached", [False, True], ids=["stems", "prefix-caches"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("method", sorted(OPTED_IN))
-def test_the_pooled_final_block_gives_the_numbers_of_the_whole_block(method, train, cached, monkeypatch):
+def test_the_pooled_final_block_gives_the_numbers_of_the_whole_block(
+    method, train, cached, monkeypatch
+):
     model = _model(method)
     depth = len(model.backbone.image_blocks)
     images = torch.randn(3, 3, 32, 32)
@@ -85,7 +94,9 @@ def test_the_pooled_final_block_gives_the_numbers_of_the_whole_block(method, tra
     got = _pass(model, inputs, train)
 
     assert seen["text"] and set(seen["text"]) == {depth - 1}  # the pooled path really ran
-    if model.method.image_tower_is_frozen(model.backbone):  # coop: CLIP's own image tower, run whole
+    if model.method.image_tower_is_frozen(
+        model.backbone
+    ):  # coop: CLIP's own image tower, run whole
         assert seen["image"] == []
     else:
         assert seen["image"] and set(seen["image"]) == {depth - 1}
@@ -94,8 +105,13 @@ def test_the_pooled_final_block_gives_the_numbers_of_the_whole_block(method, tra
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-5)
     assert got[2].keys() == ref[2].keys()
     for name in ref[2]:
-        torch.testing.assert_close(torch.as_tensor(got[2][name]), torch.as_tensor(ref[2][name]),
-                                   rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            torch.as_tensor(got[2][name]),
+            torch.as_tensor(ref[2][name]),
+            rtol=1e-5,
+            atol=1e-6,
+            msg=name,
+        )
     assert got[3].keys() == ref[3].keys() and ref[3]
     for name in ref[3]:
         torch.testing.assert_close(got[3][name], ref[3][name], rtol=1e-4, atol=1e-6, msg=name)
@@ -106,7 +122,9 @@ def test_the_pooled_final_block_gives_the_numbers_of_the_whole_block(method, tra
 OWN_POOLING = {"cocoop"}
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if m not in set(OPTED_IN) | OWN_POOLING))
+@pytest.mark.parametrize(
+    "method", sorted(m for m in METHODS if m not in set(OPTED_IN) | OWN_POOLING)
+)
 def test_a_method_that_does_not_opt_in_runs_every_final_block_whole(method, monkeypatch):
     options = {"first_block": 3} if method == "rmma" else {}
     torch.manual_seed(0)
@@ -123,11 +141,19 @@ def test_block_at_queries_is_the_whole_block_at_those_tokens(tiny_backbone):
     torch.manual_seed(0)
     pool = torch.tensor([2, 8, 5, 0])
     for block, x, mask, queries in (
-            (tiny_backbone.image_blocks[3], torch.randn(3, 17, 64), None, 0),
-            (tiny_backbone.text_blocks[3], torch.randn(4, 9, 64), tiny_backbone.text_attn_mask(9), pool)):
+        (tiny_backbone.image_blocks[3], torch.randn(3, 17, 64), None, 0),
+        (
+            tiny_backbone.text_blocks[3],
+            torch.randn(4, 9, 64),
+            tiny_backbone.text_attn_mask(9),
+            pool,
+        ),
+    ):
         outs, grads = [], []
-        for run in (lambda z: at_queries(block(z, attn_mask=mask), queries),
-                    lambda z: _block_at_queries(block, z, mask, queries)):
+        for run in (
+            lambda z: at_queries(block(z, attn_mask=mask), queries),
+            lambda z: _block_at_queries(block, z, mask, queries),
+        ):
             z = x.clone().requires_grad_(True)
             out = run(z)
             out.square().sum().backward()
@@ -142,8 +168,12 @@ def test_block_at_queries_is_the_whole_block_at_those_tokens(tiny_backbone):
     later[0, 3:] += 1.0  # after prompt 0's end-of-text (position 2)
     block, mask = tiny_backbone.text_blocks[0], tiny_backbone.text_attn_mask(9)
     with torch.no_grad():
-        torch.testing.assert_close(_block_at_queries(block, later, mask, pool)[0],
-                                   _block_at_queries(block, x, mask, pool)[0], rtol=0, atol=0)
+        torch.testing.assert_close(
+            _block_at_queries(block, later, mask, pool)[0],
+            _block_at_queries(block, x, mask, pool)[0],
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_other_blocks_run_whole_then_keep_the_queried_tokens(tiny_backbone):
@@ -176,7 +206,9 @@ def test_heads_pool_the_one_token_left():
     model = build_model("mma", ["cat", "dog"], backbone=bb, scale=0.5)
     seen = {"image": []}
     real = bb.image_block
-    bb.image_block = lambda index, x, queries=None: seen["image"].append(queries) or real(index, x, queries)
+    bb.image_block = lambda index, x, queries=None: seen["image"].append(queries) or real(
+        index, x, queries
+    )
     with torch.no_grad():
         model.eval()(torch.randn(2, 3, 32, 32))
     assert seen["image"] == [None] * len(bb.image_blocks)

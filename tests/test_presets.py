@@ -19,13 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_lookup_by_method_protocol_and_family():
     assert find_preset("mma", "base2novel", "ViT-B-16") == "mma_base2novel.yaml"
-    assert find_preset("mma", "dg", "ViT-B-16") == "mma_cross_dataset.yaml"  # DG trains the cross-dataset source
+    assert (
+        find_preset("mma", "dg", "ViT-B-16") == "mma_cross_dataset.yaml"
+    )  # DG trains the cross-dataset source
     assert find_preset("mma", "domain_generalization", "ViT-B-16") == "mma_cross_dataset.yaml"
     assert find_preset("mma", "base2novel", "synthetic") == "synthetic/mma.yaml"
-    assert find_preset("mma", "fewshot", None) == "synthetic/mma_fewshot.yaml"  # the default backbone is the shipped one
-    assert find_preset("rmadapter", "fewshot", None) == "synthetic/rmadapter.yaml"  # no few-shot one: every protocol
+    assert (
+        find_preset("mma", "fewshot", None) == "synthetic/mma_fewshot.yaml"
+    )  # the default backbone is the shipped one
+    assert (
+        find_preset("rmadapter", "fewshot", None) == "synthetic/rmadapter.yaml"
+    )  # no few-shot one: every protocol
     with pytest.raises(ClipadaptError, match="mma_attn_cross_dataset.yaml"):
-        find_preset("mma_attn", "cross_dataset", "ViT-B-16")  # never a silent fallback to another protocol's settings
+        find_preset(
+            "mma_attn", "cross_dataset", "ViT-B-16"
+        )  # never a silent fallback to another protocol's settings
 
 
 def test_every_method_has_a_synthetic_preset():
@@ -45,15 +53,34 @@ def test_config_none_a_file_or_a_preset_name(tmp_path):
 @pytest.mark.slow
 def test_presets_resolve_in_a_non_editable_install(tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=600)
-    code = ("import json, clipadapt; from clipadapt.demo import DEMO_METHODS, synthetic_preset; "
-            "from clipadapt.runconfig import choose_preset; "
-            "print(json.dumps({'file': clipadapt.__file__, "
-            "'demo': {m: synthetic_preset(m) for m in DEMO_METHODS}, "
-            "'folder': choose_preset(None, 'mma', 'fewshot', 'synthetic')}))")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    code = (
+        "import json, clipadapt; from clipadapt.demo import DEMO_METHODS, synthetic_preset; "
+        "from clipadapt.runconfig import choose_preset; "
+        "print(json.dumps({'file': clipadapt.__file__, "
+        "'demo': {m: synthetic_preset(m) for m in DEMO_METHODS}, "
+        "'folder': choose_preset(None, 'mma', 'fewshot', 'synthetic')}))"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     installed = json.loads(out.stdout)
     assert installed["file"].startswith(str(target))  # not the checkout
@@ -61,13 +88,25 @@ def test_presets_resolve_in_a_non_editable_install(tmp_path):
 
     here = json.loads(json.dumps({m: synthetic_preset(m) for m in DEMO_METHODS}))
     assert installed["demo"] == here
-    assert installed["folder"] == json.loads(json.dumps(choose_preset(None, "mma", "fewshot", "synthetic")))
+    assert installed["folder"] == json.loads(
+        json.dumps(choose_preset(None, "mma", "fewshot", "synthetic"))
+    )
     # The README's sweeps by name, from the installed package (its files were outside it before).
-    listed = subprocess.run([sys.executable, "-m", "clipadapt", "sweep", "--list"], capture_output=True, text=True,
-                            env=env, cwd=tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "clipadapt", "sweep", "--list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert listed.returncode == 0 and "studies/rmma_ablation" in listed.stdout, listed.stderr
-    dry = subprocess.run([sys.executable, "-m", "clipadapt", "sweep", "base2novel", "--out", "runs", "--dry-run"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    dry = subprocess.run(
+        [sys.executable, "-m", "clipadapt", "sweep", "base2novel", "--out", "runs", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert dry.returncode == 0 and dry.stdout.count("clipadapt train") >= 3 * 11, dry.stderr
     assert str(target) in dry.stdout  # its presets are the installed package's
 
@@ -80,33 +119,59 @@ def test_every_trainable_method_has_a_vit_fewshot_preset(method):
     from clipadapt.runconfig import train_settings
 
     assert find_preset(method, "fewshot", "ViT-B-16") == f"{method}_fewshot.yaml"
-    assert find_preset(method, "fewshot", "ViT-L-14") == f"{method}_fewshot.yaml"  # the whole open_clip family
-    settings = train_settings(method, "fewshot", "ViT-B-16")  # every key a valid option or training setting
+    assert (
+        find_preset(method, "fewshot", "ViT-L-14") == f"{method}_fewshot.yaml"
+    )  # the whole open_clip family
+    settings = train_settings(
+        method, "fewshot", "ViT-B-16"
+    )  # every key a valid option or training setting
     assert settings.preset == f"preset:{method}_fewshot.yaml"
     assert load_preset(f"{method}_fewshot.yaml")["method"] == method
     text = (REPO / "src" / "clipadapt" / "presets" / f"{method}_fewshot.yaml").read_text()
-    assert text.startswith("# ") and "all classes" in text.split("method:")[0]  # the file says where it comes from
+    assert (
+        text.startswith("# ") and "all classes" in text.split("method:")[0]
+    )  # the file says where it comes from
 
 
 def test_official_fewshot_numbers():
     """The files hold their sources' numbers (CoOp vit_b16.yaml + main.sh; MMA vit_b16_ep5.yaml; MMA++ b2n_hc)."""
     coop = load_preset("coop_fewshot.yaml")
-    assert (coop["n_ctx"], coop["ctx_init"], coop["lr"], coop["epochs"], coop["batch_size"]) == (16, "", 0.002, 200, 32)
+    assert (coop["n_ctx"], coop["ctx_init"], coop["lr"], coop["epochs"], coop["batch_size"]) == (
+        16,
+        "",
+        0.002,
+        200,
+        32,
+    )
     assert (coop["warmup_epochs"], coop["warmup_lr"], coop.get("augment", True)) == (1, 1e-5, True)
     mma = load_preset("mma_fewshot.yaml")
-    assert (mma["adapter_start"], mma["adapter_end"], mma["adapter_dim"], mma["scale"]) == (5, 12, 32, 0.001)
+    assert (mma["adapter_start"], mma["adapter_end"], mma["adapter_dim"], mma["scale"]) == (
+        5,
+        12,
+        32,
+        0.001,
+    )
     assert (mma["optimizer"], mma["lr"], mma["epochs"], mma["batch_size"]) == ("sgd", 0.0015, 5, 16)
-    assert {k: v for k, v in load_preset("mma_pp_fewshot.yaml").items()} == load_preset("mma_pp_base2novel_templates.yaml")
+    assert {k: v for k, v in load_preset("mma_pp_fewshot.yaml").items()} == load_preset(
+        "mma_pp_base2novel_templates.yaml"
+    )
     for method in ("rmadapter", "rmma", "mma_attn", "clip_adapter"):
-        assert load_preset(f"{method}_fewshot.yaml") == load_preset(f"{method}_base2novel.yaml"), method
+        assert load_preset(f"{method}_fewshot.yaml") == load_preset(f"{method}_base2novel.yaml"), (
+            method
+        )
 
 
 def _readme_vit_folder_command() -> list[str]:
     import shlex
 
     text = (REPO / "README.md").read_text()
-    line = next(line for line in text.splitlines()
-                if line.startswith("clipadapt train ") and "--dataset folder" in line and "--backbone ViT-B-16" in line)
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("clipadapt train ")
+        and "--dataset folder" in line
+        and "--backbone ViT-B-16" in line
+    )
     return shlex.split(line)[1:]
 
 
@@ -116,7 +181,9 @@ def _photos(root: Path) -> Path:
     for c, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
         (root / c).mkdir(parents=True)
         for i in range(5):
-            Image.new("RGB", (32, 32), (colour[0], colour[1] + 10 * i, colour[2])).save(root / c / f"{i}.png")
+            Image.new("RGB", (32, 32), (colour[0], colour[1] + 10 * i, colour[2])).save(
+                root / c / f"{i}.png"
+            )
     return root
 
 

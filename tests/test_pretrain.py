@@ -21,7 +21,17 @@ def test_contrast_group_differs_in_its_factor_only(factor):
     scenes, got = contrast_group(rng, size, factor)
     assert got == factor and len(scenes) == min(size, len(FACTOR_VALUES[factor]))
     assert len({getattr(s, factor) for s in scenes}) == len(scenes)
-    for other in ("shape", "colour", "pattern", "size", "count", "position", "background", "style", "seed"):
+    for other in (
+        "shape",
+        "colour",
+        "pattern",
+        "size",
+        "count",
+        "position",
+        "background",
+        "style",
+        "seed",
+    ):
         if other != factor and not (factor == "count" and other == "position"):
             assert len({getattr(s, other) for s in scenes}) == 1, other
 
@@ -45,7 +55,9 @@ def test_pretraining_learns_and_an_interrupted_run_resumes_to_the_same_weights(t
     pretrain(str(whole), steps=steps, **SMALL)
     losses = [r["loss"] for r in _log(whole)]
     assert [r["step"] for r in _log(whole)] == list(range(1, steps + 1))
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses  # 32 pairs: chance loss is ln 32 = 3.47
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, (
+        losses
+    )  # 32 pairs: chance loss is ln 32 = 3.47
 
     cut = tmp_path / "cut"
     with pytest.raises(Interrupt):  # stops inside step 12, after the state of step 10 was saved
@@ -54,7 +66,10 @@ def test_pretraining_learns_and_an_interrupted_run_resumes_to_the_same_weights(t
     pretrain(str(cut), steps=steps, save_every=5, **SMALL)
     assert [r["step"] for r in _log(cut)] == list(range(1, steps + 1))  # steps 11.. logged once
     assert [r["loss"] for r in _log(cut)] == losses
-    a, b = load_file(str(whole / "synthetic-clip.safetensors")), load_file(str(cut / "synthetic-clip.safetensors"))
+    a, b = (
+        load_file(str(whole / "synthetic-clip.safetensors")),
+        load_file(str(cut / "synthetic-clip.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -76,7 +91,9 @@ def test_exported_weights_are_the_trained_weights_in_fp16(tmp_path):
 
 def test_pretraining_refuses_groups_larger_than_the_batch(tmp_path):
     with pytest.raises(ValueError, match="do not fit"):
-        pretrain(str(tmp_path), steps=1, batch_size=16, pool_size=40, shape_groups=2, progress=False)
+        pretrain(
+            str(tmp_path), steps=1, batch_size=16, pool_size=40, shape_groups=2, progress=False
+        )
 
 
 def test_the_shipped_record_summarises_the_shipped_log(tmp_path):
@@ -86,10 +103,18 @@ def test_the_shipped_record_summarises_the_shipped_log(tmp_path):
     from clipadapt.synthetic.pretrain import summarise_pretrain_log
     from clipadapt.synthetic_weights import shipped_record
 
-    log = tmp_path / "pretrain_log.jsonl"  # the whole log lives outside the package, gzipped in docs/
-    log.write_bytes(gzip.decompress((Path(__file__).parents[1] / "docs" / "synthetic-pretrain-log.jsonl.gz")
-                                    .read_bytes()))
+    log = (
+        tmp_path / "pretrain_log.jsonl"
+    )  # the whole log lives outside the package, gzipped in docs/
+    log.write_bytes(
+        gzip.decompress(
+            (Path(__file__).parents[1] / "docs" / "synthetic-pretrain-log.jsonl.gz").read_bytes()
+        )
+    )
     record = shipped_record()
     summary = summarise_pretrain_log(str(log))
     assert record["log_summary"] == summary
-    assert summary[-1]["step"] == record["pretrain"]["steps"] and len(summary) == record["pretrain"]["steps"] // 125
+    assert (
+        summary[-1]["step"] == record["pretrain"]["steps"]
+        and len(summary) == record["pretrain"]["steps"] // 125
+    )

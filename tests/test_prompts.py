@@ -15,8 +15,11 @@ from clipadapt.prompts import class_prompts, openai_templates
 TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["red disc", "green_square", "blue disc"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "itap of a {}."]
-DESCRIPTIONS = {"Red_Disc": ["a round red thing.", "a red circle.", "a red disc on a plain background."],
-                "green square": ["a green square."], "blue disc": ["a blue disc.", "something round and blue."]}
+DESCRIPTIONS = {
+    "Red_Disc": ["a round red thing.", "a red circle.", "a red disc on a plain background."],
+    "green square": ["a green square."],
+    "blue disc": ["a blue disc.", "something round and blue."],
+}
 
 
 @pytest.fixture
@@ -35,24 +38,43 @@ def _prompt_features(prompts):
 
 def test_descriptions_are_matched_as_the_official_code_matches_them(descriptions_file):
     got = class_prompts(descriptions_file, CLASSES, "a photo of a {}.")
-    assert got == [DESCRIPTIONS["Red_Disc"], DESCRIPTIONS["green square"], DESCRIPTIONS["blue disc"]]
+    assert got == [
+        DESCRIPTIONS["Red_Disc"],
+        DESCRIPTIONS["green square"],
+        DESCRIPTIONS["blue disc"],
+    ]
     assert [len(p) for p in got] == [3, 1, 2]
     ensemble = class_prompts("openai80", ["green_square"], "unused {}")[0]
-    assert len(ensemble) == 80 == len(openai_templates()) and "a bad photo of a green square." in ensemble
+    assert (
+        len(ensemble) == 80 == len(openai_templates())
+        and "a bad photo of a green square." in ensemble
+    )
 
 
 @pytest.mark.parametrize("method", ["zeroshot", "clip_adapter", "mma_pp"])
 def test_inference_uses_the_mean_of_normalised_prompt_features(method, descriptions_file):
-    options = {"ratio": 0.0} if method == "clip_adapter" else {"test_scale": 0.0} if method == "mma_pp" else {}
+    options = (
+        {"ratio": 0.0}
+        if method == "clip_adapter"
+        else {"test_scale": 0.0}
+        if method == "mma_pp"
+        else {}
+    )
     model = build_model(method, CLASSES, prompts=descriptions_file, **options, **TINY).eval()
-    per_prompt = F.normalize(_prompt_features([p for c in DESCRIPTIONS.values() for p in c]), dim=-1)
-    expected = F.normalize(torch.stack([per_prompt[0:3].mean(0), per_prompt[3], per_prompt[4:6].mean(0)]), dim=-1)
+    per_prompt = F.normalize(
+        _prompt_features([p for c in DESCRIPTIONS.values() for p in c]), dim=-1
+    )
+    expected = F.normalize(
+        torch.stack([per_prompt[0:3].mean(0), per_prompt[3], per_prompt[4:6].mean(0)]), dim=-1
+    )
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.text_features(), expected, rtol=1e-5, atol=1e-5)
         image_f = F.normalize(model.encode(images, with_text=False)[0], dim=-1)
         logits = model(images)
-    torch.testing.assert_close(logits, model.backbone.logit_scale * image_f @ expected.t(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        logits, model.backbone.logit_scale * image_f @ expected.t(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_template_ensemble_is_computed_once_per_class_set_and_chunking_changes_nothing(monkeypatch):
@@ -81,11 +103,28 @@ def test_missing_class_is_a_clear_error_with_exit_2(descriptions_file, fake_root
 
     with pytest.raises(ClipadaptError, match="no descriptions for class 'yellow square'"):
         build_model("zeroshot", CLASSES + ["yellow square"], prompts=descriptions_file, **TINY)
-    code = main(["eval", "--dataset", "caltech101", "--data-root", fake_root, "--out", str(tmp_path / "e"),
-                 "--backbone", "clipadapt-tiny", "--pretrained", "none", "--prompts", descriptions_file])
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "caltech101",
+            "--data-root",
+            fake_root,
+            "--out",
+            str(tmp_path / "e"),
+            "--backbone",
+            "clipadapt-tiny",
+            "--pretrained",
+            "none",
+            "--prompts",
+            descriptions_file,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert [line for line in err.splitlines() if "clipadapt: error:" in line][0].count("no descriptions for class") == 1
+    assert [line for line in err.splitlines() if "clipadapt: error:" in line][0].count(
+        "no descriptions for class"
+    ) == 1
 
 
 def test_prompts_folder_picks_the_dataset_file(tmp_path, descriptions_file):
@@ -94,7 +133,9 @@ def test_prompts_folder_picks_the_dataset_file(tmp_path, descriptions_file):
     (folder / "dtd.json").write_text(json.dumps({"banded": ["stripes."]}))
     (folder / "imagenet.json").write_text(json.dumps({"banded": ["imagenet stripes."]}))
     assert class_prompts(str(folder), ["banded"], "{}", dataset="dtd") == [["stripes."]]
-    assert class_prompts(str(folder), ["banded"], "{}", dataset="imagenet_sketch") == [["imagenet stripes."]]
+    assert class_prompts(str(folder), ["banded"], "{}", dataset="imagenet_sketch") == [
+        ["imagenet stripes."]
+    ]
     with pytest.raises(ClipadaptError, match="has no eurosat.json"):
         class_prompts(str(folder), ["banded"], "{}", dataset="eurosat")
     with pytest.raises(ClipadaptError, match="without a dataset"):
@@ -112,7 +153,15 @@ def test_methods_with_learned_prompts_refuse_prompt_sets():
 def _train_recording_draws(data, seed, out_dir=None, interrupt_at=None):
     from clipadapt.engine import TrainConfig, Trainer, seed_everything
 
-    cfg = TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.0, epochs=2, batch_size=8, augment=False, seed=seed)
+    cfg = TrainConfig(
+        optimizer="adamw",
+        lr=0.01,
+        weight_decay=0.0,
+        epochs=2,
+        batch_size=8,
+        augment=False,
+        seed=seed,
+    )
 
     def build():
         seed_everything(3)
@@ -134,14 +183,20 @@ def _train_recording_draws(data, seed, out_dir=None, interrupt_at=None):
 def test_training_draws_follow_the_seed_and_replay_on_resume(learn_root, tmp_path):
     from clipadapt import build_dataset
 
-    data = build_dataset("eurosat", learn_root, shots=4, seed=1, subsample="base")  # 20 images: 2 steps an epoch
+    data = build_dataset(
+        "eurosat", learn_root, shots=4, seed=1, subsample="base"
+    )  # 20 images: 2 steps an epoch
     straight, logits = _train_recording_draws(data, seed=1, out_dir=str(tmp_path / "a"))
     assert len(straight) == 4 and all(len(d) == 5 for d in straight)
-    assert all(3 * c <= i < 3 * c + 3 for d in straight for c, i in enumerate(d))  # one of each class's own
+    assert all(
+        3 * c <= i < 3 * c + 3 for d in straight for c, i in enumerate(d)
+    )  # one of each class's own
     assert len({tuple(d) for d in straight}) > 1
     other_seed, _ = _train_recording_draws(data, seed=2)
     assert other_seed != straight
-    resumed, resumed_logits = _train_recording_draws(data, seed=1, out_dir=str(tmp_path / "b"), interrupt_at=3)
+    resumed, resumed_logits = _train_recording_draws(
+        data, seed=1, out_dir=str(tmp_path / "b"), interrupt_at=3
+    )
     assert resumed == straight[2:]  # the interrupted epoch 2 reruns from its checkpointed start
     assert torch.equal(resumed_logits, logits)
 
@@ -156,5 +211,18 @@ def test_cli_prompts_on_eval_and_checkpoint(fake_root, tmp_path, descriptions_fi
     # An adapter trained with one prompt set evaluates with another (prompt sets are not parameters).
     adapter = tmp_path / "a.safetensors"
     build_model("mma_pp", ["x", "y"], prompts=TEMPLATES, **TINY).save_adapter(str(adapter))
-    assert main([*base, "--out", str(tmp_path / "ck"), "--checkpoint", str(adapter), "--prompts", "openai80"]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "ck"),
+                "--checkpoint",
+                str(adapter),
+                "--prompts",
+                "openai80",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ck" / "metrics.json").read_text())["prompts"] == "openai80"

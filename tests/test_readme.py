@@ -65,15 +65,27 @@ def readme_blocks() -> list[Block]:
                 i += 1
             above = next((line for line in reversed(lines[:start]) if line.strip()), "")
             mark = SKIP_MARK.fullmatch(above.strip())
-            blocks.append(Block(language, "\n".join(lines[start + 1:i]) + "\n", start + 1, mark and mark.group(1)))
+            blocks.append(
+                Block(
+                    language,
+                    "\n".join(lines[start + 1 : i]) + "\n",
+                    start + 1,
+                    mark and mark.group(1),
+                )
+            )
         i += 1
     return blocks
 
 
 def shell_commands(text: str) -> list[list[str]]:
     """A shell block's commands as argument lists: continuations joined, comments dropped."""
-    return [words for words in (shlex.split(line, comments=True) for line in text.replace("\\\n", " ").splitlines())
-            if words]
+    return [
+        words
+        for words in (
+            shlex.split(line, comments=True) for line in text.replace("\\\n", " ").splitlines()
+        )
+        if words
+    ]
 
 
 def examples() -> list[Block]:
@@ -83,10 +95,15 @@ def examples() -> list[Block]:
 def test_every_command_block_is_an_example_and_the_skipped_ones_are_listed():
     for block in readme_blocks():
         if block.language not in EXAMPLE_LANGUAGES:  # tables, layouts: no line may be a command
-            assert not any(line.startswith(COMMAND_STARTS) for line in block.text.splitlines()), block.line
+            assert not any(line.startswith(COMMAND_STARTS) for line in block.text.splitlines()), (
+                block.line
+            )
     assert {b.first_line for b in examples() if b.skip} == SKIPPED
     runnable = [b for b in examples() if not b.skip]
-    assert {b.language for b in runnable} == {"bash", "python"}  # the own-folder path and the Python snippet run
+    assert {b.language for b in runnable} == {
+        "bash",
+        "python",
+    }  # the own-folder path and the Python snippet run
 
 
 def test_every_clipadapt_command_parses():
@@ -96,12 +113,16 @@ def test_every_clipadapt_command_parses():
         if block.language != "bash":
             continue
         for words in shell_commands(block.text):
-            if words[0] != "clipadapt" or "..." in words:  # `clipadapt train ... lr=0.002`: a placeholder
+            if (
+                words[0] != "clipadapt" or "..." in words
+            ):  # `clipadapt train ... lr=0.002`: a placeholder
                 continue
             try:
                 parser.parse_args(words[1:])
             except SystemExit as err:
-                pytest.fail(f"README line {block.line}: {shlex.join(words)} does not parse ({err.code})")
+                pytest.fail(
+                    f"README line {block.line}: {shlex.join(words)} does not parse ({err.code})"
+                )
             checked += 1
     assert checked >= 20
 
@@ -116,13 +137,22 @@ def _sandbox(root: Path) -> None:
     for shape in ("circle", "square", "star"):
         (root / "photos" / shape).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(render(random_scene(rng, shape=shape))).save(root / "photos" / shape / f"{i}.png")
+            Image.fromarray(render(random_scene(rng, shape=shape))).save(
+                root / "photos" / shape / f"{i}.png"
+            )
     Image.fromarray(render(random_scene(rng, shape="star"))).save(root / "photo.jpg")
 
 
 def _runnable() -> list:
-    return [pytest.param(b, id=f"{b.language}-line{b.line}", marks=[pytest.mark.slow] if b.language == "bash" else [])
-            for b in examples() if not b.skip]
+    return [
+        pytest.param(
+            b,
+            id=f"{b.language}-line{b.line}",
+            marks=[pytest.mark.slow] if b.language == "bash" else [],
+        )
+        for b in examples()
+        if not b.skip
+    ]
 
 
 @pytest.mark.parametrize("block", _runnable())
@@ -133,7 +163,9 @@ def test_example_runs_as_written(block, tmp_path, monkeypatch):
         exec(compile(block.text, f"README.md:{block.line}", "exec"), {"__name__": "readme_example"})
         return
     for words in shell_commands(block.text):
-        assert words[0] == "clipadapt", f"README line {block.line}: only clipadapt commands run here: {words}"
+        assert words[0] == "clipadapt", (
+            f"README line {block.line}: only clipadapt commands run here: {words}"
+        )
         assert main(words[1:]) == 0, shlex.join(words)
 
 
@@ -146,7 +178,11 @@ def _demo_md_tables() -> dict[str, dict[str, list[str]]]:
             current = None
         elif title:
             current = tables.setdefault(title.group(1), {})
-        elif current is not None and line.startswith("| ") and not line.startswith(("| method", "| ---")):
+        elif (
+            current is not None
+            and line.startswith("| ")
+            and not line.startswith(("| method", "| ---"))
+        ):
             cells = [c.strip() for c in line.strip("|").split("|")]
             current[cells[0]] = [c.split(" ")[0] for c in cells[1:4]]  # "74.66 ± 0.5" -> "74.66"
     return tables
@@ -169,10 +205,14 @@ def test_the_parameter_table_is_what_clipadapt_info_counts():
     from clipadapt.run import method_info
 
     text = README.read_text()
-    table = text[text.index("## Methods"):text.index("## Datasets")]
-    rows = {m.group(1): int(m.group(2).replace(",", ""))
-            for m in re.finditer(r"^\| `(\w+)` \|.*\| ([\d,]+) \|$", table, flags=re.M)}
+    table = text[text.index("## Methods") : text.index("## Datasets")]
+    rows = {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^\| `(\w+)` \|.*\| ([\d,]+) \|$", table, flags=re.M)
+    }
     assert set(rows) == set(METHOD_NAMES)
-    vit = load_backbone("ViT-B-16", "none")  # the architecture the table is for; one build for every method
+    vit = load_backbone(
+        "ViT-B-16", "none"
+    )  # the architecture the table is for; one build for every method
     for method, count in rows.items():
         assert method_info(method, vit)["trainable_params"] == count, method

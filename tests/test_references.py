@@ -21,8 +21,11 @@ AVERAGE_EXCEPTIONS: dict[tuple[str, str, str], str] = {}
 
 
 def _rows() -> list[tuple[str, str, str, dict]]:
-    return [(protocol, table, name, row) for (protocol, table), rows in REFERENCES.items()
-            for name, row in rows.items()]
+    return [
+        (protocol, table, name, row)
+        for (protocol, table), rows in REFERENCES.items()
+        for name, row in rows.items()
+    ]
 
 
 def average_mismatches(references: dict) -> list[str]:
@@ -39,16 +42,31 @@ def average_mismatches(references: dict) -> list[str]:
                     continue
                 over = mean(r[column] for r in rows)
                 if abs(over - avg[column]) > ROUNDING:
-                    found.append(f"{protocol} {method} {column}: mean of the 11 rows {over:.3f}, Average {avg[column]}")
+                    found.append(
+                        f"{protocol} {method} {column}: mean of the 11 rows {over:.3f}, Average {avg[column]}"
+                    )
     return found
 
 
 def test_there_are_eleven_benchmark_datasets():
-    assert ELEVEN_DATASETS == ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
-                               "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+    assert ELEVEN_DATASETS == [
+        "imagenet",
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "oxford_flowers",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    ]
 
 
-@pytest.mark.parametrize("protocol,table,name,row", _rows(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "protocol,table,name,row", _rows(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_each_published_row_has_a_source_and_a_consistent_hm(protocol, table, name, row):
     assert row["source"] and "hm" in row
     if "base" in row and (protocol, table, name) not in HM_EXCEPTIONS:
@@ -70,10 +88,14 @@ def test_the_average_check_catches_a_mistyped_digit():
     rows[("base2novel", "Average")] = {"M": {"base": 80.0, "novel": 70.0}}
     assert average_mismatches(rows) == []
     rows[("base2novel", "dtd")]["M"]["novel"] = 79.0  # 70.0 typed as 79.0 moves the mean by 0.82
-    assert average_mismatches(rows) == ["base2novel M novel: mean of the 11 rows 70.818, Average 70.0"]
+    assert average_mismatches(rows) == [
+        "base2novel M novel: mean of the 11 rows 70.818, Average 70.0"
+    ]
     del rows[("base2novel", "eurosat")]  # a method short of a dataset is not averaged
     assert average_mismatches(rows) == []
 
 
 def test_the_comparison_columns_are_there():
-    assert {"CoCoOp", "KgCoOp", "PromptSRC", "MaPLe", "MMRL", "MMA++"} <= set(REFERENCES[("base2novel", "Average")])
+    assert {"CoCoOp", "KgCoOp", "PromptSRC", "MaPLe", "MMRL", "MMA++"} <= set(
+        REFERENCES[("base2novel", "Average")]
+    )

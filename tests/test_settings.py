@@ -21,24 +21,32 @@ def test_scientific_notation_from_cli_yaml_and_python(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("lr: 1e-3\nweight_decay: 5e-4\n")  # PyYAML reads both as strings
     assert isinstance(read_preset(str(preset))["lr"], str)
-    _, cfg, resolved = resolve("mma", read_preset(str(preset)), parse_overrides(["warmup_lr=1e-6", "scale=1e-2"]))
+    _, cfg, resolved = resolve(
+        "mma", read_preset(str(preset)), parse_overrides(["warmup_lr=1e-6", "scale=1e-2"])
+    )
     assert (cfg.lr, cfg.weight_decay, cfg.warmup_lr) == (0.001, 0.0005, 1e-6)
     assert resolved["scale"] == 0.01 and isinstance(resolved["lr"], float)
     assert TrainConfig(lr="1e-3").lr == 0.001
     assert make_config("mma", {"scale": "1e-3"}).scale == 0.001
 
 
-@pytest.mark.parametrize("make,fragments", [
-    (lambda: TrainConfig(epochs="abc"), ["'epochs'", "an integer", "'abc'", "(str)"]),
-    (lambda: TrainConfig(epochs=2.5), ["'epochs'", "an integer", "2.5", "(float)"]),
-    (lambda: TrainConfig(augment="maybe"), ["'augment'", "true or false"]),
-    (lambda: TrainConfig(optimizer="lion"), ["'optimizer'", "sgd"]),
-    (lambda: TrainConfig(betas=(0.9,)), ["'betas'", "2 values"]),
-    (lambda: TrainConfig(lr=0), ["'lr'", "> 0"]),
-    (lambda: make_config("mma", {"adapter_dim": "abc"}), ["'adapter_dim'", "an integer", "'abc'"]),
-    (lambda: make_config("mma", {"template": "a photo"}), ["'template'", "{}"]),
-    (lambda: make_config("clip_adapter", {"ratio": 2}), ["'ratio'", "<= 1"]),
-])
+@pytest.mark.parametrize(
+    "make,fragments",
+    [
+        (lambda: TrainConfig(epochs="abc"), ["'epochs'", "an integer", "'abc'", "(str)"]),
+        (lambda: TrainConfig(epochs=2.5), ["'epochs'", "an integer", "2.5", "(float)"]),
+        (lambda: TrainConfig(augment="maybe"), ["'augment'", "true or false"]),
+        (lambda: TrainConfig(optimizer="lion"), ["'optimizer'", "sgd"]),
+        (lambda: TrainConfig(betas=(0.9,)), ["'betas'", "2 values"]),
+        (lambda: TrainConfig(lr=0), ["'lr'", "> 0"]),
+        (
+            lambda: make_config("mma", {"adapter_dim": "abc"}),
+            ["'adapter_dim'", "an integer", "'abc'"],
+        ),
+        (lambda: make_config("mma", {"template": "a photo"}), ["'template'", "{}"]),
+        (lambda: make_config("clip_adapter", {"ratio": 2}), ["'ratio'", "<= 1"]),
+    ],
+)
 def test_wrong_value_names_key_value_and_type(make, fragments):
     with pytest.raises(SettingError) as info:
         make()
@@ -68,9 +76,13 @@ def test_registry_names_match_the_methods_and_datasets():
     from clipadapt.data.synthetic import SYNTHETIC_DATASETS
     from clipadapt.registry import SYNTHETIC_DATASET_NAMES
 
-    assert tuple(METHODS) == METHOD_NAMES  # METHODS is built from the registry, each class under its own name
+    assert (
+        tuple(METHODS) == METHOD_NAMES
+    )  # METHODS is built from the registry, each class under its own name
     assert all(cls.name == name for name, cls in METHODS.items())
-    assert tuple(SYNTHETIC_DATASETS) == SYNTHETIC_DATASET_NAMES  # a new synthetic dataset: add its name there
+    assert (
+        tuple(SYNTHETIC_DATASETS) == SYNTHETIC_DATASET_NAMES
+    )  # a new synthetic dataset: add its name there
     for name in dataset_names():
         assert name == "folder" or name in SYNTHETIC_DATASETS or name in COOP_DATASETS
 
@@ -79,7 +91,9 @@ def _library_imports() -> dict[str, set[str]]:
     src = Path(__file__).resolve().parents[1] / "src" / "clipadapt"
     graph = {}
     for path in src.rglob("*.py"):
-        module = ".".join(("clipadapt", *path.relative_to(src).with_suffix("").parts)).removesuffix(".__init__")
+        module = ".".join(("clipadapt", *path.relative_to(src).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
         package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
@@ -87,7 +101,11 @@ def _library_imports() -> dict[str, set[str]]:
                 base = package
                 for _ in range(node.level - 1):
                     base = base.rsplit(".", 1)[0]
-                name = (base + "." + node.module if node.module else base) if node.level else node.module
+                name = (
+                    (base + "." + node.module if node.module else base)
+                    if node.level
+                    else node.module
+                )
                 targets.add(name)
                 targets.update(f"{name}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
@@ -113,5 +131,11 @@ def test_no_import_circle_through_the_shipped_weights():
 
     # Loading a backbone never reaches the pretraining script, which sits above the library.
     assert not reaches("clipadapt.backbone", "clipadapt.synthetic.pretrain")
-    for module in ("clipadapt.backbone", "clipadapt.weights", "clipadapt.synthetic_weights", "clipadapt.model", "clipadapt.methods"):
+    for module in (
+        "clipadapt.backbone",
+        "clipadapt.weights",
+        "clipadapt.synthetic_weights",
+        "clipadapt.model",
+        "clipadapt.methods",
+    ):
         assert not reaches(module, module), module

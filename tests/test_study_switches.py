@@ -28,11 +28,20 @@ def _perturb(model, seed=1):
 
 # ---- protocol: --base-ratio ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("classes, ratio, base", [
-    (10, "1:1", 5), (37, "1:1", 19),  # CoOp's ceil(C/2) (the authors' code: floor, 18 on 37 classes)
-    (10, "4:1", 8), (37, "4:1", 30),  # the authors' C - C//5
-    (37, "3:1", 28), (37, "5:1", 31), (100, "5:1", 84), (7, "1:2", 3),
-])
+
+@pytest.mark.parametrize(
+    "classes, ratio, base",
+    [
+        (10, "1:1", 5),
+        (37, "1:1", 19),  # CoOp's ceil(C/2) (the authors' code: floor, 18 on 37 classes)
+        (10, "4:1", 8),
+        (37, "4:1", 30),  # the authors' C - C//5
+        (37, "3:1", 28),
+        (37, "5:1", 31),
+        (100, "5:1", 84),
+        (7, "1:2", 3),
+    ],
+)
 def test_base_ratio_counts(classes, ratio, base):
     assert num_base_classes(classes, ratio) == base
 
@@ -42,7 +51,10 @@ def test_base_ratio_splits_sorted_classes_and_keeps_the_draw(learn_root):
     base = build_dataset("eurosat", learn_root, 4, 1, "base", "4:1")
     new = build_dataset("eurosat", learn_root, 4, 1, "new", "4:1")
     assert (base.num_classes, new.num_classes) == (8, 2)
-    assert base.classnames + new.classnames == build_dataset("eurosat", learn_root, 4, 1, "all").classnames
+    assert (
+        base.classnames + new.classnames
+        == build_dataset("eurosat", learn_root, 4, 1, "all").classnames
+    )
     assert base.classnames[:5] == half.classnames
     # the few-shot draw does not depend on the ratio: the first five classes keep the same images
     assert [d.impath for d in base.train if d.label < 5] == [d.impath for d in half.train]
@@ -62,18 +74,43 @@ def test_ratio_leaving_no_novel_class_is_refused(learn_root):
         build_dataset("eurosat", learn_root, 4, 1, "new", "50:1")
 
 
-@pytest.mark.parametrize("ratio, fragment", [("0:1", "B:N with two integers >= 1"),
-                                             ("50:1", "leaves no novel class")])
+@pytest.mark.parametrize(
+    "ratio, fragment", [("0:1", "B:N with two integers >= 1"), ("50:1", "leaves no novel class")]
+)
 def test_cli_bad_base_ratio_is_one_line_and_exit_2(learn_root, tmp_path, capsys, ratio, fragment):
-    code = main(["train", "--method", "zeroshot", "--dataset", "eurosat", "--data-root", learn_root,
-                 "--backbone", "clipadapt-tiny", "--pretrained", "none", "--config", "none",
-                 "--base-ratio", ratio, "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--method",
+            "zeroshot",
+            "--dataset",
+            "eurosat",
+            "--data-root",
+            learn_root,
+            "--backbone",
+            "clipadapt-tiny",
+            "--pretrained",
+            "none",
+            "--config",
+            "none",
+            "--base-ratio",
+            ratio,
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and fragment in err[0] and err[0].startswith("clipadapt: error:")
+    assert (
+        code == 2
+        and len(err) == 1
+        and fragment in err[0]
+        and err[0].startswith("clipadapt: error:")
+    )
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 # ---- data: noise and shots above 16 --------------------------------------------------------------
+
 
 def _image():
     from PIL import Image
@@ -94,7 +131,9 @@ def test_train_noise_is_gaussian_after_normalisation_and_fresh_each_load():
     assert abs(a.std().item() - 0.3) < 0.02 and abs(a.mean().item()) < 0.02
     assert not torch.equal(a, b)  # a new draw every time the image is loaded
     torch.manual_seed(5)
-    assert torch.equal(noisy(_image()) - clean, a)  # the trainer reseeds every epoch: reruns draw the same
+    assert torch.equal(
+        noisy(_image()) - clean, a
+    )  # the trainer reseeds every epoch: reruns draw the same
     assert torch.equal(transforms.train_transform(32, MEAN, STD, augment=False)(_image()), clean)
 
 
@@ -131,8 +170,12 @@ def _test_inputs_of_a_run(learn_root, monkeypatch, **settings):
             model.__dict__.pop("forward", None)
 
     monkeypatch.setattr(protocols, "evaluate", spy)
-    method_cfg, train_cfg, _ = resolve("mma", {}, {"epochs": 1, "batch_size": 8, "augment": False, **settings})
-    spec = protocols.RunSpec("mma", "eurosat", learn_root, 2, 1, "clipadapt-tiny", "none", None, progress=False)
+    method_cfg, train_cfg, _ = resolve(
+        "mma", {}, {"epochs": 1, "batch_size": 8, "augment": False, **settings}
+    )
+    spec = protocols.RunSpec(
+        "mma", "eurosat", learn_root, 2, 1, "clipadapt-tiny", "none", None, progress=False
+    )
     metrics = protocols.run_protocol("base2novel", spec, method_cfg.to_dict(), train_cfg)
     return torch.cat(seen), metrics
 
@@ -144,8 +187,18 @@ def test_train_noise_leaves_the_evaluation_images_unchanged(learn_root, monkeypa
     assert metrics["train_noise_std"] == 0.5 and metrics["eval_noise_std"] == 0.0
     evaluated_noisy, metrics = _test_inputs_of_a_run(learn_root, monkeypatch, eval_noise_std=0.5)
     assert abs((evaluated_noisy - clean).std().item() - 0.5) < 0.05
-    assert metrics["base_ratio"] == "1:1" and (metrics["num_base_classes"], metrics["num_novel_classes"]) == (5, 5)
-    for key in ("trainable_params", "train_step_ms_per_image", "train_epoch_ms_per_image", "train_seconds", "peak_memory_mb", "eval_images_per_s"):
+    assert metrics["base_ratio"] == "1:1" and (
+        metrics["num_base_classes"],
+        metrics["num_novel_classes"],
+    ) == (5, 5)
+    for key in (
+        "trainable_params",
+        "train_step_ms_per_image",
+        "train_epoch_ms_per_image",
+        "train_seconds",
+        "peak_memory_mb",
+        "eval_images_per_s",
+    ):
         assert clean_metrics[key] > 0
 
 
@@ -168,9 +221,12 @@ def test_shots_above_16_keep_short_classes_whole(learn_root):
 
 # ---- RMAdapter: the consistency distance ---------------------------------------------------------
 
+
 def _rmadapter_loss(images, **options):
     torch.manual_seed(0)
-    model = _perturb(build_model("rmadapter", ["cat", "dog"], **{"scale": 0.5, **options}, **TINY)).train()
+    model = _perturb(
+        build_model("rmadapter", ["cat", "dog"], **{"scale": 0.5, **options}, **TINY)
+    ).train()
     torch.manual_seed(0)
     logits = model(images)
     loss, parts = model.method.loss(logits, torch.tensor([0, 1, 0]))
@@ -180,9 +236,14 @@ def _rmadapter_loss(images, **options):
 def test_rmadapter_consistency_distance_changes_only_the_consistency_term(images):
     results = {d: _rmadapter_loss(images, consistency=d) for d in ("l1", "cosine", "kl", "none")}
     for name, (logits, _, parts) in results.items():
-        torch.testing.assert_close(logits, results["l1"][0], rtol=0, atol=0)  # the forward pass is the same
+        torch.testing.assert_close(
+            logits, results["l1"][0], rtol=0, atol=0
+        )  # the forward pass is the same
         assert parts["rec_vision"] == results["l1"][2]["rec_vision"]
-    assert {"con_vision", "con_text"} <= set(results["l1"][2]) and {"con_vision", "con_text"} <= set(results["cosine"][2])
+    assert {"con_vision", "con_text"} <= set(results["l1"][2]) and {
+        "con_vision",
+        "con_text",
+    } <= set(results["cosine"][2])
     assert "con_kl" in results["kl"][2] and not any(k.startswith("con") for k in results["none"][2])
     base = results["none"][1]
     for name in ("l1", "cosine", "kl"):
@@ -194,7 +255,10 @@ def test_rmadapter_consistency_distance_changes_only_the_consistency_term(images
 def test_rmadapter_consistency_is_zero_when_nothing_is_adapted(images):
     for distance in ("l1", "cosine", "kl"):
         _, _, parts = _rmadapter_loss(images, consistency=distance, scale=0.0)
-        assert all(abs(v) < 1e-5 for k, v in parts.items() if k.startswith("con")), (distance, parts)
+        assert all(abs(v) < 1e-5 for k, v in parts.items() if k.startswith("con")), (
+            distance,
+            parts,
+        )
 
 
 def test_rmadapter_consistency_off_computes_no_frozen_stream(images):
@@ -214,6 +278,7 @@ def test_rmadapter_bottleneck_width_sets_the_adapter_size():
 
 # ---- R-MMA: every component of the ablation table ------------------------------------------------
 
+
 def _rmma(**options):
     torch.manual_seed(0)
     return build_model("rmma", CLASSES, **options, **TINY)
@@ -225,13 +290,29 @@ def test_rmma_recurrent_false_multiplies_the_adapter_by_the_adapted_blocks():
     for first, last, blocks in ((1, None, 4), (2, 3, 2), (3, 3, 1)):
         per_block = _rmma(latent_dim=d, recurrent=False, first_block=first, last_block=last).method
         assert per_block.num_trainable() - d == blocks * shared
-    deep = build_model("rmma", CLASSES, backbone="clipadapt-tiny-deep", pretrained="none", latent_dim=d,
-                       recurrent=False).method
-    assert deep.num_trainable() - d == 2 * (_rmma(latent_dim=d, recurrent=False).method.num_trainable() - d)
+    deep = build_model(
+        "rmma",
+        CLASSES,
+        backbone="clipadapt-tiny-deep",
+        pretrained="none",
+        latent_dim=d,
+        recurrent=False,
+    ).method
+    assert deep.num_trainable() - d == 2 * (
+        _rmma(latent_dim=d, recurrent=False).method.num_trainable() - d
+    )
 
 
-@pytest.mark.parametrize("options", [{"routing": "shared"}, {"align": "none"}, {"fusion": False},
-                                     {"recurrent": False}, {"fusion": False, "attn_proj": "qkvo"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"routing": "shared"},
+        {"align": "none"},
+        {"fusion": False},
+        {"recurrent": False},
+        {"fusion": False, "attn_proj": "qkvo"},
+    ],
+)
 def test_rmma_ablations_start_zero_shot_and_change_the_trained_function(options, images):
     zs = build_model("zeroshot", CLASSES, default_template="a photo of a {}.", **TINY).eval()
     model = _rmma(**options).eval()
@@ -297,6 +378,7 @@ def test_rmma_bad_ablation_options_are_clear_errors():
 
 # ---- attention MMA: heads, mask, residual --------------------------------------------------------
 
+
 @pytest.mark.parametrize("heads", [2, 8, 16])
 def test_mma_attn_heads_change_the_function_not_the_parameter_count(heads, images):
     torch.manual_seed(0)
@@ -305,7 +387,10 @@ def test_mma_attn_heads_change_the_function_not_the_parameter_count(heads, image
     other = _perturb(build_model("mma_attn", CLASSES, heads=heads, **TINY)).eval()
     assert other.method.num_trainable() == four.method.num_trainable()
     assert other.method.mha.num_heads == heads
-    assert all(torch.equal(a, b) for a, b in zip(four.method.parameters(), other.method.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(four.method.parameters(), other.method.parameters(), strict=True)
+    )
     with torch.no_grad():
         assert not torch.allclose(other(images), four(images), atol=1e-5)
 
@@ -316,7 +401,9 @@ def test_mma_attn_residual_and_mask_switches(images):
         for mask in ("bias", "blocked", "none"):
             for r in (0.2, 0.5):
                 torch.manual_seed(0)
-                outs[mask, r] = _perturb(build_model("mma_attn", CLASSES, mask=mask, residual=r, **TINY)).eval()(images)
+                outs[mask, r] = _perturb(
+                    build_model("mma_attn", CLASSES, mask=mask, residual=r, **TINY)
+                ).eval()(images)
     for a in outs:
         for b in outs:
             if a != b:

@@ -19,7 +19,9 @@ def test_renderer_is_deterministic_for_a_seed():
     assert scenes_a == scenes_b
     for a, b in zip(scenes_a, scenes_b, strict=True):
         assert np.array_equal(render(a), render(b))
-    assert not np.array_equal(render(Scene("star", "red", seed=1)), render(Scene("star", "red", seed=2)))
+    assert not np.array_equal(
+        render(Scene("star", "red", seed=1)), render(Scene("star", "red", seed=2))
+    )
     img = render(Scene("star", "red", seed=3))
     assert img.shape == (48, 48, 3) and img.dtype == np.uint8
 
@@ -39,10 +41,14 @@ def test_captions_name_the_factors_they_mention():
     for _ in range(200):
         scene = random_scene(rng)
         text = caption(scene, rng)
-        assert text.startswith(("a photo of", "a drawing of", "a sketch of", "a pixel art image of"))
+        assert text.startswith(
+            ("a photo of", "a drawing of", "a sketch of", "a pixel art image of")
+        )
         for shape in SHAPES:
             if shape != scene.shape:
-                assert f" {shape} " not in f" {text[:-1]} " and f" {shape}s " not in f" {text[:-1]} "
+                assert (
+                    f" {shape} " not in f" {text[:-1]} " and f" {shape}s " not in f" {text[:-1]} "
+                )
         for colour in COLOURS:
             if colour != scene.colour:
                 assert f" {colour} " not in f" {text} "
@@ -54,14 +60,19 @@ def test_synthetic_datasets_are_datasets_like_the_others(tmp_path):
     new = build_dataset("syn_objects", str(tmp_path), shots=16, seed=1, subsample="new")
     # the novel classes pair the same words differently
     words = lambda names: {w for n in names for w in n.split()}  # noqa: E731
-    assert words(new.classnames) == words(data.classnames) and not set(new.classnames) & set(data.classnames)
+    assert words(new.classnames) == words(data.classnames) and not set(new.classnames) & set(
+        data.classnames
+    )
     split_file = tmp_path / "synthetic" / "syn_objects" / "split_zhou_syn_objects.json"
     mtime = split_file.stat().st_mtime
     build_dataset("syn_objects", str(tmp_path))
     assert split_file.stat().st_mtime == mtime  # rendered once, then read like a CoOp split
     for target in DG_TARGETS["syn_objects"]:
         shifted = build_dataset(target, str(tmp_path))
-        assert shifted.train == [] and shifted.classnames == build_dataset("syn_objects", str(tmp_path)).classnames
+        assert (
+            shifted.train == []
+            and shifted.classnames == build_dataset("syn_objects", str(tmp_path)).classnames
+        )
     assert len(BENCHMARK) >= 5
 
 
@@ -74,7 +85,10 @@ def test_shipped_weights_reproduce_their_recorded_zero_shot_accuracy(tmp_path):
     measured = zero_shot_record("shipped", str(tmp_path), names, progress=False)
     for name in names:
         for subsample in ("all", "base", "new"):
-            assert abs(measured[name][subsample] - recorded[name][subsample]) <= 0.5, (name, subsample)
+            assert abs(measured[name][subsample] - recorded[name][subsample]) <= 0.5, (
+                name,
+                subsample,
+            )
 
 
 @needs_weights

@@ -55,7 +55,9 @@ def test_training_beats_zero_shot_on_base_classes(method, learn_root):
     options, cfg = _fast(method)
     seed_everything(0)
     model = build_model(method, data.classnames, **TINY, **options)
-    zero_shot = evaluate(model, data.test, progress=False).accuracy  # untrained adapters: near zero-shot
+    zero_shot = evaluate(
+        model, data.test, progress=False
+    ).accuracy  # untrained adapters: near zero-shot
     Trainer(model, data.train, cfg, progress=False).run()
     trained = evaluate(model, data.test, progress=False).accuracy
     # 5 classes: chance is 20%; a method that does not learn stays near its zero-shot accuracy.
@@ -99,12 +101,16 @@ def test_loading_against_another_backbone_or_method_fails(tmp_path):
     model = build_model("mma", ["a", "b"], **TINY)
     path = str(tmp_path / "a.safetensors")
     model.save_adapter(path)
-    other = build_model("mma", ["a", "b"], backbone="clipadapt-tiny", pretrained=_other_weights(tmp_path, model))
+    other = build_model(
+        "mma", ["a", "b"], backbone="clipadapt-tiny", pretrained=_other_weights(tmp_path, model)
+    )
     with pytest.raises(CheckpointMismatchError, match="backbone"):
         other.load_adapter(path)
     with pytest.raises(CheckpointMismatchError, match="method"):
         build_model("rmadapter", ["a", "b"], **TINY).load_adapter(path)
-    with pytest.raises(CheckpointMismatchError, match=r"other mma options \(scale: saved 0.001, this model 0.5\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"other mma options \(scale: saved 0.001, this model 0.5\)"
+    ):
         build_model("mma", ["a", "b"], scale=0.5, **TINY).load_adapter(path)
 
 
@@ -118,7 +124,9 @@ def _other_weights(tmp_path, model):
 def test_cosine_schedule_matches_dassl():
     cfg = TrainConfig(lr=0.0015, epochs=5)
     assert [round(lr_at_epoch(cfg, e), 8) for e in range(5)] == [
-        round(0.0015 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * e / 5)), 8) for e in range(5)]
+        round(0.0015 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * e / 5)), 8)
+        for e in range(5)
+    ]
     warm = TrainConfig(lr=0.01, epochs=5, warmup_epochs=1, warmup_lr=1e-5)
     assert lr_at_epoch(warm, 0) == 1e-5 and lr_at_epoch(warm, 1) == pytest.approx(0.01)
 
@@ -145,19 +153,47 @@ def test_interrupted_training_resumes_to_the_same_numbers(learn_root, tmp_path, 
 
 
 def _train_cmd(root, out, *extra):
-    return [sys.executable, "-m", "clipadapt.cli", "train", "--method", "mma", "--dataset", "eurosat",
-            "--data-root", root, "--shots", "8", "--backbone", "clipadapt-tiny", "--pretrained", "none",
-            "--out", str(out), "--config", "none", "optimizer=adamw", "lr=0.01", "scale=0.1", "batch_size=4", "epochs=6",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "clipadapt.cli",
+        "train",
+        "--method",
+        "mma",
+        "--dataset",
+        "eurosat",
+        "--data-root",
+        root,
+        "--shots",
+        "8",
+        "--backbone",
+        "clipadapt-tiny",
+        "--pretrained",
+        "none",
+        "--out",
+        str(out),
+        "--config",
+        "none",
+        "optimizer=adamw",
+        "lr=0.01",
+        "scale=0.1",
+        "batch_size=4",
+        "epochs=6",
+        *extra,
+    ]
 
 
 def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(learn_root, straight), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(learn_root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(learn_root, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while (
+        not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -175,17 +211,28 @@ def test_train_command_outputs(learn_root, tmp_path):
     r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("base", "novel", "hm", "trainable_params", "train_seconds", "train_step_ms_per_image",
-                "train_epoch_ms_per_image"):
+    for key in (
+        "base",
+        "novel",
+        "hm",
+        "trainable_params",
+        "train_seconds",
+        "train_step_ms_per_image",
+        "train_epoch_ms_per_image",
+    ):
         assert key in metrics
     assert {"adapter.safetensors", "config.yaml", "log.jsonl"} <= set(os.listdir(out))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert records[0]["event"] == "feature_path"  # the log says first which frozen-work path the run takes
+    assert (
+        records[0]["event"] == "feature_path"
+    )  # the log says first which frozen-work path the run takes
     assert next(r for r in records if "step" in r)["loss"] > 0
     # a finished run is refused; an unknown setting is named
     r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
     assert r.returncode == 2 and "--overwrite" in r.stderr
-    r = subprocess.run(_train_cmd(learn_root, tmp_path / "x", "colour=red"), capture_output=True, text=True)
+    r = subprocess.run(
+        _train_cmd(learn_root, tmp_path / "x", "colour=red"), capture_output=True, text=True
+    )
     assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -197,7 +244,9 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(learn_root):
     model = build_model("mma", data.classnames, **TINY, **options)
     result = Trainer(model, data.train, cfg, progress=False).run()
     assert result.final_loss == result.final_loss and result.final_loss > 0  # finite
-    assert all(p.dtype == torch.float32 for p in model.method.parameters())  # master weights stay fp32
+    assert all(
+        p.dtype == torch.float32 for p in model.method.parameters()
+    )  # master weights stay fp32
     with pytest.raises(ClipadaptError, match="CUDA"):
         Trainer(model, data.train, _fast("mma", precision="fp16")[1], progress=False)
 
@@ -213,7 +262,9 @@ def test_early_stopping_keeps_the_best_validation_epoch(learn_root, monkeypatch)
     seed_everything(0)
     model = build_model("mma_attn", data.classnames, **TINY, **options)
     trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
-    scripted = iter([50.0, 70.0, 60.0, 65.0, 90.0, 95.0])  # best at epoch 2, two worse epochs: stop after 4
+    scripted = iter(
+        [50.0, 70.0, 60.0, 65.0, 90.0, 95.0]
+    )  # best at epoch 2, two worse epochs: stop after 4
     snapshots = []
 
     def scripted_accuracy():
@@ -245,10 +296,14 @@ def test_validation_accuracy_of_cached_features_equals_evaluation(learn_root):
 
     data, cfg, model = _moved_off_its_initialisation(learn_root, "mma_attn")
     trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
-    assert trainer.validation_accuracy() == pytest.approx(evaluate(model, data.val, progress=False).accuracy)
+    assert trainer.validation_accuracy() == pytest.approx(
+        evaluate(model, data.val, progress=False).accuracy
+    )
 
 
-def test_validation_scores_through_the_same_path_as_a_cached_evaluation(learn_root, tmp_path, monkeypatch):
+def test_validation_scores_through_the_same_path_as_a_cached_evaluation(
+    learn_root, tmp_path, monkeypatch
+):
     from clipadapt import evaluation
     from clipadapt.feature_cache import FeatureCache
 
@@ -256,13 +311,23 @@ def test_validation_scores_through_the_same_path_as_a_cached_evaluation(learn_ro
     monkeypatch.setattr(FeatureCache, "names_weights", staticmethod(lambda identity: True))
     calls = []
     scorer = evaluation.evaluate_frozen_features
-    monkeypatch.setattr(evaluation, "evaluate_frozen_features",
-                        lambda *a, **k: calls.append(a[1]) or scorer(*a, **k))
-    cached = evaluation.evaluate(model, data.val, cfg.eval_batch_size, progress=False,
-                                 feature_cache=FeatureCache(tmp_path / "features", verbose=False))
+    monkeypatch.setattr(
+        evaluation,
+        "evaluate_frozen_features",
+        lambda *a, **k: calls.append(a[1]) or scorer(*a, **k),
+    )
+    cached = evaluation.evaluate(
+        model,
+        data.val,
+        cfg.eval_batch_size,
+        progress=False,
+        feature_cache=FeatureCache(tmp_path / "features", verbose=False),
+    )
     trainer = Trainer(model, data.train, cfg, progress=False, val_items=data.val)
     assert trainer.validation_accuracy() == cached.accuracy
-    assert len(calls) == 2 and torch.equal(calls[0], calls[1])  # both scored the same float32 features
+    assert len(calls) == 2 and torch.equal(
+        calls[0], calls[1]
+    )  # both scored the same float32 features
 
 
 def test_selection_needs_a_validation_split(learn_root):
@@ -282,23 +347,31 @@ def test_interrupted_early_stopping_run_resumes_to_the_same_selection(method, le
     def final(out_dir, interrupt_at=None):
         seed_everything(3)
         model = build_model(method, data.classnames, **TINY, **options)
-        trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
+        trainer = Trainer(
+            model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val
+        )
         if interrupt_at is not None:
             run_until_interrupted(trainer, interrupt_at)
             model = build_model(method, data.classnames, **TINY, **options)
-            trainer = Trainer(model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val)
+            trainer = Trainer(
+                model, data.train, cfg, out_dir=str(out_dir), progress=False, val_items=data.val
+            )
         result = trainer.run()
         return result, {k: v.clone() for k, v in model.method.state_dict().items()}
 
     straight, weights = final(tmp_path / "a")
     resumed, weights_b = final(tmp_path / "b", interrupt_at=4)  # 2 steps an epoch: dies in epoch 2
     assert (straight.epochs_trained, straight.best_epoch, straight.best_val_accuracy) == (
-        resumed.epochs_trained, resumed.best_epoch, resumed.best_val_accuracy)
+        resumed.epochs_trained,
+        resumed.best_epoch,
+        resumed.best_val_accuracy,
+    )
     for k in weights:
         assert torch.equal(weights[k], weights_b[k]), k
 
 
 # ---- a diverged run ends loudly -------------------------------------------------------------------
+
 
 def test_divergence_watch_finds_the_first_bad_step_and_tolerates_scaler_skips():
     from clipadapt.engine import _DivergenceWatch
@@ -345,9 +418,32 @@ def test_a_diverged_run_exits_2_with_one_line_and_writes_no_results(learn_root, 
     from clipadapt.cli import main
 
     out = tmp_path / "run"
-    code = main(["-q", "train", "--method", "mma", "--dataset", "eurosat", "--data-root", learn_root,
-                 "--backbone", "clipadapt-tiny", "--pretrained", "none", "--config", "none", "--shots", "2",
-                 "--out", str(out), "epochs=2", "lr=1e6", "batch_size=4", "workers=0"])
+    code = main(
+        [
+            "-q",
+            "train",
+            "--method",
+            "mma",
+            "--dataset",
+            "eurosat",
+            "--data-root",
+            learn_root,
+            "--backbone",
+            "clipadapt-tiny",
+            "--pretrained",
+            "none",
+            "--config",
+            "none",
+            "--shots",
+            "2",
+            "--out",
+            str(out),
+            "epochs=2",
+            "lr=1e6",
+            "batch_size=4",
+            "workers=0",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "training diverged in epoch" in err[0], err
     assert not (out / "adapter.safetensors").exists() and not (out / "metrics.json").exists()

@@ -2,18 +2,35 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "evaluate", "transfer", "predict", "build_dataset", "build_model", "load_model",
-           "AdaptedCLIP", "preprocess", "train_settings"]
+__all__ = [
+    "__version__",
+    "train",
+    "evaluate",
+    "transfer",
+    "predict",
+    "build_dataset",
+    "build_model",
+    "load_model",
+    "AdaptedCLIP",
+    "preprocess",
+    "train_settings",
+]
 
 # Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch:
 # public name -> (module, attribute). `train`, `evaluate`, `transfer` and `predict` are the run API
 # (clipadapt.run), what the command line's sub-commands of those names call. `preprocess(model)` is the PIL-image-to-tensor transform a model takes.
-_LAZY = {"train": ("clipadapt.run", "train"), "evaluate": ("clipadapt.run", "evaluate"),
-         "transfer": ("clipadapt.run", "transfer"), "predict": ("clipadapt.run", "predict"),
-         "build_dataset": ("clipadapt.data", "build_dataset"), "build_model": ("clipadapt.model", "build_model"),
-         "load_model": ("clipadapt.model", "load_model"), "AdaptedCLIP": ("clipadapt.model", "AdaptedCLIP"),
-         "preprocess": ("clipadapt.evaluation", "model_transform"),
-         "train_settings": ("clipadapt.runconfig", "train_settings")}
+_LAZY = {
+    "train": ("clipadapt.run", "train"),
+    "evaluate": ("clipadapt.run", "evaluate"),
+    "transfer": ("clipadapt.run", "transfer"),
+    "predict": ("clipadapt.run", "predict"),
+    "build_dataset": ("clipadapt.data", "build_dataset"),
+    "build_model": ("clipadapt.model", "build_model"),
+    "load_model": ("clipadapt.model", "load_model"),
+    "AdaptedCLIP": ("clipadapt.model", "AdaptedCLIP"),
+    "preprocess": ("clipadapt.evaluation", "model_transform"),
+    "train_settings": ("clipadapt.runconfig", "train_settings"),
+}
 
 
 def __getattr__(name: str):

@@ -19,7 +19,9 @@ from . import __version__
 from .errors import CheckpointMismatchError, ClipadaptError
 from .fileio import atomic_path
 
-if TYPE_CHECKING:  # torch and safetensors load when a file is read or written, not when the names are imported
+if (
+    TYPE_CHECKING
+):  # torch and safetensors load when a file is read or written, not when the names are imported
     import torch
 
 ADAPTER_FORMAT = "clipadapt-adapter/1"
@@ -28,16 +30,32 @@ FILE_NAME = "adapter.safetensors"  # a run folder's adapter
 UNBOUND_OPTIONS = ("prompts",)
 
 
-def write_adapter(path: str, tensors: dict[str, torch.Tensor], *, method: str, method_config: dict[str, Any],
-                  backbone: str, pretrained: Any, backbone_identity: str, classnames: list[str],
-                  extra: dict[str, str] | None = None) -> None:
+def write_adapter(
+    path: str,
+    tensors: dict[str, torch.Tensor],
+    *,
+    method: str,
+    method_config: dict[str, Any],
+    backbone: str,
+    pretrained: Any,
+    backbone_identity: str,
+    classnames: list[str],
+    extra: dict[str, str] | None = None,
+) -> None:
     """Write an adapter file atomically: the tensors (moved to the CPU) and the metadata that identifies them."""
     from safetensors.torch import save_file
 
-    meta = {"format": ADAPTER_FORMAT, "clipadapt_version": __version__, "method": method,
-            "method_config": json.dumps(method_config), "backbone_identity": backbone_identity,
-            "backbone": str(backbone), "pretrained": str(pretrained), "classnames": json.dumps(list(classnames)),
-            **(extra or {})}
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "clipadapt_version": __version__,
+        "method": method,
+        "method_config": json.dumps(method_config),
+        "backbone_identity": backbone_identity,
+        "backbone": str(backbone),
+        "pretrained": str(pretrained),
+        "classnames": json.dumps(list(classnames)),
+        **(extra or {}),
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=meta)
@@ -55,9 +73,13 @@ def read_adapter(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     except FileNotFoundError:
         raise ClipadaptError(f"adapter file '{path}' does not exist") from None
     except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (safetensors): {err}") from None
+        raise ClipadaptError(
+            f"'{path}' is not a clipadapt adapter file (safetensors): {err}"
+        ) from None
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ClipadaptError(f"'{path}' is not a clipadapt adapter file (no '{ADAPTER_FORMAT}' metadata)")
+        raise ClipadaptError(
+            f"'{path}' is not a clipadapt adapter file (no '{ADAPTER_FORMAT}' metadata)"
+        )
     return meta, tensors
 
 
@@ -71,24 +93,38 @@ def recorded_classnames(meta: dict[str, str]) -> list[str]:
     return json.loads(meta.get("classnames", "[]"))
 
 
-def check_adapter_fits(meta: dict[str, str], path: str, method: str, backbone_identity: str,
-                       method_config: dict[str, Any]) -> None:
+def check_adapter_fits(
+    meta: dict[str, str],
+    path: str,
+    method: str,
+    backbone_identity: str,
+    method_config: dict[str, Any],
+) -> None:
     """Refuse an adapter made for another method, backbone or structure than the model it is loaded into."""
     if meta.get("method") != method:
-        raise CheckpointMismatchError(f"adapter '{path}' was trained with method '{meta.get('method')}', not '{method}'")
+        raise CheckpointMismatchError(
+            f"adapter '{path}' was trained with method '{meta.get('method')}', not '{method}'"
+        )
     if meta.get("backbone_identity") != backbone_identity:
-        raise CheckpointMismatchError(f"adapter '{path}' was trained on backbone '{meta.get('backbone_identity')}', "
-                                      f"but the loaded backbone is '{backbone_identity}'")
+        raise CheckpointMismatchError(
+            f"adapter '{path}' was trained on backbone '{meta.get('backbone_identity')}', "
+            f"but the loaded backbone is '{backbone_identity}'"
+        )
     saved = {k: v for k, v in recorded_options(meta).items() if k not in UNBOUND_OPTIONS}
     ours = {k: v for k, v in method_config.items() if k not in UNBOUND_OPTIONS}
     if saved != ours:
+
         def shown(options: dict, key: str) -> str:
             return repr(options[key]) if key in options else "(none)"
 
-        differing = [f"{k}: saved {shown(saved, k)}, this model {shown(ours, k)}" for k in dict.fromkeys([*saved, *ours])
-                     if shown(saved, k) != shown(ours, k)]
-        raise CheckpointMismatchError(f"adapter '{path}' was saved with other {method} options "
-                                      f"({'; '.join(differing)})")
+        differing = [
+            f"{k}: saved {shown(saved, k)}, this model {shown(ours, k)}"
+            for k in dict.fromkeys([*saved, *ours])
+            if shown(saved, k) != shown(ours, k)
+        ]
+        raise CheckpointMismatchError(
+            f"adapter '{path}' was saved with other {method} options ({'; '.join(differing)})"
+        )
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
@@ -103,7 +139,9 @@ def official_readers() -> dict[str, Any]:
 
     readers = {}
     for name, (module, _) in METHOD_CLASSES.items():
-        reader = getattr(importlib.import_module(f"{__package__}.methods.{module}"), "official_adapter", None)
+        reader = getattr(
+            importlib.import_module(f"{__package__}.methods.{module}"), "official_adapter", None
+        )
         if callable(reader):
             readers[name] = reader
     return readers
@@ -118,8 +156,15 @@ def reader_options(method: str) -> tuple[list[str], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16", pretrained: str = "openai",
-                    classnames: list[str] | None = None, **options: Any) -> dict[str, Any]:
+def import_official(
+    method: str,
+    path: str,
+    out: str,
+    backbone: str = "ViT-B-16",
+    pretrained: str = "openai",
+    classnames: list[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Convert a checkpoint of a method's official code into an adapter file; returns what was written.
 
     `options` are the reader's (the scale MMA was trained with, MMRL's last block and alpha, ...). The
@@ -134,27 +179,54 @@ def import_official(method: str, path: str, out: str, backbone: str = "ViT-B-16"
     check_writable(out, "file")
     readers = official_readers()
     if method not in readers:
-        raise ClipadaptError(f"no importer for method '{method}'; official checkpoints import for: {', '.join(readers)}")
+        raise ClipadaptError(
+            f"no importer for method '{method}'; official checkpoints import for: {', '.join(readers)}"
+        )
     accepted, takes_any = reader_options(method)
     if takes_any:  # a reader passing options on to the method's config: any of its fields, checked before reading
-        accepted = [*accepted, *(f for f in method_class(method).Config.__dataclass_fields__ if f not in accepted)]
+        accepted = [
+            *accepted,
+            *(f for f in method_class(method).Config.__dataclass_fields__ if f not in accepted),
+        ]
     unknown = sorted(k for k in options if k not in accepted)
     if unknown:
-        raise ClipadaptError(f"the {method} importer takes no option {', '.join(unknown)}; "
-                             f"its options: {', '.join(accepted) or 'none'}")
+        raise ClipadaptError(
+            f"the {method} importer takes no option {', '.join(unknown)}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
     check_weights_source(backbone, pretrained)
-    identity = backbone_identity(backbone, pretrained)  # before any work: the weights must be named rightly
+    identity = backbone_identity(
+        backbone, pretrained
+    )  # before any work: the weights must be named rightly
     try:
         config, state = readers[method](path, **options)
-    except TypeError as err:  # an option the method's config does not know (readers passing **options on)
+    except (
+        TypeError
+    ) as err:  # an option the method's config does not know (readers passing **options on)
         raise ClipadaptError(f"the {method} importer: {err}") from None
     architecture = load_backbone(backbone, "none")
-    check_state_fits(method_class(method)(config, architecture, list(classnames or ["a", "b"])), state, path)
-    write_adapter(out, {k: v.float() for k, v in state.items()}, method=method, method_config=config.to_dict(),
-                  backbone=backbone, pretrained=pretrained, backbone_identity=identity,
-                  classnames=list(classnames or []), extra={"imported_from": os.path.abspath(path)})
-    return {"method": method, "config": config.to_dict(), "parameters": sum(v.numel() for v in state.values()),
-            "backbone": backbone, "pretrained": str(pretrained), "out": out}
+    check_state_fits(
+        method_class(method)(config, architecture, list(classnames or ["a", "b"])), state, path
+    )
+    write_adapter(
+        out,
+        {k: v.float() for k, v in state.items()},
+        method=method,
+        method_config=config.to_dict(),
+        backbone=backbone,
+        pretrained=pretrained,
+        backbone_identity=identity,
+        classnames=list(classnames or []),
+        extra={"imported_from": os.path.abspath(path)},
+    )
+    return {
+        "method": method,
+        "config": config.to_dict(),
+        "parameters": sum(v.numel() for v in state.values()),
+        "backbone": backbone,
+        "pretrained": str(pretrained),
+        "out": out,
+    }
 
 
 # ---- adapters as folders and Hugging Face Hub repositories --------------------------------------
@@ -187,8 +259,11 @@ def is_hub_id(checkpoint: str) -> bool:
     """Whether a --checkpoint names a Hub repository: `hf-hub:user/name`, or `user/name` with no such local path."""
     if checkpoint.startswith(HUB_PREFIX):
         return True
-    return (not os.path.exists(checkpoint) and _HUB_ID.fullmatch(checkpoint) is not None
-            and not checkpoint.lower().endswith(_FILE_SUFFIXES))
+    return (
+        not os.path.exists(checkpoint)
+        and _HUB_ID.fullmatch(checkpoint) is not None
+        and not checkpoint.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def resolve_adapter(checkpoint: str) -> str:
@@ -199,13 +274,19 @@ def resolve_adapter(checkpoint: str) -> str:
     if is_hub_id(checkpoint):
         try:
             return _hub_adapter(checkpoint)
-        except ClipadaptError as err:  # a mistyped local folder reads like a Hub id: name both readings
-            raise ClipadaptError(f"no local file or folder '{checkpoint}', and as a Hub id: {err}") from None
+        except (
+            ClipadaptError
+        ) as err:  # a mistyped local folder reads like a Hub id: name both readings
+            raise ClipadaptError(
+                f"no local file or folder '{checkpoint}', and as a Hub id: {err}"
+            ) from None
     if os.path.isdir(checkpoint):
         inside = os.path.join(checkpoint, FILE_NAME)
         if not os.path.isfile(inside):
-            raise ClipadaptError(f"adapter folder '{checkpoint}' holds no {FILE_NAME} "
-                                 "(give an adapter file, an exported folder or a finished run's folder)")
+            raise ClipadaptError(
+                f"adapter folder '{checkpoint}' holds no {FILE_NAME} "
+                "(give an adapter file, an exported folder or a finished run's folder)"
+            )
         return inside
     return checkpoint
 
@@ -230,15 +311,28 @@ def _hub_adapter(repo_id: str) -> str:
     try:
         path = hf_hub_download(repo_id, FILE_NAME, local_files_only=_hub_offline())
     except LocalEntryNotFoundError:
-        where = "offline (HF_HUB_OFFLINE is set) and not in the cache" if _hub_offline() else \
-            "not in the cache and the Hub cannot be reached"
+        where = (
+            "offline (HF_HUB_OFFLINE is set) and not in the cache"
+            if _hub_offline()
+            else "not in the cache and the Hub cannot be reached"
+        )
         raise ClipadaptError(f"Hub adapter '{repo_id}': {FILE_NAME} is {where}") from None
-    except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as err:  # no repository or file, gated, ...
+    except (
+        HfHubHTTPError,
+        EntryNotFoundError,
+        OSError,
+        ValueError,
+    ) as err:  # no repository or file, gated, ...
         reason = " ".join(str(err).split())[:200]
         raise ClipadaptError(f"Hub adapter '{repo_id}' cannot be fetched: {reason}") from None
     try:
         hf_hub_download(repo_id, EXPORT_CONFIG, local_files_only=_hub_offline())
-    except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError):  # the adapter file alone: no run recorded
+    except (
+        HfHubHTTPError,
+        EntryNotFoundError,
+        OSError,
+        ValueError,
+    ):  # the adapter file alone: no run recorded
         pass
     return path
 
@@ -268,10 +362,16 @@ def _finished_run(run: str) -> tuple[dict, dict]:
 
     if any(r.get("event") == "diverged" for r in read_log(run)):
         raise ClipadaptError(f"run '{run}' diverged: there is no adapter to export")
-    missing = [n for n in ("metrics.json", "config.yaml", FILE_NAME) if not os.path.isfile(os.path.join(run, n))]
+    missing = [
+        n
+        for n in ("metrics.json", "config.yaml", FILE_NAME)
+        if not os.path.isfile(os.path.join(run, n))
+    ]
     if missing:
-        raise ClipadaptError(f"run '{run}' is not a finished training run (no {', '.join(missing)}); "
-                             "finish it (rerun the same train command) before exporting")
+        raise ClipadaptError(
+            f"run '{run}' is not a finished training run (no {', '.join(missing)}); "
+            "finish it (rerun the same train command) before exporting"
+        )
     with open(os.path.join(run, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(run, "config.yaml")) as f:
@@ -285,16 +385,49 @@ def train_command(method: str, record: dict) -> str:
 
     from .registry import RUN_CIRCUMSTANCES
 
-    own = ("protocol", "dataset", "data_root", "shots", "seed", "backbone", "pretrained", "preset", "study", "variant",
-           *RUN_CIRCUMSTANCES)  # the command's own flags, and what is not a setting (world_size)
-    words = ["clipadapt", "train", "--method", method, "--dataset", str(record.get("dataset")),
-             "--data-root", "DATA", "--protocol", str(record.get("protocol")), "--shots", str(record.get("shots")),
-             "--seed", str(record.get("seed")), "--backbone", str(record.get("backbone")),
-             "--pretrained", str(record.get("pretrained")), "--config", "none", "--out", "RUN"]
+    own = (
+        "protocol",
+        "dataset",
+        "data_root",
+        "shots",
+        "seed",
+        "backbone",
+        "pretrained",
+        "preset",
+        "study",
+        "variant",
+        *RUN_CIRCUMSTANCES,
+    )  # the command's own flags, and what is not a setting (world_size)
+    words = [
+        "clipadapt",
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        str(record.get("dataset")),
+        "--data-root",
+        "DATA",
+        "--protocol",
+        str(record.get("protocol")),
+        "--shots",
+        str(record.get("shots")),
+        "--seed",
+        str(record.get("seed")),
+        "--backbone",
+        str(record.get("backbone")),
+        "--pretrained",
+        str(record.get("pretrained")),
+        "--config",
+        "none",
+        "--out",
+        "RUN",
+    ]
     for key, value in record.items():
         if key in own or key == "method" or value is None:
             continue
-        words.append(f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}")
+        words.append(
+            f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"
+        )
     return shlex.join(words)
 
 
@@ -308,43 +441,63 @@ def model_card(meta: dict[str, str], metrics: dict, record: dict, command: str) 
     """The README.md of an exported adapter: YAML front matter (license left for the user) and the run's facts."""
     method = meta["method"]
     metric_rows = _metric_lines(metrics) or ["| (none recorded) | |"]
-    return "\n".join([
-        "---",
-        "license: # choose one (the backbone's weights have their own license)",
-        "library_name: clipadapt",
-        "tags:", "- clipadapt", "- clip", "- few-shot", f"- {method}",
-        "---",
-        "",
-        f"# {method} adapter for {meta['backbone']} ({record.get('dataset')}, {record.get('shots')} shots)",
-        "",
-        f"A clipadapt adapter: the trained parameters of `{method}` on a frozen CLIP.",
-        "",
-        "| | |", "| --- | --- |",
-        f"| method | `{method}` |",
-        f"| paper | {PAPERS.get(method, method)} |",
-        f"| backbone | `{meta['backbone']}`, weights `{meta['pretrained']}` |",
-        f"| backbone identity | `{meta['backbone_identity']}` |",
-        f"| protocol | {record.get('protocol')} |",
-        f"| dataset | {record.get('dataset')} |",
-        f"| shots | {record.get('shots')} |",
-        f"| seed(s) | {record.get('seed')} |",
-        f"| classes | {len(recorded_classnames(meta))} |",
-        f"| clipadapt | {meta.get('clipadapt_version')} |",
-        "",
-        "## Metrics", "", "| metric | value |", "| --- | --- |", *metric_rows,
-        "",
-        "## Made by", "", "```bash", command, "```",
-        "",
-        "## Use", "", "```bash",
-        "clipadapt predict --checkpoint hf-hub:USER/NAME image.jpg",
-        "```", "",
-        "```python",
-        "import clipadapt",
-        'model = clipadapt.load_model("hf-hub:USER/NAME")',
-        "```", "",
-        f"The method options and the backbone's identity are in `{EXPORT_CONFIG}` and in the metadata of "
-        f"`{FILE_NAME}`; loading refuses another backbone.", "",
-    ])
+    return "\n".join(
+        [
+            "---",
+            "license: # choose one (the backbone's weights have their own license)",
+            "library_name: clipadapt",
+            "tags:",
+            "- clipadapt",
+            "- clip",
+            "- few-shot",
+            f"- {method}",
+            "---",
+            "",
+            f"# {method} adapter for {meta['backbone']} ({record.get('dataset')}, {record.get('shots')} shots)",
+            "",
+            f"A clipadapt adapter: the trained parameters of `{method}` on a frozen CLIP.",
+            "",
+            "| | |",
+            "| --- | --- |",
+            f"| method | `{method}` |",
+            f"| paper | {PAPERS.get(method, method)} |",
+            f"| backbone | `{meta['backbone']}`, weights `{meta['pretrained']}` |",
+            f"| backbone identity | `{meta['backbone_identity']}` |",
+            f"| protocol | {record.get('protocol')} |",
+            f"| dataset | {record.get('dataset')} |",
+            f"| shots | {record.get('shots')} |",
+            f"| seed(s) | {record.get('seed')} |",
+            f"| classes | {len(recorded_classnames(meta))} |",
+            f"| clipadapt | {meta.get('clipadapt_version')} |",
+            "",
+            "## Metrics",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            *metric_rows,
+            "",
+            "## Made by",
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+            "## Use",
+            "",
+            "```bash",
+            "clipadapt predict --checkpoint hf-hub:USER/NAME image.jpg",
+            "```",
+            "",
+            "```python",
+            "import clipadapt",
+            'model = clipadapt.load_model("hf-hub:USER/NAME")',
+            "```",
+            "",
+            f"The method options and the backbone's identity are in `{EXPORT_CONFIG}` and in the metadata of "
+            f"`{FILE_NAME}`; loading refuses another backbone.",
+            "",
+        ]
+    )
 
 
 def export_run(run: str, out: str) -> dict[str, Any]:
@@ -356,13 +509,19 @@ def export_run(run: str, out: str) -> dict[str, Any]:
         raise ClipadaptError(f"export folder '{out}' exists and is not empty; give a new folder")
     adapter = os.path.join(run, FILE_NAME)
     meta, _ = read_adapter(adapter)
-    config = {"format": ADAPTER_FORMAT, "clipadapt_version": meta.get("clipadapt_version"),
-              "method": meta["method"], "method_config": recorded_options(meta), "backbone": meta["backbone"],
-              "pretrained": meta["pretrained"], "backbone_identity": meta["backbone_identity"],
-              "classnames": recorded_classnames(meta),
-              # The run's settings, less the local data folder (a path on the maker's machine).
-              "run": {k: v for k, v in record.items() if k != "data_root"},
-              "metrics": metrics}
+    config = {
+        "format": ADAPTER_FORMAT,
+        "clipadapt_version": meta.get("clipadapt_version"),
+        "method": meta["method"],
+        "method_config": recorded_options(meta),
+        "backbone": meta["backbone"],
+        "pretrained": meta["pretrained"],
+        "backbone_identity": meta["backbone_identity"],
+        "classnames": recorded_classnames(meta),
+        # The run's settings, less the local data folder (a path on the maker's machine).
+        "run": {k: v for k, v in record.items() if k != "data_root"},
+        "metrics": metrics,
+    }
     command = train_command(meta["method"], record)
     os.makedirs(out, exist_ok=True)
     with atomic_path(os.path.join(out, FILE_NAME)) as tmp:
@@ -372,5 +531,9 @@ def export_run(run: str, out: str) -> dict[str, Any]:
         f.write("\n")
     with atomic_path(os.path.join(out, EXPORT_CARD)) as tmp, open(tmp, "w") as f:
         f.write(model_card(meta, metrics, record, command))
-    return {"out": out, "files": [FILE_NAME, EXPORT_CONFIG, EXPORT_CARD], "method": meta["method"],
-            "command": command}
+    return {
+        "out": out,
+        "files": [FILE_NAME, EXPORT_CONFIG, EXPORT_CARD],
+        "method": meta["method"],
+        "command": command,
+    }

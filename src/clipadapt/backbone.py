@@ -34,9 +34,15 @@ class TextBatch:
 def _plain_attention_block(block: nn.Module) -> bool:
     """Whether a block is open_clip's ResidualAttentionBlock with torch's plain self-attention."""
     attn = getattr(block, "attn", None)
-    return (isinstance(block, ResidualAttentionBlock) and not hasattr(block, "ln_1_kv")
-            and isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None
-            and attn.bias_k is None and not attn.add_zero_attn and attn.dropout == 0.0)
+    return (
+        isinstance(block, ResidualAttentionBlock)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and attn.dropout == 0.0
+    )
 
 
 def _block_with_grad(block: nn.Module, x: torch.Tensor, attn_mask) -> torch.Tensor:
@@ -53,7 +59,11 @@ def _block_with_grad(block: nn.Module, x: torch.Tensor, attn_mask) -> torch.Tens
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
     q, k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
     mask = None if attn_mask is None else attn_mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, width)
+    out = (
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        .transpose(1, 2)
+        .reshape(n, length, width)
+    )
     x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -64,7 +74,7 @@ def at_queries(x: torch.Tensor, queries) -> torch.Tensor:
     if queries is None:
         return x
     if isinstance(queries, int):
-        return x[:, queries:queries + 1]
+        return x[:, queries : queries + 1]
     return x[torch.arange(x.shape[0], device=x.device), queries].unsqueeze(1)
 
 
@@ -79,25 +89,33 @@ def _block_at_queries(block: nn.Module, x: torch.Tensor, attn_mask, queries) -> 
     n, length = x.shape[0], x.shape[1]
     h = block.ln_1(x)
     w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
-    b_q, b_kv = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
+    b_q, b_kv = (
+        (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
+    )
     k, v = F.linear(h, w_kv, b_kv).split(width, dim=-1)
     q = F.linear(at_queries(h, queries), w_q, b_q)
     q = q.reshape(n, 1, heads, width // heads).transpose(1, 2)
     k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (k, v))
     mask = None
     if attn_mask is not None:  # the mask's rows of the queried positions, broadcast over the heads
-        rows = attn_mask[queries:queries + 1] if isinstance(queries, int) else attn_mask[queries]
+        rows = attn_mask[queries : queries + 1] if isinstance(queries, int) else attn_mask[queries]
         mask = rows.to(q.dtype).reshape(rows.shape[0], 1, 1, length)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, 1, width)
+    out = (
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, 1, width)
+    )
     x = at_queries(x, queries) + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _run_block(block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool, queries=None) -> torch.Tensor:
+def _run_block(
+    block: nn.Module, x: torch.Tensor, attn_mask, batch_first: bool, queries=None
+) -> torch.Tensor:
     if queries is not None:
         if _plain_attention_block(block):
             return _block_at_queries(block, x, attn_mask, queries)
-        return at_queries(_run_block(block, x, attn_mask, batch_first), queries)  # other blocks: whole, then cut
+        return at_queries(
+            _run_block(block, x, attn_mask, batch_first), queries
+        )  # other blocks: whole, then cut
     if x.requires_grad and torch.is_grad_enabled() and _plain_attention_block(block):
         return _block_with_grad(block, x, attn_mask)
     if batch_first:
@@ -110,7 +128,9 @@ class Backbone(nn.Module):
 
     at_queries = staticmethod(at_queries)
 
-    def __init__(self, clip_model: nn.Module, tokenizer, name: str, identity: str, quick_gelu: bool):
+    def __init__(
+        self, clip_model: nn.Module, tokenizer, name: str, identity: str, quick_gelu: bool
+    ):
         super().__init__()
         self.clip = clip_model
         self.tokenizer = tokenizer
@@ -126,11 +146,17 @@ class Backbone(nn.Module):
         # The text tower lives on the CLIP module itself or, for CustomTextCLIP, on `.text`.
         text = clip_model.text if hasattr(clip_model, "text") else clip_model
         if getattr(text, "cls_emb", None) is not None:
-            raise ClipadaptError(f"backbone '{name}': text towers with a class token are not supported")
+            raise ClipadaptError(
+                f"backbone '{name}': text towers with a class token are not supported"
+            )
         if not hasattr(text, "token_embedding"):
-            raise ClipadaptError(f"backbone '{name}': only open_clip's own text transformer is supported")
+            raise ClipadaptError(
+                f"backbone '{name}': only open_clip's own text transformer is supported"
+            )
         self.__dict__["_text"] = text  # not registered twice: it is already inside self.clip
-        self.pool_type = getattr(text, "pool_type", None) or getattr(clip_model, "text_pool_type", "argmax")
+        self.pool_type = getattr(text, "pool_type", None) or getattr(
+            clip_model, "text_pool_type", "argmax"
+        )
         # With a causal mask, tokens after the pooled one never influence it: cutting them is exact.
         self.cut_text = text.attn_mask is not None and self.pool_type in ("argmax", "eos")
 
@@ -231,15 +257,26 @@ class Backbone(nn.Module):
         mask = self._text.attn_mask
         if mask is None:
             return None
-        if length > mask.shape[0]:  # sequences lengthened by inserted tokens (MMRL): the same causal rule
-            return torch.full((length, length), float("-inf"), dtype=mask.dtype, device=mask.device).triu(1)
+        if (
+            length > mask.shape[0]
+        ):  # sequences lengthened by inserted tokens (MMRL): the same causal rule
+            return torch.full(
+                (length, length), float("-inf"), dtype=mask.dtype, device=mask.device
+            ).triu(1)
         return mask[:length, :length]
 
-    def text_block(self, index: int, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+    def text_block(
+        self, index: int, x: torch.Tensor, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run text block `index` (0-based) on [prompts, length, width]; with `queries` (a position per
         prompt) only those positions' outputs ([prompts, 1, width])."""
-        return _run_block(self.text_blocks[index], x, self.text_attn_mask(x.shape[1]),
-                          self._text.transformer.batch_first, queries)
+        return _run_block(
+            self.text_blocks[index],
+            x,
+            self.text_attn_mask(x.shape[1]),
+            self._text.transformer.batch_first,
+            queries,
+        )
 
     def text_head(self, x: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
         """Final norm, pooling at the end-of-text token and projection.
@@ -271,14 +308,19 @@ class Backbone(nn.Module):
     def image_block(self, index: int, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
         """Run image block `index` (0-based) on [batch, tokens, width]; with `queries` (a position)
         only that position's output ([batch, 1, width])."""
-        return _run_block(self.image_blocks[index], x, None, self.clip.visual.transformer.batch_first, queries)
+        return _run_block(
+            self.image_blocks[index], x, None, self.clip.visual.transformer.batch_first, queries
+        )
 
     @property
     def image_query(self) -> int | None:
         """The one token position the image head reads (0: the class token), None when it reads more
         (average pooling, an attentional pooler)."""
         visual = self.clip.visual
-        if getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok":
+        if (
+            getattr(visual, "attn_pool", None) is None
+            and getattr(visual, "pool_type", None) == "tok"
+        ):
             return 0
         return None
 
@@ -294,8 +336,14 @@ class Backbone(nn.Module):
         return self.clip.visual(images.to(self.dtype))
 
 
-def load_backbone(name: str, pretrained: str | None = "none", *, quick_gelu: bool | None = None,
-                  device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
+def load_backbone(
+    name: str,
+    pretrained: str | None = "none",
+    *,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+) -> Backbone:
     """Load an open_clip model by name with a pretrained tag, a local file, or no weights."""
     model, tokenizer, identity, quick_gelu = create_clip(name, pretrained, quick_gelu, cache_dir)
     return Backbone(model, tokenizer, name, identity, quick_gelu).to(device)

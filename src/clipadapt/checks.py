@@ -24,8 +24,10 @@ def check_device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= count:
-            raise ClipadaptError(f"device '{device}' is not available: this machine has "
-                                 f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} (use --device cpu)")
+            raise ClipadaptError(
+                f"device '{device}' is not available: this machine has "
+                f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} (use --device cpu)"
+            )
     elif device == "mps" and not torch.backends.mps.is_available():
         raise ClipadaptError("device 'mps' is not available on this machine (use --device cpu)")
 
@@ -47,8 +49,10 @@ def check_writable(path: str, kind: str) -> None:
 def check_not_finished(out: str) -> None:
     """Refuse an output folder that already holds a finished run (its metrics.json)."""
     if os.path.exists(os.path.join(out, "metrics.json")):
-        raise ClipadaptError(f"'{out}' already holds a finished run (metrics.json); "
-                             "pass --overwrite to replace it or choose another --out")
+        raise ClipadaptError(
+            f"'{out}' already holds a finished run (metrics.json); "
+            "pass --overwrite to replace it or choose another --out"
+        )
 
 
 def _folded(name: str) -> str:
@@ -63,7 +67,10 @@ def closest_names(given: str, names: list[str], n: int = 3) -> list[str]:
     exact = by_fold.get(_folded(given))
     if exact is not None:
         return [exact]
-    return [by_fold[f] for f in difflib.get_close_matches(_folded(given), list(by_fold), n=n, cutoff=0.6)]
+    return [
+        by_fold[f]
+        for f in difflib.get_close_matches(_folded(given), list(by_fold), n=n, cutoff=0.6)
+    ]
 
 
 def unknown_name(kind: str, given: str, names: list[str], where: str = "") -> ClipadaptError:
@@ -79,7 +86,9 @@ def unknown_name(kind: str, given: str, names: list[str], where: str = "") -> Cl
     return ClipadaptError(f"unknown {kind} '{given}' ({hint})")
 
 
-def check_run_names(method: str | None = None, dataset: str | None = None, protocol: str | None = None) -> None:
+def check_run_names(
+    method: str | None = None, dataset: str | None = None, protocol: str | None = None
+) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
     from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 

@@ -42,7 +42,9 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     """clipadapt's status lines on stderr (-q: warnings only); -v adds every library's messages."""
     package = logging.getLogger("clipadapt")
     for handler in [h for h in package.handlers if isinstance(h, _StderrHandler)]:
-        package.removeHandler(handler)  # main() may run several times in one process (tests, a sweep)
+        package.removeHandler(
+            handler
+        )  # main() may run several times in one process (tests, a sweep)
     handler = _StderrHandler()
     handler.setFormatter(_LineFormatter())
     package.addHandler(handler)
@@ -53,7 +55,9 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
-    root.setLevel(logging.INFO if verbose else logging.ERROR)  # other libraries: errors only, unless -v
+    root.setLevel(
+        logging.INFO if verbose else logging.ERROR
+    )  # other libraries: errors only, unless -v
     if verbose:
         others = _StderrHandler()
         others.addFilter(lambda record: not record.name.startswith("clipadapt"))
@@ -64,7 +68,9 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 def _feature_cache(args: argparse.Namespace):
     """The run API's feature_cache setting from --feature-cache DIR / --no-feature-cache."""
     if args.no_feature_cache and args.feature_cache:
-        raise ClipadaptError("--feature-cache DIR and --no-feature-cache contradict each other; give one")
+        raise ClipadaptError(
+            "--feature-cache DIR and --no-feature-cache contradict each other; give one"
+        )
     return False if args.no_feature_cache else (args.feature_cache or True)
 
 
@@ -86,44 +92,84 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate zero-shot CLIP or a saved adapter on one split of a dataset."""
     from .run import evaluate
 
-    metrics = evaluate(args.dataset, args.data_root, args.out, method=args.method, checkpoint=args.checkpoint,
-                       split=args.split, subsample=args.subsample, shots=args.shots, seed=args.seed,
-                       backbone=args.backbone, pretrained=args.pretrained,
-                       backbone_from_checkpoint=args.backbone_from_checkpoint, prompts=args.prompts,
-                       device=args.device, batch_size=args.batch_size, workers=args.workers,
-                       feature_cache=_feature_cache(args), save_predictions=args.save_predictions,
-                       overwrite=args.overwrite, progress=not args.quiet)
+    metrics = evaluate(
+        args.dataset,
+        args.data_root,
+        args.out,
+        method=args.method,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        subsample=args.subsample,
+        shots=args.shots,
+        seed=args.seed,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        backbone_from_checkpoint=args.backbone_from_checkpoint,
+        prompts=args.prompts,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        feature_cache=_feature_cache(args),
+        save_predictions=args.save_predictions,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     _print_json(metrics, ("dataset", "split", "subsample", "method", "accuracy", "num_images"))
     return 0
 
 
-RESULT_KEYS = {"base2novel": ("base", "novel", "hm"), "fewshot": ("accuracy",)}  # others: source, target_average
+RESULT_KEYS = {
+    "base2novel": ("base", "novel", "hm"),
+    "fewshot": ("accuracy",),
+}  # others: source, target_average
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
     from .checks import check_run_names
 
-    check_run_names(args.method, args.dataset, args.protocol)  # before the settings' types pull in torch
+    check_run_names(
+        args.method, args.dataset, args.protocol
+    )  # before the settings' types pull in torch
     from .run import SETTING_ARGUMENTS, check_settings, train
     from .runconfig import parse_overrides
 
     settings = parse_overrides(args.overrides)
     check_settings(settings)
     named = {"prompts": args.prompts, "base_ratio": args.base_ratio}
-    for key in SETTING_ARGUMENTS & set(settings):  # prompts=... and base_ratio=... are their flags' settings
+    for key in SETTING_ARGUMENTS & set(
+        settings
+    ):  # prompts=... and base_ratio=... are their flags' settings
         if named[key] is not None:
             flag = "--" + key.replace("_", "-")
             raise ClipadaptError(f"{flag} and {key}=... contradict each other; give one")
         named[key] = settings.pop(key)
-    metrics = train(args.method, args.dataset, args.data_root, args.out, protocol=args.protocol, shots=args.shots,
-                    seed=args.seed, backbone=args.backbone, pretrained=args.pretrained, config=args.config,
-                    study=args.study, variant=args.variant, device=args.device, feature_cache=_feature_cache(args),
-                    overwrite=args.overwrite, progress=not args.quiet, **named, **settings)
+    metrics = train(
+        args.method,
+        args.dataset,
+        args.data_root,
+        args.out,
+        protocol=args.protocol,
+        shots=args.shots,
+        seed=args.seed,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        config=args.config,
+        study=args.study,
+        variant=args.variant,
+        device=args.device,
+        feature_cache=_feature_cache(args),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **named,
+        **settings,
+    )
     if metrics:  # under torchrun only rank 0 has results
         shown = RESULT_KEYS.get(metrics["protocol"], ("source", "target_average"))
-        _print_json(metrics, (*shown, "trainable_params", "train_step_ms_per_image",
-                                "train_epoch_ms_per_image"))
+        _print_json(
+            metrics,
+            (*shown, "trainable_params", "train_step_ms_per_image", "train_epoch_ms_per_image"),
+        )
     return 0
 
 
@@ -131,10 +177,23 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     """Evaluate a saved source adapter, without training, on the targets of cross_dataset or domain_generalization."""
     from .run import transfer
 
-    metrics = transfer(args.checkpoint, args.protocol, args.data_root, args.out, source=args.source,
-                       shots=args.shots, seed=args.seed, backbone=args.backbone, pretrained=args.pretrained,
-                       device=args.device, batch_size=args.batch_size, workers=args.workers,
-                       feature_cache=_feature_cache(args), overwrite=args.overwrite, progress=not args.quiet)
+    metrics = transfer(
+        args.checkpoint,
+        args.protocol,
+        args.data_root,
+        args.out,
+        source=args.source,
+        shots=args.shots,
+        seed=args.seed,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        feature_cache=_feature_cache(args),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     _print_json(metrics, ("protocol", "method", "dataset", "source", "target_average"))
     return 0
 
@@ -148,7 +207,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"method {info['method']} on {info['backbone']}: {info['trainable_params']:,} trainable parameters")
+    print(
+        f"method {info['method']} on {info['backbone']}: {info['trainable_params']:,} trainable parameters"
+    )
     for key, value in info["config"].items():
         print(f"  {key}: {value}")
     return 0
@@ -161,7 +222,9 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
     if args.classes_file and args.classes is not None:
         raise ClipadaptError("--classes and --classes-file contradict each other; give one")
     if args.classes_file:
-        return check_class_names(read_class_names(args.classes_file), f"class file '{args.classes_file}'")
+        return check_class_names(
+            read_class_names(args.classes_file), f"class file '{args.classes_file}'"
+        )
     if args.classes is not None:
         return check_class_names(_split(args.classes) or [], "--classes")
     return None
@@ -171,12 +234,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images against any class names with a saved adapter (or zero-shot CLIP)."""
     from .run import predict
 
-    for result in predict(args.images, _class_names(args), args.checkpoint, args.top_k, args.prompts, args.backbone,
-                          args.pretrained, args.device):
+    for result in predict(
+        args.images,
+        _class_names(args),
+        args.checkpoint,
+        args.top_k,
+        args.prompts,
+        args.backbone,
+        args.pretrained,
+        args.device,
+    ):
         if args.json:
             print(json.dumps(result))
         else:
-            print(result["image"] + ": " + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in result["top"]))
+            print(
+                result["image"]
+                + ": "
+                + ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in result["top"])
+            )
     return 0
 
 
@@ -186,26 +261,50 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .runconfig import parse_overrides
 
     method = getattr(args, "import_method", None) or args.method
-    alias_options = {"mma": lambda: {"scale": args.scale},
-                     "mma_pp": lambda: {"train_scale": args.train_scale, "test_scale": args.test_scale,
-                                        "reg_weight": args.reg_weight, "dropout": args.dropout},
-                     "mmrl": lambda: {"last_block": args.last_block, "alpha": args.alpha,
-                                      "inference": args.inference}}
+    alias_options = {
+        "mma": lambda: {"scale": args.scale},
+        "mma_pp": lambda: {
+            "train_scale": args.train_scale,
+            "test_scale": args.test_scale,
+            "reg_weight": args.reg_weight,
+            "dropout": args.dropout,
+        },
+        "mmrl": lambda: {
+            "last_block": args.last_block,
+            "alpha": args.alpha,
+            "inference": args.inference,
+        },
+    }
     # `import --method M` takes the reader's options as key=value; the import-<method> aliases as flags.
-    options = alias_options[method]() if getattr(args, "import_method", None) else parse_overrides(args.overrides)
-    written = import_official(method, args.path, args.out, args.backbone, args.pretrained,
-                              classnames=(_class_names(args) if hasattr(args, "classes") else None) or [],
-                              **options)
+    options = (
+        alias_options[method]()
+        if getattr(args, "import_method", None)
+        else parse_overrides(args.overrides)
+    )
+    written = import_official(
+        method,
+        args.path,
+        args.out,
+        args.backbone,
+        args.pretrained,
+        classnames=(_class_names(args) if hasattr(args, "classes") else None) or [],
+        **options,
+    )
     config = written["config"]
     if "adapter_dim" in config:
         shape = f"blocks {config['adapter_start']}-{config['adapter_end']}, width {config['adapter_dim']}"
     elif "rep_layers" in config:
-        shape = (f"{config['n_rep_tokens']} tokens of width {config['rep_dim']} on blocks "
-                 f"{config['rep_layers'][0]}-{config['rep_layers'][-1]}")
+        shape = (
+            f"{config['n_rep_tokens']} tokens of width {config['rep_dim']} on blocks "
+            f"{config['rep_layers'][0]}-{config['rep_layers'][-1]}"
+        )
     else:
         shape = ", ".join(f"{k} {v}" for k, v in config.items() if v not in (None, "", [], {}))
-    print(f"wrote {args.out}: {method}, {shape}, {written['parameters']:,} parameters, "
-          f"for {args.backbone} ({args.pretrained})", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {method}, {shape}, {written['parameters']:,} parameters, "
+        f"for {args.backbone} ({args.pretrained})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -214,8 +313,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .adapters import export_run
 
     written = export_run(args.run, args.out)
-    print(f"wrote {args.out}: {', '.join(written['files'])} ({written['method']}); upload it with "
-          f"`hf upload USER/NAME {args.out}`", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {', '.join(written['files'])} ({written['method']}); upload it with "
+        f"`hf upload USER/NAME {args.out}`",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -223,8 +325,14 @@ def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the synthetic world, record its zero-shot accuracy, optionally install it."""
     from .synthetic.pretrain import pretrain_and_record
 
-    record = pretrain_and_record(args.out, steps=args.steps, batch_size=args.batch_size, pool_size=args.pool_size,
-                                 lr=args.lr, install=args.install)
+    record = pretrain_and_record(
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pool_size=args.pool_size,
+        lr=args.lr,
+        install=args.install,
+    )
     print(json.dumps(record["zero_shot"], indent=1))
     return 0
 
@@ -236,7 +344,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, quick=args.quick, overwrite=args.overwrite)
     print(result.text)
     if result.failed:
-        raise ClipadaptError(f"{len(result.failed)} demo run(s) failed, e.g. {next(iter(result.failed.items()))}")
+        raise ClipadaptError(
+            f"{len(result.failed)} demo run(s) failed, e.g. {next(iter(result.failed.items()))}"
+        )
     return 0
 
 
@@ -245,7 +355,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = args.out or args.dir
-    print(write_report(args.dir, out, _split(args.methods), _split(args.datasets), references=args.references))
+    print(
+        write_report(
+            args.dir, out, _split(args.methods), _split(args.datasets), references=args.references
+        )
+    )
     print(f"wrote {os.path.join(out, 'report.md')}, report.csv, report.json")
     return 0
 
@@ -266,22 +380,53 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{name:40s} {text}")
         return 0
     if not args.file or not args.out:
-        raise ClipadaptError("give a sweep file (or a shipped sweep's name, see --list) and --out DIR")
+        raise ClipadaptError(
+            "give a sweep file (or a shipped sweep's name, see --list) and --out DIR"
+        )
     from .runconfig import parse_overrides
 
     sweep = read_sweep(locate_sweep_file(args.file), parse_overrides(args.overrides))
     if args.variants:
         sweep = select_variants(sweep, _split(args.variants))
     sweep.feature_cache = _feature_cache(args)
-    slurm = {"partition": args.partition, "time": args.time, "gpus": args.gpus_per_job, "cpus": args.cpus_per_job}
+    slurm = {
+        "partition": args.partition,
+        "time": args.time,
+        "gpus": args.gpus_per_job,
+        "cpus": args.cpus_per_job,
+    }
     if args.dry_run:
-        print("\n".join(dry_run_lines(sweep, args.out, args.data_root, args.jobs, args.device, args.launcher, slurm,
-                                      args.rerun_changed)))
+        print(
+            "\n".join(
+                dry_run_lines(
+                    sweep,
+                    args.out,
+                    args.data_root,
+                    args.jobs,
+                    args.device,
+                    args.launcher,
+                    slurm,
+                    args.rerun_changed,
+                )
+            )
+        )
         return 0
-    result = run_sweep(sweep, args.out, args.data_root, args.jobs, args.device, args.gpus, args.launcher, slurm,
-                       progress=not args.quiet, rerun_changed=args.rerun_changed)
-    print(f"{result.total} runs: {result.skipped} already finished, {result.finished} finished now, "
-          f"{len(result.failed)} failed")
+    result = run_sweep(
+        sweep,
+        args.out,
+        args.data_root,
+        args.jobs,
+        args.device,
+        args.gpus,
+        args.launcher,
+        slurm,
+        progress=not args.quiet,
+        rerun_changed=args.rerun_changed,
+    )
+    print(
+        f"{result.total} runs: {result.skipped} already finished, {result.finished} finished now, "
+        f"{len(result.failed)} failed"
+    )
     for run_dir, error in result.failed.items():
         print(f"  FAILED {run_dir}: {error}")
     print(f"tables: clipadapt report {args.out}")
@@ -297,17 +442,32 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for state in states:
         print("\n".join(format_state(state)))
     done = sum(s.complete for s in states)
-    print(f"{done} of {len(states)} datasets complete under {os.path.abspath(os.path.expanduser(args.data_root))}"
-          + ("" if all(s.complete or s.name not in COOP_DATASETS for s in states)
-             else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"))
+    print(
+        f"{done} of {len(states)} datasets complete under {os.path.abspath(os.path.expanduser(args.data_root))}"
+        + (
+            ""
+            if all(s.complete or s.name not in COOP_DATASETS for s in states)
+            else "; see github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+        )
+    )
     return 0 if done == len(states) else 1
 
 
 # ---- entry point ---------------------------------------------------------------------------------
-COMMANDS = {"eval": cmd_eval, "train": cmd_train, "transfer": cmd_transfer, "report": cmd_report, "sweep": cmd_sweep,
-            "datasets": cmd_datasets, "info": cmd_info, "predict": cmd_predict, "import": cmd_import,
-            "pretrain-synthetic": cmd_pretrain_synthetic, "demo": cmd_demo,
-            "export": cmd_export}
+COMMANDS = {
+    "eval": cmd_eval,
+    "train": cmd_train,
+    "transfer": cmd_transfer,
+    "report": cmd_report,
+    "sweep": cmd_sweep,
+    "datasets": cmd_datasets,
+    "info": cmd_info,
+    "predict": cmd_predict,
+    "import": cmd_import,
+    "pretrain-synthetic": cmd_pretrain_synthetic,
+    "demo": cmd_demo,
+    "export": cmd_export,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     return declare(COMMANDS)
 
 
-def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
     """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options."""
     # argparse fills a `nargs="*"` positional that follows another positional (sweep FILE) as soon as it
     # reads that one, so `sweep FILE --out DIR epochs=1` would leave epochs=1 unrecognised.

@@ -53,8 +53,13 @@ def barrier() -> None:
 
 def global_batches(n: int, batch_size: int, seed: int, drop_last: bool) -> list[list[int]]:
     """The index batches a single process's seeded shuffling loader draws (engine's make_loader)."""
-    loader = DataLoader(range(n), batch_size=batch_size, shuffle=True, drop_last=drop_last,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        range(n),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return [b.tolist() for b in loader]
 
 
@@ -63,7 +68,7 @@ def my_slice(batch: list[int]) -> list[int]:
     w, r = world_size(), rank()
     size, extra = divmod(len(batch), w)
     start = r * size + min(r, extra)
-    return batch[start:start + size + (1 if r < extra else 0)]
+    return batch[start : start + size + (1 if r < extra else 0)]
 
 
 def average_gradients(params: list[torch.nn.Parameter], local: int, total: int) -> None:
@@ -75,7 +80,7 @@ def average_gradients(params: list[torch.nn.Parameter], local: int, total: int) 
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
 
 

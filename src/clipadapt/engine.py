@@ -39,7 +39,9 @@ from .validation import check_fields
 
 log = logging.getLogger(__name__)
 
-DIVERGED_AFTER_SKIPS = 10  # under fp16, non-finite losses in a row that mean divergence, not a scaler skip
+DIVERGED_AFTER_SKIPS = (
+    10  # under fp16, non-finite losses in a row that mean divergence, not a scaler skip
+)
 
 Optimizer = Literal["sgd", "adamw", "adam"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -64,16 +66,26 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     epochs: int = 5
     batch_size: int = 16
-    warmup_epochs: int = 0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
+    warmup_epochs: int = (
+        0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
+    )
     warmup_lr: float = 1e-5
     schedule: Schedule = "cosine"  # cosine (Dassl's, stepped per epoch) | constant
-    patience: int = 0  # early stopping: stop after this many epochs without a better val accuracy (0: off)
+    patience: int = (
+        0  # early stopping: stop after this many epochs without a better val accuracy (0: off)
+    )
     keep: Keep = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
-    precision: Precision = "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
+    precision: Precision = (
+        "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
+    )
     augment: bool = True  # CoOp's random resized crop and flip
     # Data settings of the studies (carried here so that every run records them in config.yaml):
-    base_ratio: str | int = "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
-    train_noise_std: float = 0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
+    base_ratio: str | int = (
+        "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
+    )
+    train_noise_std: float = (
+        0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
+    )
     eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
     # The split a run scores when it ends: test (the papers' tables), or val to choose settings with a
     # sweep without ever reading the test images (base2novel and fewshot runs).
@@ -90,7 +102,9 @@ class TrainConfig:
     log_every: int = 10  # steps between loss records (and the last step of each epoch); the loss stays on device between
 
     def __post_init__(self):
-        check_fields(self, "training setting")  # types and ranges (validation.RANGES), for CLI, YAML and Python
+        check_fields(
+            self, "training setting"
+        )  # types and ranges (validation.RANGES), for CLI, YAML and Python
 
     @property
     def validates(self) -> bool:
@@ -112,7 +126,9 @@ class TrainConfig:
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Dassl's: momentum, no nesterov), Adam or AdamW over the given parameters."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -133,13 +149,15 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         precision = "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ClipadaptError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[
+        precision
+    ]
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch."""
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -147,7 +165,9 @@ def seed_everything(seed: int) -> None:
 class TrainResult:
     """What a finished training run reports."""
 
-    train_seconds: float  # wall time of the training epochs: data waits and the cache-building pass included
+    train_seconds: (
+        float  # wall time of the training epochs: data waits and the cache-building pass included
+    )
     images_seen: int
     final_loss: float
     epochs_trained: int = 0
@@ -166,7 +186,11 @@ class TrainResult:
     @property
     def step_ms_per_image(self) -> float | None:
         """Time of the optimizer steps alone per image (forward, loss, backward, update)."""
-        return None if self.step_seconds is None else 1000.0 * self.step_seconds / max(1, self.images_seen)
+        return (
+            None
+            if self.step_seconds is None
+            else 1000.0 * self.step_seconds / max(1, self.images_seen)
+        )
 
 
 class _StepClock:
@@ -225,7 +249,9 @@ class _LossWindow:
         self.steps = self.images = 0
         self.data_wait = 0.0  # seconds spent waiting for the loader's batches
 
-    def add(self, loss: torch.Tensor, parts: dict[str, Any], images: int, share: float = 1.0) -> None:
+    def add(
+        self, loss: torch.Tensor, parts: dict[str, Any], images: int, share: float = 1.0
+    ) -> None:
         """One step's loss and parts (floats or tensors); `share` is this rank's part of the global batch."""
         self.last = loss.detach().float() * share
         self.loss += self.last
@@ -239,13 +265,25 @@ class _LossWindow:
         """The window's means (over every rank's slice), throughput and data-wait share; starts a new window."""
         n, elapsed = self.steps, max(now - self.start, 1e-9)
         names = list(self.parts)
-        values = torch.stack([self.loss, self.last, *(torch.as_tensor(self.parts[k], dtype=torch.float32,
-                                                                      device=self.device) for k in names)])
+        values = torch.stack(
+            [
+                self.loss,
+                self.last,
+                *(
+                    torch.as_tensor(self.parts[k], dtype=torch.float32, device=self.device)
+                    for k in names
+                ),
+            ]
+        )
         values = distributed.sum_over_ranks(values).tolist()
         self.last_step_loss = values[1]
-        record = {"loss": values[0] / n, **{name: v / n for name, v in zip(names, values[2:], strict=True)},
-                  "steps_averaged": n, "images_per_s": round(self.images / elapsed, 2),
-                  "data_time_share": round(min(self.data_wait / elapsed, 1.0), 4)}
+        record = {
+            "loss": values[0] / n,
+            **{name: v / n for name, v in zip(names, values[2:], strict=True)},
+            "steps_averaged": n,
+            "images_per_s": round(self.images / elapsed, 2),
+            "data_time_share": round(min(self.data_wait / elapsed, 1.0), 4),
+        }
         self.start = now
         self._reset()
         return record
@@ -272,8 +310,15 @@ class _DivergenceWatch:
         self.in_a_row = torch.where(bad, self.in_a_row + 1, torch.zeros_like(self.in_a_row))
         hit = (self.in_a_row >= self.patience) & (self.first < 0)
         self.first = torch.where(hit, torch.full_like(self.first, step), self.first)
-        values = torch.stack([loss, *(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach()
-                                      for v in parts.values())])
+        values = torch.stack(
+            [
+                loss,
+                *(
+                    torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach()
+                    for v in parts.values()
+                ),
+            ]
+        )
         if self.values is None or self.values.shape != values.shape:
             self.values, self.names = values.clone(), ["loss", *parts]
         self.values = torch.where(hit, values, self.values)
@@ -288,7 +333,9 @@ class _DivergenceWatch:
         if step < 0:
             return "on another rank"
         values = [f"{name} {float(v):.4g}" for name, v in zip(self.names, self.values, strict=True)]
-        return f"step {step}: {values[0]}" + (f" ({', '.join(values[1:])})" if len(values) > 1 else "")
+        return f"step {step}: {values[0]}" + (
+            f" ({', '.join(values[1:])})" if len(values) > 1 else ""
+        )
 
 
 def _nonfinite_parameters(params: list[torch.nn.Parameter]) -> list[int]:
@@ -302,12 +349,22 @@ def _nonfinite_parameters(params: list[torch.nn.Parameter]) -> list[int]:
 class Trainer:
     """Trains a model's method on items; `run()` resumes from `out_dir/checkpoint.pt` if present."""
 
-    def __init__(self, model: AdaptedCLIP, items: list[Datum], cfg: TrainConfig, out_dir: str | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True, val_items: list[Datum] | None = None):
+    def __init__(
+        self,
+        model: AdaptedCLIP,
+        items: list[Datum],
+        cfg: TrainConfig,
+        out_dir: str | None = None,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        val_items: list[Datum] | None = None,
+    ):
         if not items:
             raise ClipadaptError("the training split is empty")
         if cfg.validates and not val_items:
-            raise ClipadaptError("patience / keep=best_val need a validation split, and this dataset has none")
+            raise ClipadaptError(
+                "patience / keep=best_val need a validation split, and this dataset has none"
+            )
         self.model, self.items, self.cfg = model, items, cfg
         self.val_items = list(val_items or [])
         self.out_dir, self.device, self.progress = out_dir, torch.device(device), progress
@@ -318,13 +375,25 @@ class Trainer:
         self.autocast_dtype, scale_grads = resolve_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=scale_grads)
         pp = model.backbone.preprocess_cfg
-        self.transform = train_transform(model.backbone.image_size, pp["mean"], pp["std"], augment=cfg.augment,
-                                         noise_std=cfg.train_noise_std)
-        self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = 0, 0.0, 0, float("nan")
+        self.transform = train_transform(
+            model.backbone.image_size,
+            pp["mean"],
+            pp["std"],
+            augment=cfg.augment,
+            noise_std=cfg.train_noise_std,
+        )
+        self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = (
+            0,
+            0.0,
+            0,
+            float("nan"),
+        )
         self.last_good_epoch = 0  # the epoch of the newest checkpoint on disk
         self.data_seconds = 0.0
         self.step_seconds: float | None = 0.0
-        self._epoch_loader = self._epoch_sampler = None  # one image loader for every epoch (its workers persist)
+        self._epoch_loader = self._epoch_sampler = (
+            None  # one image loader for every epoch (its workers persist)
+        )
         # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
         self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
         self.since_best, self.stopped = 0, False
@@ -332,10 +401,14 @@ class Trainer:
         self.epoch_weights = model.method.epoch_weights(cfg.epochs)
         self.epoch_average: dict[str, torch.Tensor] | None = None
         self._val_features = None
-        self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = None  # (items key, images, labels)
+        self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = (
+            None  # (items key, images, labels)
+        )
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
-        self.events = RunLog(out_dir, write=distributed.is_main())  # log.jsonl and TensorBoard: one voice
+        self.events = RunLog(
+            out_dir, write=distributed.is_main()
+        )  # log.jsonl and TensorBoard: one voice
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -344,14 +417,28 @@ class Trainer:
 
     def save_checkpoint(self, epoch: int) -> None:
         """Method state and optimiser state after `epoch` epochs, written atomically."""
-        state = {"epoch": epoch, "method": self.model.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "train_seconds": self.train_seconds,
-                 "data_seconds": self.data_seconds, "step_seconds": self.step_seconds,
-                 "images_seen": self.images_seen, "last_loss": self.last_loss,
-                 "selection": {"best_val": self.best_val, "best_epoch": self.best_epoch,
-                               "since_best": self.since_best, "stopped": self.stopped},
-                 "best_method": self.best_state, "epoch_average": self.epoch_average}
-        if distributed.is_main():  # under torchrun rank 0 writes; the others wait until it is on disk
+        state = {
+            "epoch": epoch,
+            "method": self.model.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_seconds": self.train_seconds,
+            "data_seconds": self.data_seconds,
+            "step_seconds": self.step_seconds,
+            "images_seen": self.images_seen,
+            "last_loss": self.last_loss,
+            "selection": {
+                "best_val": self.best_val,
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+                "stopped": self.stopped,
+            },
+            "best_method": self.best_state,
+            "epoch_average": self.epoch_average,
+        }
+        if (
+            distributed.is_main()
+        ):  # under torchrun rank 0 writes; the others wait until it is on disk
             with atomic_path(self.checkpoint_path) as tmp:
                 torch.save(state, tmp)
         distributed.barrier()
@@ -367,20 +454,33 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.start_epoch = self.last_good_epoch = int(state["epoch"])
-            self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+            self.train_seconds, self.images_seen = (
+                float(state["train_seconds"]),
+                int(state["images_seen"]),
+            )
             self.last_loss = float(state["last_loss"])
             self.data_seconds = float(state.get("data_seconds", 0.0))
-            steps_timed = state.get("step_seconds")  # absent from checkpoints written before steps were timed
+            steps_timed = state.get(
+                "step_seconds"
+            )  # absent from checkpoints written before steps were timed
             self.step_seconds = None if steps_timed is None else float(steps_timed)
             sel = state.get("selection") or {}
-            self.best_val, self.best_epoch = float(sel.get("best_val", -1.0)), int(sel.get("best_epoch", 0))
-            self.since_best, self.stopped = int(sel.get("since_best", 0)), bool(sel.get("stopped", False))
+            self.best_val, self.best_epoch = (
+                float(sel.get("best_val", -1.0)),
+                int(sel.get("best_epoch", 0)),
+            )
+            self.since_best, self.stopped = (
+                int(sel.get("since_best", 0)),
+                bool(sel.get("stopped", False)),
+            )
             self.best_state = state.get("best_method")
             self.epoch_average = state.get("epoch_average")
         except Exception as err:  # torch raises many types for a truncated or foreign file
             reason = " ".join(str(err).split())[:200]
-            raise ClipadaptError(f"cannot resume from '{path}': not a readable clipadapt checkpoint "
-                                 f"({type(err).__name__}: {reason}); pass --overwrite to start the run again") from None
+            raise ClipadaptError(
+                f"cannot resume from '{path}': not a readable clipadapt checkpoint "
+                f"({type(err).__name__}: {reason}); pass --overwrite to start the run again"
+            ) from None
         return True
 
     def _add_to_epoch_average(self, epoch: int) -> None:
@@ -390,8 +490,10 @@ class Trainer:
         weight = self.epoch_weights[epoch - 1]
         state = self.model.method.state_dict()
         if self.epoch_average is None:
-            self.epoch_average = {k: v.detach() * weight if v.is_floating_point() else v.clone()
-                                  for k, v in state.items()}
+            self.epoch_average = {
+                k: v.detach() * weight if v.is_floating_point() else v.clone()
+                for k, v in state.items()
+            }
         else:
             for k, v in state.items():
                 if v.is_floating_point():
@@ -404,7 +506,9 @@ class Trainer:
         """Batches of the cached frozen images, in the order the image loader draws them (this rank's
         slice of each global batch under torchrun), with the global batch size."""
         _, frozen, labels = self._frozen
-        batches = distributed.global_batches(len(labels), self.cfg.batch_size, self.cfg.seed * 1000 + epoch, drop_last)
+        batches = distributed.global_batches(
+            len(labels), self.cfg.batch_size, self.cfg.seed * 1000 + epoch, drop_last
+        )
         for batch in batches:
             idx = torch.tensor(distributed.my_slice(batch), dtype=torch.long)
             yield frozen[idx], labels[idx], len(batch)
@@ -413,18 +517,27 @@ class Trainer:
         """The epoch's image batches from the run's one loader (created on first use)."""
         if self._epoch_loader is None:
             self._epoch_loader, self._epoch_sampler = make_epoch_loader(
-                self.items, self.transform, self.cfg.batch_size, self.cfg.workers, drop_last,
-                pin_memory=self.device.type == "cuda")
+                self.items,
+                self.transform,
+                self.cfg.batch_size,
+                self.cfg.workers,
+                drop_last,
+                pin_memory=self.device.type == "cuda",
+            )
         self._epoch_sampler.set_epoch_seed(epoch_seed)
         return self._epoch_loader
 
     def _sharded_batches(self, epoch: int, drop_last: bool):
         """Under torchrun: this rank's slice of each global batch, the global batches a single process draws."""
-        batches = distributed.global_batches(len(self.items), self.cfg.batch_size, self.cfg.seed * 1000 + epoch,
-                                             drop_last)
+        batches = distributed.global_batches(
+            len(self.items), self.cfg.batch_size, self.cfg.seed * 1000 + epoch, drop_last
+        )
         mine = [distributed.my_slice(b) for b in batches]
-        loader = DataLoader(ImageItems(self.items, self.transform), batch_sampler=mine,
-                            num_workers=resolve_workers(self.cfg.workers))
+        loader = DataLoader(
+            ImageItems(self.items, self.transform),
+            batch_sampler=mine,
+            num_workers=resolve_workers(self.cfg.workers),
+        )
         for (images, labels, _), batch in zip(loader, batches, strict=True):
             yield images, labels, len(batch)
 
@@ -441,17 +554,28 @@ class Trainer:
         model = self.model
         with_final = model.method.compares_with_frozen
         store = self.autocast_dtype or model.backbone.dtype
-        loader = make_loader(self.items, self.transform, self.cfg.eval_batch_size, workers=self.cfg.workers)
+        loader = make_loader(
+            self.items, self.transform, self.cfg.eval_batch_size, workers=self.cfg.workers
+        )
         parts, finals, labels = [], [], []
-        for images, y, _ in tqdm(loader, desc="frozen prefix", disable=not self.progress, leave=False):
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+        for images, y, _ in tqdm(
+            loader, desc="frozen prefix", disable=not self.progress, leave=False
+        ):
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
                 part = model.frozen_images(images.to(self.device), block, with_final=with_final)
             parts.append(part.tokens if part.at_output else part.tokens.to(store))
             finals.append(part.final)
             labels.append(y.to(self.device))
         final = torch.cat(finals) if with_final and not part.at_output else None
-        self._frozen = (key, FrozenImages(torch.cat(parts), block, part.at_output, final), torch.cat(labels))
+        self._frozen = (
+            key,
+            FrozenImages(torch.cat(parts), block, part.at_output, final),
+            torch.cat(labels),
+        )
         return time.perf_counter() - start
 
     @torch.no_grad()
@@ -467,30 +591,59 @@ class Trainer:
         model, cfg = self.model, self.cfg
         autocast_dtype = eval_autocast_dtype(self.device)
         if not model.method.image_tower_is_frozen(model.backbone):
-            return evaluate(model, self.val_items, cfg.eval_batch_size, cfg.workers, self.device, progress=False,
-                            autocast_dtype=autocast_dtype, noise_std=cfg.eval_noise_std).accuracy
+            return evaluate(
+                model,
+                self.val_items,
+                cfg.eval_batch_size,
+                cfg.workers,
+                self.device,
+                progress=False,
+                autocast_dtype=autocast_dtype,
+                noise_std=cfg.eval_noise_std,
+            ).accuracy
         if self._val_features is None:  # frozen towers: the val images' features never change
-            self._val_features = (frozen_features(model, self.val_items, cfg.eval_batch_size, cfg.workers,
-                                                  self.device, autocast_dtype, cfg.eval_noise_std),
-                                  torch.tensor([item.label for item in self.val_items]))
-        return evaluate_frozen_features(model, *self._val_features, cfg.eval_batch_size, self.device,
-                                        autocast_dtype).accuracy
+            self._val_features = (
+                frozen_features(
+                    model,
+                    self.val_items,
+                    cfg.eval_batch_size,
+                    cfg.workers,
+                    self.device,
+                    autocast_dtype,
+                    cfg.eval_noise_std,
+                ),
+                torch.tensor([item.label for item in self.val_items]),
+            )
+        return evaluate_frozen_features(
+            model, *self._val_features, cfg.eval_batch_size, self.device, autocast_dtype
+        ).accuracy
 
     def _select(self, epoch: int) -> None:
         """Score the validation split after `epoch` epochs; keep the best weights; decide to stop."""
         acc = self.validation_accuracy()
         if acc > self.best_val:  # strictly better, as the reference's `acc1 > best_acc1`
             self.best_val, self.best_epoch, self.since_best = acc, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
+            self.best_state = {
+                k: v.detach().clone() for k, v in self.model.method.state_dict().items()
+            }
         else:
             self.since_best += 1
         self.stopped = self.cfg.patience > 0 and self.since_best >= self.cfg.patience
-        self._log({"event": "validation", "epoch": epoch, "val_accuracy": round(acc, 4),
-                   "best_epoch": self.best_epoch, "best_val_accuracy": round(self.best_val, 4)})
+        self._log(
+            {
+                "event": "validation",
+                "epoch": epoch,
+                "val_accuracy": round(acc, 4),
+                "best_epoch": self.best_epoch,
+                "best_val_accuracy": round(self.best_val, 4),
+            }
+        )
         if self.stopped:
             self._log({"event": "early_stop", "epoch": epoch, "best_epoch": self.best_epoch})
-            self._status(f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} "
-                         f"epochs (best {self.best_val:.2f} at epoch {self.best_epoch})")
+            self._status(
+                f"early stop after epoch {epoch}: no better validation accuracy for {self.since_best} "
+                f"epochs (best {self.best_val:.2f} at epoch {self.best_epoch})"
+            )
 
     def _stop_if_diverged(self, watch: _DivergenceWatch, epoch: int, step: int) -> None:
         """End the run with one line when the loss or a trained parameter is no longer finite."""
@@ -501,14 +654,20 @@ class Trainer:
             where = watch.describe()
         else:
             name_of = {id(p): name for name, p in self.model.method.named_parameters()}
-            where = (f"by step {step}: {len(bad_params)} of {len(self.params)} trained tensors are not finite "
-                     f"(first {name_of.get(id(self.params[bad_params[0]]), '?')})")
-        kept = (f"the checkpoint after epoch {self.last_good_epoch} stays in {self.checkpoint_path}"
-                if self.out_dir and self.last_good_epoch > 0 else "no checkpoint was written")
+            where = (
+                f"by step {step}: {len(bad_params)} of {len(self.params)} trained tensors are not finite "
+                f"(first {name_of.get(id(self.params[bad_params[0]]), '?')})"
+            )
+        kept = (
+            f"the checkpoint after epoch {self.last_good_epoch} stays in {self.checkpoint_path}"
+            if self.out_dir and self.last_good_epoch > 0
+            else "no checkpoint was written"
+        )
         self._log({"event": "diverged", "epoch": epoch, "at": where})
         raise TrainingDivergedError(
             f"training diverged in epoch {epoch}, {where}; no adapter or metrics were written and {kept} "
-            f"(lower lr={self.cfg.lr:g}, or check the loss weights)")
+            f"(lower lr={self.cfg.lr:g}, or check the loss weights)"
+        )
 
     def _status(self, line: str) -> None:
         # `progress` is off on the ranks other than 0 and in quiet library calls: one voice per run.
@@ -523,26 +682,46 @@ class Trainer:
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             self._status(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
         drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
-        steps = len(self.items) // cfg.batch_size if drop_last else math.ceil(len(self.items) / cfg.batch_size)
+        steps = (
+            len(self.items) // cfg.batch_size
+            if drop_last
+            else math.ceil(len(self.items) / cfg.batch_size)
+        )
         # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
         self.events.open_tensorboard(cfg.logger, self.start_epoch * steps + 1, cfg.to_dict())
         model.prefix_budget_mb = cfg.prefix_cache_mb
-        plan = plan_images(model.backbone, model.method, len(self.items), cfg.augment, cfg.prefix_cache_mb,
-                           cfg.train_noise_std,
-                           self.autocast_dtype or model.backbone.dtype)
+        plan = plan_images(
+            model.backbone,
+            model.method,
+            len(self.items),
+            cfg.augment,
+            cfg.prefix_cache_mb,
+            cfg.train_noise_std,
+            self.autocast_dtype or model.backbone.dtype,
+        )
         use_cache = plan.cached
         text_block = model.method.first_active_blocks(model.backbone)[1]
         prompts = model.prompt_prefix() if self.start_epoch < cfg.epochs else None
-        text_path = (f"class-prompt tokens at the input of text block {prompts.block + 1} computed once per "
-                     f"prompt set ({prompts.tokens.nbytes / 2 ** 20:.1f} MB)" if prompts is not None else
-                     "class prompts from the text stem every pass" if text_block == 0 else
-                     "frozen class-text features computed once per prompt set"
-                     if text_block >= len(model.backbone.text_blocks) else
-                     "class prompts not cached (over prefix_cache_mb or turned off): text blocks recomputed")
+        text_path = (
+            f"class-prompt tokens at the input of text block {prompts.block + 1} computed once per "
+            f"prompt set ({prompts.tokens.nbytes / 2**20:.1f} MB)"
+            if prompts is not None
+            else "class prompts from the text stem every pass"
+            if text_block == 0
+            else "frozen class-text features computed once per prompt set"
+            if text_block >= len(model.backbone.text_blocks)
+            else "class prompts not cached (over prefix_cache_mb or turned off): text blocks recomputed"
+        )
         path = f"{plan.describe(model.method.name)}; {text_path}"
-        record = {"event": "feature_path", "path": path, "image_block": plan.block, "text_block": text_block,
-                  "image_cache": use_cache, "image_cache_mb": round(plan.total_bytes / 2 ** 20, 2),
-                  "kb_per_image": round(plan.bytes_per_image / 1024, 2)}
+        record = {
+            "event": "feature_path",
+            "path": path,
+            "image_block": plan.block,
+            "text_block": text_block,
+            "image_cache": use_cache,
+            "image_cache_mb": round(plan.total_bytes / 2**20, 2),
+            "kb_per_image": round(plan.bytes_per_image / 1024, 2),
+        }
         if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
             # The cache pass is training time: it is counted, once, in train_seconds.
             seconds = self._cache_images(plan.block)
@@ -568,10 +747,17 @@ class Trainer:
                 batches = self._image_batches(cfg.seed * 1000 + epoch, drop_last)
             model.train()
             window = _LossWindow(self.device)
-            watch = _DivergenceWatch(self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1)
+            watch = _DivergenceWatch(
+                self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1
+            )
             step_clock = _StepClock(self.device)
             epoch_start = time.perf_counter()
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
             batch_iter, step = iter(bar), 0
             while True:
                 fetch = time.perf_counter()
@@ -586,9 +772,14 @@ class Trainer:
                 inputs = inputs.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 step_clock.begin()
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    logits = model(inputs)  # images, or FrozenImages entering at the first active block
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype or torch.float32,
+                    enabled=self.autocast_dtype is not None,
+                ):
+                    logits = model(
+                        inputs
+                    )  # images, or FrozenImages entering at the first active block
                     loss, parts = model.method.loss(logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -603,14 +794,30 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
                     record = window.flush(time.perf_counter())
                     self.last_loss = window.last_step_loss
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-                    self._log({"epoch": epoch + 1, "step": step, "global_step": epoch * steps + step, "lr": lr,
-                               **record})
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
+                    )
+                    self._log(
+                        {
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "global_step": epoch * steps + step,
+                            "lr": lr,
+                            **record,
+                        }
+                    )
                     # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
                     self._stop_if_diverged(watch, epoch + 1, step)
             if window.steps:  # a loader that yielded another number of batches than expected
-                self._log({"epoch": epoch + 1, "step": step, "global_step": epoch * steps + step, "lr": lr,
-                           **window.flush(time.perf_counter())})
+                self._log(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "global_step": epoch * steps + step,
+                        "lr": lr,
+                        **window.flush(time.perf_counter()),
+                    }
+                )
                 self.last_loss = window.last_step_loss
                 self._stop_if_diverged(watch, epoch + 1, step)
             if self.device.type == "cuda":
@@ -630,8 +837,17 @@ class Trainer:
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
         elif self.epoch_average is not None and epochs_done == cfg.epochs:
-            model.method.load_state_dict(self.epoch_average)  # every epoch's state weighed in: the average
+            model.method.load_state_dict(
+                self.epoch_average
+            )  # every epoch's state weighed in: the average
         model.eval()
-        return TrainResult(self.train_seconds, self.images_seen, self.last_loss, epochs_done,
-                           self.best_epoch if cfg.validates else None,
-                           self.best_val if cfg.validates else None, self.data_seconds, self.step_seconds)
+        return TrainResult(
+            self.train_seconds,
+            self.images_seen,
+            self.last_loss,
+            epochs_done,
+            self.best_epoch if cfg.validates else None,
+            self.best_val if cfg.validates else None,
+            self.data_seconds,
+            self.step_seconds,
+        )

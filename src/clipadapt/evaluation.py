@@ -44,26 +44,52 @@ def eval_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
 
 
 def _autocast(device: torch.device, autocast_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
+    return torch.autocast(
+        device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    )
 
 
-def frozen_features(model: AdaptedCLIP, items: list[Datum], batch_size: int, workers: int | None = 0,
-                    device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
-                    noise_std: float = 0.0, progress: bool = False, desc: str = "eval") -> torch.Tensor:
+def frozen_features(
+    model: AdaptedCLIP,
+    items: list[Datum],
+    batch_size: int,
+    workers: int | None = 0,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    noise_std: float = 0.0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> torch.Tensor:
     """The frozen towers' image features of `items` (float32, on the CPU), in item order."""
     device = torch.device(device)
-    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        items,
+        model_transform(model, noise_std),
+        batch_size,
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     feats = []
-    for images, _, _ in tqdm(loader, desc=f"{desc} (image features)", disable=not progress, unit="batch",
-                             leave=False):
+    for images, _, _ in tqdm(
+        loader, desc=f"{desc} (image features)", disable=not progress, unit="batch", leave=False
+    ):
         with _autocast(device, autocast_dtype):  # frozen_image_features runs without grad
-            feats.append(model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu())
+            feats.append(
+                model.frozen_image_features(images.to(device, non_blocking=True)).float().cpu()
+            )
     return torch.cat(feats)
 
 
-def _score(model: AdaptedCLIP, batches, logits_of, num_images: int, device: torch.device,
-           autocast_dtype: torch.dtype | None, desc: str, progress: bool) -> EvalResult:
+def _score(
+    model: AdaptedCLIP,
+    batches,
+    logits_of,
+    num_images: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    desc: str,
+    progress: bool,
+) -> EvalResult:
     labels, topk, scores = [], [], []
     correct, num_classes = 0, 0
     for inputs, y, _ in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
@@ -81,10 +107,16 @@ def _score(model: AdaptedCLIP, batches, logits_of, num_images: int, device: torc
 
 
 @torch.no_grad()
-def evaluate_frozen_features(model: AdaptedCLIP, features: torch.Tensor, labels: torch.Tensor,
-                             batch_size: int = 100, device: str | torch.device = "cpu",
-                             autocast_dtype: torch.dtype | None = None, progress: bool = False,
-                             desc: str = "eval") -> EvalResult:
+def evaluate_frozen_features(
+    model: AdaptedCLIP,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> EvalResult:
     """Top-1 accuracy from the frozen image features of `frozen_features` (methods with a frozen image tower).
 
     The one scoring path from frozen features: `evaluate` with a feature cache and the trainer's
@@ -93,17 +125,37 @@ def evaluate_frozen_features(model: AdaptedCLIP, features: torch.Tensor, labels:
         raise ValueError(f"{len(features)} features for {len(labels)} labels")
     model.eval()
     labels = labels.cpu()
-    batches = ((features[start:start + batch_size], labels[start:start + batch_size], None)
-               for start in range(0, len(labels), batch_size))
-    return _score(model, batches, model.logits_from_frozen_image_features, len(labels), torch.device(device),
-                  autocast_dtype, desc, progress)
+    batches = (
+        (features[start : start + batch_size], labels[start : start + batch_size], None)
+        for start in range(0, len(labels), batch_size)
+    )
+    return _score(
+        model,
+        batches,
+        model.logits_from_frozen_image_features,
+        len(labels),
+        torch.device(device),
+        autocast_dtype,
+        desc,
+        progress,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, workers: int | None = 0,
-             device: str | torch.device = "cpu", progress: bool = True, desc: str = "eval",
-             autocast_dtype: torch.dtype | None | str = "auto", feature_cache: FeatureCache | None = None,
-             dataset: str = "", split: str = "", noise_std: float = 0.0) -> EvalResult:
+def evaluate(
+    model: AdaptedCLIP,
+    items: list[Datum],
+    batch_size: int = 100,
+    workers: int | None = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "eval",
+    autocast_dtype: torch.dtype | None | str = "auto",
+    feature_cache: FeatureCache | None = None,
+    dataset: str = "",
+    split: str = "",
+    noise_std: float = 0.0,
+) -> EvalResult:
     """Top-1 accuracy of `model` over `items`.
 
     `autocast_dtype` "auto" is `eval_autocast_dtype(device)`. With a `feature_cache`, a method whose
@@ -117,24 +169,44 @@ def evaluate(model: AdaptedCLIP, items: list[Datum], batch_size: int = 100, work
     if autocast_dtype == "auto":
         autocast_dtype = eval_autocast_dtype(device)
     model.eval()
-    if (feature_cache is not None and model.method.image_tower_is_frozen(model.backbone)
-            and FeatureCache.names_weights(model.backbone.identity)):
+    if (
+        feature_cache is not None
+        and model.method.image_tower_is_frozen(model.backbone)
+        and FeatureCache.names_weights(model.backbone.identity)
+    ):
         transform = model_transform(model, noise_std)
-        key = FeatureCache.key(model.backbone.identity, dataset, split, items, f"{transform!r} noise_std={noise_std}",
-                               str(autocast_dtype or torch.float32), device.type)
+        key = FeatureCache.key(
+            model.backbone.identity,
+            dataset,
+            split,
+            items,
+            f"{transform!r} noise_std={noise_std}",
+            str(autocast_dtype or torch.float32),
+            device.type,
+        )
         feats = feature_cache.load(key)
         if feats is None:
-            feats = frozen_features(model, items, batch_size, workers, device, autocast_dtype, noise_std, progress,
-                                    desc)
+            feats = frozen_features(
+                model, items, batch_size, workers, device, autocast_dtype, noise_std, progress, desc
+            )
             feature_cache.save(key, feats)
         labels = torch.tensor([item.label for item in items])
-        return evaluate_frozen_features(model, feats, labels, batch_size, device, autocast_dtype, progress, desc)
-    loader = make_loader(items, model_transform(model, noise_std), batch_size, workers=workers,
-                         pin_memory=device.type == "cuda")
+        return evaluate_frozen_features(
+            model, feats, labels, batch_size, device, autocast_dtype, progress, desc
+        )
+    loader = make_loader(
+        items,
+        model_transform(model, noise_std),
+        batch_size,
+        workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     return _score(model, loader, model, len(items), device, autocast_dtype, desc, progress)
 
 
-def write_predictions(path: str, items: list[Datum], result: EvalResult, classnames: list[str]) -> None:
+def write_predictions(
+    path: str, items: list[Datum], result: EvalResult, classnames: list[str]
+) -> None:
     """CSV of each image's label and top-k classes: index, name and softmax probability of each."""
     k = max((len(t) for t in result.topk), default=0)
     header = ["impath", "label", "label_name"]
@@ -143,7 +215,9 @@ def write_predictions(path: str, items: list[Datum], result: EvalResult, classna
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for item, label, top, scores in zip(items, result.labels, result.topk, result.topk_scores, strict=True):
+        for item, label, top, scores in zip(
+            items, result.labels, result.topk, result.topk_scores, strict=True
+        ):
             row = [item.impath, label, classnames[label]]
             for index, score in zip(top, scores, strict=True):
                 row += [index, classnames[index], f"{score:.4f}"]

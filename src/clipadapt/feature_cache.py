@@ -66,12 +66,27 @@ class FeatureCache:
         return not backbone_identity.endswith("/none")
 
     @staticmethod
-    def key(backbone_identity: str, dataset: str, split: str, items: list[Datum], transform: str,
-            precision: str, device_type: str) -> dict[str, str]:
+    def key(
+        backbone_identity: str,
+        dataset: str,
+        split: str,
+        items: list[Datum],
+        transform: str,
+        precision: str,
+        device_type: str,
+    ) -> dict[str, str]:
         """Everything the features depend on, as strings."""
-        return {"format": FORMAT, "backbone_identity": backbone_identity, "dataset": dataset, "split": split,
-                "num_images": str(len(items)), "items_sha256": items_digest(items), "transform": transform,
-                "precision": precision, "device_type": device_type}
+        return {
+            "format": FORMAT,
+            "backbone_identity": backbone_identity,
+            "dataset": dataset,
+            "split": split,
+            "num_images": str(len(items)),
+            "items_sha256": items_digest(items),
+            "transform": transform,
+            "precision": precision,
+            "device_type": device_type,
+        }
 
     def path(self, key: dict[str, str]) -> Path:
         """The file of a key: named by the hash of the whole key."""
@@ -90,21 +105,36 @@ class FeatureCache:
                     raise ValueError("its key is not the one asked for")
                 features = f.get_tensor("features")
             if features.ndim != 2 or features.shape[0] != int(key["num_images"]):
-                raise ValueError(f"it holds {tuple(features.shape)} features for {key['num_images']} images")
-        except Exception as err:  # safetensors and json raise several types for a truncated or foreign file
+                raise ValueError(
+                    f"it holds {tuple(features.shape)} features for {key['num_images']} images"
+                )
+        except (
+            Exception
+        ) as err:  # safetensors and json raise several types for a truncated or foreign file
             reason = " ".join(str(err).split())[:200]
-            log.warning("ignoring feature cache file '%s' (%s: %s); recomputing the features",
-                        path, type(err).__name__, reason)
+            log.warning(
+                "ignoring feature cache file '%s' (%s: %s); recomputing the features",
+                path,
+                type(err).__name__,
+                reason,
+            )
             return None
         self.reads += 1
-        self._say(f"read {features.shape[0]} image features of {key['dataset']}/{key['split']} from {path}")
+        self._say(
+            f"read {features.shape[0]} image features of {key['dataset']}/{key['split']} from {path}"
+        )
         return features
 
     def save(self, key: dict[str, str], features: torch.Tensor) -> None:
         """Store features for `key`, whole or not at all."""
         path = self.path(key)
         with atomic_path(path) as tmp:
-            save_file({"features": features.detach().float().cpu().contiguous()}, tmp,
-                      metadata={"key": json.dumps(key, sort_keys=True)})
+            save_file(
+                {"features": features.detach().float().cpu().contiguous()},
+                tmp,
+                metadata={"key": json.dumps(key, sort_keys=True)},
+            )
         self.writes += 1
-        self._say(f"wrote {features.shape[0]} image features of {key['dataset']}/{key['split']} to {path}")
+        self._say(
+            f"wrote {features.shape[0]} image features of {key['dataset']}/{key['split']} to {path}"
+        )

@@ -25,8 +25,10 @@ import torch
 
 from .backbone import Backbone, TextBatch
 
-DEFAULT_BUDGET_MB = 4096  # per cache; TrainConfig.prefix_cache_mb overrides it for a run (0: no cache)
-MB = 2 ** 20
+DEFAULT_BUDGET_MB = (
+    4096  # per cache; TrainConfig.prefix_cache_mb overrides it for a run (0: no cache)
+)
+MB = 2**20
 
 
 @dataclass
@@ -37,19 +39,29 @@ class FrozenImages:
     tokens: torch.Tensor  # [images, tokens, width], or [images, dim] when at_output
     block: int
     at_output: bool = False
-    final: torch.Tensor | None = None  # [images, dim]: frozen final features, for methods comparing with them
+    final: torch.Tensor | None = (
+        None  # [images, dim]: frozen final features, for methods comparing with them
+    )
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, index) -> FrozenImages:
-        return FrozenImages(self.tokens[index], self.block, self.at_output,
-                            None if self.final is None else self.final[index])
+        return FrozenImages(
+            self.tokens[index],
+            self.block,
+            self.at_output,
+            None if self.final is None else self.final[index],
+        )
 
     def to(self, device, non_blocking: bool = False) -> FrozenImages:
         """Move to a device."""
-        return FrozenImages(self.tokens.to(device, non_blocking=non_blocking), self.block, self.at_output,
-                            None if self.final is None else self.final.to(device, non_blocking=non_blocking))
+        return FrozenImages(
+            self.tokens.to(device, non_blocking=non_blocking),
+            self.block,
+            self.at_output,
+            None if self.final is None else self.final.to(device, non_blocking=non_blocking),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -70,7 +82,7 @@ class PromptPrefix:
         if rows is None:
             return self.tokens
         tokens = self.tokens[rows]
-        return tokens[:, :int(self.pool_index[rows].max()) + 1] if cut else tokens
+        return tokens[:, : int(self.pool_index[rows].max()) + 1] if cut else tokens
 
 
 # ---- the frozen towers, stepped without any method -------------------------------------------------
@@ -97,7 +109,9 @@ def text_tokens(backbone: Backbone, batch: TextBatch, stop: int) -> torch.Tensor
     return x
 
 
-def text_output(backbone: Backbone, x: torch.Tensor, start: int, pool_index: torch.Tensor) -> torch.Tensor:
+def text_output(
+    backbone: Backbone, x: torch.Tensor, start: int, pool_index: torch.Tensor
+) -> torch.Tensor:
     """Output features from tokens at the input of text block `start`."""
     for index in range(start, len(backbone.text_blocks)):
         x = backbone.text_block(index, x)
@@ -149,20 +163,34 @@ class ImagePlan:
 
     def describe(self, method: str) -> str:
         """One line for the console and the log."""
-        where = ("image features (after the heads)" if self.block >= self.depth
-                 else f"image tokens at the input of block {self.block + 1} of {self.depth}")
+        where = (
+            "image features (after the heads)"
+            if self.block >= self.depth
+            else f"image tokens at the input of block {self.block + 1} of {self.depth}"
+        )
         if self.cached:
-            return (f"frozen prefix: {where} computed once for the run "
-                    f"({self.total_bytes / MB:.1f} MB, {self.bytes_per_image / 1024:.1f} KB an image)")
+            return (
+                f"frozen prefix: {where} computed once for the run "
+                f"({self.total_bytes / MB:.1f} MB, {self.bytes_per_image / 1024:.1f} KB an image)"
+            )
         return f"frozen prefix not cached ({self.reason}): {method} recomputes the frozen image blocks every batch"
 
 
-def plan_images(backbone: Backbone, method, n_images: int, augment: bool, budget_mb: float,
-                noise_std: float, dtype: torch.dtype) -> ImagePlan:
+def plan_images(
+    backbone: Backbone,
+    method,
+    n_images: int,
+    augment: bool,
+    budget_mb: float,
+    noise_std: float,
+    dtype: torch.dtype,
+) -> ImagePlan:
     """Decide whether a run caches its training images at the method's first active image block."""
     block = method.first_active_blocks(backbone)[0]
     depth = len(backbone.image_blocks)
-    per = bytes_per_image(backbone, block, dtype, with_final=method.compares_with_frozen and block < depth)
+    per = bytes_per_image(
+        backbone, block, dtype, with_final=method.compares_with_frozen and block < depth
+    )
     total = per * n_images
     reason = ""
     if augment:

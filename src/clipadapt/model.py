@@ -34,14 +34,23 @@ __all__ = ["AdaptedCLIP", "build_model", "load_model", "format_prompt"]
 class AdaptedCLIP(nn.Module):
     """forward(images) gives logits [batch, classes] for the current class names."""
 
-    def __init__(self, backbone: Backbone, method: Method, classnames: list[str], template: str | None = None,
-                 backbone_source: dict | None = None, dataset: str | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        method: Method,
+        classnames: list[str],
+        template: str | None = None,
+        backbone_source: dict | None = None,
+        dataset: str | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.method = method
         self.backbone_source = backbone_source or {"backbone": backbone.name, "pretrained": None}
         if method.acts_on_blocks and not backbone.steppable_image:
-            raise ClipadaptError(f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none")
+            raise ClipadaptError(
+                f"method '{method.name}' needs a transformer image tower; '{backbone.name}' has none"
+            )
         self._text_cache: torch.Tensor | None = None
         # Frozen work per prompt set (frozen_cache): the prompts' tokens at the first active text
         # block, and their frozen output features. Both are dropped with the prompts they belong to.
@@ -56,8 +65,13 @@ class AdaptedCLIP(nn.Module):
         self.set_classes(classnames, template, dataset=dataset)
 
     # ---- classes ------------------------------------------------------------------------------
-    def set_classes(self, classnames: list[str], template: str | None = None, trained_on: bool | None = None,
-                    dataset: str | None = None) -> None:
+    def set_classes(
+        self,
+        classnames: list[str],
+        template: str | None = None,
+        trained_on: bool | None = None,
+        dataset: str | None = None,
+    ) -> None:
         """Classify against these class names (they need not be the ones trained on).
 
         `trained_on` tells methods whose inference differs on seen and unseen classes (MMRL) which
@@ -67,24 +81,35 @@ class AdaptedCLIP(nn.Module):
             raise ClipadaptError("no class names given")
         spec = self.method.config.prompts
         if spec not in NO_PROMPT_SET and self.method.prompt_sets is None:
-            raise ClipadaptError(f"method '{self.method.name}' takes no prompt sets (its prompts are learned or "
-                                 "its passes share state across prompts); drop --prompts / prompts:")
+            raise ClipadaptError(
+                f"method '{self.method.name}' takes no prompt sets (its prompts are learned or "
+                "its passes share state across prompts); drop --prompts / prompts:"
+            )
         self.classnames = list(classnames)
         self.method.set_dataset(dataset, template)
         self.method.set_classes(self.classnames, trained_on)
         self.template = self.method.config.template or template or DEFAULT_TEMPLATE
         self.class_prompts = class_prompts(spec, self.classnames, self.template, dataset)
-        self.prompts = [p for group in self.class_prompts for p in group]  # every prompt, class by class
+        self.prompts = [
+            p for group in self.class_prompts for p in group
+        ]  # every prompt, class by class
         counts = torch.tensor([len(group) for group in self.class_prompts])
         device = next(self.backbone.parameters()).device
-        if len(self.prompts) == len(self.classnames):  # one prompt a class: embedded once, as always
+        if len(self.prompts) == len(
+            self.classnames
+        ):  # one prompt a class: embedded once, as always
             self.text_batch = self.backbone.text_batch(self.prompts).to(device)
             self._tokens = self._pool = self.prompt_owner = None
         else:  # a prompt set: token ids kept, embedded per chunk or per draw (80 x 1000 would not fit)
             self.text_batch = None
             tokens = self.backbone.tokenize(self.prompts)
-            self._tokens, self._pool = tokens.to(device), self.backbone.pool_index(tokens).to(device)
-            self.prompt_owner = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
+            self._tokens, self._pool = (
+                tokens.to(device),
+                self.backbone.pool_index(tokens).to(device),
+            )
+            self.prompt_owner = torch.repeat_interleave(torch.arange(len(counts)), counts).to(
+                device
+            )
         self.prompt_counts = counts
         self.prompt_offsets = torch.cumsum(counts, 0) - counts
         self._drop_prompt_caches()
@@ -126,7 +151,7 @@ class AdaptedCLIP(nn.Module):
         """Embedded prompts `index` of the prompt set, cut to their longest prompt."""
         tokens, pool = self._tokens[index], self._pool[index]
         if self.backbone.cut_text:
-            tokens = tokens[:, :int(pool.max()) + 1]
+            tokens = tokens[:, : int(pool.max()) + 1]
         with torch.no_grad():
             return TextBatch(self.backbone.embed_tokens(tokens), pool)
 
@@ -179,7 +204,7 @@ class AdaptedCLIP(nn.Module):
                 x = text_tokens(bb, batch, block)
                 # Positions after a chunk's longest prompt stay zero: under the causal mask they
                 # never reach a pooled token, and every pass cuts after its own longest prompt.
-                tokens[slice(None) if rows is None else rows, :x.shape[1]] = x
+                tokens[slice(None) if rows is None else rows, : x.shape[1]] = x
         return PromptPrefix(tokens, pool, block)
 
     def _text_entry(self, rows):
@@ -203,7 +228,7 @@ class AdaptedCLIP(nn.Module):
                 for rows, batch in self._all_prompts():
                     if prefix is not None:
                         x, start = prefix.rows(rows, bb.cut_text), prefix.block
-                        x = x[:, :bb.text_length(batch)]
+                        x = x[:, : bb.text_length(batch)]
                     else:
                         x, start = bb.text_stem(batch), 0
                     feats.append(text_output(bb, x, start, batch.pool_index))
@@ -217,7 +242,9 @@ class AdaptedCLIP(nn.Module):
             return self._per_class(feats if rows is None else feats[rows], owner)
         return feats[rows]
 
-    def _per_class(self, txt_f: torch.Tensor | None, owner: torch.Tensor | None) -> torch.Tensor | None:
+    def _per_class(
+        self, txt_f: torch.Tensor | None, owner: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if txt_f is None or owner is None:
             return txt_f
         return ensemble_features(txt_f, owner, len(self.classnames))
@@ -245,7 +272,9 @@ class AdaptedCLIP(nn.Module):
                 return self.backbone.encode_image_whole(images)
             return image_output(self.backbone, self.backbone.image_stem(images), 0)
 
-    def frozen_images(self, images: torch.Tensor, block: int, with_final: bool = False) -> FrozenImages:
+    def frozen_images(
+        self, images: torch.Tensor, block: int, with_final: bool = False
+    ) -> FrozenImages:
         """Images as the frozen towers leave them at image block `block` (the features at the tower's
         depth), optionally with their frozen final features; what the trainer caches."""
         bb = self.backbone
@@ -263,7 +292,9 @@ class AdaptedCLIP(nn.Module):
         through the method (CoOp's learned context) and `after_heads` still sees both features."""
         bb = self.backbone
         if not self.method.image_tower_is_frozen(bb):
-            raise ClipadaptError(f"method '{self.method.name}' changes the image tower: its logits need the images")
+            raise ClipadaptError(
+                f"method '{self.method.name}' changes the image tower: its logits need the images"
+            )
         return self(FrozenImages(img_f, len(bb.image_blocks), at_output=True))
 
     def encode(self, images: torch.Tensor | FrozenImages | None, with_text: bool = True):
@@ -276,17 +307,28 @@ class AdaptedCLIP(nn.Module):
         cached = isinstance(images, FrozenImages)
         if m.output_only:  # the towers are CLIP's own: no graph through them, text computed once
             if cached and not images.at_output:
-                raise ClipadaptError(f"'{m.name}' reads output features; got images cached at block {images.block}")
-            img_f = None if images is None else images.tokens if cached else self.frozen_image_features(images)
+                raise ClipadaptError(
+                    f"'{m.name}' reads output features; got images cached at block {images.block}"
+                )
+            img_f = (
+                None
+                if images is None
+                else images.tokens
+                if cached
+                else self.frozen_image_features(images)
+            )
             txt_f = self.frozen_text_features() if with_text else None
             return m.after_heads(bb, img_f, txt_f)
         txt_batch, owner, rows = self._pass_prompts() if with_text else (None, None, None)
         txt_batch = m.prompt_embeddings(txt_batch) if with_text else None
         text_entry = self._text_entry(rows) if with_text else None
         # Methods whose loss compares with the frozen towers read the cached frozen features.
-        m.given_frozen = {"image": images.final if cached else None,
-                          "text": self._frozen_text_for(rows, owner) if with_text and self.training
-                          and m.compares_with_frozen else None}
+        m.given_frozen = {
+            "image": images.final if cached else None,
+            "text": self._frozen_text_for(rows, owner)
+            if with_text and self.training and m.compares_with_frozen
+            else None,
+        }
         if images is not None and not cached and not bb.steppable_image:
             img_f = bb.encode_image_whole(images)
             txt_f = self._run_towers(None, txt_batch, text_entry)[1] if with_text else None
@@ -319,13 +361,20 @@ class AdaptedCLIP(nn.Module):
             img = new_img if at_stems[0] is not None else img
             txt = new_txt if at_stems[1] is not None else txt
         starts = ([img_start] if img is not None else []) + ([txt_start] if txt is not None else [])
-        depth = max(len(bb.image_blocks) if img is not None else 0, len(bb.text_blocks) if txt is not None else 0)
+        depth = max(
+            len(bb.image_blocks) if img is not None else 0,
+            len(bb.text_blocks) if txt is not None else 0,
+        )
         # The heads read one token a sequence: a method that promises it (Method.pooled_final_block)
         # gets each tower's final block run at that token only.
         # A tower the method never changes runs as the frozen features are computed (whole blocks),
         # so that its cached and uncached features agree to the bit.
-        image_query = bb.image_query if m.pooled_final_block and not m.image_tower_is_frozen(bb) else None
-        text_query = txt_batch.pool_index if m.pooled_final_block and txt_batch is not None else None
+        image_query = (
+            bb.image_query if m.pooled_final_block and not m.image_tower_is_frozen(bb) else None
+        )
+        text_query = (
+            txt_batch.pool_index if m.pooled_final_block and txt_batch is not None else None
+        )
         for index in range(min(starts, default=depth), depth):
             img_in = img if img is not None and index >= img_start else None
             txt_in = txt if txt is not None and index >= txt_start else None
@@ -334,8 +383,11 @@ class AdaptedCLIP(nn.Module):
                 queries["image"] = image_query
             if txt_in is not None and text_query is not None and index == len(bb.text_blocks) - 1:
                 queries["text"] = text_query
-            img_out, txt_out = (m.step(index, bb, img_in, txt_in, queries=queries) if queries
-                                else m.step(index, bb, img_in, txt_in))
+            img_out, txt_out = (
+                m.step(index, bb, img_in, txt_in, queries=queries)
+                if queries
+                else m.step(index, bb, img_in, txt_in)
+            )
             img = img_out if img_in is not None else img
             txt = txt_out if txt_in is not None else txt
         if img is not None:
@@ -368,25 +420,38 @@ class AdaptedCLIP(nn.Module):
     # ---- adapters on disk (clipadapt.adapters) ---------------------------------------------------
     def save_adapter(self, path: str) -> None:
         """Write the method's parameters (never the frozen backbone) as an adapter file, atomically."""
-        adapters.write_adapter(path, self.method.state_dict(), method=self.method.name,
-                               method_config=self.method.config.to_dict(),
-                               backbone=self.backbone_source.get("backbone"),
-                               pretrained=self.backbone_source.get("pretrained"),
-                               backbone_identity=self.backbone.identity, classnames=self.classnames)
+        adapters.write_adapter(
+            path,
+            self.method.state_dict(),
+            method=self.method.name,
+            method_config=self.method.config.to_dict(),
+            backbone=self.backbone_source.get("backbone"),
+            pretrained=self.backbone_source.get("pretrained"),
+            backbone_identity=self.backbone.identity,
+            classnames=self.classnames,
+        )
 
     def load_adapter(self, path: str) -> None:
         """Read a saved adapter; it must belong to this method and this backbone."""
         meta, tensors = adapters.read_adapter(path)
-        adapters.check_adapter_fits(meta, path, self.method.name, self.backbone.identity,
-                                    self.method.config.to_dict())
+        adapters.check_adapter_fits(
+            meta, path, self.method.name, self.backbone.identity, self.method.config.to_dict()
+        )
         device = next(self.backbone.parameters()).device
         self.method.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         self._text_cache = None
 
 
-def build_model(method: str, classnames: list[str], backbone: str | Backbone = DEFAULT_BACKBONE,
-                pretrained: str | None = DEFAULT_WEIGHTS, default_template: str | None = None, device: str = "cpu",
-                dataset: str | None = None, **options: Any) -> AdaptedCLIP:
+def build_model(
+    method: str,
+    classnames: list[str],
+    backbone: str | Backbone = DEFAULT_BACKBONE,
+    pretrained: str | None = DEFAULT_WEIGHTS,
+    default_template: str | None = None,
+    device: str = "cpu",
+    dataset: str | None = None,
+    **options: Any,
+) -> AdaptedCLIP:
     """A CLIP adapted by `method` (options are the method's config fields), for these class names.
 
     The prompt is the method's `template` option if set, else `default_template` (a dataset's CoOp
@@ -404,12 +469,21 @@ def build_model(method: str, classnames: list[str], backbone: str | Backbone = D
         bb = load_backbone(backbone, pretrained, device=device)
         source = {"backbone": backbone, "pretrained": pretrained}
     adapter = cls(config, bb, list(classnames)).to(device)
-    return AdaptedCLIP(bb, adapter, classnames, default_template, backbone_source=source, dataset=dataset)
+    return AdaptedCLIP(
+        bb, adapter, classnames, default_template, backbone_source=source, dataset=dataset
+    )
 
 
-def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: str | Backbone | None = None,
-               pretrained: str | None = None, device: str = "cpu", prompts: str | None = None,
-               default_template: str | None = None, dataset: str | None = None) -> AdaptedCLIP:
+def load_model(
+    checkpoint: str,
+    classnames: list[str] | None = None,
+    backbone: str | Backbone | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    prompts: str | None = None,
+    default_template: str | None = None,
+    dataset: str | None = None,
+) -> AdaptedCLIP:
     """Rebuild a model from a saved adapter; backbone and pretrained default to the recorded ones.
 
     `prompts` replaces the recorded prompt set ("none": one template a class)."""
@@ -424,10 +498,20 @@ def load_model(checkpoint: str, classnames: list[str] | None = None, backbone: s
     # whether the classes it is asked about are those.
     trained_names = adapters.recorded_classnames(meta)
     if not (trained_names or classnames):
-        raise ClipadaptError(f"adapter '{checkpoint}' records no class names (an imported official checkpoint); "
-                             "give the classes to classify between")
-    model = build_model(meta["method"], trained_names or classnames, backbone, pretrained,
-                        default_template=default_template, device=device, dataset=dataset, **options)
+        raise ClipadaptError(
+            f"adapter '{checkpoint}' records no class names (an imported official checkpoint); "
+            "give the classes to classify between"
+        )
+    model = build_model(
+        meta["method"],
+        trained_names or classnames,
+        backbone,
+        pretrained,
+        default_template=default_template,
+        device=device,
+        dataset=dataset,
+        **options,
+    )
     model.load_adapter(checkpoint)
     if classnames:
         model.set_classes(classnames, default_template, dataset=dataset)

@@ -18,7 +18,9 @@ def read_saved_object(path: str, what: str, kind: str = "checkpoint") -> object:
     except IsADirectoryError:
         raise ClipadaptError(f"{what} {kind} '{path}' is a folder, not a {kind} file") from None
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ClipadaptError(f"'{path}' is not a readable {what} {kind} (torch.save format): {err}") from None
+        raise ClipadaptError(
+            f"'{path}' is not a readable {what} {kind} (torch.save format): {err}"
+        ) from None
 
 
 def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
@@ -36,9 +38,13 @@ def check_state_fits(method: nn.Module, state: dict[str, torch.Tensor], path: st
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
     if missing or unexpected:
-        raise ClipadaptError(f"'{path}' does not fit this model's {method.name} parameters: missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]} (check the blocks and widths it was trained with)")
+        raise ClipadaptError(
+            f"'{path}' does not fit this model's {method.name} parameters: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]} (check the blocks and widths it was trained with)"
+        )
     for key, value in state.items():
         if value.shape != ours[key].shape:
-            raise ClipadaptError(f"'{path}': '{key}' has shape {tuple(value.shape)}, the model expects "
-                                 f"{tuple(ours[key].shape)} (is it the same backbone?)")
+            raise ClipadaptError(
+                f"'{path}': '{key}' has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(ours[key].shape)} (is it the same backbone?)"
+            )

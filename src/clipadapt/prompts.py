@@ -47,8 +47,10 @@ def match_key(name: str) -> str:
 
 def _check_templates(templates: list[Any], source: str) -> list[str]:
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ClipadaptError(f"prompt templates from {source} must be a non-empty list of strings each holding "
-                             "'{}' for the class name")
+        raise ClipadaptError(
+            f"prompt templates from {source} must be a non-empty list of strings each holding "
+            "'{}' for the class name"
+        )
     return list(templates)
 
 
@@ -67,25 +69,32 @@ def _file_for(spec: str, dataset: str | None) -> str:
     if not os.path.isdir(spec):
         if not os.path.exists(spec):
             what = "file" if spec.lower().endswith(".json") else "file or folder"
-            raise ClipadaptError(f"prompts {what} '{spec}' does not exist (--prompts takes 'openai80', 'none', "
-                                 "a .json file or a folder of <dataset>.json files in CuPL's layout "
-                                 "{\"class\": [\"description\", ...]})")
+            raise ClipadaptError(
+                f"prompts {what} '{spec}' does not exist (--prompts takes 'openai80', 'none', "
+                "a .json file or a folder of <dataset>.json files in CuPL's layout "
+                '{"class": ["description", ...]})'
+            )
         return spec
     if not dataset:
-        raise ClipadaptError(f"prompts folder '{spec}' holds one file per dataset; without a dataset "
-                             "(predict) pass a .json file or --prompts none")
+        raise ClipadaptError(
+            f"prompts folder '{spec}' holds one file per dataset; without a dataset "
+            "(predict) pass a .json file or --prompts none"
+        )
     candidates = [os.path.join(spec, f"{dataset}.json")]
     if "imagenet" in dataset and dataset != "imagenet":
         candidates.append(os.path.join(spec, "imagenet.json"))
     for path in candidates:
         if os.path.isfile(path):
             return path
-    raise ClipadaptError(f"prompts folder '{spec}' has no {' or '.join(os.path.basename(c) for c in candidates)} "
-                         f"for dataset '{dataset}'")
+    raise ClipadaptError(
+        f"prompts folder '{spec}' has no {' or '.join(os.path.basename(c) for c in candidates)} "
+        f"for dataset '{dataset}'"
+    )
 
 
-def class_prompts(spec: str | list[str] | None, classnames: list[str], template: str,
-                  dataset: str | None = None) -> list[list[str]]:
+def class_prompts(
+    spec: str | list[str] | None, classnames: list[str], template: str, dataset: str | None = None
+) -> list[list[str]]:
     """The prompts of each class, in class order (one each when `spec` is none)."""
     if spec in NO_PROMPT_SET:
         return [[format_prompt(template, c)] for c in classnames]
@@ -101,32 +110,48 @@ def class_prompts(spec: str | list[str] | None, classnames: list[str], template:
         elif isinstance(data, dict):
             return _descriptions(data, classnames, path)
         else:
-            raise ClipadaptError(f"prompts file '{path}' must hold a mapping class -> list of descriptions "
-                                 "or a list of templates")
+            raise ClipadaptError(
+                f"prompts file '{path}' must hold a mapping class -> list of descriptions "
+                "or a list of templates"
+            )
     else:
         raise ClipadaptError(f"prompts must be a name, a path or a list of templates, got {spec!r}")
     return [[format_prompt(t, c) for t in templates] for c in classnames]
 
 
 def _descriptions(data: dict, classnames: list[str], path: str) -> list[list[str]]:
-    table = {match_key(str(k)): v for k, v in data.items()}  # later keys win, as in the official code
+    table = {
+        match_key(str(k)): v for k, v in data.items()
+    }  # later keys win, as in the official code
     missing = [c for c in classnames if match_key(c) not in table]
     if missing:
-        shown = ", ".join(f"'{c}'" for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ClipadaptError(f"prompts file '{path}' has no descriptions for class {shown} "
-                             "(names are matched lower-case with '_' as space)")
+        shown = ", ".join(f"'{c}'" for c in missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise ClipadaptError(
+            f"prompts file '{path}' has no descriptions for class {shown} "
+            "(names are matched lower-case with '_' as space)"
+        )
     out = []
     for c in classnames:
         prompts = table[match_key(c)]
         if isinstance(prompts, str):
             prompts = [prompts]
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ClipadaptError(f"prompts file '{path}': the entry for '{c}' must be a non-empty list of strings")
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) for p in prompts)
+        ):
+            raise ClipadaptError(
+                f"prompts file '{path}': the entry for '{c}' must be a non-empty list of strings"
+            )
         out.append(list(prompts))
     return out
 
 
-def ensemble_features(features: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+def ensemble_features(
+    features: torch.Tensor, owner: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Per class, the mean of its prompts' normalised features, normalised again: [classes, dim]."""
     unit = F.normalize(features.float(), dim=-1)
     summed = torch.zeros(num_classes, unit.shape[1], device=unit.device).index_add_(0, owner, unit)

@@ -20,11 +20,24 @@ from .registry import canonical_protocol
 from .scoring import harmonic_mean
 
 # Domain generalization: train on the source (all classes), test on its shifted versions.
-DG_TARGETS = {"imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"], **SYNTHETIC_DG_TARGETS}
+DG_TARGETS = {
+    "imagenet": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
+    **SYNTHETIC_DG_TARGETS,
+}
 # Cross-dataset transfer: train on the source (all classes), test on other datasets with their own classes.
 CROSS_DATASET_TARGETS = {
-    "imagenet": ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
-                 "sun397", "dtd", "eurosat", "ucf101"],
+    "imagenet": [
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "oxford_flowers",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    ],
     # On the synthetic world every benchmark dataset is a source for the five others.
     **{source: [d for d in BENCHMARK if d != source] for source in BENCHMARK},
 }
@@ -35,7 +48,9 @@ def transfer_targets(protocol: str, source: str) -> list[str]:
     """The target datasets of a cross-dataset or domain-generalization source."""
     table = TRANSFER_TARGETS[canonical_protocol(protocol)]
     if source not in table:
-        raise ClipadaptError(f"no {protocol} targets for source '{source}'; sources: {', '.join(table)}")
+        raise ClipadaptError(
+            f"no {protocol} targets for source '{source}'; sources: {', '.join(table)}"
+        )
     return table[source]
 
 
@@ -53,18 +68,34 @@ class RunSpec:
     out_dir: str | None
     device: str = "cpu"
     progress: bool = True
-    feature_cache: FeatureCache | None = None  # test images' frozen features shared across runs (None: off)
+    feature_cache: FeatureCache | None = (
+        None  # test images' frozen features shared across runs (None: off)
+    )
 
 
 def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig):
     seed_everything(spec.seed)  # the adapters' initial weights depend on the run's seed only
-    model = build_model(spec.method, classes_split.classnames, spec.backbone, spec.pretrained,
-                        default_template=classes_split.template, device=spec.device, dataset=spec.dataset,
-                        **method_options)
+    model = build_model(
+        spec.method,
+        classes_split.classnames,
+        spec.backbone,
+        spec.pretrained,
+        default_template=classes_split.template,
+        device=spec.device,
+        dataset=spec.dataset,
+        **method_options,
+    )
     training: dict = {}
     if model.method.trainable_parameters():
-        result = Trainer(model, classes_split.train, cfg, spec.out_dir, spec.device, spec.progress,
-                         val_items=classes_split.val).run()
+        result = Trainer(
+            model,
+            classes_split.train,
+            cfg,
+            spec.out_dir,
+            spec.device,
+            spec.progress,
+            val_items=classes_split.val,
+        ).run()
         seconds = result.train_seconds
         step_ms = result.step_ms_per_image
         training["epochs_trained"] = result.epochs_trained
@@ -72,7 +103,9 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
         training["train_step_ms_per_image"] = None if step_ms is None else round(step_ms, 3)
         training["train_epoch_ms_per_image"] = round(result.epoch_ms_per_image, 3)
         if result.best_epoch is not None:
-            training.update(best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4))
+            training.update(
+                best_epoch=result.best_epoch, best_val_accuracy=round(result.best_val_accuracy, 4)
+            )
     else:
         seconds = 0.0
         training.update(train_step_ms_per_image=0.0, train_epoch_ms_per_image=0.0)
@@ -81,20 +114,27 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
     return model, seconds, training
 
 
-def evaluate_transfer(model, protocol: str, source: str, data_root: str, eval_kwargs: dict,
-                      source_test=None) -> dict:
+def evaluate_transfer(
+    model, protocol: str, source: str, data_root: str, eval_kwargs: dict, source_test=None
+) -> dict:
     """Accuracy of one trained adapter on its source's test set and on every target, and the targets' mean."""
     targets = transfer_targets(protocol, source)
     if source_test is None:
         source_data = build_dataset(source, data_root, -1, 1, "all")
         model.set_classes(source_data.classnames, source_data.template)
         source_test = source_data.test
-    result = evaluate(model, source_test, desc=source, dataset=source, split="test/all", **eval_kwargs)
+    result = evaluate(
+        model, source_test, desc=source, dataset=source, split="test/all", **eval_kwargs
+    )
     metrics, scored = {"source": round(result.accuracy, 4)}, {"source": result.counts()}
     for target in targets:
-        shifted = build_dataset(target, data_root, -1, 1, "all")  # the whole test split: no draw, no seed
+        shifted = build_dataset(
+            target, data_root, -1, 1, "all"
+        )  # the whole test split: no draw, no seed
         model.set_classes(shifted.classnames, shifted.template, trained_on=False)
-        result = evaluate(model, shifted.test, desc=target, dataset=target, split="test/all", **eval_kwargs)
+        result = evaluate(
+            model, shifted.test, desc=target, dataset=target, split="test/all", **eval_kwargs
+        )
         metrics[target], scored[target] = round(result.accuracy, 4), result.counts()
     metrics["targets"] = list(targets)
     metrics["scored"] = scored  # images and classes behind each accuracy
@@ -117,12 +157,14 @@ def peak_memory_mb(device: str) -> tuple[float | None, str]:
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated(torch.device(device)) / 2 ** 20, "cuda_allocated"
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, "cuda_allocated"
     import resource
 
     # Linux reports ru_maxrss in KiB (macOS in bytes).
-    scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "process_peak_rss_since_start"
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    return resource.getrusage(
+        resource.RUSAGE_SELF
+    ).ru_maxrss / scale, "process_peak_rss_since_start"
 
 
 class _EvalClock:
@@ -143,11 +185,19 @@ def _scored(data, split: str, dataset: str) -> list:
     """The images a run scores at its end: the test split, or the validation split (never empty)."""
     items = data.test if split == "test" else data.val
     if split == "val" and items is data.test:  # ImageNet: Dassl validates on the test split
-        raise ClipadaptError(f"dataset '{dataset}' has no validation split of its own (its val images are its test "
-                             "images, as in Dassl); eval_split=val cannot keep the test split unread")
+        raise ClipadaptError(
+            f"dataset '{dataset}' has no validation split of its own (its val images are its test "
+            "images, as in Dassl); eval_split=val cannot keep the test split unread"
+        )
     if not items:
-        raise ClipadaptError(f"dataset '{dataset}' has no {split} images to score (eval_split={split}); "
-                             + ("an own folder needs a val/ sub-folder" if split == "val" else "check its split files"))
+        raise ClipadaptError(
+            f"dataset '{dataset}' has no {split} images to score (eval_split={split}); "
+            + (
+                "an own folder needs a val/ sub-folder"
+                if split == "val"
+                else "check its split files"
+            )
+        )
     return items
 
 
@@ -156,35 +206,73 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     start = time.time()
     reset_peak_memory(spec.device)
     protocol = canonical_protocol(protocol)
-    kwargs = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, device=spec.device, progress=spec.progress,
-                  noise_std=cfg.eval_noise_std, feature_cache=spec.feature_cache)
+    kwargs = dict(
+        batch_size=cfg.eval_batch_size,
+        workers=cfg.workers,
+        device=spec.device,
+        progress=spec.progress,
+        noise_std=cfg.eval_noise_std,
+        feature_cache=spec.feature_cache,
+    )
     clock = _EvalClock()
-    data_settings = {"train_noise_std": cfg.train_noise_std, "eval_noise_std": cfg.eval_noise_std,
-                     "eval_split": cfg.eval_split}
+    data_settings = {
+        "train_noise_std": cfg.train_noise_std,
+        "eval_noise_std": cfg.eval_noise_std,
+        "eval_split": cfg.eval_split,
+    }
     split = cfg.eval_split
     if split != "test" and protocol in TRANSFER_TARGETS:
-        raise ClipadaptError(f"eval_split={split} is for base2novel and fewshot runs; {protocol} scores the test "
-                             "splits of its targets")
-    cache_counts = (spec.feature_cache.reads, spec.feature_cache.writes) if spec.feature_cache else (0, 0)
+        raise ClipadaptError(
+            f"eval_split={split} is for base2novel and fewshot runs; {protocol} scores the test "
+            "splits of its targets"
+        )
+    cache_counts = (
+        (spec.feature_cache.reads, spec.feature_cache.writes) if spec.feature_cache else (0, 0)
+    )
     if protocol == "base2novel":
-        base = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio)
-        new = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "new", cfg.base_ratio)
-        data_settings.update(base_ratio=cfg.base_ratio, num_base_classes=base.num_classes,
-                             num_novel_classes=new.num_classes)
-        base_items, new_items = (_scored(base, split, spec.dataset), _scored(new, split, spec.dataset))
+        base = build_dataset(
+            spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio
+        )
+        new = build_dataset(
+            spec.dataset, spec.data_root, spec.shots, spec.seed, "new", cfg.base_ratio
+        )
+        data_settings.update(
+            base_ratio=cfg.base_ratio,
+            num_base_classes=base.num_classes,
+            num_novel_classes=new.num_classes,
+        )
+        base_items, new_items = (
+            _scored(base, split, spec.dataset),
+            _scored(new, split, spec.dataset),
+        )
         model, seconds, training = _train(spec, base, method_options, cfg)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         eval_start = time.time()
-        base_result = clock(model, base_items, desc=f"{split} base", dataset=spec.dataset, split=f"{split}/base",
-                            **kwargs)
+        base_result = clock(
+            model,
+            base_items,
+            desc=f"{split} base",
+            dataset=spec.dataset,
+            split=f"{split}/base",
+            **kwargs,
+        )
         model.set_classes(new.classnames, new.template, trained_on=False, dataset=spec.dataset)
-        novel_result = clock(model, new_items, desc=f"{split} novel", dataset=spec.dataset, split=f"{split}/new",
-                             **kwargs)
+        novel_result = clock(
+            model,
+            new_items,
+            desc=f"{split} novel",
+            dataset=spec.dataset,
+            split=f"{split}/new",
+            **kwargs,
+        )
         base_acc, novel_acc = base_result.accuracy, novel_result.accuracy
-        metrics = {"base": round(base_acc, 4), "novel": round(novel_acc, 4),
-                   "hm": round(harmonic_mean(base_acc, novel_acc), 4),
-                   "scored": {"base": base_result.counts(), "novel": novel_result.counts()}}
+        metrics = {
+            "base": round(base_acc, 4),
+            "novel": round(novel_acc, 4),
+            "hm": round(harmonic_mean(base_acc, novel_acc), 4),
+            "scored": {"base": base_result.counts(), "novel": novel_result.counts()},
+        }
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         items = _scored(data, split, spec.dataset)
@@ -192,7 +280,9 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         if not distributed.is_main():
             return {}
         eval_start = time.time()
-        result = clock(model, items, desc=split, dataset=spec.dataset, split=f"{split}/all", **kwargs)
+        result = clock(
+            model, items, desc=split, dataset=spec.dataset, split=f"{split}/all", **kwargs
+        )
         metrics = {"accuracy": round(result.accuracy, 4), "scored": {"accuracy": result.counts()}}
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
@@ -202,21 +292,36 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
             return {}
         eval_start = time.time()
         kwargs.pop("noise_std")  # the transfer protocols test clean images
-        metrics = evaluate_transfer(model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test)
+        metrics = evaluate_transfer(
+            model, protocol, spec.dataset, spec.data_root, kwargs, source_test=data.test
+        )
     metrics.update(training)
     metrics["eval_seconds"] = round(time.time() - eval_start, 3)
-    if spec.feature_cache is not None:  # how many test splits read their image features from the cache
+    if (
+        spec.feature_cache is not None
+    ):  # how many test splits read their image features from the cache
         metrics["feature_cache_reads"] = spec.feature_cache.reads - cache_counts[0]
         metrics["feature_cache_writes"] = spec.feature_cache.writes - cache_counts[1]
     metrics.update(data_settings)
     peak, peak_kind = peak_memory_mb(spec.device)
     if clock.seconds:
         metrics["eval_images_per_s"] = round(clock.images / clock.seconds, 2)
-    metrics.update({"peak_memory_mb": None if peak is None else round(peak, 1), "peak_memory_kind": peak_kind})
-    metrics.update({
-        "trainable_params": model.method.num_trainable(), "train_seconds": round(seconds, 3),
-        "total_seconds": round(time.time() - start, 2),
-        "protocol": protocol, "method": spec.method, "dataset": spec.dataset, "shots": spec.shots, "seed": spec.seed,
-        "backbone": spec.backbone, "pretrained": str(spec.pretrained), "backbone_identity": model.backbone.identity,
-    })
+    metrics.update(
+        {"peak_memory_mb": None if peak is None else round(peak, 1), "peak_memory_kind": peak_kind}
+    )
+    metrics.update(
+        {
+            "trainable_params": model.method.num_trainable(),
+            "train_seconds": round(seconds, 3),
+            "total_seconds": round(time.time() - start, 2),
+            "protocol": protocol,
+            "method": spec.method,
+            "dataset": spec.dataset,
+            "shots": spec.shots,
+            "seed": spec.seed,
+            "backbone": spec.backbone,
+            "pretrained": str(spec.pretrained),
+            "backbone_identity": model.backbone.identity,
+        }
+    )
     return metrics

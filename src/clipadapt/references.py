@@ -22,14 +22,22 @@ Missing, for want of a source read here:
 """
 
 _MMA_README = "MMA repository README (github.com/ZjjConan/Multi-Modal-Adapter), base-to-novel table"
-_PROMPTSRC_README = ("PromptSRC repository README (github.com/muzairkhattak/PromptSRC, commit bb95c77), "
-                     "'PromptSRC in comparison with existing state-of-the-art' (11 datasets, 3 seeds)")
-_KGCOOP_README = ("KgCoOp repository README (github.com/htyao89/KgCoOp, commit c43ccc3), base-to-new table "
-                  "(its CLIP row is the 11-dataset average; it prints New 73.6, H 77.0)")
-_MMA_PP_README = ("MMA++ repository README (github.com/ZjjConan/VLM-MMApp, commit e686c34), 'Base2New (HM)' column; "
-                  "it gives no base or novel accuracy")
-_RMMA_POSTER = ("R-MMA poster, 'Overall Performance Summary', MMRL as prior state of the art "
-                "(/work/shared/seeds/002); not checked against the MMRL paper's own table")
+_PROMPTSRC_README = (
+    "PromptSRC repository README (github.com/muzairkhattak/PromptSRC, commit bb95c77), "
+    "'PromptSRC in comparison with existing state-of-the-art' (11 datasets, 3 seeds)"
+)
+_KGCOOP_README = (
+    "KgCoOp repository README (github.com/htyao89/KgCoOp, commit c43ccc3), base-to-new table "
+    "(its CLIP row is the 11-dataset average; it prints New 73.6, H 77.0)"
+)
+_MMA_PP_README = (
+    "MMA++ repository README (github.com/ZjjConan/VLM-MMApp, commit e686c34), 'Base2New (HM)' column; "
+    "it gives no base or novel accuracy"
+)
+_RMMA_POSTER = (
+    "R-MMA poster, 'Overall Performance Summary', MMRL as prior state of the art "
+    "(/work/shared/seeds/002); not checked against the MMRL paper's own table"
+)
 
 REFERENCES: dict[tuple[str, str], dict[str, dict]] = {
     ("base2novel", "Average"): {

@@ -29,8 +29,17 @@ PROTOCOLS = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
 PROTOCOL_ALIASES = {"dg": "domain_generalization"}
 PROTOCOL_NAMES = (*PROTOCOLS, *PROTOCOL_ALIASES)  # what --protocol accepts
 
-SYNTHETIC_DATASET_NAMES = ("syn_shapes", "syn_colours", "syn_objects", "syn_patterns", "syn_counts", "syn_layouts",
-                           "syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter")
+SYNTHETIC_DATASET_NAMES = (
+    "syn_shapes",
+    "syn_colours",
+    "syn_objects",
+    "syn_patterns",
+    "syn_counts",
+    "syn_layouts",
+    "syn_objects_sketch",
+    "syn_objects_noise",
+    "syn_objects_clutter",
+)
 FOLDER_DATASET = "folder"
 
 # config.yaml keys that say how a run was executed rather than what it is: not settings at all.
@@ -39,8 +48,17 @@ RUN_CIRCUMSTANCES = ("world_size",)
 # preset file the settings came from (its contents are the settings beside it), data loader processes,
 # evaluation and image-class pair batching, the prefix cache's size, logging. The resume check, the sweep's
 # rerun check and the report's rows all ignore them.
-NUMBER_NEUTRAL_KEYS = ("data_root", *RUN_CIRCUMSTANCES, "preset", "workers", "eval_batch_size", "prefix_cache_mb",
-                       "log_every", "logger", "pair_chunk")
+NUMBER_NEUTRAL_KEYS = (
+    "data_root",
+    *RUN_CIRCUMSTANCES,
+    "preset",
+    "workers",
+    "eval_batch_size",
+    "prefix_cache_mb",
+    "log_every",
+    "logger",
+    "pair_chunk",
+)
 
 
 def canonical_protocol(name: str) -> str:
@@ -49,8 +67,10 @@ def canonical_protocol(name: str) -> str:
 
     name = PROTOCOL_ALIASES.get(name, name)
     if name not in PROTOCOLS:
-        raise ClipadaptError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)} "
-                             f"(aliases: {', '.join(f'{a}={b}' for a, b in PROTOCOL_ALIASES.items())})")
+        raise ClipadaptError(
+            f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)} "
+            f"(aliases: {', '.join(f'{a}={b}' for a, b in PROTOCOL_ALIASES.items())})"
+        )
     return name
 
 

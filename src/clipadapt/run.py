@@ -31,8 +31,18 @@ from .registry import FOLDER_DATASET, METHOD_NAMES, NUMBER_NEUTRAL_KEYS, canonic
 
 log = logging.getLogger(__name__)
 
-SETTING_ARGUMENTS = {"prompts", "base_ratio"}  # arguments of `train` that are settings too (its flags set them)
-RUN_FILES = ("metrics.json", "checkpoint.pt", "log.jsonl", "config.yaml", ADAPTER_FILE, "curves.png")  # what --overwrite discards
+SETTING_ARGUMENTS = {
+    "prompts",
+    "base_ratio",
+}  # arguments of `train` that are settings too (its flags set them)
+RUN_FILES = (
+    "metrics.json",
+    "checkpoint.pt",
+    "log.jsonl",
+    "config.yaml",
+    ADAPTER_FILE,
+    "curves.png",
+)  # what --overwrite discards
 
 
 def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
@@ -63,36 +73,52 @@ def default_protocol(dataset: str) -> str:
     return "fewshot" if dataset == FOLDER_DATASET else "base2novel"
 
 
-def _check_data(protocol: str, dataset: str, data_root: str, shots: int, seed: int, base_ratio) -> None:
+def _check_data(
+    protocol: str, dataset: str, data_root: str, shots: int, seed: int, base_ratio
+) -> None:
     """Read every split the run will use (file lists only), so that a missing one fails before training."""
     from .data import build_dataset
     from .protocols import TRANSFER_TARGETS, transfer_targets
 
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
     for subsample in subsamples:
-        check_scored_classes(build_dataset(dataset, data_root, shots, seed, subsample, base_ratio), dataset,
-                             data_root, subsample, base_ratio if protocol == "base2novel" else None)
+        check_scored_classes(
+            build_dataset(dataset, data_root, shots, seed, subsample, base_ratio),
+            dataset,
+            data_root,
+            subsample,
+            base_ratio if protocol == "base2novel" else None,
+        )
     if protocol in TRANSFER_TARGETS:
         for target in transfer_targets(protocol, dataset):
-            check_scored_classes(build_dataset(target, data_root, -1, seed, "all"), target, data_root, "all")
+            check_scored_classes(
+                build_dataset(target, data_root, -1, seed, "all"), target, data_root, "all"
+            )
 
 
 _HALF = {"base": "base half", "new": "novel half", "all": "test split"}
 
 
-def check_scored_classes(data, dataset: str, data_root: str, subsample: str, base_ratio: str | None = None) -> None:
+def check_scored_classes(
+    data, dataset: str, data_root: str, subsample: str, base_ratio: str | None = None
+) -> None:
     """Refuse to score a split whose classifier has fewer than two classes: every image gets the one class,
     so the accuracy is 100 % whatever the model, and the number would look like a result."""
     if data.num_classes >= 2:
         return
     where = f"dataset '{dataset}' at '{data_root}'"
     ratio = f" (base:new {base_ratio})" if base_ratio else ""
-    hint = ("give a folder of at least two class sub-folders" if subsample == "all" else
-            "base-to-novel needs at least two base and two novel classes; on a small folder use --protocol "
-            "fewshot")
-    raise ClipadaptError(f"{where}: the {_HALF[subsample]}{ratio} has {data.num_classes} class "
-                         f"({', '.join(data.classnames) or 'none'}); an accuracy over fewer than two classes "
-                         f"is 100 % whatever the model, so it measures nothing; {hint}")
+    hint = (
+        "give a folder of at least two class sub-folders"
+        if subsample == "all"
+        else "base-to-novel needs at least two base and two novel classes; on a small folder use --protocol "
+        "fewshot"
+    )
+    raise ClipadaptError(
+        f"{where}: the {_HALF[subsample]}{ratio} has {data.num_classes} class "
+        f"({', '.join(data.classnames) or 'none'}); an accuracy over fewer than two classes "
+        f"is 100 % whatever the model, so it measures nothing; {hint}"
+    )
 
 
 def _read_yaml(path: str) -> dict:
@@ -103,11 +129,28 @@ def _read_yaml(path: str) -> dict:
 
 
 # ---- train ---------------------------------------------------------------------------------------
-def train(method: str, dataset: str, data_root: str, out: str, *, protocol: str | None = None, shots: int = 16,
-          seed: int = 1, backbone: str | None = None, pretrained: str | None = None, config: str | None = None,
-          prompts: str | None = None, base_ratio: str | None = None, study: str | None = None,
-          variant: str | None = None, device: str = "cpu", feature_cache=True, overwrite: bool = False,
-          progress: bool = True, **settings: Any) -> dict[str, Any]:
+def train(
+    method: str,
+    dataset: str,
+    data_root: str,
+    out: str,
+    *,
+    protocol: str | None = None,
+    shots: int = 16,
+    seed: int = 1,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    config: str | None = None,
+    prompts: str | None = None,
+    base_ratio: str | None = None,
+    study: str | None = None,
+    variant: str | None = None,
+    device: str = "cpu",
+    feature_cache=True,
+    overwrite: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
     """Train `method` on `dataset` under `protocol` into the folder `out` and score it; returns the metrics.
 
     `settings` are method options and training settings (scale=0.001, epochs=5, lr=2e-3, ...), over the
@@ -122,14 +165,34 @@ def train(method: str, dataset: str, data_root: str, out: str, *, protocol: str 
     check_device(device)
     check_writable(out, "dir")
     device = distributed.init_from_env(device)  # under torchrun: join the group; one GPU per rank
-    metrics = _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts,
-                     base_ratio, study, variant, device, feature_cache, overwrite, progress, settings)
+    metrics = _train(
+        method,
+        dataset,
+        data_root,
+        out,
+        protocol,
+        shots,
+        seed,
+        backbone,
+        pretrained,
+        config,
+        prompts,
+        base_ratio,
+        study,
+        variant,
+        device,
+        feature_cache,
+        overwrite,
+        progress,
+        settings,
+    )
     distributed.shutdown()  # after success only: an error leaves without the final barrier, which would wait forever
     return metrics
 
 
-def run_arguments(method: str, dataset: str, protocol: str | None, backbone: str | None,
-                  pretrained: str | None) -> tuple[str | None, str, str]:
+def run_arguments(
+    method: str, dataset: str, protocol: str | None, backbone: str | None, pretrained: str | None
+) -> tuple[str | None, str, str]:
     """(protocol, backbone, pretrained) as `train` and `planned_record` both see them: the names checked first
     (before torch: a typo is not a missing preset), the protocol's canonical name, the default backbone."""
     check_run_names(method, dataset, protocol)
@@ -141,26 +204,68 @@ def check_settings(settings: dict[str, Any]) -> None:
     """Refuse settings that name one of `train`'s own arguments (seed=3 is the seed argument, --seed 3)."""
     import inspect
 
-    own = {name for name, p in inspect.signature(train).parameters.items() if p.kind is p.KEYWORD_ONLY
-           or p.kind is p.POSITIONAL_OR_KEYWORD} - SETTING_ARGUMENTS
+    own = {
+        name
+        for name, p in inspect.signature(train).parameters.items()
+        if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+    } - SETTING_ARGUMENTS
     for key in settings:
         if key in own:
             flag = "--" + key.replace("_", "-")
-            raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
+            raise ClipadaptError(
+                f"setting '{key}' is set with {flag}, not in a config or as {key}=..."
+            )
 
 
-def run_record(method: str, dataset: str, data_root: str, protocol: str, shots: int, seed: int, backbone: str,
-               pretrained: str, preset_name: str, resolved: dict, study: str | None, variant: str | None) -> dict:
+def run_record(
+    method: str,
+    dataset: str,
+    data_root: str,
+    protocol: str,
+    shots: int,
+    seed: int,
+    backbone: str,
+    pretrained: str,
+    preset_name: str,
+    resolved: dict,
+    study: str | None,
+    variant: str | None,
+) -> dict:
     """What config.yaml records of a run: everything that defines it, in a fixed order."""
-    record = {"protocol": protocol, "dataset": dataset, "data_root": os.path.abspath(data_root), "shots": shots,
-              "seed": seed, "backbone": backbone, "pretrained": str(pretrained), "preset": preset_name, **resolved}
-    if study or variant:  # a study's run: the report groups it by study and names its row by variant
+    record = {
+        "protocol": protocol,
+        "dataset": dataset,
+        "data_root": os.path.abspath(data_root),
+        "shots": shots,
+        "seed": seed,
+        "backbone": backbone,
+        "pretrained": str(pretrained),
+        "preset": preset_name,
+        **resolved,
+    }
+    if (
+        study or variant
+    ):  # a study's run: the report groups it by study and names its row by variant
         record.update(study=study, variant=variant or method)
     return record
 
 
-def _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
-                 study, variant, settings):
+def _resolve_run(
+    method,
+    dataset,
+    data_root,
+    protocol,
+    shots,
+    seed,
+    backbone,
+    pretrained,
+    config,
+    prompts,
+    base_ratio,
+    study,
+    variant,
+    settings,
+):
     """A train call's protocol, preset name, method and training configs and config.yaml record, computed without
     running it."""
     from .runconfig import choose_preset, resolve
@@ -175,25 +280,73 @@ def _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pr
     method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
     train_cfg.seed = seed
     resolved["seed"] = seed
-    record = run_record(method, dataset, data_root, chosen_protocol, shots, seed, backbone, pretrained, preset_name,
-                        resolved, study, variant)
+    record = run_record(
+        method,
+        dataset,
+        data_root,
+        chosen_protocol,
+        shots,
+        seed,
+        backbone,
+        pretrained,
+        preset_name,
+        resolved,
+        study,
+        variant,
+    )
     return chosen_protocol, preset_name, method_cfg, train_cfg, record
 
 
-def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio,
-           study, variant, device, feature_cache, overwrite, progress, settings) -> dict[str, Any]:
+def _train(
+    method,
+    dataset,
+    data_root,
+    out,
+    protocol,
+    shots,
+    seed,
+    backbone,
+    pretrained,
+    config,
+    prompts,
+    base_ratio,
+    study,
+    variant,
+    device,
+    feature_cache,
+    overwrite,
+    progress,
+    settings,
+) -> dict[str, Any]:
     import yaml
 
     from . import distributed
     from .protocols import RunSpec, run_protocol
 
     chosen_protocol, preset_name, method_cfg, train_cfg, record = _resolve_run(
-        method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts, base_ratio, study,
-        variant, settings)
-    record["world_size"] = distributed.world_size()  # how it ran, not what it is: a resume may use another
+        method,
+        dataset,
+        data_root,
+        protocol,
+        shots,
+        seed,
+        backbone,
+        pretrained,
+        config,
+        prompts,
+        base_ratio,
+        study,
+        variant,
+        settings,
+    )
+    record["world_size"] = (
+        distributed.world_size()
+    )  # how it ran, not what it is: a resume may use another
     from .run_logging import tensorboard_on
 
-    tensorboard_on(train_cfg.logger)  # logger=tensorboard without the package: refused before anything is written
+    tensorboard_on(
+        train_cfg.logger
+    )  # logger=tensorboard without the package: refused before anything is written
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
     _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
     main_rank = distributed.is_main()
@@ -206,20 +359,45 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
         shutil.rmtree(os.path.join(out, TB_DIR), ignore_errors=True)  # the old run's curves
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
-        changed = sorted(key for key, _, _ in record_changes(_read_yaml(config_path), _as_read_back(record)))
+        changed = sorted(
+            key for key, _, _ in record_changes(_read_yaml(config_path), _as_read_back(record))
+        )
         if changed:
-            raise ClipadaptError(f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
-                                 "rerun with the same settings to resume, or pass --overwrite")
+            raise ClipadaptError(
+                f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
+                "rerun with the same settings to resume, or pass --overwrite"
+            )
     if not protocol:
-        log.info("protocol: %s (the default for --dataset %s; set it with --protocol)", chosen_protocol, dataset)
-    log.info("settings: %s%s", preset_name, " (the shipped preset for this method, protocol and backbone; "
-             "--config FILE or --config none to change)" if config is None else "")
+        log.info(
+            "protocol: %s (the default for --dataset %s; set it with --protocol)",
+            chosen_protocol,
+            dataset,
+        )
+    log.info(
+        "settings: %s%s",
+        preset_name,
+        " (the shipped preset for this method, protocol and backbone; "
+        "--config FILE or --config none to change)"
+        if config is None
+        else "",
+    )
     distributed.barrier()
     if main_rank:
         os.makedirs(out, exist_ok=True)
         write_text(config_path, yaml.safe_dump(record, sort_keys=False))
-    spec = RunSpec(method, dataset, data_root, shots, seed, backbone, pretrained, out, device,
-                   progress=progress and main_rank, feature_cache=feature_cache_of(feature_cache))
+    spec = RunSpec(
+        method,
+        dataset,
+        data_root,
+        shots,
+        seed,
+        backbone,
+        pretrained,
+        out,
+        device,
+        progress=progress and main_rank,
+        feature_cache=feature_cache_of(feature_cache),
+    )
     metrics = run_protocol(chosen_protocol, spec, method_cfg.to_dict(), train_cfg)
     if not main_rank:
         return {}
@@ -233,8 +411,11 @@ def _train(method, dataset, data_root, out, protocol, shots, seed, backbone, pre
     try:  # evaluation and settings in tb/, curves.png: a finished run stays finished if drawing them fails
         finish_run(out, record, metrics, train_cfg.logger)
     except Exception as err:  # noqa: BLE001
-        log.warning("the run finished (%s) but its TensorBoard summary or curves.png could not be written: %s",
-                    metrics_path, err)
+        log.warning(
+            "the run finished (%s) but its TensorBoard summary or curves.png could not be written: %s",
+            metrics_path,
+            err,
+        )
     return metrics
 
 
@@ -248,7 +429,9 @@ _MISSING = object()
 def _as_read_back(record: dict) -> dict:
     import yaml
 
-    return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))  # tuples as lists, as config.yaml reads back
+    return yaml.safe_load(
+        yaml.safe_dump(record, sort_keys=False)
+    )  # tuples as lists, as config.yaml reads back
 
 
 def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
@@ -262,24 +445,61 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
     changes = []
     for key in dict.fromkeys([*previous, *now]):
         old, new = previous.get(key, _MISSING), now.get(key, _MISSING)
-        if key in NUMBER_NEUTRAL_KEYS or old == new or (old is _MISSING and key in defaults and new == defaults[key]):
+        if (
+            key in NUMBER_NEUTRAL_KEYS
+            or old == new
+            or (old is _MISSING and key in defaults and new == defaults[key])
+        ):
             continue
         changes.append((key, previous.get(key), now.get(key)))
     return changes
 
 
-NOT_RECORDED = ("out", "device", "feature_cache", "overwrite", "progress")  # train arguments config.yaml lacks
+NOT_RECORDED = (
+    "out",
+    "device",
+    "feature_cache",
+    "overwrite",
+    "progress",
+)  # train arguments config.yaml lacks
 
 
-def planned_record(method: str, dataset: str, data_root: str, *, protocol: str | None = None, shots: int = 16,
-                   seed: int = 1, backbone: str | None = None, pretrained: str | None = None,
-                   config: str | None = None, prompts: str | None = None, base_ratio: str | None = None,
-                   study: str | None = None, variant: str | None = None, **settings: Any) -> dict[str, Any]:
+def planned_record(
+    method: str,
+    dataset: str,
+    data_root: str,
+    *,
+    protocol: str | None = None,
+    shots: int = 16,
+    seed: int = 1,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    config: str | None = None,
+    prompts: str | None = None,
+    base_ratio: str | None = None,
+    study: str | None = None,
+    variant: str | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
     protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
     check_settings(settings)
-    record = _resolve_run(method, dataset, data_root, protocol, shots, seed, backbone, pretrained, config, prompts,
-                          base_ratio, study, variant, settings)[-1]
+    record = _resolve_run(
+        method,
+        dataset,
+        data_root,
+        protocol,
+        shots,
+        seed,
+        backbone,
+        pretrained,
+        config,
+        prompts,
+        base_ratio,
+        study,
+        variant,
+        settings,
+    )[-1]
     return _as_read_back(record)
 
 
@@ -294,12 +514,29 @@ def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
-def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = None, checkpoint: str | None = None,
-             split: str = "test", subsample: str = "all", shots: int = -1, seed: int = 1,
-             backbone: str | None = None, pretrained: str | None = None, backbone_from_checkpoint: bool = False,
-             prompts: str | None = None, device: str = "cpu", batch_size: int = 100, workers: int | None = None,
-             feature_cache=True, save_predictions: bool = False, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    dataset: str,
+    data_root: str,
+    out: str,
+    *,
+    method: str | None = None,
+    checkpoint: str | None = None,
+    split: str = "test",
+    subsample: str = "all",
+    shots: int = -1,
+    seed: int = 1,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    backbone_from_checkpoint: bool = False,
+    prompts: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 100,
+    workers: int | None = None,
+    feature_cache=True,
+    save_predictions: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score zero-shot CLIP (`method`) or a saved adapter (`checkpoint`) on one split of a dataset into
     `out`/metrics.json (and predictions.csv); returns the metrics. With a checkpoint the backbone is the
     recorded one unless `backbone` is given. `method` defaults to zeroshot; with a checkpoint it is the
@@ -316,8 +553,10 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
 
         recorded = read_adapter(checkpoint)[0].get("method")
         if recorded != method:
-            raise ClipadaptError(f"--method {method} contradicts the checkpoint '{checkpoint}', an adapter of "
-                                 f"method '{recorded}'; drop --method (the adapter's method is used)")
+            raise ClipadaptError(
+                f"--method {method} contradicts the checkpoint '{checkpoint}', an adapter of "
+                f"method '{recorded}'; drop --method (the adapter's method is used)"
+            )
     method = method or "zeroshot"
     if not (checkpoint and backbone is None):
         backbone, pretrained = default_backbone(backbone, pretrained)
@@ -330,34 +569,74 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
     check_scored_classes(data, dataset, data_root, subsample)
     items = data.test if split == "test" else data.val
     if not items:
-        raise ClipadaptError(f"dataset '{dataset}' at '{data_root}' has no {split} images ({subsample} classes)")
+        raise ClipadaptError(
+            f"dataset '{dataset}' at '{data_root}' has no {split} images ({subsample} classes)"
+        )
     if checkpoint:
         from_file = backbone_from_checkpoint or backbone is None
-        model = load_model(checkpoint, data.classnames, device=device, backbone=None if from_file else backbone,
-                           pretrained=None if from_file else pretrained, prompts=prompts,
-                           default_template=data.template, dataset=dataset)
+        model = load_model(
+            checkpoint,
+            data.classnames,
+            device=device,
+            backbone=None if from_file else backbone,
+            pretrained=None if from_file else pretrained,
+            prompts=prompts,
+            default_template=data.template,
+            dataset=dataset,
+        )
         method = model.method.name
     else:
         options = {} if prompts is None else {"prompts": prompts}
-        model = build_model(method, data.classnames, backbone, pretrained, default_template=data.template,
-                            device=device, dataset=dataset, **options)
+        model = build_model(
+            method,
+            data.classnames,
+            backbone,
+            pretrained,
+            default_template=data.template,
+            device=device,
+            dataset=dataset,
+            **options,
+        )
         if model.method.num_trainable():
-            raise ClipadaptError(f"method '{method}' has trainable parameters: evaluating it untrained measures "
-                                 "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)")
+            raise ClipadaptError(
+                f"method '{method}' has trainable parameters: evaluating it untrained measures "
+                "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)"
+            )
     if not overwrite:
         check_not_finished(out)  # after every input check: a bad input names itself
     start = time.time()
-    result = score(model, items, batch_size, workers, device, desc=f"{dataset}/{split}/{subsample}",
-                   feature_cache=feature_cache_of(feature_cache), dataset=dataset, split=f"{split}/{subsample}",
-                   progress=progress)
+    result = score(
+        model,
+        items,
+        batch_size,
+        workers,
+        device,
+        desc=f"{dataset}/{split}/{subsample}",
+        feature_cache=feature_cache_of(feature_cache),
+        dataset=dataset,
+        split=f"{split}/{subsample}",
+        progress=progress,
+    )
     metrics = {
-        "accuracy": round(result.accuracy, 4), "num_images": result.num_images, "dataset": dataset, "split": split,
-        "shots": shots, "seed": seed, "subsample": subsample, "method": method, "backbone": model.backbone.name,
-        "pretrained": str(model.backbone_source.get("pretrained")), "backbone_identity": model.backbone.identity,
-        "num_classes": data.num_classes, "scored": {"accuracy": result.counts()},
-        "prompt_template": model.template, "prompts": model.method.config.prompts,
-        "data_root": os.path.abspath(data_root), "checkpoint": checkpoint,
-        "eval_seconds": round(time.time() - start, 2), "clipadapt": __version__,
+        "accuracy": round(result.accuracy, 4),
+        "num_images": result.num_images,
+        "dataset": dataset,
+        "split": split,
+        "shots": shots,
+        "seed": seed,
+        "subsample": subsample,
+        "method": method,
+        "backbone": model.backbone.name,
+        "pretrained": str(model.backbone_source.get("pretrained")),
+        "backbone_identity": model.backbone.identity,
+        "num_classes": data.num_classes,
+        "scored": {"accuracy": result.counts()},
+        "prompt_template": model.template,
+        "prompts": model.method.config.prompts,
+        "data_root": os.path.abspath(data_root),
+        "checkpoint": checkpoint,
+        "eval_seconds": round(time.time() - start, 2),
+        "clipadapt": __version__,
     }
     os.makedirs(out, exist_ok=True)
     if save_predictions:
@@ -367,10 +646,24 @@ def evaluate(dataset: str, data_root: str, out: str, *, method: str | None = Non
     return metrics
 
 
-def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source: str | None = None,
-             shots: int = 16, seed: int = 1, backbone: str | None = None, pretrained: str | None = None,
-             device: str = "cpu", batch_size: int = 100, workers: int | None = None, feature_cache=True,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def transfer(
+    checkpoint: str,
+    protocol: str,
+    data_root: str,
+    out: str,
+    *,
+    source: str | None = None,
+    shots: int = 16,
+    seed: int = 1,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 100,
+    workers: int | None = None,
+    feature_cache=True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score a source adapter, without training, on its source's test set and every target of the
     cross-dataset or domain-generalization protocol, into `out`/metrics.json; returns the metrics."""
     from .model import load_model
@@ -380,30 +673,52 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
     check_writable(out, "dir")
     protocol = canonical_protocol(protocol)
     if protocol not in TRANSFER_TARGETS:
-        raise ClipadaptError(f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'")
+        raise ClipadaptError(
+            f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'"
+        )
     from .adapters import recorded_run, resolve_adapter
 
-    given, checkpoint = checkpoint, resolve_adapter(checkpoint)  # a folder or a Hub id: its adapter file
+    given, checkpoint = (
+        checkpoint,
+        resolve_adapter(checkpoint),
+    )  # a folder or a Hub id: its adapter file
     trained = recorded_run(checkpoint)  # the training run says what it saw
     source = source or trained.get("dataset")
     if not source:
-        raise ClipadaptError(f"give --source: no config.yaml or config.json recorded with '{given}' names the "
-                             "training dataset")
+        raise ClipadaptError(
+            f"give --source: no config.yaml or config.json recorded with '{given}' names the "
+            "training dataset"
+        )
     transfer_targets(protocol, source)
     if not overwrite:
         check_not_finished(out)
-    model = load_model(checkpoint, device=device, backbone=backbone, pretrained=pretrained if backbone else None)
+    model = load_model(
+        checkpoint, device=device, backbone=backbone, pretrained=pretrained if backbone else None
+    )
     start = time.time()
-    kwargs = dict(batch_size=batch_size, workers=workers, device=device, progress=progress,
-                  feature_cache=feature_cache_of(feature_cache))
+    kwargs = dict(
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+        feature_cache=feature_cache_of(feature_cache),
+    )
     metrics = evaluate_transfer(model, protocol, source, data_root, kwargs)
-    metrics.update({
-        "trainable_params": model.method.num_trainable(), "total_seconds": round(time.time() - start, 2),
-        "protocol": protocol, "method": model.method.name, "dataset": source,
-        "shots": trained.get("shots", shots), "seed": trained.get("seed", seed),
-        "backbone": model.backbone_source.get("backbone"), "pretrained": str(model.backbone_source.get("pretrained")),
-        "backbone_identity": model.backbone.identity, "checkpoint": os.path.abspath(checkpoint),
-    })
+    metrics.update(
+        {
+            "trainable_params": model.method.num_trainable(),
+            "total_seconds": round(time.time() - start, 2),
+            "protocol": protocol,
+            "method": model.method.name,
+            "dataset": source,
+            "shots": trained.get("shots", shots),
+            "seed": trained.get("seed", seed),
+            "backbone": model.backbone_source.get("backbone"),
+            "pretrained": str(model.backbone_source.get("pretrained")),
+            "backbone_identity": model.backbone.identity,
+            "checkpoint": os.path.abspath(checkpoint),
+        }
+    )
     write_json(os.path.join(out, "metrics.json"), metrics)
     log.info("wrote %s", os.path.join(out, "metrics.json"))
     return metrics
@@ -411,23 +726,31 @@ def transfer(checkpoint: str, protocol: str, data_root: str, out: str, *, source
 
 # ---- predict and describe ------------------------------------------------------------------------
 # A line no class name has: code, markup or a config line (a class file given by mistake).
-_NOT_A_CLASS_NAME = re.compile(r"^(import |from \S+ import |def |class \w+[(:]|#|//|<|\{|\[)|[=;{}]|:$")
+_NOT_A_CLASS_NAME = re.compile(
+    r"^(import |from \S+ import |def |class \w+[(:]|#|//|<|\{|\[)|[=;{}]|:$"
+)
 
 
 def read_class_names(path: str) -> list[str]:
     """Class names from a text file, one a line (blank lines skipped); a file that is not such a list is refused."""
     try:
         with open(path) as f:
-            lines = [(number, line.strip()) for number, line in enumerate(f, start=1) if line.strip()]
+            lines = [
+                (number, line.strip()) for number, line in enumerate(f, start=1) if line.strip()
+            ]
     except (OSError, UnicodeDecodeError) as err:
-        raise ClipadaptError(f"cannot read class file '{path}': "
-                             f"{getattr(err, 'strerror', None) or 'not a text file'}") from None
+        raise ClipadaptError(
+            f"cannot read class file '{path}': "
+            f"{getattr(err, 'strerror', None) or 'not a text file'}"
+        ) from None
     if not lines:
         raise ClipadaptError(f"class file '{path}' is empty: give one class name a line")
     for number, line in lines:
         if _NOT_A_CLASS_NAME.search(line):
-            raise ClipadaptError(f"class file '{path}' line {number} is not a class name ({line[:60]!r}): "
-                                 "give a text file with one class name a line")
+            raise ClipadaptError(
+                f"class file '{path}' line {number} is not a class name ({line[:60]!r}): "
+                "give a text file with one class name a line"
+            )
     return [line for _, line in lines]
 
 
@@ -441,9 +764,17 @@ def check_class_names(names: list[str], where: str) -> list[str]:
     return names
 
 
-def predict(images: list[str], classes: list[str] | None = None, checkpoint: str | None = None, top_k: int = 5,
-            prompts: str | None = None, backbone: str | None = None, pretrained: str | None = None,
-            device: str = "cpu", batch_size: int = 32) -> Iterator[dict[str, Any]]:
+def predict(
+    images: list[str],
+    classes: list[str] | None = None,
+    checkpoint: str | None = None,
+    top_k: int = 5,
+    prompts: str | None = None,
+    backbone: str | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> Iterator[dict[str, Any]]:
     """The top classes of each image, {image, top: [{class, probability}]}, as the images are scored.
 
     Without `checkpoint`, zero-shot CLIP against `classes`; with one, `classes` default to those it was
@@ -452,19 +783,31 @@ def predict(images: list[str], classes: list[str] | None = None, checkpoint: str
 
     check_device(device)
     if classes is None and not checkpoint:
-        raise ClipadaptError("give the class names with --classes 'a,b,c' or --classes-file FILE "
-                             "(with --checkpoint they default to the classes it was trained on)")
+        raise ClipadaptError(
+            "give the class names with --classes 'a,b,c' or --classes-file FILE "
+            "(with --checkpoint they default to the classes it was trained on)"
+        )
     for path in images:
         if os.path.isdir(path):
-            raise ClipadaptError(f"cannot read image '{path}': it is a folder; give its image files "
-                                 f"(e.g. {os.path.join(path, '*.jpg')})")
+            raise ClipadaptError(
+                f"cannot read image '{path}': it is a folder; give its image files "
+                f"(e.g. {os.path.join(path, '*.jpg')})"
+            )
         if not os.path.isfile(path):
             raise ClipadaptError(f"cannot read image '{path}': no such file")
     if checkpoint:
-        model = load_model(checkpoint, classes, backbone=backbone, pretrained=pretrained, device=device,
-                           prompts=prompts)
+        model = load_model(
+            checkpoint,
+            classes,
+            backbone=backbone,
+            pretrained=pretrained,
+            device=device,
+            prompts=prompts,
+        )
         if len(model.classnames) < 2:
-            raise ClipadaptError(f"adapter '{checkpoint}' records no class names; give them with --classes")
+            raise ClipadaptError(
+                f"adapter '{checkpoint}' records no class names; give them with --classes"
+            )
     else:
         options = {} if prompts is None else {"prompts": prompts}
         backbone, pretrained = default_backbone(backbone, pretrained)
@@ -472,7 +815,9 @@ def predict(images: list[str], classes: list[str] | None = None, checkpoint: str
     return _predictions(model, images, top_k, device, batch_size)
 
 
-def _predictions(model, images: list[str], top_k: int, device: str, batch_size: int) -> Iterator[dict[str, Any]]:
+def _predictions(
+    model, images: list[str], top_k: int, device: str, batch_size: int
+) -> Iterator[dict[str, Any]]:
     import torch
 
     from .data.loader import load_image
@@ -483,13 +828,19 @@ def _predictions(model, images: list[str], top_k: int, device: str, batch_size: 
     names = model.classnames
     k = min(top_k, len(names))
     for start in range(0, len(images), batch_size):
-        paths = images[start:start + batch_size]
+        paths = images[start : start + batch_size]
         batch = torch.stack([transform(load_image(p)) for p in paths]).to(device)
         with torch.no_grad():
             probs = model(batch).float().softmax(dim=-1)
         top = probs.topk(k, dim=-1)
         for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
-            yield {"image": path, "top": [{"class": names[i], "probability": round(v, 4)} for v, i in zip(p, idx, strict=True)]}
+            yield {
+                "image": path,
+                "top": [
+                    {"class": names[i], "probability": round(v, 4)}
+                    for v, i in zip(p, idx, strict=True)
+                ],
+            }
 
 
 def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, Any]:
@@ -498,7 +849,11 @@ def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, A
     from .model import build_model
 
     model = build_model(method, ["a", "b"], backbone, "none", **options)
-    return {"method": method, "backbone": getattr(backbone, "name", backbone),
-            "trainable_params": model.method.num_trainable(),
-            "image_blocks": len(model.backbone.image_blocks), "text_blocks": len(model.backbone.text_blocks),
-            "config": model.method.config.to_dict()}
+    return {
+        "method": method,
+        "backbone": getattr(backbone, "name", backbone),
+        "trainable_params": model.method.num_trainable(),
+        "image_blocks": len(model.backbone.image_blocks),
+        "text_blocks": len(model.backbone.text_blocks),
+        "config": model.method.config.to_dict(),
+    }

@@ -22,7 +22,16 @@ TB_DIR = "tb"
 CURVES_FILE = "curves.png"
 LOGGERS = ("auto", "tensorboard", "none")  # auto: TensorBoard when the package is installed
 # Keys of a step record that are not loss parts.
-_STEP_KEYS = ("epoch", "step", "global_step", "lr", "loss", "steps_averaged", "images_per_s", "data_time_share")
+_STEP_KEYS = (
+    "epoch",
+    "step",
+    "global_step",
+    "lr",
+    "loss",
+    "steps_averaged",
+    "images_per_s",
+    "data_time_share",
+)
 EVAL_METRICS = ("base", "novel", "hm", "accuracy")
 
 
@@ -40,8 +49,10 @@ def tensorboard_on(logger: str) -> bool:
     if logger == "none":
         return False
     if logger == "tensorboard" and not tensorboard_available():
-        raise ClipadaptError("logger=tensorboard needs the tensorboard package: pip install 'clipadapt[tensorboard]' "
-                             "(or logger=none)")
+        raise ClipadaptError(
+            "logger=tensorboard needs the tensorboard package: pip install 'clipadapt[tensorboard]' "
+            "(or logger=none)"
+        )
     return tensorboard_available()
 
 
@@ -53,11 +64,19 @@ def _writer(out_dir: str, purge_step: int | None = None):
 
 def step_scalars(record: dict[str, Any]) -> dict[str, float]:
     """The TensorBoard tags and values of one log.jsonl step record (train/loss, train/<part>, train/lr, ...)."""
-    scalars = {"train/loss": record["loss"], "train/lr": record["lr"], "train/images_per_s": record["images_per_s"]}
+    scalars = {
+        "train/loss": record["loss"],
+        "train/lr": record["lr"],
+        "train/images_per_s": record["images_per_s"],
+    }
     if "data_time_share" in record:
         scalars["train/data_time_share"] = record["data_time_share"]
     for name, value in record.items():
-        if name not in _STEP_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (
+            name not in _STEP_KEYS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
             scalars[f"train/{name}"] = value  # a loss part
     return scalars
 
@@ -111,7 +130,9 @@ def _yaml_block(settings: dict[str, Any]) -> str:
     import yaml
 
     # TensorBoard's text plugin reads markdown: indent four spaces for a code block.
-    return "\n".join("    " + line for line in yaml.safe_dump(settings, sort_keys=False).splitlines())
+    return "\n".join(
+        "    " + line for line in yaml.safe_dump(settings, sort_keys=False).splitlines()
+    )
 
 
 def read_log(out_dir: str) -> list[dict[str, Any]]:
@@ -136,16 +157,21 @@ def step_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def scored_accuracies(metrics: dict[str, Any]) -> dict[str, float]:
     """Every accuracy a run's metrics.json holds, by name: base, novel, hm or accuracy, and for the transfer
     protocols the source, each target (listed in `targets`) and target_average."""
+
     def number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    transfer = ["source", *metrics.get("targets", []), "target_average"] if "targets" in metrics else []
+    transfer = (
+        ["source", *metrics.get("targets", []), "target_average"] if "targets" in metrics else []
+    )
     found = {}
     for key in dict.fromkeys([*EVAL_METRICS, *transfer, *metrics]):
         value = metrics.get(key)
         if number(value) and (key in EVAL_METRICS or key in transfer):
             found[key] = float(value)
-        elif isinstance(value, dict) and number(value.get("accuracy")):  # an older layout: {target: {accuracy}}
+        elif isinstance(value, dict) and number(
+            value.get("accuracy")
+        ):  # an older layout: {target: {accuracy}}
             found[key] = float(value["accuracy"])
     return found
 
@@ -168,8 +194,11 @@ def finish_run(out_dir: str, record: dict[str, Any], metrics: dict[str, Any], lo
         for tag, value in scores.items():
             writer.add_scalar(tag, value, last)
         writer.add_text("settings/run", _yaml_block(record), last)
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in record.items()
-                if v is not None and k != "data_root"}
+        flat = {
+            k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+            for k, v in record.items()
+            if v is not None and k != "data_root"
+        }
         file_writer = writer._get_file_writer()
         for summary in hparams(flat, scores):
             file_writer.add_summary(summary, last)
@@ -177,7 +206,9 @@ def finish_run(out_dir: str, record: dict[str, Any], metrics: dict[str, Any], lo
     write_curves(out_dir, steps, [r for r in records if r.get("event") == "validation"], scores)
 
 
-def write_curves(out_dir: str, steps: list[dict], validations: list[dict], scores: dict[str, float]) -> str | None:
+def write_curves(
+    out_dir: str, steps: list[dict], validations: list[dict], scores: dict[str, float]
+) -> str | None:
     """curves.png: the training loss and the accuracies against epoch (for those without TensorBoard)."""
     try:
         from matplotlib.figure import (
@@ -195,16 +226,24 @@ def write_curves(out_dir: str, steps: list[dict], validations: list[dict], score
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epoch_at, [r["loss"] for r in steps], label="loss")
     for part in sorted({k for r in steps for k in r if k not in _STEP_KEYS}):
-        loss_ax.plot(epoch_at, [r.get(part, float("nan")) for r in steps], label=part, linewidth=0.8)
+        loss_ax.plot(
+            epoch_at, [r.get(part, float("nan")) for r in steps], label=part, linewidth=0.8
+        )
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("training loss")
     loss_ax.legend(fontsize=7)
     if validations:
-        acc_ax.plot([v["epoch"] for v in validations], [v["val_accuracy"] for v in validations], marker="o",
-                    label="val accuracy")
+        acc_ax.plot(
+            [v["epoch"] for v in validations],
+            [v["val_accuracy"] for v in validations],
+            marker="o",
+            label="val accuracy",
+        )
     last_epoch = max(per_epoch)
     for tag, value in scores.items():
-        acc_ax.plot([last_epoch], [value], marker="s", linestyle="none", label=tag.removeprefix("eval/"))
+        acc_ax.plot(
+            [last_epoch], [value], marker="s", linestyle="none", label=tag.removeprefix("eval/")
+        )
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_xlim(0, last_epoch + 0.5)

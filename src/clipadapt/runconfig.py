@@ -32,7 +32,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ClipadaptError(f"argument '{pair}' is not of the form key=value")
-        if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", value):  # a ratio such as 4:1, which YAML would read as 241
+        if re.fullmatch(
+            r"\s*\d+\s*:\s*\d+\s*", value
+        ):  # a ratio such as 4:1, which YAML would read as 241
             out[key.strip()] = value.strip()
             continue
         try:
@@ -45,8 +47,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 NO_PRESET = "none"
 # Protocols whose papers' settings are another protocol's: DG trains on ImageNet with its settings.
 # Domain generalization trains the same ImageNet source adapter as cross-dataset transfer.
-PRESET_STAND_INS = {"domain_generalization": ("cross_dataset", "imagenet"), "dg": ("cross_dataset", "imagenet"),
-                    "cross_dataset": ("imagenet",)}
+PRESET_STAND_INS = {
+    "domain_generalization": ("cross_dataset", "imagenet"),
+    "dg": ("cross_dataset", "imagenet"),
+    "cross_dataset": ("imagenet",),
+}
 
 
 def backbone_family(backbone: str | None) -> str:
@@ -80,9 +85,11 @@ def find_preset(method: str, protocol: str, backbone: str | None) -> str:
     for name in tried:
         if name in known:
             return name
-    raise ClipadaptError(f"no preset for method '{method}', protocol '{protocol}' on the {family} backbone family "
-                         f"(looked for {', '.join(tried)} in clipadapt/presets); pass --config FILE, or "
-                         f"--config none for the method's own defaults")
+    raise ClipadaptError(
+        f"no preset for method '{method}', protocol '{protocol}' on the {family} backbone family "
+        f"(looked for {', '.join(tried)} in clipadapt/presets); pass --config FILE, or "
+        f"--config none for the method's own defaults"
+    )
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -94,7 +101,9 @@ def load_preset(name: str) -> dict[str, Any]:
         return read_preset(str(path))
 
 
-def choose_preset(config: str | None, method: str, protocol: str, backbone: str | None) -> tuple[str, dict]:
+def choose_preset(
+    config: str | None, method: str, protocol: str, backbone: str | None
+) -> tuple[str, dict]:
     """What --config means: a file, a shipped preset's name, 'none', or (None) the matching shipped preset."""
     if config is None:
         name = find_preset(method, protocol, backbone)
@@ -122,7 +131,9 @@ def read_yaml_mapping(path: str, kind: str, expected: str) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ClipadaptError(f"{kind} '{path}' is not valid YAML: {one_line(err)}") from None
     if not isinstance(data, dict):
-        raise ClipadaptError(f"{kind} '{path}' must hold a mapping of {expected}, not {type(data).__name__}")
+        raise ClipadaptError(
+            f"{kind} '{path}' must hold a mapping of {expected}, not {type(data).__name__}"
+        )
     return data
 
 
@@ -131,13 +142,17 @@ def read_preset(path: str) -> dict[str, Any]:
     return read_yaml_mapping(path, "config file", "settings")
 
 
-def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None):
+def resolve(
+    method: str, preset: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+):
     """Method config, TrainConfig and the merged flat dict that produced them."""
     cls = method_class(method)
     given = {**(preset or {}), **(overrides or {})}
     for key, flag in FLAG_SETTINGS.items():
         if key in given:
-            raise ClipadaptError(f"setting '{key}' is set with {flag}, not in a config or as {key}=...")
+            raise ClipadaptError(
+                f"setting '{key}' is set with {flag}, not in a config or as {key}=..."
+            )
     merged: dict[str, Any] = {**cls.training_defaults, **given}
     preset_method = merged.pop("method", method)
     if preset_method != method:
@@ -146,8 +161,10 @@ def resolve(method: str, preset: dict[str, Any] | None = None, overrides: dict[s
     train_keys = TrainConfig.field_names()
     unknown = sorted(set(merged) - method_keys - train_keys)
     if unknown:
-        raise ClipadaptError(f"unknown setting(s) {unknown} for method '{method}'; method options: "
-                             f"{sorted(method_keys)}; training settings: {sorted(train_keys)}")
+        raise ClipadaptError(
+            f"unknown setting(s) {unknown} for method '{method}'; method options: "
+            f"{sorted(method_keys)}; training settings: {sorted(train_keys)}"
+        )
     method_cfg = make_config(method, {k: v for k, v in merged.items() if k in method_keys})
     train_cfg = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys})
     resolved = {"method": method, **method_cfg.to_dict(), **train_cfg.to_dict()}
@@ -169,8 +186,13 @@ class TrainSettings:
     train: TrainConfig
 
 
-def train_settings(method: str, protocol: str = "base2novel", backbone: str | None = None,
-                   config: str | None = None, **overrides: Any) -> TrainSettings:
+def train_settings(
+    method: str,
+    protocol: str = "base2novel",
+    backbone: str | None = None,
+    config: str | None = None,
+    **overrides: Any,
+) -> TrainSettings:
     """The settings `clipadapt train --method M --protocol P --backbone B [--config C] key=value` resolves.
 
     `backbone` None is the CLI's default (the shipped tiny CLIP); `config` is --config (None: the matching

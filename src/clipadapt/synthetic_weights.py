@@ -15,7 +15,9 @@ from .fileio import file_digest
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_NAME = "synthetic"
 SHIPPED_CONFIG = "clipadapt-synthetic"
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # clipadapt's own open_clip configs (tiny CLIPs)
+MODEL_CONFIG_DIR = (
+    Path(__file__).parent / "model_configs"
+)  # clipadapt's own open_clip configs (tiny CLIPs)
 SHIPPED_CONFIG_FILE = MODEL_CONFIG_DIR / f"{SHIPPED_CONFIG}.json"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "synthetic-clip.safetensors"
 SHIPPED_RECORD = WEIGHTS_DIR / "synthetic-clip.json"
@@ -53,8 +55,10 @@ def shipped_identity(pretrained: str | None) -> str:
         return f"{SHIPPED_NAME}/none"
     path = _weights_path(pretrained)
     if not path.is_file():
-        raise ClipadaptError(f"weights of the synthetic backbone not found at '{path}' (use --pretrained shipped "
-                             "for the weights shipped with clipadapt, or `clipadapt pretrain-synthetic --install`)")
+        raise ClipadaptError(
+            f"weights of the synthetic backbone not found at '{path}' (use --pretrained shipped "
+            "for the weights shipped with clipadapt, or `clipadapt pretrain-synthetic --install`)"
+        )
     return f"{SHIPPED_NAME}/sha256:{file_digest(path)}"
 
 
@@ -78,7 +82,9 @@ def create_shipped_architecture():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = open_clip.CLIP(**shipped_config())
-    open_clip.set_model_preprocess_cfg(model, dataclasses.asdict(PreprocessCfg(size=model.visual.image_size)))
+    open_clip.set_model_preprocess_cfg(
+        model, dataclasses.asdict(PreprocessCfg(size=model.visual.image_size))
+    )
     return model
 
 
@@ -97,10 +103,20 @@ def export_weights(model, token_ids: list[int], path: str) -> dict:
 
     from .fileio import atomic_path
 
-    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if k != "token_embedding.weight"}
-    state["token_embedding.rows"] = model.token_embedding.weight.detach()[token_ids].half().contiguous()
+    state = {
+        k: v.detach().half().contiguous()
+        for k, v in model.state_dict().items()
+        if k != "token_embedding.weight"
+    }
+    state["token_embedding.rows"] = (
+        model.token_embedding.weight.detach()[token_ids].half().contiguous()
+    )
     state["token_embedding.ids"] = torch.tensor(token_ids, dtype=torch.int64)
-    meta = {"config": SHIPPED_CONFIG, "format": WEIGHTS_FORMAT, "vocabulary_tokens": str(len(token_ids))}
+    meta = {
+        "config": SHIPPED_CONFIG,
+        "format": WEIGHTS_FORMAT,
+        "vocabulary_tokens": str(len(token_ids)),
+    }
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=meta)
     return meta
@@ -113,9 +129,13 @@ def load_exported(path: str):
     try:
         state = load_file(path)
     except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (safetensors): {err}") from None
+        raise ClipadaptError(
+            f"'{path}' is not a synthetic-CLIP weights file (safetensors): {err}"
+        ) from None
     if "token_embedding.ids" not in state:
-        raise ClipadaptError(f"'{path}' is not a synthetic-CLIP weights file (format {WEIGHTS_FORMAT})")
+        raise ClipadaptError(
+            f"'{path}' is not a synthetic-CLIP weights file (format {WEIGHTS_FORMAT})"
+        )
     model = create_shipped_architecture()
     table = model.token_embedding.weight.detach().clone()
     table[state.pop("token_embedding.ids")] = state.pop("token_embedding.rows").float()

@@ -44,8 +44,12 @@ class Range:
         if self.choices is not None and value not in self.choices:
             return f"expected one of {', '.join(map(str, self.choices))}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            for bound, ok, word in ((self.ge, lambda b: value >= b, ">="), (self.gt, lambda b: value > b, ">"),
-                                    (self.le, lambda b: value <= b, "<="), (self.lt, lambda b: value < b, "<")):
+            for bound, ok, word in (
+                (self.ge, lambda b: value >= b, ">="),
+                (self.gt, lambda b: value > b, ">"),
+                (self.le, lambda b: value <= b, "<="),
+                (self.lt, lambda b: value < b, "<"),
+            ):
                 if bound is not None and not ok(bound):
                     return f"expected a value {word} {bound}"
         if isinstance(value, (list, tuple)):
@@ -74,20 +78,47 @@ def _base_ratio_problem(value: Any) -> str | None:
 # Ranges by field name, for training settings and method options alike. A field not listed here is
 # still converted and checked by its declared type.
 RANGES: dict[str, Range] = {
-    "lr": Range(gt=0), "warmup_lr": Range(gt=0), "momentum": Range(ge=0, lt=1), "weight_decay": Range(ge=0),
-    "betas": Range(ge=0, lt=1), "epochs": Range(ge=1), "warmup_epochs": Range(ge=0), "batch_size": Range(ge=1),
-    "eval_batch_size": Range(ge=1), "workers": Range(ge=0), "log_every": Range(ge=1), "seed": Range(ge=0),
-    "patience": Range(ge=0), "template": Range(check=_template_problem), "train_noise_std": Range(ge=0),
-    "eval_noise_std": Range(ge=0), "base_ratio": Range(check=_base_ratio_problem), "prefix_cache_mb": Range(ge=0),
+    "lr": Range(gt=0),
+    "warmup_lr": Range(gt=0),
+    "momentum": Range(ge=0, lt=1),
+    "weight_decay": Range(ge=0),
+    "betas": Range(ge=0, lt=1),
+    "epochs": Range(ge=1),
+    "warmup_epochs": Range(ge=0),
+    "batch_size": Range(ge=1),
+    "eval_batch_size": Range(ge=1),
+    "workers": Range(ge=0),
+    "log_every": Range(ge=1),
+    "seed": Range(ge=0),
+    "patience": Range(ge=0),
+    "template": Range(check=_template_problem),
+    "train_noise_std": Range(ge=0),
+    "eval_noise_std": Range(ge=0),
+    "base_ratio": Range(check=_base_ratio_problem),
+    "prefix_cache_mb": Range(ge=0),
     # method options
-    "scale": Range(ge=0), "adapter_dim": Range(ge=1), "adapter_start": Range(ge=1), "adapter_end": Range(ge=1),
-    "reduction": Range(ge=1), "ratio": Range(ge=0, le=1), "n_ctx": Range(ge=1), "heads": Range(ge=1),
-    "residual": Range(ge=0, le=1), "pair_chunk": Range(ge=1), "latent_dim": Range(ge=1), "alpha": Range(ge=0),
-    "lambda_sep": Range(ge=0), "first_block": Range(ge=1), "last_block": Range(ge=1),
+    "scale": Range(ge=0),
+    "adapter_dim": Range(ge=1),
+    "adapter_start": Range(ge=1),
+    "adapter_end": Range(ge=1),
+    "reduction": Range(ge=1),
+    "ratio": Range(ge=0, le=1),
+    "n_ctx": Range(ge=1),
+    "heads": Range(ge=1),
+    "residual": Range(ge=0, le=1),
+    "pair_chunk": Range(ge=1),
+    "latent_dim": Range(ge=1),
+    "alpha": Range(ge=0),
+    "lambda_sep": Range(ge=0),
+    "first_block": Range(ge=1),
+    "last_block": Range(ge=1),
     "head_hidden": Range(ge=1),  # rmadapter checks its own switches (share, recon_towers, ...)
-    "lambda_rec_vision": Range(ge=0), "lambda_rec_text": Range(ge=0), "lambda_con_vision": Range(ge=0),
+    "lambda_rec_vision": Range(ge=0),
+    "lambda_rec_text": Range(ge=0),
+    "lambda_con_vision": Range(ge=0),
     "lambda_con_text": Range(ge=0),
-    "kg_weight": Range(ge=0), "meta_reduction": Range(ge=1),
+    "kg_weight": Range(ge=0),
+    "meta_reduction": Range(ge=1),
 }
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
@@ -101,7 +132,11 @@ def _describe(tp: Any) -> str:
         return " or ".join("none" if a is type(None) else _describe(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        n = len(typing.get_args(tp)) if origin is tuple and Ellipsis not in typing.get_args(tp) else None
+        n = (
+            len(typing.get_args(tp))
+            if origin is tuple and Ellipsis not in typing.get_args(tp)
+            else None
+        )
         what = _describe(args[0]) if args else "values"
         return f"a list of {n} values, each {what}" if n else f"a list of values, each {what}"
     return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
@@ -118,8 +153,10 @@ def _convert(value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in
-                                                     ("none", "null", "~"))):
+        if type(None) in args and (
+            value is None
+            or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~"))
+        ):
             return None
         for arg in args:
             if arg is type(None):
@@ -150,7 +187,14 @@ def _convert(value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+        if isinstance(value, str) and value.strip().lower() in (
+            "true",
+            "false",
+            "yes",
+            "no",
+            "on",
+            "off",
+        ):
             return value.strip().lower() in ("true", "yes", "on")
         raise _Mismatch
     if tp is int:
@@ -176,7 +220,9 @@ def _convert(value: Any, tp: Any) -> Any:
             result = float(value)
         elif isinstance(value, str):
             try:
-                result = float(value.strip())  # "1e-3": PyYAML reads exponents without a dot as text
+                result = float(
+                    value.strip()
+                )  # "1e-3": PyYAML reads exponents without a dot as text
             except ValueError:
                 raise _Mismatch from None
         else:
@@ -196,8 +242,9 @@ def convert_setting(key: str, value: Any, tp: Any, owner: str = "setting") -> An
     try:
         converted = _convert(value, tp)
     except _Mismatch:
-        raise SettingError(f"{owner} '{key}': expected {_describe(tp)}, got {value!r} "
-                           f"({type(value).__name__})") from None
+        raise SettingError(
+            f"{owner} '{key}': expected {_describe(tp)}, got {value!r} ({type(value).__name__})"
+        ) from None
     rule = RANGES.get(key)
     problem = rule.problem(converted) if rule else None
     if problem:

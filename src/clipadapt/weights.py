@@ -80,9 +80,14 @@ def check_weights_source(name: str, pretrained: str | None) -> None:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             close = closest_names(str(pretrained), tags)
-            hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
-                    f"tags: {', '.join(tags[:12]) or 'none'}{', ...' if len(tags) > 12 else ''}")
-            raise ClipadaptError(f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' ({hint})")
+            hint = (
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f"tags: {', '.join(tags[:12]) or 'none'}{', ...' if len(tags) > 12 else ''}"
+            )
+            raise ClipadaptError(
+                f"pretrained '{pretrained}' is neither a file nor a tag of '{name}' ({hint})"
+            )
 
 
 HF_SAFE_NAMES = ("open_clip_model.safetensors",)  # what open_clip tries before its .bin file
@@ -141,14 +146,23 @@ def check_weights_reachable(name: str, pretrained: str, cache_dir: str | None = 
     host = "huggingface.co" if hub else urlparse(cfg.get("url", "")).hostname or ""
     if host and host_reachable(host):
         return
-    where = (f"the Hugging Face cache '{_hf_cache_dir(cache_dir)}' (repo {os.path.split(hub)[0]})" if hub else
-             f"'{os.path.join(cache_dir or os.path.expanduser('~/.cache/clip'), os.path.basename(cfg['url']))}'")
-    raise ClipadaptError(f"weights '{pretrained}' of '{name}' are not cached in {where} and {host} cannot be "
-                         f"reached; copy the weights file to this machine and pass it with --pretrained PATH")
+    where = (
+        f"the Hugging Face cache '{_hf_cache_dir(cache_dir)}' (repo {os.path.split(hub)[0]})"
+        if hub
+        else f"'{os.path.join(cache_dir or os.path.expanduser('~/.cache/clip'), os.path.basename(cfg['url']))}'"
+    )
+    raise ClipadaptError(
+        f"weights '{pretrained}' of '{name}' are not cached in {where} and {host} cannot be "
+        f"reached; copy the weights file to this machine and pass it with --pretrained PATH"
+    )
 
 
-def create_clip(name: str, pretrained: str | None = "none", quick_gelu: bool | None = None,
-                cache_dir: str | None = None):
+def create_clip(
+    name: str,
+    pretrained: str | None = "none",
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+):
     """(open_clip model, tokenizer, weights identity, quick_gelu) for a name and a tag, a file or no weights."""
     if is_shipped(name):
         model, identity = load_shipped(pretrained)
@@ -168,11 +182,16 @@ def create_clip(name: str, pretrained: str | None = "none", quick_gelu: bool | N
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = open_clip.create_model(
-                    name, pretrained=None if pretrained in NO_WEIGHTS else pretrained,
-                    force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+                    name,
+                    pretrained=None if pretrained in NO_WEIGHTS else pretrained,
+                    force_quick_gelu=quick_gelu,
+                    cache_dir=cache_dir,
+                )
     except RuntimeError as err:
         if "download" in str(err).lower():
-            raise ClipadaptError(f"could not download weights '{pretrained}' for '{name}': {err}. "
-                                 "Pass a local checkpoint file with --pretrained PATH.") from err
+            raise ClipadaptError(
+                f"could not download weights '{pretrained}' for '{name}': {err}. "
+                "Pass a local checkpoint file with --pretrained PATH."
+            ) from err
         raise
     return model, open_clip.get_tokenizer(name), identity, quick_gelu

@@ -17,8 +17,16 @@ from .fewshot import (
 )
 from .folder import read_image_folder
 
-__all__ = ["build_dataset", "known_datasets", "Datum", "DatasetSplits", "sample_few_shot", "subsample_classes",
-           "num_base_classes", "parse_base_ratio"]
+__all__ = [
+    "build_dataset",
+    "known_datasets",
+    "Datum",
+    "DatasetSplits",
+    "sample_few_shot",
+    "subsample_classes",
+    "num_base_classes",
+    "parse_base_ratio",
+]
 
 
 def known_datasets() -> list[str]:
@@ -33,7 +41,12 @@ def _read(name: str, root: str):
 
     if name in COOP_DATASETS:
         spec = COOP_DATASETS[name]
-        return (*read_coop_dataset(spec, root), spec.template, spec.reader == "imagenet", spec.test_only)
+        return (
+            *read_coop_dataset(spec, root),
+            spec.template,
+            spec.reader == "imagenet",
+            spec.test_only,
+        )
     if name == FOLDER:
         return (*read_image_folder(root), "a photo of a {}.", False, False)
     if name in SYNTHETIC_DATASETS:
@@ -48,8 +61,14 @@ def check_shots(shots: int) -> None:
         raise DataError(f"shots must be -1 (every training image) or at least 1, got {shots!r}")
 
 
-def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsample: str = "all",
-                  base_ratio: str = "1:1") -> DatasetSplits:
+def build_dataset(
+    name: str,
+    root: str,
+    shots: int = -1,
+    seed: int = 1,
+    subsample: str = "all",
+    base_ratio: str = "1:1",
+) -> DatasetSplits:
     """Read a dataset, draw Dassl's K-shot train and min(K,4)-shot val sets for `seed`, keep base or new classes.
 
     `base_ratio` 'B:N' sets how many of the sorted classes are base (fewshot.num_base_classes); K may
@@ -74,13 +93,22 @@ def build_dataset(name: str, root: str, shots: int = -1, seed: int = 1, subsampl
     else:
         train, val, test = splits
     classnames = classnames_of(train, val, test)
-    where = f"dataset '{name}' at '{root}'" + (f" ({subsample} classes)" if subsample != "all" else "")
+    where = f"dataset '{name}' at '{root}'" + (
+        f" ({subsample} classes)" if subsample != "all" else ""
+    )
     if not test:
         raise DataError(f"{where} has no test images")
     if shots != -1 and not test_only and not train:
         raise DataError(f"{where} has no training images")
     if len(classnames) != 1 + max((d.label for d in (*train, *val, *test)), default=-1):
-        raise DataError(f"dataset '{name}': labels are not contiguous from 0; check its split or class files")
-    info = {"num_classes_all": len(classnames_all), "shots": shots, "seed": seed, "subsample": subsample,
-            "base_ratio": base_ratio}
+        raise DataError(
+            f"dataset '{name}': labels are not contiguous from 0; check its split or class files"
+        )
+    info = {
+        "num_classes_all": len(classnames_all),
+        "shots": shots,
+        "seed": seed,
+        "subsample": subsample,
+        "base_ratio": base_ratio,
+    }
     return DatasetSplits(name, train, val, test, classnames, template, info)

@@ -31,27 +31,87 @@ class CoopDataset:
     test_only: bool = False
 
 
-COOP_DATASETS: dict[str, CoopDataset] = {d.name: d for d in [
-    CoopDataset("imagenet", "imagenet", "images", "imagenet"),
-    CoopDataset("caltech101", "caltech-101", "101_ObjectCategories", "split", "split_zhou_Caltech101.json"),
-    CoopDataset("oxford_pets", "oxford_pets", "images", "split", "split_zhou_OxfordPets.json",
-                "a photo of a {}, a type of pet."),
-    CoopDataset("stanford_cars", "stanford_cars", "", "split", "split_zhou_StanfordCars.json"),
-    CoopDataset("oxford_flowers", "oxford_flowers", "jpg", "split", "split_zhou_OxfordFlowers.json",
-                "a photo of a {}, a type of flower."),
-    CoopDataset("food101", "food-101", "images", "split", "split_zhou_Food101.json",
-                "a photo of {}, a type of food."),
-    CoopDataset("fgvc_aircraft", "fgvc_aircraft", "images", "fgvc", template="a photo of a {}, a type of aircraft."),
-    CoopDataset("sun397", "sun397", "SUN397", "split", "split_zhou_SUN397.json"),
-    CoopDataset("dtd", "dtd", "images", "split", "split_zhou_DescribableTextures.json", "{} texture."),
-    CoopDataset("eurosat", "eurosat", "2750", "split", "split_zhou_EuroSAT.json", "a centered satellite photo of {}."),
-    CoopDataset("ucf101", "ucf101", "UCF-101-midframes", "split", "split_zhou_UCF101.json",
-                "a photo of a person doing {}."),
-    CoopDataset("imagenetv2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "imagenetv2", test_only=True),
-    CoopDataset("imagenet_sketch", "imagenet-sketch", "images", "imagenet_folders", test_only=True),
-    CoopDataset("imagenet_a", "imagenet-adversarial", "imagenet-a", "imagenet_folders", test_only=True),
-    CoopDataset("imagenet_r", "imagenet-rendition", "imagenet-r", "imagenet_folders", test_only=True),
-]}
+COOP_DATASETS: dict[str, CoopDataset] = {
+    d.name: d
+    for d in [
+        CoopDataset("imagenet", "imagenet", "images", "imagenet"),
+        CoopDataset(
+            "caltech101",
+            "caltech-101",
+            "101_ObjectCategories",
+            "split",
+            "split_zhou_Caltech101.json",
+        ),
+        CoopDataset(
+            "oxford_pets",
+            "oxford_pets",
+            "images",
+            "split",
+            "split_zhou_OxfordPets.json",
+            "a photo of a {}, a type of pet.",
+        ),
+        CoopDataset("stanford_cars", "stanford_cars", "", "split", "split_zhou_StanfordCars.json"),
+        CoopDataset(
+            "oxford_flowers",
+            "oxford_flowers",
+            "jpg",
+            "split",
+            "split_zhou_OxfordFlowers.json",
+            "a photo of a {}, a type of flower.",
+        ),
+        CoopDataset(
+            "food101",
+            "food-101",
+            "images",
+            "split",
+            "split_zhou_Food101.json",
+            "a photo of {}, a type of food.",
+        ),
+        CoopDataset(
+            "fgvc_aircraft",
+            "fgvc_aircraft",
+            "images",
+            "fgvc",
+            template="a photo of a {}, a type of aircraft.",
+        ),
+        CoopDataset("sun397", "sun397", "SUN397", "split", "split_zhou_SUN397.json"),
+        CoopDataset(
+            "dtd", "dtd", "images", "split", "split_zhou_DescribableTextures.json", "{} texture."
+        ),
+        CoopDataset(
+            "eurosat",
+            "eurosat",
+            "2750",
+            "split",
+            "split_zhou_EuroSAT.json",
+            "a centered satellite photo of {}.",
+        ),
+        CoopDataset(
+            "ucf101",
+            "ucf101",
+            "UCF-101-midframes",
+            "split",
+            "split_zhou_UCF101.json",
+            "a photo of a person doing {}.",
+        ),
+        CoopDataset(
+            "imagenetv2",
+            "imagenetv2",
+            "imagenetv2-matched-frequency-format-val",
+            "imagenetv2",
+            test_only=True,
+        ),
+        CoopDataset(
+            "imagenet_sketch", "imagenet-sketch", "images", "imagenet_folders", test_only=True
+        ),
+        CoopDataset(
+            "imagenet_a", "imagenet-adversarial", "imagenet-a", "imagenet_folders", test_only=True
+        ),
+        CoopDataset(
+            "imagenet_r", "imagenet-rendition", "imagenet-r", "imagenet_folders", test_only=True
+        ),
+    ]
+}
 
 
 def _require(path: str, what: str) -> None:
@@ -71,10 +131,13 @@ def read_split_file(path: str, image_dir: str) -> tuple[list[Datum], list[Datum]
             split = json.load(f)
         return tuple(  # type: ignore[return-value]
             [Datum(os.path.join(image_dir, p), int(label), name) for p, label, name in split[key]]
-            for key in ("train", "val", "test"))
+            for key in ("train", "val", "test")
+        )
     except (json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
-        raise DataError(f"split file '{path}' is not in CoOp's format "
-                        f"({{'train'|'val'|'test': [[path, label, classname], ...]}}): {err}") from err
+        raise DataError(
+            f"split file '{path}' is not in CoOp's format "
+            f"({{'train'|'val'|'test': [[path, label, classname], ...]}}): {err}"
+        ) from err
 
 
 def read_imagenet_classnames(path: str) -> OrderedDict[str, str]:
@@ -89,11 +152,15 @@ def read_imagenet_classnames(path: str) -> OrderedDict[str, str]:
     return names
 
 
-def _read_class_folders(image_dir: str, folders: list[str], classnames: dict[str, str]) -> list[Datum]:
+def _read_class_folders(
+    image_dir: str, folders: list[str], classnames: dict[str, str]
+) -> list[Datum]:
     items = []
     for label, folder in enumerate(folders):
         if folder not in classnames:
-            raise DataError(f"folder '{os.path.join(image_dir, folder)}' has no entry in classnames.txt")
+            raise DataError(
+                f"folder '{os.path.join(image_dir, folder)}' has no entry in classnames.txt"
+            )
         # Dassl lists image files in file-system order; sorted here so every machine draws the same shots.
         for name in sorted(_visible(os.path.join(image_dir, folder))):
             items.append(Datum(os.path.join(image_dir, folder, name), label, classnames[folder]))
@@ -119,13 +186,17 @@ def _read_fgvc(root: str, image_dir: str) -> tuple[list[Datum], list[Datum], lis
                 name = " ".join(parts[1:])
                 if name not in label_of:
                     raise DataError(f"'{path}': class '{name}' is not listed in '{variants}'")
-                items.append(Datum(os.path.join(image_dir, parts[0] + ".jpg"), label_of[name], name))
+                items.append(
+                    Datum(os.path.join(image_dir, parts[0] + ".jpg"), label_of[name], name)
+                )
         return items
 
     return tuple(read(f"images_variant_{s}.txt") for s in ("train", "val", "test"))  # type: ignore[return-value]
 
 
-def read_coop_dataset(spec: CoopDataset, data_root: str) -> tuple[list[Datum], list[Datum], list[Datum]]:
+def read_coop_dataset(
+    spec: CoopDataset, data_root: str
+) -> tuple[list[Datum], list[Datum], list[Datum]]:
     """Full train, val and test lists of a CoOp dataset (val is the test set for ImageNet, as in CoOp)."""
     root = os.path.join(os.path.abspath(os.path.expanduser(data_root)), spec.folder)
     _require(root, f"folder of dataset '{spec.name}'")

@@ -25,7 +25,9 @@ def group_by_label(items: list[Datum]) -> dict[int, list[Datum]]:
     return groups
 
 
-def sample_few_shot(items: list[Datum], num_shots: int, rng: random.Random, repeat: bool = False) -> list[Datum]:
+def sample_few_shot(
+    items: list[Datum], num_shots: int, rng: random.Random, repeat: bool = False
+) -> list[Datum]:
     """K items per class as Dassl's generate_fewshot_dataset draws them.
 
     A class with fewer than K items keeps all of them, in order, and consumes no random numbers
@@ -55,8 +57,10 @@ def parse_base_ratio(ratio: str | tuple[int, int]) -> tuple[int, int]:
     except ValueError:
         base = novel = None
     if base is None or base < 1 or novel < 1:
-        raise DataError(f"base ratio '{ratio if isinstance(ratio, str) else ':'.join(map(str, ratio))}' is not "
-                        "B:N with two integers >= 1 (e.g. 1:1, 4:1)")
+        raise DataError(
+            f"base ratio '{ratio if isinstance(ratio, str) else ':'.join(map(str, ratio))}' is not "
+            "B:N with two integers >= 1 (e.g. 1:1, 4:1)"
+        )
     return base, novel
 
 
@@ -65,12 +69,16 @@ def num_base_classes(num_classes: int, ratio: str | tuple[int, int] = "1:1") -> 
     base, novel = parse_base_ratio(ratio)
     count = num_classes - (num_classes * novel) // (base + novel)
     if count >= num_classes:
-        raise DataError(f"base ratio {base}:{novel} on {num_classes} classes leaves no novel class "
-                        f"({count} base classes of {num_classes}); use a smaller ratio or a dataset with more classes")
+        raise DataError(
+            f"base ratio {base}:{novel} on {num_classes} classes leaves no novel class "
+            f"({count} base classes of {num_classes}); use a smaller ratio or a dataset with more classes"
+        )
     return count
 
 
-def subsample_classes(*splits: list[Datum], subsample: str = "all", base_ratio: str = "1:1") -> list[list[Datum]]:
+def subsample_classes(
+    *splits: list[Datum], subsample: str = "all", base_ratio: str = "1:1"
+) -> list[list[Datum]]:
     """Keep the base (the first C - floor(C·N/(B+N)) sorted labels) or new classes, relabelled from 0, as Dassl.
 
     At the default 1:1 that is Dassl's first ceil(C/2) labels."""
@@ -82,5 +90,7 @@ def subsample_classes(*splits: list[Datum], subsample: str = "all", base_ratio: 
     half = num_base_classes(len(labels), base_ratio)
     selected = labels[:half] if subsample == "base" else labels[half:]
     relabel = {old: new for new, old in enumerate(selected)}
-    return [[Datum(d.impath, relabel[d.label], d.classname) for d in split if d.label in relabel]
-            for split in splits]
+    return [
+        [Datum(d.impath, relabel[d.label], d.classname) for d in split if d.label in relabel]
+        for split in splits
+    ]

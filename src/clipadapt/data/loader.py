@@ -50,7 +50,7 @@ class ImageItems(Dataset):
             seed, index = key
             image = load_image(self.items[index].impath)
             with torch.random.fork_rng(devices=[]):  # leaves the caller's generator where it was
-                torch.manual_seed((seed * 2 ** 32 + index) % 2 ** 63)
+                torch.manual_seed((seed * 2**32 + index) % 2**63)
                 tensor = self.transform(image)
             return tensor, self.items[index].label, index
         item = self.items[key]
@@ -81,18 +81,38 @@ class EpochShuffle(Sampler):
         return iter([(self.seed, index) for index in order])
 
 
-def make_loader(items: list[Datum], transform, batch_size: int, shuffle: bool = False,
-                workers: int | None = 0, seed: int = 0, drop_last: bool = False,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    items: list[Datum],
+    transform,
+    batch_size: int,
+    shuffle: bool = False,
+    workers: int | None = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader whose shuffling order depends only on `seed` (`workers` None: one per core, capped)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageItems(items, transform), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=resolve_workers(workers), generator=generator, drop_last=drop_last,
-                      persistent_workers=False, pin_memory=pin_memory)
+    return DataLoader(
+        ImageItems(items, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=resolve_workers(workers),
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+    )
 
 
-def make_epoch_loader(items: list[Datum], transform, batch_size: int, workers: int | None = None,
-                      drop_last: bool = False, pin_memory: bool = False) -> tuple[DataLoader, EpochShuffle]:
+def make_epoch_loader(
+    items: list[Datum],
+    transform,
+    batch_size: int,
+    workers: int | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, EpochShuffle]:
     """A training loader for every epoch of a run, and its sampler (set its seed before each epoch).
 
     Worker processes persist across epochs; each image's augmentation is seeded from (epoch seed,
@@ -101,6 +121,11 @@ def make_epoch_loader(items: list[Datum], transform, batch_size: int, workers: i
     workers = resolve_workers(workers)
     # Its own generator: a DataLoader without one draws its worker seed from the global generator, at
     # the first epoch only when workers persist, which would make a resumed run's draws differ.
-    return DataLoader(ImageItems(items, transform), batch_sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(0)), sampler
+    return DataLoader(
+        ImageItems(items, transform),
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    ), sampler

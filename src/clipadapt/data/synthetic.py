@@ -45,33 +45,97 @@ _OBJECT_PAIRS = [(list(COLOURS)[i % 10], SHAPES[(3 * i + i // 10) % 10]) for i i
 _OBJECTS = _classes((f"{c} {s}", {"colour": c, "shape": s}) for c, s in _OBJECT_PAIRS)
 _OBJECT_DOMAIN = (("style", "photo"),)
 
-SYNTHETIC_DATASETS: dict[str, SyntheticDataset] = {d.name: d for d in [
-    SyntheticDataset("syn_shapes", "a photo of a {}.", _classes((s, {"shape": s}) for s in SHAPES),
-                     description="10 shapes, every other factor random"),
-    SyntheticDataset("syn_colours", "a photo of a {} shape.", _classes((c, {"colour": c}) for c in COLOURS),
-                     description="10 colours, every other factor random"),
-    SyntheticDataset("syn_objects", "a photo of a {}.", _OBJECTS, _OBJECT_DOMAIN + (("background", "plain"),),
-                     description="20 colour-shape pairs, photos on plain backgrounds (source of the DG protocol)"),
-    SyntheticDataset("syn_patterns", "a photo of a {}.", _classes(
-        (f"{p} {s}", {"pattern": p, "shape": s}) for s in ("circle", "square", "heart")
-        for p in ("plain", "striped", "dotted", "checkered")), (("style", "photo"),),
-        description="12 pattern-shape pairs, photos"),
-    SyntheticDataset("syn_counts", "a photo of {}.", _classes(
-        (f"{w} {plural(s)}", {"count": n, "shape": s}) for s in ("circle", "square", "star", "triangle", "ring", "cross")
-        for n, w in ((2, "two"), (3, "three"))), description="12 count-shape pairs"),
-    SyntheticDataset("syn_layouts", "a photo of a {}.", _classes(
-        (f"{s} on the {p}", {"position": p, "shape": s, "count": 1}) for s in ("circle", "star", "heart")
-        for p in ("left", "right", "top", "bottom")), description="12 position-shape pairs, one object"),
-    SyntheticDataset("syn_objects_sketch", "a photo of a {}.", _OBJECTS, (("style", "sketch"),), (0, 0, 30), True,
-                     description="syn_objects as sketches (DG target)"),
-    SyntheticDataset("syn_objects_noise", "a photo of a {}.", _OBJECTS,
-                     _OBJECT_DOMAIN + (("background", "plain"), ("noise", 0.25)), (0, 0, 30), True,
-                     description="syn_objects with heavy pixel noise (DG target)"),
-    SyntheticDataset("syn_objects_clutter", "a photo of a {}.", _OBJECTS, _OBJECT_DOMAIN + (("background", "grid"),),
-                     (0, 0, 30), True, description="syn_objects on grid backgrounds (DG target)"),
-]}
+SYNTHETIC_DATASETS: dict[str, SyntheticDataset] = {
+    d.name: d
+    for d in [
+        SyntheticDataset(
+            "syn_shapes",
+            "a photo of a {}.",
+            _classes((s, {"shape": s}) for s in SHAPES),
+            description="10 shapes, every other factor random",
+        ),
+        SyntheticDataset(
+            "syn_colours",
+            "a photo of a {} shape.",
+            _classes((c, {"colour": c}) for c in COLOURS),
+            description="10 colours, every other factor random",
+        ),
+        SyntheticDataset(
+            "syn_objects",
+            "a photo of a {}.",
+            _OBJECTS,
+            _OBJECT_DOMAIN + (("background", "plain"),),
+            description="20 colour-shape pairs, photos on plain backgrounds (source of the DG protocol)",
+        ),
+        SyntheticDataset(
+            "syn_patterns",
+            "a photo of a {}.",
+            _classes(
+                (f"{p} {s}", {"pattern": p, "shape": s})
+                for s in ("circle", "square", "heart")
+                for p in ("plain", "striped", "dotted", "checkered")
+            ),
+            (("style", "photo"),),
+            description="12 pattern-shape pairs, photos",
+        ),
+        SyntheticDataset(
+            "syn_counts",
+            "a photo of {}.",
+            _classes(
+                (f"{w} {plural(s)}", {"count": n, "shape": s})
+                for s in ("circle", "square", "star", "triangle", "ring", "cross")
+                for n, w in ((2, "two"), (3, "three"))
+            ),
+            description="12 count-shape pairs",
+        ),
+        SyntheticDataset(
+            "syn_layouts",
+            "a photo of a {}.",
+            _classes(
+                (f"{s} on the {p}", {"position": p, "shape": s, "count": 1})
+                for s in ("circle", "star", "heart")
+                for p in ("left", "right", "top", "bottom")
+            ),
+            description="12 position-shape pairs, one object",
+        ),
+        SyntheticDataset(
+            "syn_objects_sketch",
+            "a photo of a {}.",
+            _OBJECTS,
+            (("style", "sketch"),),
+            (0, 0, 30),
+            True,
+            description="syn_objects as sketches (DG target)",
+        ),
+        SyntheticDataset(
+            "syn_objects_noise",
+            "a photo of a {}.",
+            _OBJECTS,
+            _OBJECT_DOMAIN + (("background", "plain"), ("noise", 0.25)),
+            (0, 0, 30),
+            True,
+            description="syn_objects with heavy pixel noise (DG target)",
+        ),
+        SyntheticDataset(
+            "syn_objects_clutter",
+            "a photo of a {}.",
+            _OBJECTS,
+            _OBJECT_DOMAIN + (("background", "grid"),),
+            (0, 0, 30),
+            True,
+            description="syn_objects on grid backgrounds (DG target)",
+        ),
+    ]
+}
 
-BENCHMARK = ["syn_shapes", "syn_colours", "syn_objects", "syn_patterns", "syn_counts", "syn_layouts"]
+BENCHMARK = [
+    "syn_shapes",
+    "syn_colours",
+    "syn_objects",
+    "syn_patterns",
+    "syn_counts",
+    "syn_layouts",
+]
 DG_TARGETS = {"syn_objects": ["syn_objects_sketch", "syn_objects_noise", "syn_objects_clutter"]}
 
 
@@ -113,5 +177,7 @@ def read_synthetic(name: str, root: str) -> tuple[list[Datum], list[Datum], list
     folder = os.path.join(os.path.abspath(os.path.expanduser(root)), "synthetic", name)
     if not os.path.exists(os.path.join(folder, split_file_name(name))):
         generate(spec, folder)
-    train, val, test = read_split_file(os.path.join(folder, split_file_name(name)), os.path.join(folder, "images"))
+    train, val, test = read_split_file(
+        os.path.join(folder, split_file_name(name)), os.path.join(folder, "images")
+    )
     return train, val, test, spec.template

@@ -25,7 +25,9 @@ class GaussianNoise:
         if self.std == 0:
             return image
         if self.fixed:
-            generator = torch.Generator().manual_seed(zlib.crc32(image.contiguous().numpy().tobytes()))
+            generator = torch.Generator().manual_seed(
+                zlib.crc32(image.contiguous().numpy().tobytes())
+            )
             noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
         else:
             noise = torch.randn(image.shape, dtype=image.dtype)
@@ -35,12 +37,17 @@ class GaussianNoise:
         return f"GaussianNoise(std={self.std}, fixed={self.fixed})"
 
 
-def train_transform(size: int, mean, std, augment: bool = True, noise_std: float = 0.0) -> T.Compose:
+def train_transform(
+    size: int, mean, std, augment: bool = True, noise_std: float = 0.0
+) -> T.Compose:
     """Random resized crop (scale 0.08-1) and flip, bicubic, then CLIP's normalisation (then noise, if any)."""
     if not augment:
         steps = [T.Resize(size, interpolation=BICUBIC), T.CenterCrop(size)]
     else:
-        steps = [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=BICUBIC), T.RandomHorizontalFlip()]
+        steps = [
+            T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=BICUBIC),
+            T.RandomHorizontalFlip(),
+        ]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     if noise_std:
         steps.append(GaussianNoise(noise_std))
@@ -49,7 +56,12 @@ def train_transform(size: int, mean, std, augment: bool = True, noise_std: float
 
 def test_transform(size: int, mean, std, noise_std: float = 0.0) -> T.Compose:
     """Resize the short side to `size` (bicubic), center crop, normalise (then fixed per-image noise, if any)."""
-    steps = [T.Resize(size, interpolation=BICUBIC), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)]
+    steps = [
+        T.Resize(size, interpolation=BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ]
     if noise_std:
         steps.append(GaussianNoise(noise_std, fixed=True))
     return T.Compose(steps)

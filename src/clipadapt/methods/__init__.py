@@ -15,7 +15,9 @@ def _load_classes() -> dict[str, type[Method]]:
     for name, (module, class_name) in METHOD_CLASSES.items():
         cls = getattr(importlib.import_module(f"{__name__}.{module}"), class_name)
         if cls.name != name:
-            raise RuntimeError(f"clipadapt.registry lists '{name}' for {module}.{class_name}, whose name is '{cls.name}'")
+            raise RuntimeError(
+                f"clipadapt.registry lists '{name}' for {module}.{class_name}, whose name is '{cls.name}'"
+            )
         classes[name] = cls
     return classes
 

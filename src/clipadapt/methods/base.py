@@ -35,7 +35,9 @@ class MethodConfig:
     prompts: str | list[str] | None = None
 
     def __post_init__(self):
-        check_fields(self, "method option")  # types and ranges by the declared fields (validation.RANGES)
+        check_fields(
+            self, "method option"
+        )  # types and ranges by the declared fields (validation.RANGES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for YAML and checkpoint metadata."""
@@ -58,8 +60,12 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     acts_on_blocks: ClassVar[bool] = False  # needs the towers stepped block by block
     text_depends_on_images: ClassVar[bool] = False  # text features cannot be cached across images
-    image_depends_on_text: ClassVar[bool] = False  # image passes read state left by the class-text pass
-    output_only: ClassVar[bool] = False  # acts only on output features: the frozen towers can run once
+    image_depends_on_text: ClassVar[bool] = (
+        False  # image passes read state left by the class-text pass
+    )
+    output_only: ClassVar[bool] = (
+        False  # acts only on output features: the frozen towers can run once
+    )
     # The loss compares with the frozen towers' output features; the model hands them over, cached,
     # in `given_frozen` before each training pass (None for a tower it has none for).
     compares_with_frozen: ClassVar[bool] = False
@@ -80,7 +86,9 @@ class Method(nn.Module):
     def __init__(self, config: MethodConfig, backbone: Backbone, classnames: list[str]):
         super().__init__()
         self.config = config
-        self.draws: torch.Generator | None = None  # the run's generator for random draws (set by the model)
+        self.draws: torch.Generator | None = (
+            None  # the run's generator for random draws (set by the model)
+        )
         self.given_frozen: dict[str, torch.Tensor | None] = {"image": None, "text": None}
 
     # ---- hooks --------------------------------------------------------------------------------
@@ -101,8 +109,14 @@ class Method(nn.Module):
         """Sequences after the stems, before block 0."""
         return img, txt
 
-    def step(self, index: int, backbone: Backbone, img: torch.Tensor | None, txt: torch.Tensor | None,
-             queries: dict | None = None):
+    def step(
+        self,
+        index: int,
+        backbone: Backbone,
+        img: torch.Tensor | None,
+        txt: torch.Tensor | None,
+        queries: dict | None = None,
+    ):
         """Block `index` (0-based) of both towers; `queries` ({"image": .., "text": ..}, only for
         methods with `pooled_final_block`) restricts a tower's final block to its pooled positions."""
         queries = queries or {}
@@ -112,15 +126,21 @@ class Method(nn.Module):
             txt = backbone.text_block(index, txt, queries.get("text"))
         return img, txt
 
-    def after_heads(self, backbone: Backbone, img_f: torch.Tensor | None, txt_f: torch.Tensor | None):
+    def after_heads(
+        self, backbone: Backbone, img_f: torch.Tensor | None, txt_f: torch.Tensor | None
+    ):
         """Output features of both towers."""
         return img_f, txt_f
 
-    def logits(self, img_f: torch.Tensor, txt_f: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, img_f: torch.Tensor, txt_f: torch.Tensor, logit_scale: torch.Tensor
+    ) -> torch.Tensor:
         """Scaled cosine similarity of every image with every class prompt: [images, classes]."""
         return logit_scale * F.normalize(img_f, dim=-1) @ F.normalize(txt_f, dim=-1).t()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Task loss plus regularizers, and the parts for the log (detached tensors: no host sync per step)."""
         ce = F.cross_entropy(logits, labels)
         return ce, {"ce": ce.detach()}
@@ -163,5 +183,6 @@ def with_learned_context(batch: TextBatch, ctx: torch.Tensor) -> TextBatch:
     """The prompts with positions 1..n_ctx (the placeholder words after the start token) replaced by `ctx`."""
     emb = batch.embeddings
     context = ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
-    return TextBatch(torch.cat([emb[:, :1], context, emb[:, 1 + ctx.shape[0]:]], dim=1), batch.pool_index)
-
+    return TextBatch(
+        torch.cat([emb[:, :1], context, emb[:, 1 + ctx.shape[0] :]], dim=1), batch.pool_index
+    )

@@ -1,7 +1,7 @@
 """CLIP-Adapter (Gao et al. 2021): a residual bottleneck MLP on the image features.
 
-    A(f) = ReLU(W_2 ReLU(W_1 f)),  W_1: D -> D/4, W_2: D/4 -> D, no biases
-    f'   = ρ A(f) + (1 - ρ) f,     ρ = 0.2
+A(f) = ReLU(W_2 ReLU(W_1 f)),  W_1: D -> D/4, W_2: D/4 -> D, no biases
+f'   = ρ A(f) + (1 - ρ) f,     ρ = 0.2
 """
 
 from __future__ import annotations
@@ -28,15 +28,28 @@ class CLIPAdapter(Method):
     Config = CLIPAdapterConfig
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
-    training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200,
-                         "batch_size": 32, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto",
-                         "augment": False}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 200,
+        "batch_size": 32,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+        "augment": False,
+    }
 
     def __init__(self, config: CLIPAdapterConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
         d = backbone.embed_dim
-        self.adapter = nn.Sequential(nn.Linear(d, d // config.reduction, bias=False), nn.ReLU(),
-                                     nn.Linear(d // config.reduction, d, bias=False), nn.ReLU())
+        self.adapter = nn.Sequential(
+            nn.Linear(d, d // config.reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(d // config.reduction, d, bias=False),
+            nn.ReLU(),
+        )
 
     def after_heads(self, backbone, img_f, txt_f):
         """Mix the adapted image features into the frozen ones with ratio ρ."""

@@ -42,21 +42,40 @@ class CoCoOp(CoOp):
     name = "cocoop"
     Config = CoCoOpConfig
     text_depends_on_images = True
-    pooled_final_block = False  # the model's own text pass is the frozen one; ours pools in after_heads
+    pooled_final_block = (
+        False  # the model's own text pass is the frozen one; ours pools in after_heads
+    )
     # trainers/cocoop.py + configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (Dassl's SGD defaults)
-    training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 10,
-                         "batch_size": 1, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 10,
+        "batch_size": 1,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: CoCoOpConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
         vis_dim, ctx_dim = backbone.embed_dim, backbone.text_width
         if vis_dim // config.meta_reduction < 1:
-            raise ClipadaptError(f"cocoop's meta_reduction {config.meta_reduction} leaves no hidden unit "
-                                 f"for image features of width {vis_dim}")
+            raise ClipadaptError(
+                f"cocoop's meta_reduction {config.meta_reduction} leaves no hidden unit "
+                f"for image features of width {vis_dim}"
+            )
         hidden = vis_dim // config.meta_reduction
-        self.meta_net = nn.Sequential(OrderedDict([
-            ("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU(inplace=True)),
-            ("linear2", nn.Linear(hidden, ctx_dim))]))
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(vis_dim, hidden)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("linear2", nn.Linear(hidden, ctx_dim)),
+                ]
+            )
+        )
         self._class_prompts: TextBatch | None = None
 
     def begin_forward(self) -> None:
@@ -76,7 +95,9 @@ class CoCoOp(CoOp):
         """Context per image [images, n_ctx, width] (the unshifted context [1, n, w] without images)."""
         if img_f is None:
             return self.ctx.unsqueeze(0)
-        bias = self.meta_net(F.normalize(img_f.float(), dim=-1))  # the official meta-net reads unit features
+        bias = self.meta_net(
+            F.normalize(img_f.float(), dim=-1)
+        )  # the official meta-net reads unit features
         return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
 
     def class_text(self, backbone, ctx: torch.Tensor) -> torch.Tensor:
@@ -85,8 +106,14 @@ class CoCoOp(CoOp):
         emb, pool = batch.embeddings, batch.pool_index
         groups, classes, n = ctx.shape[0], emb.shape[0], self.n_ctx
         ctx = ctx.to(emb.dtype).unsqueeze(1).expand(-1, classes, -1, -1)
-        prompts = torch.cat([emb[:, :1].expand(groups, -1, -1, -1), ctx,
-                             emb[:, 1 + n:].expand(groups, -1, -1, -1)], dim=2)
+        prompts = torch.cat(
+            [
+                emb[:, :1].expand(groups, -1, -1, -1),
+                ctx,
+                emb[:, 1 + n :].expand(groups, -1, -1, -1),
+            ],
+            dim=2,
+        )
         flat = TextBatch(prompts.reshape(groups * classes, *prompts.shape[2:]), pool.repeat(groups))
         x = backbone.text_stem(flat)
         last = len(backbone.text_blocks) - 1
@@ -105,28 +132,49 @@ class CoCoOp(CoOp):
         if torch.is_grad_enabled():
             return img_f, self.class_text(backbone, ctx)
         per_pass = max(1, self.config.pair_chunk // self._class_prompts.embeddings.shape[0])
-        return img_f, torch.cat([self.class_text(backbone, ctx[i:i + per_pass])
-                                 for i in range(0, ctx.shape[0], per_pass)])
+        return img_f, torch.cat(
+            [
+                self.class_text(backbone, ctx[i : i + per_pass])
+                for i in range(0, ctx.shape[0], per_pass)
+            ]
+        )
 
     def logits(self, img_f, txt_f, logit_scale):
         """Each image against its own class prompts ([images, classes, dim]; [classes, dim]: shared)."""
         if txt_f.dim() == 2:
             return super().logits(img_f, txt_f, logit_scale)
-        return logit_scale * torch.einsum("bd,bcd->bc", F.normalize(img_f, dim=-1), F.normalize(txt_f, dim=-1))
+        return logit_scale * torch.einsum(
+            "bd,bcd->bc", F.normalize(img_f, dim=-1), F.normalize(txt_f, dim=-1)
+        )
 
 
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The learned tensors of an official CoCoOp checkpoint (Dassl saves the prompt_learner's state dict:
     ctx, meta_net.linear{1,2}.{weight,bias}, and the token_prefix/suffix buffers its load_model drops)."""
-    return official_prompt_learner(path, "CoCoOp", ("meta_net.linear1.weight", "meta_net.linear1.bias",
-                                                    "meta_net.linear2.weight", "meta_net.linear2.bias"))
+    return official_prompt_learner(
+        path,
+        "CoCoOp",
+        (
+            "meta_net.linear1.weight",
+            "meta_net.linear1.bias",
+            "meta_net.linear2.weight",
+            "meta_net.linear2.bias",
+        ),
+    )
 
 
 def official_adapter(path: str, **options) -> tuple[CoCoOpConfig, dict[str, torch.Tensor]]:
     """The config and tensors of an official CoCoOp checkpoint, under this module's names."""
     state = official_state_dict(path)
-    vis_dim, hidden = state["meta_net.linear1.weight"].shape[1], state["meta_net.linear1.weight"].shape[0]
+    vis_dim, hidden = (
+        state["meta_net.linear1.weight"].shape[1],
+        state["meta_net.linear1.weight"].shape[0],
+    )
     # The context's length is read off the tensor; ctx_init only picks the start, so it is dropped.
-    config = CoCoOpConfig(n_ctx=state["ctx"].shape[0], ctx_init="", meta_reduction=max(1, vis_dim // hidden),
-                          **options)
+    config = CoCoOpConfig(
+        n_ctx=state["ctx"].shape[0],
+        ctx_init="",
+        meta_reduction=max(1, vis_dim // hidden),
+        **options,
+    )
     return config, state

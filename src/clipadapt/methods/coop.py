@@ -24,7 +24,9 @@ class CoOpConfig(MethodConfig):
 
     n_ctx: int = 16
     ctx_init: str = ""  # e.g. "a photo of a": n_ctx must be its token count (4)
-    template: str | None = None  # derived from n_ctx; set only to change what follows the class name
+    template: str | None = (
+        None  # derived from n_ctx; set only to change what follows the class name
+    )
 
 
 class CoOp(Method):
@@ -32,9 +34,20 @@ class CoOp(Method):
 
     name = "coop"
     Config = CoOpConfig
-    pooled_final_block = True  # its blocks are CLIP's own: every token maps as open_clip's block maps it
-    training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200,
-                         "batch_size": 32, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    pooled_final_block = (
+        True  # its blocks are CLIP's own: every token maps as open_clip's block maps it
+    )
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 200,
+        "batch_size": 32,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: CoOpConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
@@ -42,12 +55,16 @@ class CoOp(Method):
         if config.ctx_init:
             tokens = backbone.tokenize([config.ctx_init])
             n = int(backbone.pool_index(tokens)[0]) - 1
-            if n != config.n_ctx:  # the official code takes n from the words; a record saying otherwise would lie
-                raise ClipadaptError(f"{self.name}'s ctx_init '{config.ctx_init}' is {n} tokens but n_ctx is "
-                                     f"{config.n_ctx}: set n_ctx={n}, or ctx_init='' for {config.n_ctx} random "
-                                     "context vectors")
+            if (
+                n != config.n_ctx
+            ):  # the official code takes n from the words; a record saying otherwise would lie
+                raise ClipadaptError(
+                    f"{self.name}'s ctx_init '{config.ctx_init}' is {n} tokens but n_ctx is "
+                    f"{config.n_ctx}: set n_ctx={n}, or ctx_init='' for {config.n_ctx} random "
+                    "context vectors"
+                )
             with torch.no_grad():
-                init = backbone.embed_tokens(tokens)[0, 1:1 + n].clone()
+                init = backbone.embed_tokens(tokens)[0, 1 : 1 + n].clone()
         else:
             n = config.n_ctx
             init = torch.empty(n, width).normal_(std=0.02)
@@ -56,7 +73,9 @@ class CoOp(Method):
         # The placeholders "X" are single tokens, so the context occupies positions 1..n of every prompt.
         placeholders = " ".join(["X"] * n)
         if config.template and not config.template.startswith(placeholders + " "):
-            raise ClipadaptError(f"coop's template must start with {n} 'X' placeholders, got '{config.template}'")
+            raise ClipadaptError(
+                f"coop's template must start with {n} 'X' placeholders, got '{config.template}'"
+            )
         self.config.template = config.template or (placeholders + " {}.")
 
     def first_active_blocks(self, backbone) -> tuple[int, int]:
@@ -75,22 +94,33 @@ class CoOp(Method):
 OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
 
 
-def official_prompt_learner(path: str, paper_name: str, also: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def official_prompt_learner(
+    path: str, paper_name: str, also: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """`ctx` (and the `also` tensors) of a Dassl checkpoint of a CoOp-family prompt learner (CoOp, CoCoOp,
     KgCoOp), as float tensors; refuses a file without them and class-specific context (CSC)."""
     from ..official_checkpoints import read_state_dict
 
-    state = {k.removeprefix("prompt_learner."): v.float() for k, v in read_state_dict(path, paper_name).items()}
+    state = {
+        k.removeprefix("prompt_learner."): v.float()
+        for k, v in read_state_dict(path, paper_name).items()
+    }
     missing = [k for k in ("ctx", *also) if k not in state]
     if missing:
-        raise ClipadaptError(f"'{path}' is not an official {paper_name} checkpoint: no {', '.join(missing)} "
-                             f"(of its prompt_learner)")
+        raise ClipadaptError(
+            f"'{path}' is not an official {paper_name} checkpoint: no {', '.join(missing)} "
+            f"(of its prompt_learner)"
+        )
     ctx = state["ctx"]
     if ctx.dim() == 3:  # CSC=True: one context per class, which clipadapt does not build
-        raise ClipadaptError(f"'{path}' holds class-specific context (CSC, ctx of shape {tuple(ctx.shape)}); "
-                             f"clipadapt's {paper_name} learns one unified context")
+        raise ClipadaptError(
+            f"'{path}' holds class-specific context (CSC, ctx of shape {tuple(ctx.shape)}); "
+            f"clipadapt's {paper_name} learns one unified context"
+        )
     if ctx.dim() != 2:
-        raise ClipadaptError(f"'{path}': {paper_name}'s ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]")
+        raise ClipadaptError(
+            f"'{path}': {paper_name}'s ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]"
+        )
     return {k: state[k] for k in ("ctx", *also)}
 
 

@@ -63,14 +63,25 @@ class KgCoOp(CoOp):
     name = "kgcoop"
     Config = KgCoOpConfig
     # configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (Dassl's SGD momentum and weight decay)
-    training_defaults = {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 100,
-                         "batch_size": 128, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 100,
+        "batch_size": 128,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: KgCoOpConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
         if config.knowledge_template is not None and "{}" not in config.knowledge_template:
-            raise ClipadaptError(f"kgcoop's knowledge_template needs '{{}}' for the class name, "
-                                 f"got '{config.knowledge_template}'")
+            raise ClipadaptError(
+                f"kgcoop's knowledge_template needs '{{}}' for the class name, "
+                f"got '{config.knowledge_template}'"
+            )
         self.classnames = list(classnames)
         self.dataset: str | None = None
         self.dataset_template: str | None = None
@@ -79,7 +90,9 @@ class KgCoOp(CoOp):
 
     def set_dataset(self, dataset: str | None, dataset_template: str | None) -> None:
         """The dataset (and its CoOp template) the knowledge prompts are taken for."""
-        if dataset is not None or dataset_template is not None:  # kept when a later call knows neither
+        if (
+            dataset is not None or dataset_template is not None
+        ):  # kept when a later call knows neither
             self.dataset, self.dataset_template = dataset, dataset_template
             self._knowledge = None
 
@@ -90,8 +103,12 @@ class KgCoOp(CoOp):
 
     def knowledge_template(self) -> str:
         """The hand-crafted prompt the frozen class text is encoded with."""
-        return (self.config.knowledge_template or KNOWLEDGE_TEMPLATES.get(self.dataset or "")
-                or self.dataset_template or "a photo of a {}.")
+        return (
+            self.config.knowledge_template
+            or KNOWLEDGE_TEMPLATES.get(self.dataset or "")
+            or self.dataset_template
+            or "a photo of a {}."
+        )
 
     def knowledge_features(self, backbone) -> torch.Tensor:
         """Frozen CLIP's unit text features of the hand-crafted prompts [classes, dim], once per class set."""

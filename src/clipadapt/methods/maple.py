@@ -33,8 +33,12 @@ class MaPLeConfig(MethodConfig):
 
     n_ctx: int = 2
     ctx_init: str = "a photo of a"  # "" for random context ("X X" placeholders, N(0, 0.02))
-    prompt_depth: int | None = None  # None: 9 of 12 blocks (the first three quarters), as the official config
-    template: str | None = None  # derived: "<ctx_init> {}." as the official prompt; set only to change the tail
+    prompt_depth: int | None = (
+        None  # None: 9 of 12 blocks (the first three quarters), as the official config
+    )
+    template: str | None = (
+        None  # derived: "<ctx_init> {}." as the official prompt; set only to change the tail
+    )
 
 
 class MaPLe(Method):
@@ -43,15 +47,28 @@ class MaPLe(Method):
     name = "maple"
     Config = MaPLeConfig
     acts_on_blocks = True
-    training_defaults = {"optimizer": "sgd", "lr": 0.0035, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
-                         "batch_size": 4, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.0035,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 5,
+        "batch_size": 4,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: MaPLeConfig, backbone: Backbone, classnames: list[str]):
         super().__init__(config, backbone, classnames)
         depth = min(len(backbone.image_blocks), len(backbone.text_blocks))
-        self.prompt_depth = config.prompt_depth if config.prompt_depth is not None else max(1, round(3 * depth / 4))
+        self.prompt_depth = (
+            config.prompt_depth if config.prompt_depth is not None else max(1, round(3 * depth / 4))
+        )
         if not 1 <= self.prompt_depth <= depth:
-            raise ClipadaptError(f"maple prompt_depth must be in 1..{depth} for this backbone, got {self.prompt_depth}")
+            raise ClipadaptError(
+                f"maple prompt_depth must be in 1..{depth} for this backbone, got {self.prompt_depth}"
+            )
         if config.n_ctx < 1:
             raise ClipadaptError(f"maple n_ctx must be >= 1, got {config.n_ctx}")
         n, d_t, d_v = config.n_ctx, backbone.text_width, backbone.image_width
@@ -60,9 +77,11 @@ class MaPLe(Method):
             tokens = backbone.tokenize([config.ctx_init.replace("_", " ")])
             words = int(backbone.pool_index(tokens)[0]) - 1
             if words < n:
-                raise ClipadaptError(f"maple ctx_init '{config.ctx_init}' has {words} tokens, fewer than n_ctx={n}")
+                raise ClipadaptError(
+                    f"maple ctx_init '{config.ctx_init}' has {words} tokens, fewer than n_ctx={n}"
+                )
             with torch.no_grad():
-                init = backbone.embed_tokens(tokens)[0, 1:1 + n].clone().float()
+                init = backbone.embed_tokens(tokens)[0, 1 : 1 + n].clone().float()
             prefix = config.ctx_init.replace("_", " ")
         else:
             init = torch.empty(n, d_t).normal_(std=0.02)
@@ -71,14 +90,21 @@ class MaPLe(Method):
         self.ctx = nn.Parameter(init)
         self.proj = nn.Linear(d_t, d_v)  # the shallow coupling F_1
         self.compound_prompts_text = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, d_t).normal_(std=0.02)) for _ in range(self.prompt_depth - 1)])
+            [
+                nn.Parameter(torch.empty(n, d_t).normal_(std=0.02))
+                for _ in range(self.prompt_depth - 1)
+            ]
+        )
         # The official code deep-copies one initialised layer: the deep couplings F_2..F_J start equal.
         single = nn.Linear(d_t, d_v)
         self.compound_prompt_projections = nn.ModuleList(
-            [copy.deepcopy(single) for _ in range(self.prompt_depth - 1)])
+            [copy.deepcopy(single) for _ in range(self.prompt_depth - 1)]
+        )
         if config.template and not config.template.startswith(prefix + " "):
-            raise ClipadaptError(f"maple's template must start with '{prefix} ' (its context words), "
-                                 f"got '{config.template}'")
+            raise ClipadaptError(
+                f"maple's template must start with '{prefix} ' (its context words), "
+                f"got '{config.template}'"
+            )
         self.config.template = config.template or (prefix + " {}.")
         self.n_image_blocks = len(backbone.image_blocks)
 
@@ -107,15 +133,25 @@ class MaPLe(Method):
                 visual = backbone.image_input_norm(self.vision_prompts(0).to(img.dtype))
                 img = torch.cat([img, visual.unsqueeze(0).expand(img.shape[0], -1, -1)], dim=1)
             elif deep:
-                visual = self.vision_prompts(index).to(img.dtype).unsqueeze(0).expand(img.shape[0], -1, -1)
+                visual = (
+                    self.vision_prompts(index)
+                    .to(img.dtype)
+                    .unsqueeze(0)
+                    .expand(img.shape[0], -1, -1)
+                )
                 img = torch.cat([img[:, :-n], visual], dim=1)
             img = backbone.image_block(index, img)
             if index == self.n_image_blocks - 1:
                 img = img[:, :-n]
         if txt is not None and index < len(backbone.text_blocks):
             if deep:
-                text = self.compound_prompts_text[index - 1].to(txt.dtype).unsqueeze(0).expand(txt.shape[0], -1, -1)
-                txt = torch.cat([txt[:, :1], text, txt[:, 1 + n:]], dim=1)
+                text = (
+                    self.compound_prompts_text[index - 1]
+                    .to(txt.dtype)
+                    .unsqueeze(0)
+                    .expand(txt.shape[0], -1, -1)
+                )
+                txt = torch.cat([txt[:, :1], text, txt[:, 1 + n :]], dim=1)
             txt = backbone.text_block(index, txt)
         return img, txt
 
@@ -129,15 +165,24 @@ OFFICIAL_PREFIX = "prompt_learner."
 OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
 
 
-def official_adapter(path: str, ctx_init: str = "a photo of a") -> tuple[MaPLeConfig, dict[str, torch.Tensor]]:
+def official_adapter(
+    path: str, ctx_init: str = "a photo of a"
+) -> tuple[MaPLeConfig, dict[str, torch.Tensor]]:
     """The config and tensors of an official MaPLe checkpoint; n_ctx and the prompt depth read off the tensors,
     `ctx_init` as it was trained (CTX_INIT of the official config; it fixes the words after the context)."""
     from ..official_checkpoints import read_state_dict
 
-    state = {k[len(OFFICIAL_PREFIX):]: v for k, v in read_state_dict(path, "MaPLe").items()
-             if k.startswith(OFFICIAL_PREFIX) and k[len(OFFICIAL_PREFIX):] not in OFFICIAL_FIXED_KEYS}
+    state = {
+        k[len(OFFICIAL_PREFIX) :]: v
+        for k, v in read_state_dict(path, "MaPLe").items()
+        if k.startswith(OFFICIAL_PREFIX) and k[len(OFFICIAL_PREFIX) :] not in OFFICIAL_FIXED_KEYS
+    }
     if "ctx" not in state or "proj.weight" not in state:
-        raise ClipadaptError(f"'{path}' has no MaPLe prompt learner (prompt_learner.ctx, prompt_learner.proj.*)")
+        raise ClipadaptError(
+            f"'{path}' has no MaPLe prompt learner (prompt_learner.ctx, prompt_learner.proj.*)"
+        )
     deep = {int(k.split(".")[1]) for k in state if k.startswith("compound_prompts_text.")}
-    config = MaPLeConfig(n_ctx=int(state["ctx"].shape[0]), ctx_init=ctx_init, prompt_depth=len(deep) + 1)
+    config = MaPLeConfig(
+        n_ctx=int(state["ctx"].shape[0]), ctx_init=ctx_init, prompt_depth=len(deep) + 1
+    )
     return config, state

@@ -45,7 +45,9 @@ class MMAConfig(MethodConfig):
     """MMA's settings; block indices are 1-based and inclusive, as in the official config."""
 
     template: str | None = "a photo of a {}."
-    adapter_start: int | None = None  # None: the top two thirds of the blocks (5 of 12 for ViT-B/16)
+    adapter_start: int | None = (
+        None  # None: the top two thirds of the blocks (5 of 12 for ViT-B/16)
+    )
     adapter_end: int | None = None  # None: the last block
     adapter_dim: int = 32
     scale: float = 0.001
@@ -53,11 +55,17 @@ class MMAConfig(MethodConfig):
 
 def adapted_block_range(config: MMAConfig, depth: int) -> tuple[int, int]:
     """1-based first and last adapted block for a backbone of `depth` blocks."""
-    start = config.adapter_start if config.adapter_start is not None else depth - round(2 * depth / 3) + 1
+    start = (
+        config.adapter_start
+        if config.adapter_start is not None
+        else depth - round(2 * depth / 3) + 1
+    )
     end = config.adapter_end if config.adapter_end is not None else depth
     if not 1 <= start <= end <= depth:
-        raise ClipadaptError(f"adapter blocks {start}..{end} do not fit a backbone of {depth} blocks "
-                             f"(need 1 <= adapter_start <= adapter_end <= {depth})")
+        raise ClipadaptError(
+            f"adapter blocks {start}..{end} do not fit a backbone of {depth} blocks "
+            f"(need 1 <= adapter_start <= adapter_end <= {depth})"
+        )
     return start, end
 
 
@@ -72,8 +80,14 @@ def init_adapter_weights(module: nn.Module) -> None:
 def _tower_adapter(width: int, dim: int) -> nn.Sequential:
     # Named as in the official state dict ("<tower>_adapter.<block>.down.0.weight"), so its
     # checkpoints load key for key.
-    return nn.Sequential(OrderedDict([("down", nn.Sequential(nn.Linear(width, dim), nn.ReLU())),
-                                      ("up", nn.Linear(dim, width))]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("down", nn.Sequential(nn.Linear(width, dim), nn.ReLU())),
+                ("up", nn.Linear(dim, width)),
+            ]
+        )
+    )
 
 
 class MMA(Method):
@@ -84,8 +98,16 @@ class MMA(Method):
     acts_on_blocks = True
     prompt_sets = "draw"
     pooled_final_block = True  # the adapter reads ln_1 of the block input at the same token
-    training_defaults = {"optimizer": "sgd", "lr": 0.0015, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
-                         "batch_size": 16, "warmup_epochs": 0, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.0015,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 5,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "precision": "auto",
+    }
 
     def __init__(self, config: MMAConfig, backbone: Backbone, classnames: list[str]):
         super().__init__(config, backbone, classnames)
@@ -93,9 +115,15 @@ class MMA(Method):
         self.start, self.end = adapted_block_range(config, depth)
         blocks = [str(b) for b in range(self.start, self.end + 1)]
         r = config.adapter_dim
-        self.visual_adapter = nn.ModuleDict({b: _tower_adapter(backbone.image_width, r) for b in blocks})
-        self.text_adapter = nn.ModuleDict({b: _tower_adapter(backbone.text_width, r) for b in blocks})
-        self.shared_adapter = nn.ModuleDict({b: nn.Sequential(nn.Linear(r, r), nn.ReLU()) for b in blocks})
+        self.visual_adapter = nn.ModuleDict(
+            {b: _tower_adapter(backbone.image_width, r) for b in blocks}
+        )
+        self.text_adapter = nn.ModuleDict(
+            {b: _tower_adapter(backbone.text_width, r) for b in blocks}
+        )
+        self.shared_adapter = nn.ModuleDict(
+            {b: nn.Sequential(nn.Linear(r, r), nn.ReLU()) for b in blocks}
+        )
         init_adapter_weights(self)
 
     def first_active_blocks(self, backbone: Backbone) -> tuple[int, int]:
@@ -116,7 +144,9 @@ class MMA(Method):
         adapters = self.visual_adapter if tower == "image" else self.text_adapter
         return adapters[str(index + 1)].up(self.shared_adapter[str(index + 1)](down))
 
-    def adapt(self, tower: str, index: int, block: nn.Module, x: torch.Tensor, queries=None) -> torch.Tensor | float:
+    def adapt(
+        self, tower: str, index: int, block: nn.Module, x: torch.Tensor, queries=None
+    ) -> torch.Tensor | float:
         """The scaled residual the adapter adds after block `index` (at the query positions only, when given)."""
         s = self.config.scale
         if s == 0:
@@ -131,11 +161,13 @@ class MMA(Method):
             return super().step(index, backbone, img, txt, queries)
         q_img, q_txt = (queries or {}).get("image"), (queries or {}).get("text")
         if img is not None:
-            img = (backbone.image_block(index, img, q_img)
-                   + self.adapt("image", index, backbone.image_blocks[index], img, q_img))
+            img = backbone.image_block(index, img, q_img) + self.adapt(
+                "image", index, backbone.image_blocks[index], img, q_img
+            )
         if txt is not None:
-            txt = (backbone.text_block(index, txt, q_txt)
-                   + self.adapt("text", index, backbone.text_blocks[index], txt, q_txt))
+            txt = backbone.text_block(index, txt, q_txt) + self.adapt(
+                "text", index, backbone.text_blocks[index], txt, q_txt
+            )
         return img, txt
 
 
@@ -144,21 +176,29 @@ OFFICIAL_PREFIXES = ("visual_adapter.", "text_adapter.", "shared_adapter.")
 
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The adapter tensors of a checkpoint saved by the official MMA (or MMA++) code (Dassl's format)."""
-    kept = {k: v for k, v in read_state_dict(path, "MMA").items() if k.startswith(OFFICIAL_PREFIXES)}
+    kept = {
+        k: v for k, v in read_state_dict(path, "MMA").items() if k.startswith(OFFICIAL_PREFIXES)
+    }
     if not kept:
-        raise ClipadaptError(f"'{path}' has no MMA adapter weights (keys starting with {', '.join(OFFICIAL_PREFIXES)})")
+        raise ClipadaptError(
+            f"'{path}' has no MMA adapter weights (keys starting with {', '.join(OFFICIAL_PREFIXES)})"
+        )
     return kept
 
 
-def official_config(state: dict[str, torch.Tensor], scale: float = 0.001, path: str = "checkpoint") -> MMAConfig:
+def official_config(
+    state: dict[str, torch.Tensor], scale: float = 0.001, path: str = "checkpoint"
+) -> MMAConfig:
     """The MMAConfig an official state dict was trained with (blocks and width read off its keys)."""
     try:
         blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("shared_adapter.")})
     except (IndexError, ValueError):
         blocks = []
     if not blocks or f"shared_adapter.{blocks[0]}.0.weight" not in state:
-        raise ClipadaptError(f"'{path}' has no 'shared_adapter.<block>.0.weight' tensors: the official MMA "
-                             "checkpoint holds visual_adapter.*, text_adapter.* and shared_adapter.* keys")
+        raise ClipadaptError(
+            f"'{path}' has no 'shared_adapter.<block>.0.weight' tensors: the official MMA "
+            "checkpoint holds visual_adapter.*, text_adapter.* and shared_adapter.* keys"
+        )
     dim = state[f"shared_adapter.{blocks[0]}.0.weight"].shape[0]
     return MMAConfig(adapter_start=blocks[0], adapter_end=blocks[-1], adapter_dim=dim, scale=scale)
 
@@ -172,7 +212,9 @@ def official_adapter(path: str, scale: float = 0.001) -> tuple[MMAConfig, dict[s
 def load_official(model, path: str) -> None:
     """Load an official MMA or MMA++ checkpoint (model-best.pth.tar, model.pth.tar-N) into an `mma` / `mma_pp` model."""
     if getattr(model.method, "name", None) not in ("mma", "mma_pp"):  # MMA++ saves the same keys
-        raise ClipadaptError(f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'")
+        raise ClipadaptError(
+            f"load_official needs an 'mma' or 'mma_pp' model, got '{model.method.name}'"
+        )
     state = official_state_dict(path)
     check_state_fits(model.method, state, path)
     model.method.load_state_dict({k: v.float() for k, v in state.items()})

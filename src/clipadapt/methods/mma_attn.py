@@ -44,7 +44,9 @@ class MMAAttnConfig(MethodConfig):
     bottleneck: int = 32  # D -> 32 -> attn_dim and attn_dim -> 32 -> D, as the reference
     attn_dim: int = 128  # the attention's width (the reference's `downsamling_dim`)
     heads: int = 4
-    residual: float = 0.2  # r: the adapted direction's weight (the reference's image_ratio / text_ratio)
+    residual: float = (
+        0.2  # r: the adapted direction's weight (the reference's image_ratio / text_ratio)
+    )
     mask: str = "bias"  # bias: the authors' +1 between prompts and image | blocked | none
     image_chunk: int = 128  # images adapted at once (memory only; results do not depend on it)
 
@@ -59,16 +61,28 @@ class MMAAttn(Method):
     # The reference's Learner: Adam (wd 1e-4), no schedule (its cosine call is commented out), up to
     # 100 epochs, early stopping with patience 10 on validation accuracy, the best epoch's weights.
     # lr 0.005 and batch 256 are the paper's. Computed in fp32, as the reference casts to float32.
-    training_defaults = {"optimizer": "adam", "lr": 0.005, "weight_decay": 1e-4, "epochs": 100, "batch_size": 256,
-                         "warmup_epochs": 0, "schedule": "constant", "patience": 10, "keep": "best_val",
-                         "precision": "fp32", "augment": False}
+    training_defaults = {
+        "optimizer": "adam",
+        "lr": 0.005,
+        "weight_decay": 1e-4,
+        "epochs": 100,
+        "batch_size": 256,
+        "warmup_epochs": 0,
+        "schedule": "constant",
+        "patience": 10,
+        "keep": "best_val",
+        "precision": "fp32",
+        "augment": False,
+    }
 
     def __init__(self, config: MMAAttnConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
         if config.mask not in MASKS:
             raise ClipadaptError(f"mma_attn mask must be one of {MASKS}, got '{config.mask}'")
         if config.attn_dim % config.heads:
-            raise ClipadaptError(f"mma_attn attn_dim {config.attn_dim} is not divisible by heads {config.heads}")
+            raise ClipadaptError(
+                f"mma_attn attn_dim {config.attn_dim} is not divisible by heads {config.heads}"
+            )
         d, r, e = backbone.embed_dim, config.bottleneck, config.attn_dim
         # Submodule names and indices as the reference, so its state dict (keys 'adapter.*') loads.
         self.downsampler = nn.Sequential(nn.Linear(d, r), nn.Linear(r, e))
@@ -96,12 +110,16 @@ class MMAAttn(Method):
             s_tt = s_tt.masked_fill(~eye, float("-inf"))
         m_tt = s_tt.amax(dim=-1)  # [H, C]
         p_tt = (s_tt - m_tt[..., None]).exp()
-        num_tt = torch.einsum("hck,khd->hcd", p_tt, vt)  # softmax numerator over the prompts, unnormalised
+        num_tt = torch.einsum(
+            "hck,khd->hcd", p_tt, vt
+        )  # softmax numerator over the prompts, unnormalised
         den_tt = p_tt.sum(dim=-1)
         s_ti = torch.einsum("chd,bhd->bhc", qt, ki) * scale + cross  # [B, H, C]
         m = torch.maximum(m_tt.unsqueeze(0), s_ti)
         a, e = (m_tt - m).exp(), (s_ti - m).exp()
-        out_t = (a[..., None] * num_tt + e[..., None] * vi[:, :, None, :]) / (a * den_tt + e)[..., None]
+        out_t = (a[..., None] * num_tt + e[..., None] * vi[:, :, None, :]) / (a * den_tt + e)[
+            ..., None
+        ]
         out_t = out_t.permute(0, 2, 1, 3).flatten(-2)  # [B, C, attn_dim]
 
         # Image queries. Keys: the C prompts and the image itself.
@@ -123,7 +141,7 @@ class MMAAttn(Method):
             return super().logits(img_f, txt_f, logit_scale)
         scores = []
         for start in range(0, img_f.shape[0], self.config.image_chunk):
-            img, txt = self.adapt(img_f[start:start + self.config.image_chunk], txt_f)
+            img, txt = self.adapt(img_f[start : start + self.config.image_chunk], txt_f)
             scores.append(torch.einsum("bd,bcd->bc", img, txt))
         return logit_scale * torch.cat(scores)
 
@@ -131,10 +149,14 @@ class MMAAttn(Method):
 def load_reference_state(method: MMAAttn, state_dict: dict[str, torch.Tensor]) -> None:
     """Load weights trained with the authors' code (keys 'adapter.*'; CLIP's own keys are ignored)."""
     prefix = "adapter."
-    state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not state:
-        raise ClipadaptError("no 'adapter.*' keys: not a state dict of the authors' CLIPTransformerAdapterText")
+        raise ClipadaptError(
+            "no 'adapter.*' keys: not a state dict of the authors' CLIPTransformerAdapterText"
+        )
     try:
         method.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ClipadaptError(f"the reference state dict does not fit this mma_attn: {err}") from None
+        raise ClipadaptError(
+            f"the reference state dict does not fit this mma_attn: {err}"
+        ) from None

@@ -31,10 +31,14 @@ class MMAPPConfig(MethodConfig):
     """MMA's adapter structure plus MMA++'s two scales, consistency weight and dropout."""
 
     template: str | None = "a photo of a {}."
-    adapter_start: int | None = None  # None: the top two thirds of the blocks (5 of 12 for ViT-B/16)
+    adapter_start: int | None = (
+        None  # None: the top two thirds of the blocks (5 of 12 for ViT-B/16)
+    )
     adapter_end: int | None = None
     adapter_dim: int = 32
-    dropout: float = 0.1  # on the shared layer's output (0.2 in the official hand-crafted-template config)
+    dropout: float = (
+        0.1  # on the shared layer's output (0.2 in the official hand-crafted-template config)
+    )
     train_scale: float = 0.01  # α in training
     test_scale: float = 0.0065  # α at evaluation (α-decoupling)
     reg_weight: float = 2.5  # weight of the α-consistency term
@@ -55,8 +59,16 @@ class MMAPP(MMA):
     name = "mma_pp"
     Config = MMAPPConfig
     prompt_sets = "draw"
-    training_defaults = {"optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 50,
-                         "batch_size": 16, "warmup_epochs": 0, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 50,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "precision": "auto",
+    }
 
     def __init__(self, config: MMAPPConfig, backbone: Backbone, classnames: list[str]):
         if not 0 <= config.dropout < 1:
@@ -66,7 +78,9 @@ class MMAPP(MMA):
                 raise ClipadaptError(f"mma_pp: {key} must be >= 0, got {getattr(config, key)}")
         super().__init__(config, backbone, classnames)
         for shared in self.shared_adapter.values():
-            shared.append(nn.Dropout(config.dropout))  # no parameters: the official state dict keys still fit
+            shared.append(
+                nn.Dropout(config.dropout)
+            )  # no parameters: the official state dict keys still fit
         init_like_official_pp(self)
         self._pool_index: torch.Tensor | None = None
         self.drawn_scale: float | None = None
@@ -83,7 +97,9 @@ class MMAPP(MMA):
         """A scale drawn uniformly from [0, train_scale) with the run's generator."""
         return float(torch.rand((), generator=self.draws)) * self.config.train_scale
 
-    def residual(self, tower: str, index: int, block: nn.Module, x: torch.Tensor, scale: float, queries=None):
+    def residual(
+        self, tower: str, index: int, block: nn.Module, x: torch.Tensor, scale: float, queries=None
+    ):
         """s * adapter(ln_1(x)) for block `index`: MMA's adapter without its gradient rescaling; at the
         query positions only when given."""
         if scale == 0:
@@ -96,8 +112,12 @@ class MMAPP(MMA):
         # The dropout noise is drawn for every token, as the whole block draws it, and read at the
         # queries: the same random stream, so the same numbers as the whole block for a seed.
         hidden = shared[:-1](down)
-        noise = F.dropout(torch.ones(x.shape[0], x.shape[1], hidden.shape[-1], dtype=hidden.dtype,
-                                     device=hidden.device), dropout.p)
+        noise = F.dropout(
+            torch.ones(
+                x.shape[0], x.shape[1], hidden.shape[-1], dtype=hidden.dtype, device=hidden.device
+            ),
+            dropout.p,
+        )
         up = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].up
         return up(hidden * at_queries(noise, queries)) * scale
 
@@ -116,11 +136,17 @@ class MMAPP(MMA):
         self._pool_index = batch.pool_index
         return batch
 
-    def _drawn_block(self, tower: str, index: int, backbone: Backbone, x: torch.Tensor | None, queries=None):
+    def _drawn_block(
+        self, tower: str, index: int, backbone: Backbone, x: torch.Tensor | None, queries=None
+    ):
         blocks = backbone.image_blocks if tower == "image" else backbone.text_blocks
         if x is None or index >= len(blocks):
             return x
-        out = backbone.image_block(index, x, queries) if tower == "image" else backbone.text_block(index, x, queries)
+        out = (
+            backbone.image_block(index, x, queries)
+            if tower == "image"
+            else backbone.text_block(index, x, queries)
+        )
         if self.is_adapted(index):
             out = out + self.residual(tower, index, blocks[index], x, self.drawn_scale, queries)
         return out
@@ -129,13 +155,16 @@ class MMAPP(MMA):
         """MMA's block; while training, the drawn-scale stream runs beside it from the first adapted block."""
         if index + 1 == self.start and self.training and self.config.reg_weight > 0:
             self.drawn_scale = self.draw_scale()
-            self._drawn = {"image": None if img is None else img.detach(),
-                           "text": None if txt is None else txt.detach()}
+            self._drawn = {
+                "image": None if img is None else img.detach(),
+                "text": None if txt is None else txt.detach(),
+            }
         if self._drawn is not None:
             with torch.no_grad():
                 for tower in ("image", "text"):
-                    self._drawn[tower] = self._drawn_block(tower, index, backbone, self._drawn[tower],
-                                                           (queries or {}).get(tower))
+                    self._drawn[tower] = self._drawn_block(
+                        tower, index, backbone, self._drawn[tower], (queries or {}).get(tower)
+                    )
         return super().step(index, backbone, img, txt, queries)
 
     def after_heads(self, backbone, img_f, txt_f):
@@ -145,7 +174,8 @@ class MMAPP(MMA):
                 image, text = self._drawn["image"], self._drawn["text"]
                 self._drawn_features = {
                     "image": None if image is None else backbone.image_head(image),
-                    "text": None if text is None else backbone.text_head(text, self._pool_index)}
+                    "text": None if text is None else backbone.text_head(text, self._pool_index),
+                }
             self._features = {"image": img_f, "text": txt_f}
         return img_f, txt_f
 
@@ -169,13 +199,24 @@ class MMAPP(MMA):
         return total, parts
 
 
-def official_adapter(path: str, train_scale: float = 0.01, test_scale: float = 0.0065, reg_weight: float = 2.5,
-                     dropout: float = 0.1) -> tuple[MMAPPConfig, dict[str, torch.Tensor]]:
+def official_adapter(
+    path: str,
+    train_scale: float = 0.01,
+    test_scale: float = 0.0065,
+    reg_weight: float = 2.5,
+    dropout: float = 0.1,
+) -> tuple[MMAPPConfig, dict[str, torch.Tensor]]:
     """The config and tensors of an official MMA++ checkpoint; it saves MMA's keys (its dropout has no
     parameters), so the scales, weight and dropout it was trained with are given here."""
     state = official_state_dict(path)
     blocks = official_config(state, path=path)
-    config = MMAPPConfig(adapter_start=blocks.adapter_start, adapter_end=blocks.adapter_end,
-                         adapter_dim=blocks.adapter_dim, dropout=dropout, train_scale=train_scale,
-                         test_scale=test_scale, reg_weight=reg_weight)
+    config = MMAPPConfig(
+        adapter_start=blocks.adapter_start,
+        adapter_end=blocks.adapter_end,
+        adapter_dim=blocks.adapter_dim,
+        dropout=dropout,
+        train_scale=train_scale,
+        test_scale=test_scale,
+        reg_weight=reg_weight,
+    )
     return config, state

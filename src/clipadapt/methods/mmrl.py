@@ -36,9 +36,19 @@ INFERENCE_MODES = ("auto", "fusion", "class")
 # The official per-dataset settings (trainers/config.py), applied by its train.py after the config
 # file for base-to-novel and few-shot; its cross-dataset scripts pass REG_WEIGHT 0.2 and REP_DIM 512
 # on the command line instead, which win over this table.
-OFFICIAL_REG_WEIGHT = {"stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0,
-                       "oxford_flowers": 4.0, "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2,
-                       "eurosat": 0.01}
+OFFICIAL_REG_WEIGHT = {
+    "stanford_cars": 7.0,
+    "fgvc_aircraft": 6.0,
+    "sun397": 6.0,
+    "dtd": 6.0,
+    "food101": 5.0,
+    "oxford_flowers": 4.0,
+    "ucf101": 3.0,
+    "imagenet": 0.5,
+    "caltech101": 0.5,
+    "oxford_pets": 0.2,
+    "eurosat": 0.01,
+}
 OFFICIAL_REP_DIM = {"eurosat": 2048}
 
 
@@ -64,7 +74,9 @@ class MMRLConfig(MethodConfig):
     rep_layers: list[int] | None = None  # 1-based blocks; None: blocks 6..12 of 12 (the top 7/12)
     alpha: float = 0.7
     reg_weight: float = 1.0
-    inference: str = "auto"  # auto: fusion on trained-on classes, class logits elsewhere; or fusion | class
+    inference: str = (
+        "auto"  # auto: fusion on trained-on classes, class logits elsewhere; or fusion | class
+    )
 
 
 def rep_block_range(config: MMRLConfig, depth: int) -> list[int]:
@@ -95,26 +107,39 @@ class MMRL(Method):
     Config = MMRLConfig
     acts_on_blocks = True
     compares_with_frozen = True
-    training_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 5e-4, "epochs": 10, "batch_size": 4,
-                         "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "adamw",
+        "lr": 0.001,
+        "weight_decay": 5e-4,
+        "epochs": 10,
+        "batch_size": 4,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: MMRLConfig, backbone: Backbone, classnames: list[str]):
         super().__init__(config, backbone, classnames)
         if config.inference not in INFERENCE_MODES:
-            raise ClipadaptError(f"mmrl inference must be one of {INFERENCE_MODES}, got '{config.inference}'")
+            raise ClipadaptError(
+                f"mmrl inference must be one of {INFERENCE_MODES}, got '{config.inference}'"
+            )
         if config.n_rep_tokens < 1 or config.rep_dim < 1:
             raise ClipadaptError("mmrl needs n_rep_tokens >= 1 and rep_dim >= 1")
         if not 0.0 <= config.alpha <= 1.0:
             raise ClipadaptError(f"mmrl alpha must lie in [0, 1], got {config.alpha}")
         depth = min(len(backbone.image_blocks), len(backbone.text_blocks))
         self.layers = rep_block_range(config, depth)
-        self.n_image_blocks, self.n_text_blocks = len(backbone.image_blocks), len(backbone.text_blocks)
+        self.n_image_blocks, self.n_text_blocks = (
+            len(backbone.image_blocks),
+            len(backbone.text_blocks),
+        )
         k, d = config.n_rep_tokens, config.rep_dim
         self.rep_tokens = nn.Parameter(torch.empty(k, d).normal_(std=0.02))
         self.rep_to_image = _clones(nn.Linear(d, backbone.image_width), len(self.layers))
         self.rep_to_text = _clones(nn.Linear(d, backbone.text_width), len(self.layers))
         width = backbone.image_width
-        self.proj_rep = nn.Parameter(width ** -0.5 * torch.randn(width, backbone.embed_dim))
+        self.proj_rep = nn.Parameter(width**-0.5 * torch.randn(width, backbone.embed_dim))
         self.trained_classnames = list(classnames)
         self.fuse = True
         self.begin_forward()
@@ -126,7 +151,9 @@ class MMRL(Method):
     # ---- which logits score the current classes -------------------------------------------------
     def set_classes(self, classnames: list[str], trained_on: bool | None = None) -> None:
         """Fused logits for classes trained on, class logits alone for any others (as the official test())."""
-        self.fuse = list(classnames) == self.trained_classnames if trained_on is None else bool(trained_on)
+        self.fuse = (
+            list(classnames) == self.trained_classnames if trained_on is None else bool(trained_on)
+        )
 
     def uses_fusion(self) -> bool:
         """Whether logits() returns the fused logits (always while training, as the official forward)."""
@@ -152,7 +179,7 @@ class MMRL(Method):
     def _insert(self, x: torch.Tensor, tokens: torch.Tensor, first: bool) -> torch.Tensor:
         k = self.config.n_rep_tokens
         tokens = tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        rest = x[:, 1:] if first else x[:, 1 + k:]
+        rest = x[:, 1:] if first else x[:, 1 + k :]
         return torch.cat([x[:, :1], tokens, rest], dim=1)
 
     def step(self, index, backbone, img, txt):
@@ -170,19 +197,21 @@ class MMRL(Method):
                 with torch.no_grad():
                     self._frozen_img = backbone.image_block(index, self._frozen_img)
             if index == self.n_image_blocks - 1:
-                self._img_rep = img[:, 1:1 + k]
-                img = torch.cat([img[:, :1], img[:, 1 + k:]], dim=1)
+                self._img_rep = img[:, 1 : 1 + k]
+                img = torch.cat([img[:, :1], img[:, 1 + k :]], dim=1)
         if txt is not None and index < self.n_text_blocks:
             if first and self.training and self.given_frozen["text"] is None:
                 self._frozen_txt = txt
             if j is not None:
                 txt = self._insert(txt, self.rep_to_text[j](self.rep_tokens), first)
-            txt = backbone.text_block(index, txt)  # the causal mask is built for the lengthened sequence
+            txt = backbone.text_block(
+                index, txt
+            )  # the causal mask is built for the lengthened sequence
             if self._frozen_txt is not None:
                 with torch.no_grad():
                     self._frozen_txt = backbone.text_block(index, self._frozen_txt)
             if index == self.n_text_blocks - 1:
-                txt = torch.cat([txt[:, :1], txt[:, 1 + k:]], dim=1)
+                txt = torch.cat([txt[:, :1], txt[:, 1 + k :]], dim=1)
         return img, txt
 
     def after_heads(self, backbone: Backbone, img_f, txt_f):
@@ -197,7 +226,9 @@ class MMRL(Method):
                 self._frozen_img_f = self.given_frozen["image"]
         if txt_f is not None and self._frozen_txt is not None:
             with torch.no_grad():
-                self._frozen_text_features = backbone.text_head(self._frozen_txt, self._batch.pool_index)
+                self._frozen_text_features = backbone.text_head(
+                    self._frozen_txt, self._batch.pool_index
+                )
         elif txt_f is not None:
             self._frozen_text_features = self.given_frozen["text"]
         self._img_f, self._txt_f = img_f, txt_f
@@ -216,21 +247,39 @@ class MMRL(Method):
     def loss(self, logits, labels):
         """a*CE(class) + (1-a)*CE(representation) + lam*(cosine distances to the frozen features)."""
         if self._img_f is None or self._frozen_img_f is None or self._frozen_text_features is None:
-            raise ClipadaptError("mmrl's loss needs a training forward pass over images and class prompts first")
+            raise ClipadaptError(
+                "mmrl's loss needs a training forward pass over images and class prompts first"
+            )
         a, lam = self.config.alpha, self.config.reg_weight
         ce_class = F.cross_entropy(self._class_logits.float(), labels)
         ce_rep = F.cross_entropy(self._rep_logits.float(), labels)
-        reg_img = 1 - F.cosine_similarity(self._img_f.float(), self._frozen_img_f.float(), dim=-1).mean()
-        reg_txt = 1 - F.cosine_similarity(self._txt_f.float(), self._frozen_text_features.float(), dim=-1).mean()
+        reg_img = (
+            1 - F.cosine_similarity(self._img_f.float(), self._frozen_img_f.float(), dim=-1).mean()
+        )
+        reg_txt = (
+            1
+            - F.cosine_similarity(
+                self._txt_f.float(), self._frozen_text_features.float(), dim=-1
+            ).mean()
+        )
         total = a * ce_class + (1 - a) * ce_rep + lam * (reg_img + reg_txt)
-        return total, {"ce_class": ce_class.detach(), "ce_rep": ce_rep.detach(), "reg_image": reg_img.detach(),
-                       "reg_text": reg_txt.detach()}
+        return total, {
+            "ce_class": ce_class.detach(),
+            "ce_rep": ce_rep.detach(),
+            "reg_image": reg_img.detach(),
+            "reg_text": reg_txt.detach(),
+        }
 
 
 # ---- checkpoints of the official code --------------------------------------------------------------
-_OFFICIAL_PREFIXES = {"representation_learner.compound_rep_tokens_r2vproj.": "rep_to_image.",
-                      "representation_learner.compound_rep_tokens_r2tproj.": "rep_to_text."}
-_OFFICIAL_NAMES = {"representation_learner.compound_rep_tokens": "rep_tokens", "image_encoder.proj_rep": "proj_rep"}
+_OFFICIAL_PREFIXES = {
+    "representation_learner.compound_rep_tokens_r2vproj.": "rep_to_image.",
+    "representation_learner.compound_rep_tokens_r2tproj.": "rep_to_text.",
+}
+_OFFICIAL_NAMES = {
+    "representation_learner.compound_rep_tokens": "rep_tokens",
+    "image_encoder.proj_rep": "proj_rep",
+}
 
 
 def official_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -242,10 +291,12 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
             out[_OFFICIAL_NAMES[key]] = value
         for prefix, ours in _OFFICIAL_PREFIXES.items():
             if key.startswith(prefix):
-                out[ours + key[len(prefix):]] = value
+                out[ours + key[len(prefix) :]] = value
     if "rep_tokens" not in out or "proj_rep" not in out:
-        raise ClipadaptError(f"'{path}' has no MMRL weights (representation_learner.compound_rep_tokens, "
-                             "image_encoder.proj_rep)")
+        raise ClipadaptError(
+            f"'{path}' has no MMRL weights (representation_learner.compound_rep_tokens, "
+            "image_encoder.proj_rep)"
+        )
     return out
 
 
@@ -257,7 +308,9 @@ def official_config(state: dict[str, torch.Tensor], last_block: int = 12, **opti
     return MMRLConfig(n_rep_tokens=int(k), rep_dim=int(d), rep_layers=layers, **options)
 
 
-def official_adapter(path: str, last_block: int = 12, **options) -> tuple[MMRLConfig, dict[str, torch.Tensor]]:
+def official_adapter(
+    path: str, last_block: int = 12, **options
+) -> tuple[MMRLConfig, dict[str, torch.Tensor]]:
     """The config and tensors of an official MMRL checkpoint (options: alpha, inference, ...)."""
     state = official_state_dict(path)
     return official_config(state, last_block, **options), state

@@ -37,12 +37,30 @@ from .base import Method, MethodConfig, with_learned_context
 
 # The official IMAGENET_TEMPLATES (trainers/imagenet_templates.py) hold 60 of CLIP's 80 templates:
 # these 20 are the ones it leaves out. The order does not matter (a mean).
-_NOT_IN_PROMPTSRC = frozenset({
-    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.",
-    "a photo of the small {}.", "a photo of the weird {}.", "the cartoon {}.", "art of the {}.",
-    "a drawing of the {}.", "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.",
-    "a dark photo of a {}.", "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.",
-    "a photo of a cool {}.", "a photo of a small {}.", "a tattoo of the {}."})
+_NOT_IN_PROMPTSRC = frozenset(
+    {
+        "a jpeg corrupted photo of the {}.",
+        "a good photo of a {}.",
+        "a plushie {}.",
+        "a photo of the nice {}.",
+        "a photo of the small {}.",
+        "a photo of the weird {}.",
+        "the cartoon {}.",
+        "art of the {}.",
+        "a drawing of the {}.",
+        "a photo of the large {}.",
+        "a black and white photo of a {}.",
+        "the plushie {}.",
+        "a dark photo of a {}.",
+        "itap of a {}.",
+        "graffiti of the {}.",
+        "a toy {}.",
+        "itap of my {}.",
+        "a photo of a cool {}.",
+        "a photo of a small {}.",
+        "a tattoo of the {}.",
+    }
+)
 
 
 def promptsrc_templates() -> list[str]:
@@ -52,11 +70,16 @@ def promptsrc_templates() -> list[str]:
 
 def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> list[float]:
     """GPA's weight of epochs 1..`epochs`: a Gaussian density at each epoch, normalised to sum 1."""
-    density = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, epochs + 1)]
+    density = [
+        math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+        for e in range(1, epochs + 1)
+    ]
     total = sum(density)
     if not total > 0:
-        raise ClipadaptError(f"promptsrc gpa_mean={mean}, gpa_std={std} give every one of {epochs} epochs "
-                             "weight 0 (underflow): move gpa_mean into the epochs or widen gpa_std")
+        raise ClipadaptError(
+            f"promptsrc gpa_mean={mean}, gpa_std={std} give every one of {epochs} epochs "
+            "weight 0 (underflow): move gpa_mean into the epochs or widen gpa_std"
+        )
     return [d / total for d in density]
 
 
@@ -73,7 +96,9 @@ class PromptSRCConfig(MethodConfig):
     text_loss_weight: float = 25.0
     image_loss_weight: float = 10.0
     logit_loss_weight: float = 1.0  # the official code adds the KL term unweighted
-    kl_temperature: float = 1.0  # the official code divides the logits by 1 (and multiplies by 1 * 1)
+    kl_temperature: float = (
+        1.0  # the official code divides the logits by 1 (and multiplies by 1 * 1)
+    )
     gpa: bool = True  # Gaussian prompt aggregation over epochs
     gpa_mean: float = 15.0
     gpa_std: float = 1.0
@@ -87,22 +112,44 @@ class PromptSRC(Method):
     Config = PromptSRCConfig
     acts_on_blocks = True
     compares_with_frozen = True
-    training_defaults = {"optimizer": "sgd", "lr": 0.0025, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 20,
-                         "batch_size": 4, "warmup_epochs": 1, "warmup_lr": 1e-5, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "sgd",
+        "lr": 0.0025,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 20,
+        "batch_size": 4,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "precision": "auto",
+    }
 
     def __init__(self, config: PromptSRCConfig, backbone: Backbone, classnames: list[str]):
         super().__init__(config, backbone, classnames)
-        self.n_image_blocks, self.n_text_blocks = len(backbone.image_blocks), len(backbone.text_blocks)
-        self.depth_text = (config.prompt_depth_text if config.prompt_depth_text is not None
-                           else max(1, round(3 * self.n_text_blocks / 4)))
-        self.depth_vision = (config.prompt_depth_vision if config.prompt_depth_vision is not None
-                             else max(1, round(3 * self.n_image_blocks / 4)))
+        self.n_image_blocks, self.n_text_blocks = (
+            len(backbone.image_blocks),
+            len(backbone.text_blocks),
+        )
+        self.depth_text = (
+            config.prompt_depth_text
+            if config.prompt_depth_text is not None
+            else max(1, round(3 * self.n_text_blocks / 4))
+        )
+        self.depth_vision = (
+            config.prompt_depth_vision
+            if config.prompt_depth_vision is not None
+            else max(1, round(3 * self.n_image_blocks / 4))
+        )
         if not 1 <= self.depth_text <= self.n_text_blocks:
-            raise ClipadaptError(f"promptsrc prompt_depth_text must be in 1..{self.n_text_blocks} for this backbone, "
-                                 f"got {self.depth_text}")
+            raise ClipadaptError(
+                f"promptsrc prompt_depth_text must be in 1..{self.n_text_blocks} for this backbone, "
+                f"got {self.depth_text}"
+            )
         if not 0 <= self.depth_vision <= self.n_image_blocks:
-            raise ClipadaptError(f"promptsrc prompt_depth_vision must be in 0..{self.n_image_blocks} for this "
-                                 f"backbone, got {self.depth_vision}")
+            raise ClipadaptError(
+                f"promptsrc prompt_depth_vision must be in 0..{self.n_image_blocks} for this "
+                f"backbone, got {self.depth_vision}"
+            )
         if config.n_ctx_text < 1 or (self.depth_vision and config.n_ctx_vision < 1):
             raise ClipadaptError("promptsrc needs n_ctx_text >= 1 and n_ctx_vision >= 1")
         if config.gpa and not config.gpa_std > 0:
@@ -113,27 +160,41 @@ class PromptSRC(Method):
             prefix = config.ctx_init.replace("_", " ")
             tokens = backbone.tokenize([prefix])
             if int(backbone.pool_index(tokens)[0]) - 1 < n:
-                raise ClipadaptError(f"promptsrc ctx_init '{config.ctx_init}' has fewer tokens than n_ctx_text={n}")
+                raise ClipadaptError(
+                    f"promptsrc ctx_init '{config.ctx_init}' has fewer tokens than n_ctx_text={n}"
+                )
             with torch.no_grad():
-                init = backbone.embed_tokens(tokens)[0, 1:1 + n].clone().float()
+                init = backbone.embed_tokens(tokens)[0, 1 : 1 + n].clone().float()
         else:
             prefix = " ".join(["X"] * n)
             init = torch.empty(n, d_t).normal_(std=0.02)
         self.n_ctx = n
         self.ctx = nn.Parameter(init)
         self.text_prompts = nn.ParameterList(
-            [nn.Parameter(torch.empty(n, d_t).normal_(std=0.02)) for _ in range(self.depth_text - 1)])
+            [
+                nn.Parameter(torch.empty(n, d_t).normal_(std=0.02))
+                for _ in range(self.depth_text - 1)
+            ]
+        )
         n_v, depth_v = config.n_ctx_vision, self.depth_vision
         self.n_ctx_vision = n_v if depth_v else 0
         self.vision_ctx = nn.Parameter(torch.empty(n_v, d_v).normal_(std=0.02)) if depth_v else None
         self.vision_prompts = nn.ParameterList(
-            [nn.Parameter(torch.empty(n_v, d_v).normal_(std=0.02)) for _ in range(max(depth_v - 1, 0))])
+            [
+                nn.Parameter(torch.empty(n_v, d_v).normal_(std=0.02))
+                for _ in range(max(depth_v - 1, 0))
+            ]
+        )
         if config.template and not config.template.startswith(prefix + " "):
-            raise ClipadaptError(f"promptsrc's template must start with '{prefix} ' (its context words), "
-                                 f"got '{config.template}'")
+            raise ClipadaptError(
+                f"promptsrc's template must start with '{prefix} ' (its context words), "
+                f"got '{config.template}'"
+            )
         self.config.template = config.template or (prefix + " {}.")
         self.classnames = list(classnames)
-        self._ensemble: tuple[tuple[str, ...], torch.Tensor] | None = None  # (classes, frozen template mean)
+        self._ensemble: tuple[tuple[str, ...], torch.Tensor] | None = (
+            None  # (classes, frozen template mean)
+        )
         self.begin_forward()
 
     # ---- forward --------------------------------------------------------------------------------
@@ -166,7 +227,12 @@ class PromptSRC(Method):
                 visual = backbone.image_input_norm(self.vision_ctx.to(img.dtype))
                 img = torch.cat([img, visual.unsqueeze(0).expand(img.shape[0], -1, -1)], dim=1)
             elif 1 <= index < self.depth_vision:
-                visual = self.vision_prompts[index - 1].to(img.dtype).unsqueeze(0).expand(img.shape[0], -1, -1)
+                visual = (
+                    self.vision_prompts[index - 1]
+                    .to(img.dtype)
+                    .unsqueeze(0)
+                    .expand(img.shape[0], -1, -1)
+                )
                 img = torch.cat([img[:, :-n_v], visual], dim=1)
             img = backbone.image_block(index, img)
             if self._frozen_img is not None:
@@ -176,8 +242,13 @@ class PromptSRC(Method):
                 img = img[:, :-n_v]
         if txt is not None and index < self.n_text_blocks:
             if 1 <= index < self.depth_text:
-                text = self.text_prompts[index - 1].to(txt.dtype).unsqueeze(0).expand(txt.shape[0], -1, -1)
-                txt = torch.cat([txt[:, :1], text, txt[:, 1 + n:]], dim=1)
+                text = (
+                    self.text_prompts[index - 1]
+                    .to(txt.dtype)
+                    .unsqueeze(0)
+                    .expand(txt.shape[0], -1, -1)
+                )
+                txt = torch.cat([txt[:, :1], text, txt[:, 1 + n :]], dim=1)
             txt = backbone.text_block(index, txt)
         return img, txt
 
@@ -199,8 +270,10 @@ class PromptSRC(Method):
         key = tuple(self.classnames)
         if self._ensemble is None or self._ensemble[0] != key:  # once per class list
             templates = promptsrc_templates()
-            total = sum(frozen_text_features(backbone, [format_prompt(t, c) for c in self.classnames])
-                        for t in templates)
+            total = sum(
+                frozen_text_features(backbone, [format_prompt(t, c) for c in self.classnames])
+                for t in templates
+            )
             self._ensemble = (key, total / len(templates))
         return self._ensemble[1]
 
@@ -212,7 +285,9 @@ class PromptSRC(Method):
     def loss(self, logits, labels):
         """CE + text L1 + image L1 to frozen CLIP + KL to frozen zero-shot logits (the official sum)."""
         if self._img_f is None or self._frozen_img_f is None or self._zs_text is None:
-            raise ClipadaptError("promptsrc's loss needs a training forward pass over images and class prompts first")
+            raise ClipadaptError(
+                "promptsrc's loss needs a training forward pass over images and class prompts first"
+            )
         cfg = self.config
         ce = F.cross_entropy(logits, labels)
         txt_n = F.normalize(self._txt_f.float(), dim=-1)
@@ -223,11 +298,24 @@ class PromptSRC(Method):
         l1_image = F.l1_loss(img_n, zs_img) * cfg.image_loss_weight
         zs_logits = self._logit_scale.float() * zs_img @ zs_txt.t()
         t = cfg.kl_temperature
-        kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(zs_logits / t, dim=1), reduction="sum",
-                      log_target=True) * (t * t) / logits.numel() * cfg.logit_loss_weight
+        kl = (
+            F.kl_div(
+                F.log_softmax(logits / t, dim=1),
+                F.log_softmax(zs_logits / t, dim=1),
+                reduction="sum",
+                log_target=True,
+            )
+            * (t * t)
+            / logits.numel()
+            * cfg.logit_loss_weight
+        )
         total = ce + kl + l1_text + l1_image
-        return total, {"ce": ce.detach(), "l1_text": l1_text.detach(), "l1_image": l1_image.detach(),
-                       "kl": kl.detach()}
+        return total, {
+            "ce": ce.detach(),
+            "l1_text": l1_text.detach(),
+            "l1_image": l1_image.detach(),
+            "kl": kl.detach(),
+        }
 
     # ---- the engine's epoch averaging -----------------------------------------------------------
     def epoch_weights(self, epochs: int) -> list[float] | None:
@@ -252,15 +340,21 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
             out["ctx"] = value
         elif key == "image_encoder.VPT":
             out["vision_ctx"] = value
-        elif key.endswith(".VPT_shallow") and key.startswith((_OFFICIAL_TEXT_DEEP, _OFFICIAL_IMAGE_DEEP)):
+        elif key.endswith(".VPT_shallow") and key.startswith(
+            (_OFFICIAL_TEXT_DEEP, _OFFICIAL_IMAGE_DEEP)
+        ):
             block = int(key.split(".")[3])
             (text_blocks if key.startswith(_OFFICIAL_TEXT_DEEP) else image_blocks)[block] = value
     if "ctx" not in out:
-        raise ClipadaptError(f"'{path}' has no PromptSRC weights (prompt_learner.ctx, image_encoder.VPT, "
-                             "*.transformer.resblocks.<i>.VPT_shallow)")
+        raise ClipadaptError(
+            f"'{path}' has no PromptSRC weights (prompt_learner.ctx, image_encoder.VPT, "
+            "*.transformer.resblocks.<i>.VPT_shallow)"
+        )
     for blocks, name in ((text_blocks, "text_prompts"), (image_blocks, "vision_prompts")):
         if sorted(blocks) != list(range(1, len(blocks) + 1)):
-            raise ClipadaptError(f"'{path}': the {name} blocks {sorted(blocks)} are not 1..J-1 (the official layout)")
+            raise ClipadaptError(
+                f"'{path}': the {name} blocks {sorted(blocks)} are not 1..J-1 (the official layout)"
+            )
         for block, value in blocks.items():
             out[f"{name}.{block - 1}"] = value
     if image_blocks and "vision_ctx" not in out:
@@ -274,8 +368,13 @@ def official_config(state: dict[str, torch.Tensor], **options) -> PromptSRCConfi
     has_vision = "vision_ctx" in state
     depth_v = 1 + sum(k.startswith("vision_prompts.") for k in state) if has_vision else 0
     n_v = int(state["vision_ctx"].shape[0]) if has_vision else PromptSRCConfig.n_ctx_vision
-    return PromptSRCConfig(n_ctx_text=int(state["ctx"].shape[0]), n_ctx_vision=n_v, prompt_depth_text=depth_t,
-                           prompt_depth_vision=depth_v, **options)
+    return PromptSRCConfig(
+        n_ctx_text=int(state["ctx"].shape[0]),
+        n_ctx_vision=n_v,
+        prompt_depth_text=depth_t,
+        prompt_depth_vision=depth_v,
+        **options,
+    )
 
 
 def official_adapter(path: str, **options) -> tuple[PromptSRCConfig, dict[str, torch.Tensor]]:

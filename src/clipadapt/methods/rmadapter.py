@@ -48,8 +48,12 @@ class RMAdapterConfig(MMAConfig):
     share: str = "down"  # what the branches share: down | up | none
     head_layers: int = 2  # reconstruction head depth: 1, 2 or 3 Linear layers
     head_hidden: int | None = None  # width between head layers; None: adapter_dim
-    recon_target: str = "ln_1"  # what is reconstructed: ln_1 (the adapter's input) | input (the block input)
-    recon_detach: bool = False  # True: the reconstruction branch reads the block input as a constant
+    recon_target: str = (
+        "ln_1"  # what is reconstructed: ln_1 (the adapter's input) | input (the block input)
+    )
+    recon_detach: bool = (
+        False  # True: the reconstruction branch reads the block input as a constant
+    )
     lambda_rec_vision: float = 1.0  # λ1
     lambda_rec_text: float = 1.0  # λ2
     # λ3, λ4: PromptSRC's L1 weights (10 image, 25 text on a mean over dims) on our sum over the 512
@@ -61,7 +65,9 @@ class RMAdapterConfig(MMAConfig):
     consistency: str = "l1"
 
 
-def _head(in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True) -> nn.Sequential:
+def _head(
+    in_dim: int, hidden: int, out_dim: int, layers: int, with_last: bool = True
+) -> nn.Sequential:
     dims = [in_dim] + [hidden] * (layers - 1)
     mods: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -82,20 +88,30 @@ class RMAdapter(MMA):
     def __init__(self, config: RMAdapterConfig, backbone: Backbone, classnames: list[str]):
         super().__init__(config, backbone, classnames)
         if config.recon_towers not in RECON_TOWERS:
-            raise ClipadaptError(f"recon_towers must be one of {RECON_TOWERS}, got '{config.recon_towers}'")
+            raise ClipadaptError(
+                f"recon_towers must be one of {RECON_TOWERS}, got '{config.recon_towers}'"
+            )
         if config.share not in SHARING:
             raise ClipadaptError(f"share must be one of {SHARING}, got '{config.share}'")
         if config.head_layers not in (1, 2, 3):
             raise ClipadaptError(f"head_layers must be 1, 2 or 3, got {config.head_layers}")
         if config.consistency not in CONSISTENCY:
-            raise ClipadaptError(f"consistency must be one of {CONSISTENCY}, got '{config.consistency}'")
+            raise ClipadaptError(
+                f"consistency must be one of {CONSISTENCY}, got '{config.consistency}'"
+            )
         if config.recon_target not in ("ln_1", "input"):
-            raise ClipadaptError(f"recon_target must be 'ln_1' or 'input', got '{config.recon_target}'")
+            raise ClipadaptError(
+                f"recon_target must be 'ln_1' or 'input', got '{config.recon_target}'"
+            )
         r = config.adapter_dim
         hidden = config.head_hidden or r
         if config.share == "up" and config.head_layers > 1 and hidden != r:
-            raise ClipadaptError("share='up' needs head_hidden == adapter_dim (the shared up-projection reads r)")
-        towers = {"both": ("image", "text"), "vision": ("image",), "text": ("text",), "none": ()}[config.recon_towers]
+            raise ClipadaptError(
+                "share='up' needs head_hidden == adapter_dim (the shared up-projection reads r)"
+            )
+        towers = {"both": ("image", "text"), "vision": ("image",), "text": ("text",), "none": ()}[
+            config.recon_towers
+        ]
         self.recon_towers = towers
         widths = {"image": backbone.image_width, "text": backbone.text_width}
         self.recon_down = nn.ModuleDict()
@@ -107,8 +123,9 @@ class RMAdapter(MMA):
                 if config.share != "down":
                     self.recon_down[key] = nn.Sequential(nn.Linear(widths[tower], r), nn.ReLU())
                 # share="up": the head ends in the adaptation branch's up-projection, applied in adapt()
-                self.recon_head[key] = _head(r, hidden, widths[tower], config.head_layers,
-                                             with_last=config.share != "up")
+                self.recon_head[key] = _head(
+                    r, hidden, widths[tower], config.head_layers, with_last=config.share != "up"
+                )
         init_adapter_weights(self.recon_head)
         init_adapter_weights(self.recon_down)
         self._rec_losses: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
@@ -120,7 +137,9 @@ class RMAdapter(MMA):
         cfg = self.config
         if cfg.consistency == "none":
             return False
-        if cfg.consistency == "kl":  # one term on the class distributions: both towers' frozen features
+        if (
+            cfg.consistency == "kl"
+        ):  # one term on the class distributions: both towers' frozen features
             return self.training and cfg.lambda_con_vision > 0
         weight = cfg.lambda_con_vision if tower == "image" else cfg.lambda_con_text
         return self.training and weight > 0
@@ -150,16 +169,25 @@ class RMAdapter(MMA):
             if self.config.recon_detach:  # trains only this block's branch
                 x = x.detach()
             u = block.ln_1(x)
-            h = self.bottleneck(tower, index, u) if self.config.share == "down" else self.recon_down[key](u)
+            h = (
+                self.bottleneck(tower, index, u)
+                if self.config.share == "down"
+                else self.recon_down[key](u)
+            )
             target = (u if self.config.recon_target == "ln_1" else x).detach()
             recon = self.recon_head[key](h)
             if self.config.share == "up":
-                recon = (self.visual_adapter if tower == "image" else self.text_adapter)[str(index + 1)].up(recon)
+                recon = (self.visual_adapter if tower == "image" else self.text_adapter)[
+                    str(index + 1)
+                ].up(recon)
             # Mean over the real tokens of the mean square over the width: every token has the same
             # width, so one fused mean square error over the real tokens (one operator forward and
             # backward instead of sub, pow, mean and theirs).
             if tower == "text":  # tokens after a prompt's end-of-text are padding
-                real = torch.arange(recon.shape[1], device=recon.device)[None, :] <= self._pool_index[:, None]
+                real = (
+                    torch.arange(recon.shape[1], device=recon.device)[None, :]
+                    <= self._pool_index[:, None]
+                )
                 recon, target = recon[real], target[real]
             self._rec_losses[tower].append(F.mse_loss(recon.float(), target.float()))
         return y
@@ -173,9 +201,13 @@ class RMAdapter(MMA):
         queries = queries or {}
         with torch.no_grad():
             if self._frozen["image"] is not None and index < len(backbone.image_blocks):
-                self._frozen["image"] = backbone.image_block(index, self._frozen["image"], queries.get("image"))
+                self._frozen["image"] = backbone.image_block(
+                    index, self._frozen["image"], queries.get("image")
+                )
             if self._frozen["text"] is not None and index < len(backbone.text_blocks):
-                self._frozen["text"] = backbone.text_block(index, self._frozen["text"], queries.get("text"))
+                self._frozen["text"] = backbone.text_block(
+                    index, self._frozen["text"], queries.get("text")
+                )
         return super().step(index, backbone, img, txt, queries)
 
     def after_heads(self, backbone, img_f, txt_f):
@@ -213,9 +245,15 @@ class RMAdapter(MMA):
                 # KL(p_frozen || p_adapted) of the image's distribution over the classes, as PromptSRC's
                 # logit consistency; frozen logits at the same temperature as the adapted ones.
                 frozen_logits = self._logit_scale.detach().float() * (
-                    F.normalize(frozen_img.float(), dim=-1) @ F.normalize(frozen_txt.float(), dim=-1).t())
-                value = F.kl_div(logits.float().log_softmax(dim=-1), frozen_logits.log_softmax(dim=-1),
-                                 reduction="batchmean", log_target=True)
+                    F.normalize(frozen_img.float(), dim=-1)
+                    @ F.normalize(frozen_txt.float(), dim=-1).t()
+                )
+                value = F.kl_div(
+                    logits.float().log_softmax(dim=-1),
+                    frozen_logits.log_softmax(dim=-1),
+                    reduction="batchmean",
+                    log_target=True,
+                )
                 total = total + cfg.lambda_con_vision * value
                 parts["con_kl"] = value.detach()
             return total, parts

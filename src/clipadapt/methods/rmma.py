@@ -64,13 +64,19 @@ class RMMAConfig(MethodConfig):
     lambda_sep: float = 0.6
     first_block: int = 1
     last_block: int | None = None  # None: the last block
-    sep_norm: str = "gram"  # L_sep: gram (scale-free cosine of latent Gram matrices) | frobenius (unnormalised)
+    sep_norm: str = (
+        "gram"  # L_sep: gram (scale-free cosine of latent Gram matrices) | frobenius (unnormalised)
+    )
     attn_proj: str = "none"  # learned attention projections: none | qkv | qkvo
-    text_context: str = "eot"  # an image's text keys: eot (one per class prompt) | all (every real token)
+    text_context: str = (
+        "eot"  # an image's text keys: eot (one per class prompt) | all (every real token)
+    )
     # The ablation table's switches (each removes one component; the defaults are the full R-MMA):
     routing: str = "modality"  # modality: W_Iu, W_Tu | shared: one projection for both towers
     align: str = "attention"  # attention | none: the routed latent passes through unchanged
-    fusion: bool = True  # False: no W_F; each tower keeps its own latent (v_I = W_Id ṽ_I, v_T = W_Td ṽ_T)
+    fusion: bool = (
+        True  # False: no W_F; each tower keeps its own latent (v_I = W_Id ṽ_I, v_T = W_Td ṽ_T)
+    )
     recurrent: bool = True  # False: one adapter per adapted block instead of one shared by all
     # L_CLIP: symmetric (the poster's: image-to-text and text-to-image) | image_to_text (cross-entropy over
     # the class prompts only, as MMA trains; docs/methods.md says why it is offered)
@@ -98,7 +104,9 @@ class LatentAttention(nn.Module):
         if proj == "qkvo":
             self.o = nn.Linear(latent_dim, width)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """query [..., D], keys [..., N, D] (already normalised) -> [..., D] (or [..., d] for qkv)."""
         if self.proj == "none":
             return _attend(query, keys, keys, mask)
@@ -106,7 +114,9 @@ class LatentAttention(nn.Module):
         return self.o(out) if self.proj == "qkvo" else out
 
 
-def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None):
+def _attend(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None
+):
     """One token per query: softmax(q·K^T/√D) V, keys [.., N, D]."""
     scores = torch.einsum("...d,...nd->...n", query, keys) / keys.shape[-1] ** 0.5
     if mask is not None:
@@ -118,7 +128,9 @@ def _build_adapter(owner: nn.Module, d: int, di: int, dt: int, config: RMMAConfi
     """Give `owner` one adapter's weights: routing, attention, down-projections and fusion (W_F zero, so that
     an untrained adapter adds nothing; without fusion the down-projections start at zero instead)."""
     if config.routing == "shared":
-        owner.route_shared = nn.Linear(d, max(di, dt))  # one W_u; each tower reads its first D outputs
+        owner.route_shared = nn.Linear(
+            d, max(di, dt)
+        )  # one W_u; each tower reads its first D outputs
         routes = (owner.route_shared,)
     else:
         owner.route_image = nn.Linear(d, di)  # W_Iu
@@ -148,8 +160,15 @@ class RMMA(Method):
     Config = RMMAConfig
     acts_on_blocks = True
     image_depends_on_text = True
-    training_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "epochs": 5, "batch_size": 16,
-                         "warmup_epochs": 0, "precision": "auto"}
+    training_defaults = {
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 5e-4,
+        "epochs": 5,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "precision": "auto",
+    }
 
     def __init__(self, config: RMMAConfig, backbone, classnames):
         super().__init__(config, backbone, classnames)
@@ -158,20 +177,32 @@ class RMMA(Method):
         self.first = config.first_block
         self.last = config.last_block or depth
         if not 1 <= self.first <= self.last <= depth:
-            raise ClipadaptError(f"rmma blocks {self.first}..{self.last} do not fit a backbone of {depth} blocks")
-        for key, value, known in (("sep_norm", config.sep_norm, SEP_NORMS), ("attn_proj", config.attn_proj, ATTN_PROJ),
-                                  ("text_context", config.text_context, TEXT_CONTEXT),
-                                  ("routing", config.routing, ROUTING), ("align", config.align, ALIGN),
-                                  ("contrastive", config.contrastive, CONTRASTIVE)):
+            raise ClipadaptError(
+                f"rmma blocks {self.first}..{self.last} do not fit a backbone of {depth} blocks"
+            )
+        for key, value, known in (
+            ("sep_norm", config.sep_norm, SEP_NORMS),
+            ("attn_proj", config.attn_proj, ATTN_PROJ),
+            ("text_context", config.text_context, TEXT_CONTEXT),
+            ("routing", config.routing, ROUTING),
+            ("align", config.align, ALIGN),
+            ("contrastive", config.contrastive, CONTRASTIVE),
+        ):
             if value not in known:
                 raise ClipadaptError(f"rmma {key} must be one of {known}, got '{value}'")
         if config.align == "none" and config.attn_proj != "none":
-            raise ClipadaptError("rmma align: none has no attention for attn_proj to project; use attn_proj: none")
+            raise ClipadaptError(
+                "rmma align: none has no attention for attn_proj to project; use attn_proj: none"
+            )
         if not config.fusion and config.attn_proj == "qkv":
-            raise ClipadaptError("rmma fusion: false keeps W_Id / W_Td as each tower's latent map, which attn_proj: "
-                                 "qkv removes; use attn_proj none or qkvo")
+            raise ClipadaptError(
+                "rmma fusion: false keeps W_Id / W_Td as each tower's latent map, which attn_proj: "
+                "qkv removes; use attn_proj none or qkvo"
+            )
         self.widths = {"image": di, "text": dt}
-        _build_adapter(self, d, di, dt, config)  # the adapter of the first adapted block (of every block if recurrent)
+        _build_adapter(
+            self, d, di, dt, config
+        )  # the adapter of the first adapted block (of every block if recurrent)
         # recurrent: false gives every further adapted block an adapter of its own (parameters grow with depth)
         self.block_adapters = nn.ModuleDict()
         if not config.recurrent:
@@ -190,10 +221,12 @@ class RMMA(Method):
     def _route(self, adapter: nn.Module, tower: str, latent: torch.Tensor) -> torch.Tensor:
         """W_Iu v or W_Tu v; with shared routing one projection whose first D_tower outputs serve each tower."""
         if self.config.routing == "shared":
-            return adapter.route_shared(latent)[..., :self.widths[tower]]
+            return adapter.route_shared(latent)[..., : self.widths[tower]]
         return (adapter.route_image if tower == "image" else adapter.route_text)(latent)
 
-    def _align(self, adapter: nn.Module, tower: str, routed: torch.Tensor, keys=None, mask=None) -> torch.Tensor:
+    def _align(
+        self, adapter: nn.Module, tower: str, routed: torch.Tensor, keys=None, mask=None
+    ) -> torch.Tensor:
         """Attn(tokens, routed latent); with align none, or no tokens to look at, the routed latent itself
         (through the value / output projections when there are any, so that the widths are those of Attn)."""
         attend = adapter.attend_image if tower == "image" else adapter.attend_text
@@ -203,6 +236,7 @@ class RMMA(Method):
             routed = attend.v(routed)
             routed = attend.o(routed) if self.config.attn_proj == "qkvo" else routed
         return routed
+
     def first_active_blocks(self, backbone) -> tuple[int, int]:
         """The latent is first injected after block `first_block` (1-based) of both towers."""
         return self.first - 1, self.first - 1
@@ -216,11 +250,19 @@ class RMMA(Method):
         self._pool_index = batch.pool_index
         return batch
 
-    def _next_latent(self, adapter: nn.Module, tower: str, aligned_image, aligned_text) -> torch.Tensor:
+    def _next_latent(
+        self, adapter: nn.Module, tower: str, aligned_image, aligned_text
+    ) -> torch.Tensor:
         """v^(l) = W_F [W_Id ṽ_I ; W_Td ṽ_T]; without fusion, the tower's own term W_Id ṽ_I (or W_Td ṽ_T)."""
         if not self.config.fusion:
-            return adapter.down_image(aligned_image) if tower == "image" else adapter.down_text(aligned_text)
-        return adapter.fuse(torch.cat([adapter.down_image(aligned_image), adapter.down_text(aligned_text)], dim=-1))
+            return (
+                adapter.down_image(aligned_image)
+                if tower == "image"
+                else adapter.down_text(aligned_text)
+            )
+        return adapter.fuse(
+            torch.cat([adapter.down_image(aligned_image), adapter.down_text(aligned_text)], dim=-1)
+        )
 
     def step(self, index, backbone, img, txt):
         """Frozen block, then the shared adapter: align, fuse, inject (text before image)."""
@@ -232,26 +274,49 @@ class RMMA(Method):
         adapter = self._adapter(block)
         if txt is not None:
             keys = F.layer_norm(txt, txt.shape[-1:])
-            real = torch.arange(txt.shape[1], device=txt.device)[None, :] <= self._pool_index[:, None]  # [C, M]
+            real = (
+                torch.arange(txt.shape[1], device=txt.device)[None, :] <= self._pool_index[:, None]
+            )  # [C, M]
             if self.config.text_context == "eot":  # one key per class prompt, for the images
-                self._text_context[block] = keys[torch.arange(txt.shape[0], device=txt.device), self._pool_index]
+                self._text_context[block] = keys[
+                    torch.arange(txt.shape[0], device=txt.device), self._pool_index
+                ]
             else:  # all real tokens of all class prompts
                 self._text_context[block] = keys[real]
-            w = self._txt_latent if self._txt_latent is not None else self.latent0.expand(txt.shape[0], -1)
+            w = (
+                self._txt_latent
+                if self._txt_latent is not None
+                else self.latent0.expand(txt.shape[0], -1)
+            )
             aligned_text = self._align(adapter, "text", self._route(adapter, "text", w), keys, real)
             # A prompt has no image: its image term is the routed latent itself.
-            w = self._next_latent(adapter, "text", self._align(adapter, "image", self._route(adapter, "image", w)),
-                                  aligned_text)
+            w = self._next_latent(
+                adapter,
+                "text",
+                self._align(adapter, "image", self._route(adapter, "image", w)),
+                aligned_text,
+            )
             self._txt_latent = w
             txt = txt + alpha * self._route(adapter, "text", w)[:, None, :].to(txt.dtype)
         if img is not None:
             if block not in self._text_context:
-                raise ClipadaptError("rmma encodes images against the class prompts: encode the text first")
+                raise ClipadaptError(
+                    "rmma encodes images against the class prompts: encode the text first"
+                )
             keys = F.layer_norm(img, img.shape[-1:])
-            v = self._img_latent if self._img_latent is not None else self.latent0.expand(img.shape[0], -1)
+            v = (
+                self._img_latent
+                if self._img_latent is not None
+                else self.latent0.expand(img.shape[0], -1)
+            )
             aligned_image = self._align(adapter, "image", self._route(adapter, "image", v), keys)
-            aligned_text = (self._align(adapter, "text", self._route(adapter, "text", v), self._text_context[block])
-                            if self.config.fusion else None)  # without fusion the image's latent is its own term
+            aligned_text = (
+                self._align(
+                    adapter, "text", self._route(adapter, "text", v), self._text_context[block]
+                )
+                if self.config.fusion
+                else None
+            )  # without fusion the image's latent is its own term
             v = self._next_latent(adapter, "image", aligned_image, aligned_text)
             self._img_latent = v
             img = img + alpha * self._route(adapter, "image", v)[:, None, :].to(img.dtype)
@@ -266,7 +331,11 @@ class RMMA(Method):
     def _separation(self, adapter: nn.Module) -> torch.Tensor:
         # Latent-side factors: routing weights are [D, d] (rows read the latent), down-projections [d, D].
         # A shared routing has no pair of modality projections to separate: only the down-projections count.
-        pairs = [] if self.config.routing == "shared" else [(adapter.route_image.weight, adapter.route_text.weight)]
+        pairs = (
+            []
+            if self.config.routing == "shared"
+            else [(adapter.route_image.weight, adapter.route_text.weight)]
+        )
         if isinstance(adapter.down_image, nn.Linear):
             pairs.append((adapter.down_image.weight.t(), adapter.down_text.weight.t()))
         total = torch.zeros((), device=self.latent0.device)
@@ -286,12 +355,19 @@ class RMMA(Method):
         present = labels.unique()
         cols = logits[:, present].t()  # [classes in batch, images]
         positive = labels[None, :] == present[:, None]
-        text_to_image = (torch.logsumexp(cols, dim=1) - torch.logsumexp(cols.masked_fill(~positive, float("-inf")),
-                                                                        dim=1)).mean()
+        text_to_image = (
+            torch.logsumexp(cols, dim=1)
+            - torch.logsumexp(cols.masked_fill(~positive, float("-inf")), dim=1)
+        ).mean()
         symmetric = self.config.contrastive == "symmetric"
         clip_loss = 0.5 * (image_to_text + text_to_image) if symmetric else image_to_text
         sep = self.separation_loss()
         weighted = self.config.lambda_sep * sep
         total = clip_loss + weighted
-        return total, {"clip": clip_loss.detach(), "i2t": image_to_text.detach(), "t2i": text_to_image.detach(),
-                       "sep": sep.detach(), "lambda_sep_x_sep": weighted.detach()}
+        return total, {
+            "clip": clip_loss.detach(),
+            "i2t": image_to_text.detach(),
+            "t2i": text_to_image.detach(),
+            "sep": sep.detach(),
+            "lambda_sep_x_sep": weighted.detach(),
+        }

@@ -40,9 +40,13 @@ MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
-def render_images(scenes: list[Scene], desc: str = "rendering", progress: bool = True) -> torch.Tensor:
+def render_images(
+    scenes: list[Scene], desc: str = "rendering", progress: bool = True
+) -> torch.Tensor:
     """The scenes' images as uint8 [N, 3, H, W]."""
-    images = np.stack([render(s) for s in tqdm(scenes, desc=desc, disable=not progress, leave=False)])
+    images = np.stack(
+        [render(s) for s in tqdm(scenes, desc=desc, disable=not progress, leave=False)]
+    )
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
@@ -58,14 +62,23 @@ def render_pool(n: int, seed: int, progress: bool = True) -> tuple[list[Scene], 
     return scenes, render_images(scenes, "rendering scenes", progress)
 
 
-def render_groups(n: int, seed: int, size: int, factor: str | None,
-                  progress: bool = True) -> list[tuple[list[Scene], str, torch.Tensor]]:
+def render_groups(
+    n: int, seed: int, size: int, factor: str | None, progress: bool = True
+) -> list[tuple[list[Scene], str, torch.Tensor]]:
     """n contrast groups of `size` scenes (varying `factor`, or a random factor per group), with their images."""
     rng = random.Random(seed)
     groups = [contrast_group(rng, size, factor) for _ in range(n)]
-    pixels = render_images([s for members, _ in groups for s in members], f"rendering {factor or 'contrast'} groups",
-                           progress)
-    return [(members, f, images) for (members, f), images in zip(groups, pixels.split([len(m) for m, _ in groups]), strict=True)]
+    pixels = render_images(
+        [s for members, _ in groups for s in members],
+        f"rendering {factor or 'contrast'} groups",
+        progress,
+    )
+    return [
+        (members, f, images)
+        for (members, f), images in zip(
+            groups, pixels.split([len(m) for m, _ in groups]), strict=True
+        )
+    ]
 
 
 def vocabulary_token_ids(tokenizer) -> list[int]:
@@ -83,21 +96,45 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: int = 24000, lr: float = 1e-3,
-             weight_decay: float = 0.05, warmup: int = 100, seed: int = 0, progress: bool = True,
-             eval_fn=None, eval_every: int = 125, contrast_fraction: float = 0.75, shape_groups: int = 6,
-             precision: str = "bf16", save_every: int = 100) -> str:
+def pretrain(
+    out_dir: str,
+    steps: int = 5000,
+    batch_size: int = 128,
+    pool_size: int = 24000,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+    eval_fn=None,
+    eval_every: int = 125,
+    contrast_fraction: float = 0.75,
+    shape_groups: int = 6,
+    precision: str = "bf16",
+    save_every: int = 100,
+) -> str:
     """Train the tiny CLIP; resumable from out_dir/pretrain_state.pt; returns the exported weights path."""
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "pretrain_log.jsonl")
     state_path = os.path.join(out_dir, "pretrain_state.pt")
     torch.manual_seed(seed)
-    model = create_shipped_architecture()  # seed-0 initial weights, the same whatever `seed` draws next
+    model = (
+        create_shipped_architecture()
+    )  # seed-0 initial weights, the same whatever `seed` draws next
     tokenizer = shipped_tokenizer()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     start = 0
     if os.path.exists(state_path):
         state = torch.load(state_path, weights_only=True)
@@ -114,7 +151,9 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
         raise ValueError(f"precision must be fp32 or bf16, not '{precision}'")
     n_groups = (int(batch_size * contrast_fraction) - shape_groups * len(SHAPES)) // 4
     if n_groups < 0:
-        raise ValueError(f"{shape_groups} groups of {len(SHAPES)} shapes do not fit a batch of {batch_size}")
+        raise ValueError(
+            f"{shape_groups} groups of {len(SHAPES)} shapes do not fit a batch of {batch_size}"
+        )
     scenes, pixels = render_pool(pool_size, seed, progress)
     # Groups of scenes that differ in one factor only: without them the other factors tell a random
     # batch's captions apart and the model never has to learn shapes. Groups showing one scene with
@@ -124,15 +163,21 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
     other_pool = render_groups(pool_size // 4, seed + 2, 4, None, progress)
     t0 = time.time()
     model.train()
-    bar = tqdm(range(start, steps), desc="pretraining", disable=not progress, initial=start, total=steps)
+    bar = tqdm(
+        range(start, steps), desc="pretraining", disable=not progress, initial=start, total=steps
+    )
     for step in bar:
-        rng = random.Random(seed * 1_000_003 + step)  # the batch and its captions depend on the step only
+        rng = random.Random(
+            seed * 1_000_003 + step
+        )  # the batch and its captions depend on the step only
         parts, texts = [], []
         for pool, n in ((shape_pool, shape_groups), (other_pool, n_groups)):
             for members, factor, images in rng.sample(pool, n):
                 parts.append(images)
                 texts += [caption(m, rng, must=factor) for m in members]
-        idx = rng.sample(range(pool_size), batch_size - len(texts))  # groups of two-valued factors are pairs
+        idx = rng.sample(
+            range(pool_size), batch_size - len(texts)
+        )  # groups of two-valued factors are pairs
         parts.append(pixels[idx])
         texts += [caption(scenes[i], rng) for i in idx]
         batch_pixels = normalise(torch.cat(parts))
@@ -150,8 +195,13 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        record = {"step": step + 1, "loss": round(loss.item(), 4), "lr": _lr(step, steps, lr, warmup),
-                  "logit_scale": round(model.logit_scale.exp().item(), 2), "seconds": round(time.time() - t0, 1)}
+        record = {
+            "step": step + 1,
+            "loss": round(loss.item(), 4),
+            "lr": _lr(step, steps, lr, warmup),
+            "logit_scale": round(model.logit_scale.exp().item(), 2),
+            "seconds": round(time.time() - t0, 1),
+        }
         if eval_fn is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             model.eval()
             record["zero_shot"] = eval_fn(model)
@@ -160,15 +210,31 @@ def pretrain(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: 
             f.write(json.dumps(record) + "\n")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             with atomic_path(state_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, tmp)
+                torch.save(
+                    {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1},
+                    tmp,
+                )
     model.eval()
     weights = os.path.join(out_dir, "synthetic-clip.safetensors")
     export_weights(model, vocabulary_token_ids(tokenizer), weights)
-    write_json(os.path.join(out_dir, "pretrain_config.json"), {
-        "steps": steps, "batch_size": batch_size, "pool_size": pool_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup": warmup, "seed": seed, "contrast_fraction": contrast_fraction,
-        "shape_groups": shape_groups, "precision": precision, "config": CONFIG, "torch": torch.__version__,
-        "open_clip": open_clip.__version__})
+    write_json(
+        os.path.join(out_dir, "pretrain_config.json"),
+        {
+            "steps": steps,
+            "batch_size": batch_size,
+            "pool_size": pool_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup": warmup,
+            "seed": seed,
+            "contrast_fraction": contrast_fraction,
+            "shape_groups": shape_groups,
+            "precision": precision,
+            "config": CONFIG,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+        },
+    )
     return weights
 
 
@@ -180,8 +246,13 @@ def zero_shot_probe(n: int = 300, seed: int = 4242):
     scenes = [random_scene(rng) for _ in range(n)]
     pixels = normalise(render_images(scenes, progress=False))
     tokenizer = shipped_tokenizer()
-    tasks = {"shape": ([f"a photo of a {s}." for s in SHAPES], [SHAPES.index(s.shape) for s in scenes]),
-             "colour": ([f"a photo of a {c} shape." for c in COLOURS], [list(COLOURS).index(s.colour) for s in scenes])}
+    tasks = {
+        "shape": ([f"a photo of a {s}." for s in SHAPES], [SHAPES.index(s.shape) for s in scenes]),
+        "colour": (
+            [f"a photo of a {c} shape." for c in COLOURS],
+            [list(COLOURS).index(s.colour) for s in scenes],
+        ),
+    }
 
     @torch.no_grad()
     def probe(model) -> dict:
@@ -196,7 +267,9 @@ def zero_shot_probe(n: int = 300, seed: int = 4242):
     return probe
 
 
-def zero_shot_record(weights: str, data_root: str, datasets: list[str], progress: bool = True) -> dict:
+def zero_shot_record(
+    weights: str, data_root: str, datasets: list[str], progress: bool = True
+) -> dict:
     """Zero-shot accuracy (all, base and novel classes) of exported weights on synthetic test splits."""
     from ..data import build_dataset
     from ..evaluation import evaluate
@@ -207,8 +280,13 @@ def zero_shot_record(weights: str, data_root: str, datasets: list[str], progress
         row = {}
         for subsample in ("all", "base", "new"):
             data = build_dataset(name, data_root, subsample=subsample)
-            model = build_model("zeroshot", data.classnames, "synthetic", weights, default_template=data.template)
-            row[subsample] = round(evaluate(model, data.test, progress=progress, desc=f"{name}/{subsample}").accuracy, 2)
+            model = build_model(
+                "zeroshot", data.classnames, "synthetic", weights, default_template=data.template
+            )
+            row[subsample] = round(
+                evaluate(model, data.test, progress=progress, desc=f"{name}/{subsample}").accuracy,
+                2,
+            )
             row[f"chance_{subsample}"] = round(100.0 / data.num_classes, 2)
         record[name] = row
     return record
@@ -222,15 +300,28 @@ def summarise_pretrain_log(path: str) -> list[dict]:
     for record in records:
         window.append(record["loss"])
         if "zero_shot" in record:
-            summary.append({"step": record["step"], "mean_loss": round(sum(window) / len(window), 4),
-                            "lr": record["lr"], "logit_scale": record["logit_scale"],
-                            "seconds": record["seconds"], "zero_shot": record["zero_shot"]})
+            summary.append(
+                {
+                    "step": record["step"],
+                    "mean_loss": round(sum(window) / len(window), 4),
+                    "lr": record["lr"],
+                    "logit_scale": record["logit_scale"],
+                    "seconds": record["seconds"],
+                    "zero_shot": record["zero_shot"],
+                }
+            )
             window = []
     return summary
 
 
-def pretrain_and_record(out_dir: str, steps: int = 5000, batch_size: int = 128, pool_size: int = 24000,
-                        lr: float = 1e-3, install: bool = False) -> dict:
+def pretrain_and_record(
+    out_dir: str,
+    steps: int = 5000,
+    batch_size: int = 128,
+    pool_size: int = 24000,
+    lr: float = 1e-3,
+    install: bool = False,
+) -> dict:
     """`clipadapt pretrain-synthetic`: pretrain, record the zero-shot accuracy in OUT/synthetic-clip.json,
     and with `install` copy the result into the package; returns the record."""
     import shutil
@@ -239,10 +330,21 @@ def pretrain_and_record(out_dir: str, steps: int = 5000, batch_size: int = 128, 
     from ..synthetic_weights import SHIPPED_RECORD, SHIPPED_WEIGHTS
 
     start = time.time()
-    weights = pretrain(out_dir, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
-                       eval_fn=zero_shot_probe())
-    record = {"weights": os.path.basename(weights), "pretrain_minutes": round((time.time() - start) / 60, 1),
-              "zero_shot": zero_shot_record(weights, os.path.join(out_dir, "data"), list(SYNTHETIC_DATASETS))}
+    weights = pretrain(
+        out_dir,
+        steps=steps,
+        batch_size=batch_size,
+        pool_size=pool_size,
+        lr=lr,
+        eval_fn=zero_shot_probe(),
+    )
+    record = {
+        "weights": os.path.basename(weights),
+        "pretrain_minutes": round((time.time() - start) / 60, 1),
+        "zero_shot": zero_shot_record(
+            weights, os.path.join(out_dir, "data"), list(SYNTHETIC_DATASETS)
+        ),
+    }
     with open(os.path.join(out_dir, "pretrain_config.json")) as f:
         record["pretrain"] = json.load(f)
     # The package keeps this summary only; the whole log stays in OUT (docs/ holds the shipped one, gzipped).

@@ -15,18 +15,41 @@ import numpy as np
 IMAGE_SIZE = 48
 SUPERSAMPLE = 2
 
-SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "crescent"]
+SHAPES = [
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "diamond",
+    "hexagon",
+    "heart",
+    "crescent",
+]
 COLOURS = {
-    "red": (215, 35, 35), "orange": (245, 140, 25), "yellow": (235, 215, 35), "green": (45, 165, 55),
-    "cyan": (35, 200, 210), "blue": (35, 75, 215), "purple": (135, 55, 195), "pink": (245, 125, 190),
-    "white": (245, 245, 245), "brown": (125, 80, 35),
+    "red": (215, 35, 35),
+    "orange": (245, 140, 25),
+    "yellow": (235, 215, 35),
+    "green": (45, 165, 55),
+    "cyan": (35, 200, 210),
+    "blue": (35, 75, 215),
+    "purple": (135, 55, 195),
+    "pink": (245, 125, 190),
+    "white": (245, 245, 245),
+    "brown": (125, 80, 35),
 }
 PATTERNS = ["plain", "striped", "dotted", "checkered"]
 SIZES = ["small", "large"]
 COUNTS = {1: "a", 2: "two", 3: "three"}
 POSITIONS = ["center", "left", "right", "top", "bottom"]
 BACKGROUNDS = ["plain", "noisy", "gradient", "grid", "striped"]
-STYLES = {"photo": "a photo of", "drawing": "a drawing of", "sketch": "a sketch of", "pixel": "a pixel art image of"}
+STYLES = {
+    "photo": "a photo of",
+    "drawing": "a drawing of",
+    "sketch": "a sketch of",
+    "pixel": "a pixel art image of",
+}
 
 
 @dataclass(frozen=True)
@@ -47,9 +70,17 @@ class Scene:
 
 def random_scene(rng: random.Random, **fixed) -> Scene:
     """A scene with every factor not given in `fixed` drawn uniformly."""
-    values = dict(shape=rng.choice(SHAPES), colour=rng.choice(list(COLOURS)), pattern=rng.choice(PATTERNS),
-                  size=rng.choice(SIZES), count=rng.choice(list(COUNTS)), position=rng.choice(POSITIONS),
-                  background=rng.choice(BACKGROUNDS), style=rng.choice(list(STYLES)), seed=rng.getrandbits(31))
+    values = dict(
+        shape=rng.choice(SHAPES),
+        colour=rng.choice(list(COLOURS)),
+        pattern=rng.choice(PATTERNS),
+        size=rng.choice(SIZES),
+        count=rng.choice(list(COUNTS)),
+        position=rng.choice(POSITIONS),
+        background=rng.choice(BACKGROUNDS),
+        style=rng.choice(list(STYLES)),
+        seed=rng.getrandbits(31),
+    )
     values.update(fixed)
     scene = Scene(**values)
     if scene.count > 1:  # several objects fill the frame: a position word would be false
@@ -88,7 +119,7 @@ def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (r < 1) & (r > 0.58)
     if shape == "heart":
         xs, ys = x * 1.15, -y * 1.15 + 0.25
-        return (xs ** 2 + ys ** 2 - 1) ** 3 - xs ** 2 * ys ** 3 < 0
+        return (xs**2 + ys**2 - 1) ** 3 - xs**2 * ys**3 < 0
     if shape == "crescent":
         return (r < 1) & (np.hypot(x - 0.45, y + 0.1) > 0.8)
     raise ValueError(f"unknown shape '{shape}'")
@@ -110,11 +141,20 @@ def _centres(scene: Scene, rng: np.random.Generator) -> tuple[list[tuple[float, 
     if scene.count == 1:
         radius = 0.36 if big else 0.22
         offset = 0.16 if big else 0.26
-        cx, cy = {"center": (0, 0), "left": (-offset, 0), "right": (offset, 0), "top": (0, -offset),
-                  "bottom": (0, offset)}[scene.position]
+        cx, cy = {
+            "center": (0, 0),
+            "left": (-offset, 0),
+            "right": (offset, 0),
+            "top": (0, -offset),
+            "bottom": (0, offset),
+        }[scene.position]
         return [(0.5 + cx + jitter(), 0.5 + cy + jitter())], radius
     radius = (0.23 if big else 0.17) if scene.count == 2 else (0.2 if big else 0.15)
-    slots = [(0.26, 0.5), (0.74, 0.5)] if scene.count == 2 else [(0.26, 0.28), (0.74, 0.28), (0.5, 0.73)]
+    slots = (
+        [(0.26, 0.5), (0.74, 0.5)]
+        if scene.count == 2
+        else [(0.26, 0.28), (0.74, 0.28), (0.5, 0.73)]
+    )
     return [(sx + jitter(), sy + jitter()) for sx, sy in slots], radius
 
 
@@ -126,14 +166,16 @@ def _background(scene: Scene, rng: np.random.Generator, u: np.ndarray, v: np.nda
         base = base + rng.normal(0, 0.08, size=base.shape)
     elif scene.background == "gradient":
         other = np.clip(rng.uniform(0.1, 0.7) + rng.uniform(-0.1, 0.1, size=3), 0, 1)
-        t = (u * np.cos(rng.uniform(0, 2 * np.pi)) + v * np.sin(rng.uniform(0, 2 * np.pi)))[..., None]
+        t = (u * np.cos(rng.uniform(0, 2 * np.pi)) + v * np.sin(rng.uniform(0, 2 * np.pi)))[
+            ..., None
+        ]
         t = (t - t.min()) / (np.ptp(t) + 1e-6)
         base = base * (1 - t) + other[None, None, :] * t
     elif scene.background == "grid":
         lines = ((u * 8) % 1 < 0.12) | ((v * 8) % 1 < 0.12)
         base = np.where(lines[..., None], base + 0.25, base)
     elif scene.background == "striped":
-        stripes = (np.sin(v * 40 + u * 3) > 0.3)
+        stripes = np.sin(v * 40 + u * 3) > 0.3
         base = np.where(stripes[..., None], base * 0.55, base)
     return base
 
@@ -158,7 +200,11 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
         if scene.style in ("drawing", "sketch"):  # outline only: inside minus a shrunk copy
             width = 0.8 if scene.style == "drawing" else 0.84
             inside = inside & ~_inside(scene.shape, xr / width, yr / width)
-        on = _pattern_mask(scene.pattern, xr, yr) if scene.style not in ("drawing", "sketch") else inside
+        on = (
+            _pattern_mask(scene.pattern, xr, yr)
+            if scene.style not in ("drawing", "sketch")
+            else inside
+        )
         shade = 1.0 - 0.18 * (yr[..., None] + 1) / 2 if scene.style == "photo" else 1.0
         fill = np.where(on[..., None], colour, colour * 0.45) * shade
         img = np.where(inside[..., None], fill, img)
@@ -187,12 +233,18 @@ def caption(scene: Scene, rng: random.Random, must: str | None = None) -> str:
         words.append(scene.colour)
     if (must == "pattern" or rng.random() < 0.55) and scene.style in ("photo", "pixel"):
         words.append(scene.pattern)
-    noun = scene.shape if must == "shape" or rng.random() < 0.85 else rng.choice(["shape", "object"])
+    noun = (
+        scene.shape if must == "shape" or rng.random() < 0.85 else rng.choice(["shape", "object"])
+    )
     noun = noun if scene.count == 1 else plural(noun)
     count = COUNTS[scene.count]
     article = "an" if count == "a" and (words[0] if words else noun)[0] in "aeiou" else count
     text = f"{STYLES[scene.style]} {article} {' '.join(words + [noun])}"
-    if scene.count == 1 and scene.position != "center" and (must == "position" or rng.random() < 0.6):
+    if (
+        scene.count == 1
+        and scene.position != "center"
+        and (must == "position" or rng.random() < 0.6)
+    ):
         text += f" on the {scene.position}"
     elif scene.count == 1 and (must == "position" or rng.random() < 0.15):
         text += " in the center"
@@ -202,16 +254,40 @@ def caption(scene: Scene, rng: random.Random, must: str | None = None) -> str:
 
 
 # Which factor a group of otherwise identical scenes differs in, and how often (pretraining batches).
-CONTRAST_FACTORS = {"shape": 0.35, "colour": 0.12, "count": 0.1, "position": 0.1, "pattern": 0.1, "size": 0.08,
-                    "style": 0.08, "background": 0.07}
-FACTOR_VALUES = {"shape": SHAPES, "colour": list(COLOURS), "count": list(COUNTS), "position": POSITIONS,
-                 "pattern": PATTERNS, "size": SIZES, "style": list(STYLES), "background": BACKGROUNDS}
+CONTRAST_FACTORS = {
+    "shape": 0.35,
+    "colour": 0.12,
+    "count": 0.1,
+    "position": 0.1,
+    "pattern": 0.1,
+    "size": 0.08,
+    "style": 0.08,
+    "background": 0.07,
+}
+FACTOR_VALUES = {
+    "shape": SHAPES,
+    "colour": list(COLOURS),
+    "count": list(COUNTS),
+    "position": POSITIONS,
+    "pattern": PATTERNS,
+    "size": SIZES,
+    "style": list(STYLES),
+    "background": BACKGROUNDS,
+}
 
 
-def contrast_group(rng: random.Random, size: int = 4, factor: str | None = None) -> tuple[list[Scene], str]:
+def contrast_group(
+    rng: random.Random, size: int = 4, factor: str | None = None
+) -> tuple[list[Scene], str]:
     """`size` scenes identical but for one factor, so a caption must name that factor to match its image."""
-    factor = factor or rng.choices(list(CONTRAST_FACTORS), weights=list(CONTRAST_FACTORS.values()))[0]
-    fixed = {"count": 1, "style": rng.choice(["photo", "pixel"])} if factor in ("position", "pattern") else {}
+    factor = (
+        factor or rng.choices(list(CONTRAST_FACTORS), weights=list(CONTRAST_FACTORS.values()))[0]
+    )
+    fixed = (
+        {"count": 1, "style": rng.choice(["photo", "pixel"])}
+        if factor in ("position", "pattern")
+        else {}
+    )
     base = random_scene(rng, **fixed)
     values = rng.sample(FACTOR_VALUES[factor], min(size, len(FACTOR_VALUES[factor])))
     scenes = [random_scene(random.Random(0), **{**base.__dict__, factor: v}) for v in values]
@@ -221,8 +297,18 @@ def contrast_group(rng: random.Random, size: int = 4, factor: str | None = None)
 def vocabulary() -> list[str]:
     """Every word a caption or a synthetic class prompt can use."""
     words = set()
-    for phrase in [*STYLES.values(), *SHAPES, *map(plural, SHAPES), *COLOURS, *PATTERNS, *SIZES, *COUNTS.values(),
-                   *POSITIONS, *BACKGROUNDS, "an shape object shapes objects on the in background center .",
-                   "of a photo"]:
+    for phrase in [
+        *STYLES.values(),
+        *SHAPES,
+        *map(plural, SHAPES),
+        *COLOURS,
+        *PATTERNS,
+        *SIZES,
+        *COUNTS.values(),
+        *POSITIONS,
+        *BACKGROUNDS,
+        "an shape object shapes objects on the in background center .",
+        "of a photo",
+    ]:
         words.update(phrase.replace(".", " .").split())
     return sorted(words)
