@@ -47,6 +47,7 @@ def test_tiny_parity_with_open_clip(tiny_backbone):
     _check_parity(tiny_backbone, 32)
 
 
+@pytest.mark.vit
 def test_vit_b16_parity_with_open_clip():
     torch.manual_seed(0)
     bb = load_backbone("ViT-B-16", "none")

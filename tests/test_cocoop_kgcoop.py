@@ -84,6 +84,7 @@ def kgcoop_reference(model, images, template):
 
 
 # ---- CoCoOp ------------------------------------------------------------------------------------
+@pytest.mark.vit
 def test_cocoop_vit_b16_parameter_count():
     model = build_model("cocoop", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     n, vis, ctx = 4, 512, 512  # N_CTX 4 ("a photo of a"), visual.output_dim, ln_final width
@@ -172,6 +173,7 @@ def test_cocoop_official_checkpoint_loads_to_the_same_tensors(tmp_path):
 
 
 # ---- KgCoOp ------------------------------------------------------------------------------------
+@pytest.mark.vit
 def test_kgcoop_vit_b16_parameter_count():
     model = build_model("kgcoop", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     # The official trainer freezes every parameter whose name lacks "ctx": bias_vectors and meta_net

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 
@@ -38,6 +39,7 @@ def _cmd(root, out, *extra):
     ]
 
 
+@pytest.mark.cli
 def test_two_gloo_processes_match_one_process(learn_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(

@@ -256,6 +256,7 @@ def _cli(*args, env):
     )
 
 
+@pytest.mark.cli
 def test_cli_eval_says_when_it_reads_the_cache_and_opts_out(learn_root, tmp_path):
     env = {**os.environ, "CLIPADAPT_CACHE": str(tmp_path / "cache")}
     base = [

@@ -315,6 +315,7 @@ def test_a_sweep_refuses_a_setting_that_is_a_run_argument(tmp_path):
         read_sweep(str(path))
 
 
+@pytest.mark.cli
 def test_children_of_a_parallel_sweep_run_the_api_not_the_command_line(tmp_path):
     from clipadapt.sweep import execute_subprocess
 
@@ -408,6 +409,7 @@ def test_every_importer_writes_the_file_a_trained_run_writes(method, tmp_path):
             load_model(str(tmp_path / "imported.safetensors"))
 
 
+@pytest.mark.cli
 def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
     # In a fresh process: under pytest the root logger already has handlers, which would hide a
     # logging.basicConfig() done on the way (open_clip's factory does one on its first message).
@@ -421,6 +423,7 @@ def test_loading_the_shipped_backbone_leaves_the_root_logger_alone():
     assert done.stdout.strip() == f"[] {logging.WARNING} False" and done.stderr == ""
 
 
+@pytest.mark.cli
 def test_status_lines_print_once_when_open_clip_configured_the_root_logger(learn_root, tmp_path):
     # A fresh process: open_clip's factory (a random-weight open_clip model) gives the root logger a
     # handler, which must not print clipadapt's lines a second time. Under pytest that cannot show.

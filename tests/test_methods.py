@@ -87,6 +87,7 @@ def _fake_vit_b16():
 @pytest.mark.parametrize(
     "attn_proj, expected", [("none", 173_568), ("qkv", 337_664), ("qkvo", 502_912)]
 )
+@pytest.mark.vit
 def test_rmma_vit_b16_parameter_counts(attn_proj, expected):
     from clipadapt.methods.rmma import RMMA, RMMAConfig
 

@@ -15,6 +15,7 @@ def images():
     return torch.randn(3, 3, 32, 32)
 
 
+@pytest.mark.vit
 def test_vit_b16_parameter_count_and_blocks():
     model = build_model("mma", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     assert model.method.num_trainable() == 674_560

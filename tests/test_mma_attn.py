@@ -119,6 +119,7 @@ def test_bad_mask_is_refused():
         MMAAttn(MMAAttnConfig(mask="diagonal"), SimpleNamespace(embed_dim=48), [])
 
 
+@pytest.mark.learning
 def test_training_learns_from_separable_features():
     # Images drawn around five class prototypes; the class prompts' features are unrelated to them,
     # so CLIP's own scores are at chance and only the adapter can recover the classes.

@@ -25,6 +25,7 @@ def _perturbed(**options):
     return perturbed_model("mma_pp", CLASSES, **options).train()
 
 
+@pytest.mark.vit
 def test_vit_b16_parameter_count(capsys):
     from clipadapt.cli import main
 

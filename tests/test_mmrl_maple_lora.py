@@ -68,6 +68,7 @@ def mmrl_reference(model, images):
     return _cos_logits(scale, img_f, txt_f), _cos_logits(scale, rep_f, txt_f)
 
 
+@pytest.mark.vit
 def test_mmrl_vit_b16_parameter_count():
     model = build_model("mmrl", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     k, d, dv, dt, out, blocks = 5, 512, 768, 512, 512, 7
@@ -211,6 +212,7 @@ def maple_reference(model, images):
     return _cos_logits(bb.logit_scale, img_f, _text_out(bb, t, ids.argmax(dim=-1)))
 
 
+@pytest.mark.vit
 def test_maple_vit_b16_parameter_count():
     model = build_model("maple", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     n, dt, dv, depth = 2, 512, 768, 9
@@ -260,6 +262,7 @@ def test_maple_vision_prompts_are_coupled_to_the_language_prompts():
 
 
 # ---- CLIP-LoRA ---------------------------------------------------------------------------------
+@pytest.mark.vit
 def test_clip_lora_vit_b16_parameter_count():
     model = build_model("clip_lora", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     r, blocks, projections = 2, 12, 3

@@ -49,6 +49,7 @@ def _interrupt(model):
     raise Interrupt
 
 
+@pytest.mark.learning
 def test_pretraining_learns_and_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     steps = 24
     whole = tmp_path / "whole"

@@ -177,6 +177,7 @@ def test_templates_are_the_official_sixty():
     )
 
 
+@pytest.mark.vit
 def test_vit_b16_parameter_count():
     model = build_model("promptsrc", ["a", "b"], backbone="ViT-B-16", pretrained="none")
     # ctx (4 x 512) + 8 deep text prompts + VPT (4 x 768) + 8 deep vision prompts, as the official

@@ -112,6 +112,7 @@ def _study_rows(report_md: str) -> list[str]:
     return rows
 
 
+@pytest.mark.learning
 def test_rmma_ablation_study_end_to_end_on_the_synthetic_world(tmp_path, capsys):
     chosen = ["no_mar", "no_fusion", "no_recurrence", "rmma"]  # the other variants: under -m slow
     out, data = _run_and_report(

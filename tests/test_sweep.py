@@ -39,6 +39,7 @@ def broken_root(fake_root, tmp_path):
     return root, split
 
 
+@pytest.mark.cli
 def test_sweep_records_failures_skips_finished_and_retries(broken_root, tmp_path, capsys):
     root, split = broken_root
     out = tmp_path / "out"
@@ -138,6 +139,7 @@ def test_bad_sweep_files_fail_with_one_line_and_touch_nothing(
     assert sorted(p.name for p in out.rglob("*")) == ["keep", "metrics.json"]
 
 
+@pytest.mark.cli
 def test_sweep_through_submitit_local_executor(fake_root, tmp_path, monkeypatch, capsys):
     submitit = pytest.importorskip("submitit")
     arrays, map_array = [], submitit.LocalExecutor.map_array

@@ -98,6 +98,7 @@ def test_shipped_clip_recognises_novel_classes_zero_shot(name):
     assert row["new"] >= 3 * row["chance_new"], (name, row)
 
 
+@pytest.mark.learning
 def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     from clipadapt.cli import main
 

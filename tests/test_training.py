@@ -49,6 +49,7 @@ def test_training_changes_only_method_parameters(method, learn_root):
 # mma_attn normalises its adapted direction before mixing it in, and the random tiny backbone maps
 # every image to nearly the same feature (cosine ~0.95): it learns this set slowly and erratically,
 # so its learning test uses separable features instead (tests/test_mma_attn.py).
+@pytest.mark.learning
 @pytest.mark.parametrize("method", [m for m in TRAINED if m != "mma_attn"])
 def test_training_beats_zero_shot_on_base_classes(method, learn_root):
     data = _base(learn_root)
@@ -183,6 +184,7 @@ def _train_cmd(root, out, *extra):
     ]
 
 
+@pytest.mark.cli
 def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(learn_root, straight), check=True, capture_output=True)
@@ -206,6 +208,7 @@ def test_killed_cli_run_resumes_with_the_same_metrics(learn_root, tmp_path):
         assert a[key] == b[key], key
 
 
+@pytest.mark.cli
 def test_train_command_outputs(learn_root, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run(_train_cmd(learn_root, out, "epochs=1"), capture_output=True, text=True)
