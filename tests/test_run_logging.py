@@ -217,11 +217,3 @@ def test_a_failing_summary_after_training_leaves_the_run_finished(
     )
     assert (out / "metrics.json").exists() and "hm" in metrics
     assert len(warned) == 1 and "could not be written: no display" in warned[0]
-
-
-def test_the_logger_type_and_the_logger_names_agree():
-    from typing import get_args
-
-    from clipadapt import engine, run_logging
-
-    assert get_args(engine.Logger) == run_logging.LOGGERS

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 TB_DIR = "tb"
 CURVES_FILE = "curves.png"
-LOGGERS = ("auto", "tensorboard", "none")  # auto: TensorBoard when the package is installed
 # Keys of a step record that are not loss parts.
 _STEP_KEYS = (
     "epoch",
