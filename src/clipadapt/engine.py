@@ -597,19 +597,42 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
-        cfg, model = self.cfg, self.model
+        self._resume_if_interrupted()
+        steps, drop_last = self._steps_per_epoch()
+        # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
+        self.events.open_tensorboard(
+            self.cfg.logger, self.start_epoch * steps + 1, self.cfg.to_dict()
+        )
+        use_cache = self._prepare_frozen_work()
+        epochs_done = self.start_epoch
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            if self.stopped:
+                break
+            self._train_epoch(epoch, steps, drop_last, use_cache)
+            epochs_done = epoch + 1
+            self._end_epoch(epochs_done)
+        return self._finish(epochs_done)
+
+    def _resume_if_interrupted(self) -> None:
+        """Continue from the output folder's checkpoint, if it has one."""
         if self.try_resume():
             # Steps logged after this checkpoint belonged to the interrupted epoch, which reruns whole.
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             self._status(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
-        drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
+
+    def _steps_per_epoch(self) -> tuple[int, bool]:
+        """Optimizer steps an epoch, and whether the last partial batch is dropped (as Dassl's loader)."""
+        batch_size = self.cfg.batch_size
+        drop_last = len(self.items) >= batch_size
         steps = (
-            len(self.items) // cfg.batch_size
-            if drop_last
-            else math.ceil(len(self.items) / cfg.batch_size)
+            len(self.items) // batch_size if drop_last else math.ceil(len(self.items) / batch_size)
         )
-        # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
-        self.events.open_tensorboard(cfg.logger, self.start_epoch * steps + 1, cfg.to_dict())
+        return steps, drop_last
+
+    def _prepare_frozen_work(self) -> bool:
+        """Decide what frozen work is done once (the images' and the prompts' frozen blocks), cache
+        the training images' when they fit, and log the path; whether the image cache is used."""
+        cfg, model = self.cfg, self.model
         model.prefix_budget_mb = cfg.prefix_cache_mb
         plan = plan_images(
             model.backbone,
@@ -620,7 +643,6 @@ class Trainer:
             cfg.train_noise_std,
             self.autocast_dtype or model.backbone.dtype,
         )
-        use_cache = plan.cached
         text_block = model.method.first_active_blocks(model.backbone)[1]
         prompts = model.prompt_prefix() if self.start_epoch < cfg.epochs else None
         text_path = (
@@ -639,128 +661,144 @@ class Trainer:
             "path": path,
             "image_block": plan.block,
             "text_block": text_block,
-            "image_cache": use_cache,
+            "image_cache": plan.cached,
             "image_cache_mb": round(plan.total_bytes / 2**20, 2),
             "kb_per_image": round(plan.bytes_per_image / 1024, 2),
         }
-        if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
+        if plan.cached and self.start_epoch < cfg.epochs and not self.stopped:
             # The cache pass is training time: it is counted, once, in train_seconds.
             seconds = self._cache_images(plan.block)
             self.train_seconds += seconds
             record["cache_seconds"] = round(seconds, 3)
         self._log(record)
         self._status(f"{model.method.name}: {path}")
-        epochs_done = self.start_epoch
-        for epoch in range(self.start_epoch, cfg.epochs):
-            if self.stopped:
+        return plan.cached
+
+    def _epoch_batches(self, epoch: int, drop_last: bool, use_cache: bool):
+        """The epoch's batches (inputs, labels, global batch size or loader extra): cached frozen
+        images, this rank's slices under torchrun, or the run's image loader."""
+        if use_cache:
+            return self._cached_batches(epoch, drop_last)
+        if distributed.world_size() > 1:
+            return self._sharded_batches(epoch, drop_last)
+        return self._image_batches(self.cfg.seed * 1000 + epoch, drop_last)
+
+    def _train_epoch(self, epoch: int, steps: int, drop_last: bool, use_cache: bool) -> None:
+        """One epoch (0-based): its learning rate and seeds, every optimizer step, the loss records
+        and divergence checks at the log points, and its time."""
+        cfg, model = self.cfg, self.model
+        lr = lr_at_epoch(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        seed_everything(cfg.seed * 1000 + epoch)
+        model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
+        sharded = distributed.world_size() > 1
+        batches = self._epoch_batches(epoch, drop_last, use_cache)
+        model.train()
+        window = _LossWindow(self.device)
+        watch = _DivergenceWatch(
+            self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1
+        )
+        step_clock = _StepClock(self.device)
+        epoch_start = time.perf_counter()
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False
+        )
+        batch_iter, step = iter(bar), 0
+        while True:
+            fetch = time.perf_counter()
+            batch = next(batch_iter, None)
+            waited = time.perf_counter() - fetch
+            self.data_seconds += waited
+            window.data_wait += waited
+            if batch is None:
                 break
-            lr = lr_at_epoch(cfg, epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            seed_everything(cfg.seed * 1000 + epoch)
-            model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
-            sharded = distributed.world_size() > 1
-            if use_cache:
-                batches = self._cached_batches(epoch, drop_last)
-            elif sharded:
-                batches = self._sharded_batches(epoch, drop_last)
-            else:
-                batches = self._image_batches(cfg.seed * 1000 + epoch, drop_last)
-            model.train()
-            window = _LossWindow(self.device)
-            watch = _DivergenceWatch(
-                self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1
-            )
-            step_clock = _StepClock(self.device)
-            epoch_start = time.perf_counter()
-            bar = tqdm(
-                batches,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not self.progress,
-                leave=False,
-            )
-            batch_iter, step = iter(bar), 0
-            while True:
-                fetch = time.perf_counter()
-                batch = next(batch_iter, None)
-                waited = time.perf_counter() - fetch
-                self.data_seconds += waited
-                window.data_wait += waited
-                if batch is None:
-                    break
-                inputs, labels, extra = batch
-                global_count = extra if sharded else len(labels)
-                inputs = inputs.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                step_clock.begin()
-                with torch.autocast(
-                    self.device.type,
-                    dtype=self.autocast_dtype or torch.float32,
-                    enabled=self.autocast_dtype is not None,
-                ):
-                    logits = model(
-                        inputs
-                    )  # images, or FrozenImages entering at the first active block
-                    loss, parts = model.method.loss(logits.float(), labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                distributed.average_gradients(self.params, len(labels), global_count)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                step_clock.end()
-                self.images_seen += global_count
-                window.add(loss, parts, global_count, share=len(labels) / global_count)
-                step += 1
-                watch.add(step, loss, parts)
-                if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
-                    record = window.flush(time.perf_counter())
-                    self.last_loss = window.last_step_loss
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
-                    )
-                    self._log(
-                        {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "global_step": epoch * steps + step,
-                            "lr": lr,
-                            **record,
-                        }
-                    )
-                    # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
-                    self._stop_if_diverged(watch, epoch + 1, step)
-            if window.steps:  # a loader that yielded another number of batches than expected
-                self._log(
-                    {
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "global_step": epoch * steps + step,
-                        "lr": lr,
-                        **window.flush(time.perf_counter()),
-                    }
-                )
-                self.last_loss = window.last_step_loss
-                self._stop_if_diverged(watch, epoch + 1, step)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
-            self.train_seconds += time.perf_counter() - epoch_start
-            if self.step_seconds is not None:
-                self.step_seconds += step_clock.settle()
-            epochs_done = epoch + 1
-            self._add_to_epoch_average(epochs_done)
-            if cfg.validates:
-                self._select(epochs_done)
-            if self.out_dir:
-                self.save_checkpoint(epochs_done)
-                self.last_good_epoch = epochs_done
+            inputs, labels, extra = batch
+            global_count = extra if sharded else len(labels)
+            loss, parts = self._optimizer_step(inputs, labels, global_count, step_clock)
+            self.images_seen += global_count
+            window.add(loss, parts, global_count, share=len(labels) / global_count)
+            step += 1
+            watch.add(step, loss, parts)
+            if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
+                record = self._log_steps(window, watch, epoch, step, steps, lr)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        if window.steps:  # a loader that yielded another number of batches than expected
+            self._log_steps(window, watch, epoch, step, steps, lr)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
+        self.train_seconds += time.perf_counter() - epoch_start
+        if self.step_seconds is not None:
+            self.step_seconds += step_clock.settle()
+
+    def _optimizer_step(
+        self, inputs, labels: torch.Tensor, global_count: int, clock: _StepClock
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward, loss, backward (gradients averaged over the global batch) and update; the loss and
+        its parts, left on the device."""
+        model = self.model
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        clock.begin()
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            logits = model(inputs)  # images, or FrozenImages entering at the first active block
+            loss, parts = model.method.loss(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.params, len(labels), global_count)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        clock.end()
+        return loss, parts
+
+    def _log_steps(
+        self,
+        window: _LossWindow,
+        watch: _DivergenceWatch,
+        epoch: int,
+        step: int,
+        steps: int,
+        lr: float,
+    ) -> dict[str, Any]:
+        """Record the loss window up to `step` and stop the run if it diverged; the record."""
+        record = window.flush(time.perf_counter())
+        self.last_loss = window.last_step_loss
+        self._log(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "global_step": epoch * steps + step,
+                "lr": lr,
+                **record,
+            }
+        )
+        # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
+        self._stop_if_diverged(watch, epoch + 1, step)
+        return record
+
+    def _end_epoch(self, epochs_done: int) -> None:
+        """After an epoch: add it to the epoch average, validate, and write the checkpoint."""
+        self._add_to_epoch_average(epochs_done)
+        if self.cfg.validates:
+            self._select(epochs_done)
+        if self.out_dir:
+            self.save_checkpoint(epochs_done)
+            self.last_good_epoch = epochs_done
+
+    def _finish(self, epochs_done: int) -> TrainResult:
+        """Close the loader and the logs, put the weights the run ends with in place, and report."""
+        cfg, model = self.cfg, self.model
         self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
         self.events.close()
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
         elif self.epoch_average is not None and epochs_done == cfg.epochs:
-            model.method.load_state_dict(
-                self.epoch_average
-            )  # every epoch's state weighed in: the average
+            # Every epoch's state weighed in: the average.
+            model.method.load_state_dict(self.epoch_average)
         model.eval()
         return TrainResult(
             self.train_seconds,
