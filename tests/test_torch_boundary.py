@@ -14,8 +14,8 @@ import clipadapt.report
 import clipadapt.sweep
 
 # The one list of the modules that import no torch: the command line and its parser, the names, the
-# settings and where they come from, the checks before a run, the report and a sweep's reading and
-# planning. Torch is imported only where a run trains or evaluates (deferred imports say so).
+# settings and where they come from, the checks before a run, the run API's front (which checks a
+# run's names and settings before any work), the report and a sweep's reading and planning. Torch is imported only where a run trains or evaluates (deferred imports say so).
 TORCH_FREE_MODULES = (
     "clipadapt",
     "clipadapt.errors",
@@ -30,8 +30,13 @@ TORCH_FREE_MODULES = (
     "clipadapt.checks",
     "clipadapt.run_logging",
     "clipadapt.adapters",
+    "clipadapt.data",
+    "clipadapt.data.datum",
     "clipadapt.data.coop",
+    "clipadapt.data.fewshot",
+    "clipadapt.data.folder",
     "clipadapt.data.check",
+    "clipadapt.run",
     "clipadapt.cli_args",
     "clipadapt.cli",
     "clipadapt.report",

@@ -31,6 +31,12 @@ from .data.datum import Datum
 from .data.loader import ImageItems, make_epoch_loader, make_loader, resolve_workers
 from .data.transforms import train_transform
 from .errors import ClipadaptError, TrainingDivergedError
+from .evaluation import (
+    eval_autocast_dtype,
+    evaluate,
+    evaluate_frozen_features,
+    frozen_features,
+)
 from .fileio import atomic_path
 from .frozen_cache import FrozenImages, plan_images
 from .model import AdaptedCLIP
@@ -502,13 +508,6 @@ class Trainer:
     @torch.no_grad()
     def validation_accuracy(self) -> float:
         """Top-1 accuracy (percent) on the validation split with the current weights."""
-        from .evaluation import (
-            eval_autocast_dtype,
-            evaluate,
-            evaluate_frozen_features,
-            frozen_features,
-        )
-
         model, cfg = self.model, self.cfg
         autocast_dtype = eval_autocast_dtype(self.device)
         if not model.method.image_tower_is_frozen(model.backbone):

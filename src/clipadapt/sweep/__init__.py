@@ -21,8 +21,8 @@ variants, reference, plotted settings and paper numbers for `clipadapt report`.
 
 One job a module: `sweep_file` (the file format and its checks), `planning` (the runs, the run-API
 call each is, skip / rerun / start), `execution` (one run, in this process or a child), `launchers`
-(local, `--jobs N` children, submitit / SLURM, and the dry run). Reading and planning a sweep import no
-torch; the run API is imported when a run executes.
+(local, `--jobs N` children, submitit / SLURM, and the dry run). These modules import no torch; it is
+loaded when a run trains, and when a sweep file's settings are checked against the method classes.
 """
 
 from .execution import (

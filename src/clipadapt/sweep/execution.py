@@ -12,8 +12,10 @@ import subprocess
 import sys
 import traceback
 
+from .. import run as run_api
 from ..errors import ClipadaptError, one_line
 from ..fileio import write_json
+from ..run import RUN_FILES
 from ..run_logging import TB_DIR
 
 
@@ -29,8 +31,6 @@ REPLACED_DIR = ".replaced"  # a rerun run's earlier results, kept until the reru
 def set_aside_results(run_dir: str) -> None:
     """Move a finished run's files into run_dir/.replaced before it is rerun over, so that a rerun that
     fails or is interrupted loses nothing; the next finished run of the folder removes them."""
-    from ..run import RUN_FILES  # deferred: the run API loads torch
-
     if not os.path.exists(os.path.join(run_dir, "metrics.json")):
         return  # nothing finished to keep: an interrupted run's files are replaced as --overwrite does
     kept = os.path.join(run_dir, REPLACED_DIR)
@@ -47,8 +47,6 @@ def execute_in_process(
     """Run one run-API call (`train` or `transfer`) in this process; on failure record failed.json and
     return the error. In a sweep's child process (`child`) failed.json also gets the exit code the child
     ends with, as the command line's: 2 for an input error, 1 for a crash."""
-    from .. import run as run_api  # deferred: the run API loads torch
-
     calls = {"train": run_api.train, "transfer": run_api.transfer}
     os.makedirs(run_dir, exist_ok=True)
     if kwargs.get("overwrite"):

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..adapters import FILE_NAME as ADAPTER_FILE
 from ..errors import ClipadaptError
+from ..run import changed_settings
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,6 @@ def plan_sweep(
 ) -> list[PlannedRun]:
     """Each run's action, from its folder: a finished or interrupted run's config.yaml is compared with the one
     the run API would record now (`clipadapt.run.changed_settings`); writes nothing."""
-    from ..run import changed_settings  # deferred: the run API loads torch
-
     plan = []
     for run in sweep.runs:
         run_dir = os.path.join(out, run.dir)
