@@ -3,9 +3,9 @@ the modules it calls), and nothing in the library imports this module.
 
 Building the parser imports nothing heavy: the modules imported at the top are torch-free
 (tests/test_torch_boundary.py names them); the two commands that train at once (`pretrain`, `demo`)
-import theirs when they run. Every user error ends in one line `clipadapt: error: ...` on stderr and exit code 2, whether
-argparse, a pre-run check or the library finds it; results go to stdout, status lines and progress
-to stderr (`-q` keeps only warnings, `-v` adds other libraries' messages).
+import theirs when they run. Every user error ends in one line `clipadapt: error: ...` on stderr
+and exit code 2, whether argparse, a pre-run check or the library finds it; results go to stdout,
+status lines and progress to stderr (`-q` keeps only warnings, `-v` adds other libraries' messages).
 """
 
 from __future__ import annotations
