@@ -38,8 +38,9 @@ def measure_point(method: str, classes: int, batch: int, threads: int) -> dict:
     import torch
 
     from clipadapt.backbone import load_backbone
-    from clipadapt.engine import TrainConfig, build_optimizer
+    from clipadapt.engine import build_optimizer
     from clipadapt.model import build_model
+    from clipadapt.settings import TrainConfig
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(threads)

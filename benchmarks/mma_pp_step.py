@@ -18,8 +18,9 @@ import time
 import torch
 
 from clipadapt.backbone import load_backbone
-from clipadapt.engine import TrainConfig, build_optimizer, resolve_precision
+from clipadapt.engine import build_optimizer, resolve_precision
 from clipadapt.model import build_model
+from clipadapt.settings import TrainConfig
 
 
 def make_step(model, images, labels, autocast, scaled):

@@ -28,8 +28,9 @@ import time
 import torch
 
 from clipadapt.backbone import load_backbone
-from clipadapt.engine import TrainConfig, build_optimizer, resolve_precision
+from clipadapt.engine import build_optimizer, resolve_precision
 from clipadapt.model import build_model
+from clipadapt.settings import TrainConfig
 
 VARIANTS = ("cache off", "augment on", "cache on")
 

@@ -144,45 +144,6 @@ def test_the_package_has_no_import_circle_and_nothing_imports_the_command_line()
             visit(module, [])
 
 
-def test_the_report_imports_neither_torch_nor_the_training_stack(tmp_path):
-    run = tmp_path / "runs" / "base2novel" / "coop" / "dtd" / "shots16" / "seed1"
-    run.mkdir(parents=True)
-    (run / "metrics.json").write_text(
-        json.dumps(
-            {
-                "protocol": "base2novel",
-                "method": "coop",
-                "dataset": "dtd",
-                "shots": 16,
-                "seed": 1,
-                "base": 80.0,
-                "novel": 60.0,
-            }
-        )
-    )
-    heavy = (
-        "torch",
-        "open_clip",
-        "torchvision",
-        "matplotlib.pyplot",
-        "clipadapt.protocols",
-        "clipadapt.model",
-    )
-    code = (
-        "import sys; import clipadapt.report; from clipadapt.cli import main; "
-        "code = main(['-q', 'report', sys.argv[1], '--out', sys.argv[2]]); "
-        f"print(code, [m for m in {heavy!r} if m in sys.modules])"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "runs"), str(tmp_path / "rep")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.strip().splitlines()[-1] == "0 []"
-    assert (tmp_path / "rep" / "base2novel_16shots.png").stat().st_size > 0
-
-
 def test_quiet_and_verbose_do_what_they_say(learn_root, tmp_path, capsys):
     base = [
         "eval",

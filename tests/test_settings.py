@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from clipadapt.data.coop import COOP_DATASETS
-from clipadapt.engine import TrainConfig
 from clipadapt.methods import METHODS, make_config
 from clipadapt.methods.base import MethodConfig
 from clipadapt.registry import METHOD_NAMES, dataset_names
 from clipadapt.runconfig import parse_overrides, read_preset, resolve
+from clipadapt.settings import TrainConfig
 from clipadapt.validation import SettingError
 
 

@@ -1,5 +1,7 @@
 """clipadapt: few-shot adaptation of CLIP with multimodal adapters."""
 
+import importlib
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -36,8 +38,6 @@ _LAZY = {
 def __getattr__(name: str):
     """Load the public API lazily."""
     if name in _LAZY:
-        import importlib
-
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'clipadapt' has no attribute {name!r}")

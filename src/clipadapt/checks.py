@@ -8,6 +8,7 @@ import os
 import re
 
 from .errors import ClipadaptError
+from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
@@ -18,6 +19,7 @@ def check_device(device: str) -> None:
         raise ClipadaptError(f"device must be cpu, cuda, cuda:N or mps, got '{device}'")
     if device == "cpu":
         return
+    # Deferred: loads torch, which this module's import must not.
     import torch
 
     if device.startswith("cuda"):
@@ -90,8 +92,6 @@ def check_run_names(
     method: str | None = None, dataset: str | None = None, protocol: str | None = None
 ) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
-    from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
-
     if method is not None and method not in METHOD_NAMES:
         raise unknown_name("method", method, list(METHOD_NAMES))
     if dataset is not None and dataset not in dataset_names():

@@ -1,10 +1,11 @@
 """The `clipadapt` command: argument parsing and printing; the work is the library's (clipadapt.run and
 the modules it calls), and nothing in the library imports this module.
 
-Building the parser imports nothing heavy (no torch): each command imports what it needs when it
-runs. Every user error ends in one line `clipadapt: error: ...` on stderr and exit code 2, whether
-argparse, a pre-run check or the library finds it; results go to stdout, status lines and progress
-to stderr (`-q` keeps only warnings, `-v` adds other libraries' messages).
+Building the parser imports nothing heavy: the modules imported at the top are torch-free
+(tests/test_torch_boundary.py names them); the two commands that train at once (`pretrain`, `demo`)
+import theirs when they run. Every user error ends in one line `clipadapt: error: ...` on stderr
+and exit code 2, whether argparse, a pre-run check or the library finds it; results go to stdout,
+status lines and progress to stderr (`-q` keeps only warnings, `-v` adds other libraries' messages).
 """
 
 from __future__ import annotations
@@ -15,7 +16,33 @@ import logging
 import os
 import sys
 
+from .adapters import export_run, import_official
+from .checks import check_run_names
+from .cli_args import build_parser as declare
+from .data.check import check_data_root, format_state
+from .data.coop import COOP_DATASETS
 from .errors import ClipadaptError, one_line
+from .report import scored_text, write_report
+from .run import (
+    SETTING_ARGUMENTS,
+    check_class_names,
+    check_settings,
+    evaluate,
+    method_info,
+    predict,
+    read_class_names,
+    train,
+    transfer,
+)
+from .runconfig import parse_overrides
+from .sweep import (
+    describe_sweeps,
+    dry_run_lines,
+    locate_sweep_file,
+    read_sweep,
+    run_sweep,
+    select_variants,
+)
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -79,8 +106,6 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _print_json(metrics: dict, keys) -> None:
-    from .report import scored_text
-
     line = {k: metrics[k] for k in keys if k in metrics}
     if metrics.get("scored"):  # what each number was measured on: images and classes per split
         line["scored"] = scored_text(metrics)
@@ -90,8 +115,6 @@ def _print_json(metrics: dict, keys) -> None:
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate zero-shot CLIP or a saved adapter on one split of a dataset."""
-    from .run import evaluate
-
     metrics = evaluate(
         args.dataset,
         args.data_root,
@@ -126,13 +149,9 @@ RESULT_KEYS = {
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a method under a protocol and evaluate it; resumes an interrupted run in the same folder."""
-    from .checks import check_run_names
-
     check_run_names(
         args.method, args.dataset, args.protocol
     )  # before the settings' types pull in torch
-    from .run import SETTING_ARGUMENTS, check_settings, train
-    from .runconfig import parse_overrides
 
     settings = parse_overrides(args.overrides)
     check_settings(settings)
@@ -175,8 +194,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     """Evaluate a saved source adapter, without training, on the targets of cross_dataset or domain_generalization."""
-    from .run import transfer
-
     metrics = transfer(
         args.checkpoint,
         args.protocol,
@@ -200,8 +217,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a method's trainable parameter count on a backbone."""
-    from .run import method_info
-    from .runconfig import parse_overrides
 
     info = method_info(args.method, args.backbone, **parse_overrides(args.overrides))
     if args.json:
@@ -217,8 +232,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _class_names(args: argparse.Namespace) -> list[str] | None:
     """The class names --classes or --classes-file give (None when neither)."""
-    from .run import check_class_names, read_class_names
-
     if args.classes_file and args.classes is not None:
         raise ClipadaptError("--classes and --classes-file contradict each other; give one")
     if args.classes_file:
@@ -232,8 +245,6 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images against any class names with a saved adapter (or zero-shot CLIP)."""
-    from .run import predict
-
     for result in predict(
         args.images,
         _class_names(args),
@@ -257,8 +268,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert a checkpoint of a method's official code into a clipadapt adapter file."""
-    from .adapters import import_official
-    from .runconfig import parse_overrides
 
     method = getattr(args, "import_method", None) or args.method
     alias_options = {
@@ -310,8 +319,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a finished run as a Hub-ready folder (adapter, config.json, model card)."""
-    from .adapters import export_run
-
     written = export_run(args.run, args.out)
     print(
         f"wrote {args.out}: {', '.join(written['files'])} ({written['method']}); upload it with "
@@ -323,6 +330,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
     """Pretrain the tiny CLIP on the synthetic world, record its zero-shot accuracy, optionally install it."""
+    # Deferred: loads torch, which this module's import must not.
     from .synthetic.pretrain import pretrain_and_record
 
     record = pretrain_and_record(
@@ -339,6 +347,7 @@ def cmd_pretrain_synthetic(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo on generated data."""
+    # Deferred: loads torch, which this module's import must not.
     from .demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, overwrite=args.overwrite)
@@ -352,8 +361,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Aggregate the finished runs under a folder into the papers' tables."""
-    from .report import write_report
-
     out = args.out or args.dir
     print(
         write_report(
@@ -366,15 +373,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep file's grid of runs under one folder; exit 1 when a run failed."""
-    from .sweep import (
-        describe_sweeps,
-        dry_run_lines,
-        locate_sweep_file,
-        read_sweep,
-        run_sweep,
-        select_variants,
-    )
-
     if args.list:
         for name, text in describe_sweeps():
             print(f"{name:40s} {text}")
@@ -383,7 +381,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ClipadaptError(
             "give a sweep file (or a shipped sweep's name, see --list) and --out DIR"
         )
-    from .runconfig import parse_overrides
 
     sweep = read_sweep(locate_sweep_file(args.file), parse_overrides(args.overrides))
     if args.variants:
@@ -435,8 +432,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List each CoOp dataset's state under a data root; exit 0 only when every one asked for is complete."""
-    from .data.check import check_data_root, format_state
-    from .data.coop import COOP_DATASETS
 
     states = check_data_root(args.data_root, _split(args.dataset))
     for state in states:
@@ -472,8 +467,6 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command (declared in cli_args)."""
-    from .cli_args import build_parser as declare
-
     return declare(COMMANDS)
 
 

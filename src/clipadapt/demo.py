@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .checks import check_writable
 from .errors import ClipadaptError
 from .fileio import write_text
 from .report import base2novel_summary, write_report
@@ -87,8 +88,6 @@ class DemoResult:
 
 def run_demo(out: str, quick: bool = False, overwrite: bool = False) -> DemoResult:
     """Base-to-novel for every method on the synthetic datasets through `sweep` and `report`: the table."""
-    from .checks import check_writable
-
     check_writable(out, "dir")
     if os.path.exists(os.path.join(out, "report.md")) and not overwrite:
         raise ClipadaptError(

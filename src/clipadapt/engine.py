@@ -18,8 +18,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,96 +31,23 @@ from .data.datum import Datum
 from .data.loader import ImageItems, make_epoch_loader, make_loader, resolve_workers
 from .data.transforms import train_transform
 from .errors import ClipadaptError, TrainingDivergedError
+from .evaluation import (
+    eval_autocast_dtype,
+    evaluate,
+    evaluate_frozen_features,
+    frozen_features,
+)
 from .fileio import atomic_path
-from .frozen_cache import DEFAULT_BUDGET_MB, FrozenImages, plan_images
+from .frozen_cache import FrozenImages, plan_images
 from .model import AdaptedCLIP
 from .run_logging import RunLog
-from .validation import check_fields
+from .settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
 DIVERGED_AFTER_SKIPS = (
     10  # under fp16, non-finite losses in a row that mean divergence, not a scaler skip
 )
-
-Optimizer = Literal["sgd", "adamw", "adam"]
-Precision = Literal["fp32", "bf16", "fp16", "auto"]
-Schedule = Literal["cosine", "constant"]
-Keep = Literal["last", "best_val"]
-EvalSplit = Literal["test", "val"]
-Logger = Literal["auto", "tensorboard", "none"]  # run_logging.LOGGERS (torch-free), tested equal
-OPTIMIZERS = get_args(Optimizer)
-PRECISIONS = get_args(Precision)
-SCHEDULES = get_args(Schedule)
-KEEP = get_args(Keep)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; a method's paper values come from its `training_defaults`."""
-
-    optimizer: Optimizer = "sgd"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 5
-    batch_size: int = 16
-    warmup_epochs: int = (
-        0  # constant-lr warm-up epochs before the cosine schedule (Dassl's "constant")
-    )
-    warmup_lr: float = 1e-5
-    schedule: Schedule = "cosine"  # cosine (Dassl's, stepped per epoch) | constant
-    patience: int = (
-        0  # early stopping: stop after this many epochs without a better val accuracy (0: off)
-    )
-    keep: Keep = "last"  # the weights a run ends with: last (the papers' default) | best_val (best val epoch)
-    precision: Precision = (
-        "auto"  # auto: fp16 with gradient scaling on CUDA (the papers' AMP), fp32 on CPU
-    )
-    augment: bool = True  # CoOp's random resized crop and flip
-    # Data settings of the studies (carried here so that every run records them in config.yaml):
-    base_ratio: str | int = (
-        "1:1"  # base2novel (int: only to name YAML's reading of an unquoted 4:1 in the error): B:N, the first C - floor(C·N/(B+N)) sorted classes are base
-    )
-    train_noise_std: float = (
-        0.0  # σ of Gaussian noise added to normalised training images (fresh each load)
-    )
-    eval_noise_std: float = 0.0  # σ of fixed per-image noise on the validation and test images
-    # The split a run scores when it ends: test (the papers' tables), or val to choose settings with a
-    # sweep without ever reading the test images (base2novel and fewshot runs).
-    eval_split: EvalSplit = "test"
-    seed: int = 1
-    workers: int | None = None  # data loading processes; None: one per core, at most 8
-    eval_batch_size: int = 100
-    # Memory (MB) each frozen-prefix cache may take: the training images' tokens below the method's
-    # first active block (augmentation off), the class prompts' below its first text block. Above
-    # it the frozen blocks are recomputed every batch; 0 turns the caches off.
-    prefix_cache_mb: float = DEFAULT_BUDGET_MB
-    # TensorBoard event files in the run's tb/ (auto: when the tensorboard package is installed) | none
-    logger: Logger = "auto"
-    log_every: int = 10  # steps between loss records (and the last step of each epoch); the loss stays on device between
-
-    def __post_init__(self):
-        check_fields(
-            self, "training setting"
-        )  # types and ranges (validation.RANGES), for CLI, YAML and Python
-
-    @property
-    def validates(self) -> bool:
-        """Whether the run scores the validation split after every epoch."""
-        return self.patience > 0 or self.keep == "best_val"
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        """Names of the settings."""
-        return {f.name for f in fields(cls)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for YAML."""
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -581,13 +508,6 @@ class Trainer:
     @torch.no_grad()
     def validation_accuracy(self) -> float:
         """Top-1 accuracy (percent) on the validation split with the current weights."""
-        from .evaluation import (
-            eval_autocast_dtype,
-            evaluate,
-            evaluate_frozen_features,
-            frozen_features,
-        )
-
         model, cfg = self.model, self.cfg
         autocast_dtype = eval_autocast_dtype(self.device)
         if not model.method.image_tower_is_frozen(model.backbone):
@@ -676,19 +596,42 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train for the configured epochs (the remaining ones after a resume)."""
-        cfg, model = self.cfg, self.model
+        self._resume_if_interrupted()
+        steps, drop_last = self._steps_per_epoch()
+        # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
+        self.events.open_tensorboard(
+            self.cfg.logger, self.start_epoch * steps + 1, self.cfg.to_dict()
+        )
+        use_cache = self._prepare_frozen_work()
+        epochs_done = self.start_epoch
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            if self.stopped:
+                break
+            self._train_epoch(epoch, steps, drop_last, use_cache)
+            epochs_done = epoch + 1
+            self._end_epoch(epochs_done)
+        return self._finish(epochs_done)
+
+    def _resume_if_interrupted(self) -> None:
+        """Continue from the output folder's checkpoint, if it has one."""
         if self.try_resume():
             # Steps logged after this checkpoint belonged to the interrupted epoch, which reruns whole.
             self._log({"event": "resume", "after_epoch": self.start_epoch})
             self._status(f"resuming from {self.checkpoint_path} after epoch {self.start_epoch}")
-        drop_last = len(self.items) >= cfg.batch_size  # as Dassl's train loader
+
+    def _steps_per_epoch(self) -> tuple[int, bool]:
+        """Optimizer steps an epoch, and whether the last partial batch is dropped (as Dassl's loader)."""
+        batch_size = self.cfg.batch_size
+        drop_last = len(self.items) >= batch_size
         steps = (
-            len(self.items) // cfg.batch_size
-            if drop_last
-            else math.ceil(len(self.items) / cfg.batch_size)
+            len(self.items) // batch_size if drop_last else math.ceil(len(self.items) / batch_size)
         )
-        # The curves' x axis is the optimizer step from the run's start; a resume continues after its checkpoint.
-        self.events.open_tensorboard(cfg.logger, self.start_epoch * steps + 1, cfg.to_dict())
+        return steps, drop_last
+
+    def _prepare_frozen_work(self) -> bool:
+        """Decide what frozen work is done once (the images' and the prompts' frozen blocks), cache
+        the training images' when they fit, and log the path; whether the image cache is used."""
+        cfg, model = self.cfg, self.model
         model.prefix_budget_mb = cfg.prefix_cache_mb
         plan = plan_images(
             model.backbone,
@@ -699,7 +642,6 @@ class Trainer:
             cfg.train_noise_std,
             self.autocast_dtype or model.backbone.dtype,
         )
-        use_cache = plan.cached
         text_block = model.method.first_active_blocks(model.backbone)[1]
         prompts = model.prompt_prefix() if self.start_epoch < cfg.epochs else None
         text_path = (
@@ -718,128 +660,144 @@ class Trainer:
             "path": path,
             "image_block": plan.block,
             "text_block": text_block,
-            "image_cache": use_cache,
+            "image_cache": plan.cached,
             "image_cache_mb": round(plan.total_bytes / 2**20, 2),
             "kb_per_image": round(plan.bytes_per_image / 1024, 2),
         }
-        if use_cache and self.start_epoch < cfg.epochs and not self.stopped:
+        if plan.cached and self.start_epoch < cfg.epochs and not self.stopped:
             # The cache pass is training time: it is counted, once, in train_seconds.
             seconds = self._cache_images(plan.block)
             self.train_seconds += seconds
             record["cache_seconds"] = round(seconds, 3)
         self._log(record)
         self._status(f"{model.method.name}: {path}")
-        epochs_done = self.start_epoch
-        for epoch in range(self.start_epoch, cfg.epochs):
-            if self.stopped:
+        return plan.cached
+
+    def _epoch_batches(self, epoch: int, drop_last: bool, use_cache: bool):
+        """The epoch's batches (inputs, labels, global batch size or loader extra): cached frozen
+        images, this rank's slices under torchrun, or the run's image loader."""
+        if use_cache:
+            return self._cached_batches(epoch, drop_last)
+        if distributed.world_size() > 1:
+            return self._sharded_batches(epoch, drop_last)
+        return self._image_batches(self.cfg.seed * 1000 + epoch, drop_last)
+
+    def _train_epoch(self, epoch: int, steps: int, drop_last: bool, use_cache: bool) -> None:
+        """One epoch (0-based): its learning rate and seeds, every optimizer step, the loss records
+        and divergence checks at the log points, and its time."""
+        cfg, model = self.cfg, self.model
+        lr = lr_at_epoch(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        seed_everything(cfg.seed * 1000 + epoch)
+        model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
+        sharded = distributed.world_size() > 1
+        batches = self._epoch_batches(epoch, drop_last, use_cache)
+        model.train()
+        window = _LossWindow(self.device)
+        watch = _DivergenceWatch(
+            self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1
+        )
+        step_clock = _StepClock(self.device)
+        epoch_start = time.perf_counter()
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False
+        )
+        batch_iter, step = iter(bar), 0
+        while True:
+            fetch = time.perf_counter()
+            batch = next(batch_iter, None)
+            waited = time.perf_counter() - fetch
+            self.data_seconds += waited
+            window.data_wait += waited
+            if batch is None:
                 break
-            lr = lr_at_epoch(cfg, epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            seed_everything(cfg.seed * 1000 + epoch)
-            model.seed_draws(cfg.seed * 1000 + epoch)  # prompt and scale draws replay on resume
-            sharded = distributed.world_size() > 1
-            if use_cache:
-                batches = self._cached_batches(epoch, drop_last)
-            elif sharded:
-                batches = self._sharded_batches(epoch, drop_last)
-            else:
-                batches = self._image_batches(cfg.seed * 1000 + epoch, drop_last)
-            model.train()
-            window = _LossWindow(self.device)
-            watch = _DivergenceWatch(
-                self.device, patience=DIVERGED_AFTER_SKIPS if self.scaler.is_enabled() else 1
-            )
-            step_clock = _StepClock(self.device)
-            epoch_start = time.perf_counter()
-            bar = tqdm(
-                batches,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not self.progress,
-                leave=False,
-            )
-            batch_iter, step = iter(bar), 0
-            while True:
-                fetch = time.perf_counter()
-                batch = next(batch_iter, None)
-                waited = time.perf_counter() - fetch
-                self.data_seconds += waited
-                window.data_wait += waited
-                if batch is None:
-                    break
-                inputs, labels, extra = batch
-                global_count = extra if sharded else len(labels)
-                inputs = inputs.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                step_clock.begin()
-                with torch.autocast(
-                    self.device.type,
-                    dtype=self.autocast_dtype or torch.float32,
-                    enabled=self.autocast_dtype is not None,
-                ):
-                    logits = model(
-                        inputs
-                    )  # images, or FrozenImages entering at the first active block
-                    loss, parts = model.method.loss(logits.float(), labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                distributed.average_gradients(self.params, len(labels), global_count)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                step_clock.end()
-                self.images_seen += global_count
-                window.add(loss, parts, global_count, share=len(labels) / global_count)
-                step += 1
-                watch.add(step, loss, parts)
-                if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
-                    record = window.flush(time.perf_counter())
-                    self.last_loss = window.last_step_loss
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
-                    )
-                    self._log(
-                        {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "global_step": epoch * steps + step,
-                            "lr": lr,
-                            **record,
-                        }
-                    )
-                    # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
-                    self._stop_if_diverged(watch, epoch + 1, step)
-            if window.steps:  # a loader that yielded another number of batches than expected
-                self._log(
-                    {
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "global_step": epoch * steps + step,
-                        "lr": lr,
-                        **window.flush(time.perf_counter()),
-                    }
-                )
-                self.last_loss = window.last_step_loss
-                self._stop_if_diverged(watch, epoch + 1, step)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
-            self.train_seconds += time.perf_counter() - epoch_start
-            if self.step_seconds is not None:
-                self.step_seconds += step_clock.settle()
-            epochs_done = epoch + 1
-            self._add_to_epoch_average(epochs_done)
-            if cfg.validates:
-                self._select(epochs_done)
-            if self.out_dir:
-                self.save_checkpoint(epochs_done)
-                self.last_good_epoch = epochs_done
+            inputs, labels, extra = batch
+            global_count = extra if sharded else len(labels)
+            loss, parts = self._optimizer_step(inputs, labels, global_count, step_clock)
+            self.images_seen += global_count
+            window.add(loss, parts, global_count, share=len(labels) / global_count)
+            step += 1
+            watch.add(step, loss, parts)
+            if step % cfg.log_every == 0 or step == steps:  # the only host syncs of the loop
+                record = self._log_steps(window, watch, epoch, step, steps, lr)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        if window.steps:  # a loader that yielded another number of batches than expected
+            self._log_steps(window, watch, epoch, step, steps, lr)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # once an epoch: the epoch's time includes its queued GPU work
+        self.train_seconds += time.perf_counter() - epoch_start
+        if self.step_seconds is not None:
+            self.step_seconds += step_clock.settle()
+
+    def _optimizer_step(
+        self, inputs, labels: torch.Tensor, global_count: int, clock: _StepClock
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward, loss, backward (gradients averaged over the global batch) and update; the loss and
+        its parts, left on the device."""
+        model = self.model
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        clock.begin()
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            logits = model(inputs)  # images, or FrozenImages entering at the first active block
+            loss, parts = model.method.loss(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.params, len(labels), global_count)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        clock.end()
+        return loss, parts
+
+    def _log_steps(
+        self,
+        window: _LossWindow,
+        watch: _DivergenceWatch,
+        epoch: int,
+        step: int,
+        steps: int,
+        lr: float,
+    ) -> dict[str, Any]:
+        """Record the loss window up to `step` and stop the run if it diverged; the record."""
+        record = window.flush(time.perf_counter())
+        self.last_loss = window.last_step_loss
+        self._log(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "global_step": epoch * steps + step,
+                "lr": lr,
+                **record,
+            }
+        )
+        # At every log point, the epoch's last step included: no checkpoint holds weights gone bad.
+        self._stop_if_diverged(watch, epoch + 1, step)
+        return record
+
+    def _end_epoch(self, epochs_done: int) -> None:
+        """After an epoch: add it to the epoch average, validate, and write the checkpoint."""
+        self._add_to_epoch_average(epochs_done)
+        if self.cfg.validates:
+            self._select(epochs_done)
+        if self.out_dir:
+            self.save_checkpoint(epochs_done)
+            self.last_good_epoch = epochs_done
+
+    def _finish(self, epochs_done: int) -> TrainResult:
+        """Close the loader and the logs, put the weights the run ends with in place, and report."""
+        cfg, model = self.cfg, self.model
         self._epoch_loader = self._epoch_sampler = None  # ends the loader's worker processes
         self.events.close()
         if cfg.keep == "best_val" and self.best_state is not None:
             model.method.load_state_dict(self.best_state)
         elif self.epoch_average is not None and epochs_done == cfg.epochs:
-            model.method.load_state_dict(
-                self.epoch_average
-            )  # every epoch's state weighed in: the average
+            # Every epoch's state weighed in: the average.
+            model.method.load_state_dict(self.epoch_average)
         model.eval()
         return TrainResult(
             self.train_seconds,

@@ -25,9 +25,6 @@ import torch
 
 from .backbone import Backbone, TextBatch
 
-DEFAULT_BUDGET_MB = (
-    4096  # per cache; TrainConfig.prefix_cache_mb overrides it for a run (0: no cache)
-)
 MB = 2**20
 
 

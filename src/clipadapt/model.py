@@ -11,7 +11,6 @@ from . import adapters
 from .backbone import Backbone, TextBatch, load_backbone
 from .errors import ClipadaptError
 from .frozen_cache import (
-    DEFAULT_BUDGET_MB,
     MB,
     FrozenImages,
     PromptPrefix,
@@ -23,6 +22,7 @@ from .frozen_cache import (
 )
 from .methods import Method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
+from .settings import DEFAULT_BUDGET_MB
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
 
 DEFAULT_TEMPLATE = "a photo of a {}."

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from .errors import ClipadaptError
 
@@ -35,8 +36,6 @@ def format_prompt(template: str, classname: str) -> str:
 
 def openai_templates() -> list[str]:
     """CLIP's 80 ImageNet prompt templates, as shipped by open_clip, with "{}" for the class."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 

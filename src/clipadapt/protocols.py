@@ -7,6 +7,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
 from . import distributed
 from .data import build_dataset
 from .data.synthetic import BENCHMARK
@@ -144,8 +146,6 @@ def evaluate_transfer(
 
 def reset_peak_memory(device: str) -> None:
     """Start a new peak-memory window on CUDA; on the CPU the peak is the process's since it started."""
-    import torch
-
     # The CPU's resident high-water mark is left alone: resetting it (/proc/self/clear_refs) changes the
     # whole process's state, which a library call must not do.
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -154,10 +154,9 @@ def reset_peak_memory(device: str) -> None:
 
 def peak_memory_mb(device: str) -> tuple[float | None, str]:
     """Peak memory in MiB and what it measures: CUDA's allocator since reset_peak_memory, else the process's."""
-    import torch
-
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, "cuda_allocated"
+    # Deferred: POSIX only.
     import resource
 
     # Linux reports ru_maxrss in KiB (macOS in bytes).

@@ -14,6 +14,7 @@ Status lines go to the `clipadapt.run` logger; nothing is printed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -22,12 +23,20 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
+
 from . import __version__
 from .adapters import FILE_NAME as ADAPTER_FILE
+from .adapters import read_adapter, recorded_run, resolve_adapter
 from .checks import check_device, check_not_finished, check_run_names, check_writable
+from .data import build_dataset
+from .data.folder import check_distinct
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
 from .registry import FOLDER_DATASET, METHOD_NAMES, NUMBER_NEUTRAL_KEYS, canonical_protocol
+from .run_logging import TB_DIR, finish_run, tensorboard_on
+from .runconfig import choose_preset, resolve, setting_defaults
+from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,6 @@ RUN_FILES = (
 def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
     """The backbone and weights a run uses when none are named: the shipped tiny CLIP and its weights;
     a named open_clip model gets OpenAI's weights unless told."""
-    from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained
-
     backbone = backbone or DEFAULT_BACKBONE
     return backbone, str(pretrained) if pretrained is not None else default_pretrained(backbone)
 
@@ -57,6 +64,7 @@ def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str,
 def feature_cache_of(setting):
     """The FeatureCache a run's `feature_cache` asks for: True the default folder, a path that folder,
     False or None no cache (a FeatureCache is used as given)."""
+    # Deferred: loads torch, which this module's import must not.
     from .feature_cache import FeatureCache
 
     if setting is None or setting is False:
@@ -77,7 +85,7 @@ def _check_data(
     protocol: str, dataset: str, data_root: str, shots: int, seed: int, base_ratio
 ) -> None:
     """Read every split the run will use (file lists only), so that a missing one fails before training."""
-    from .data import build_dataset
+    # Deferred: loads torch, which this module's import must not.
     from .protocols import TRANSFER_TARGETS, transfer_targets
 
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
@@ -122,8 +130,6 @@ def check_scored_classes(
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
-
     with open(path) as f:
         return yaml.safe_load(f) or {}
 
@@ -158,6 +164,7 @@ def train(
     method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
     interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
     protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
+    # Deferred: loads torch, which this module's import must not.
     from . import distributed
     from .weights import check_weights_source
 
@@ -202,8 +209,6 @@ def run_arguments(
 
 def check_settings(settings: dict[str, Any]) -> None:
     """Refuse settings that name one of `train`'s own arguments (seed=3 is the seed argument, --seed 3)."""
-    import inspect
-
     own = {
         name
         for name, p in inspect.signature(train).parameters.items()
@@ -268,8 +273,6 @@ def _resolve_run(
 ):
     """A train call's protocol, preset name, method and training configs and config.yaml record, computed without
     running it."""
-    from .runconfig import choose_preset, resolve
-
     chosen_protocol = protocol or default_protocol(dataset)
     preset_name, preset = choose_preset(config, method, chosen_protocol, backbone)
     overrides = dict(settings)
@@ -318,8 +321,7 @@ def _train(
     progress,
     settings,
 ) -> dict[str, Any]:
-    import yaml
-
+    # Deferred: loads torch, which this module's import must not.
     from . import distributed
     from .protocols import RunSpec, run_protocol
 
@@ -342,7 +344,6 @@ def _train(
     record["world_size"] = (
         distributed.world_size()
     )  # how it ran, not what it is: a resume may use another
-    from .run_logging import tensorboard_on
 
     tensorboard_on(
         train_cfg.logger
@@ -354,7 +355,6 @@ def _train(
         for name in RUN_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
-        from .run_logging import TB_DIR
 
         shutil.rmtree(os.path.join(out, TB_DIR), ignore_errors=True)  # the old run's curves
     check_not_finished(out)
@@ -406,7 +406,6 @@ def _train(
     metrics["world_size"] = record["world_size"]
     write_json(metrics_path, metrics)
     log.info("wrote %s", metrics_path)
-    from .run_logging import finish_run
 
     try:  # evaluation and settings in tb/, curves.png: a finished run stays finished if drawing them fails
         finish_run(out, record, metrics, train_cfg.logger)
@@ -427,8 +426,6 @@ _MISSING = object()
 
 
 def _as_read_back(record: dict) -> dict:
-    import yaml
-
     return yaml.safe_load(
         yaml.safe_dump(record, sort_keys=False)
     )  # tuples as lists, as config.yaml reads back
@@ -439,8 +436,6 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
 
     NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
     default: a setting added to clipadapt since keeps the older behaviour at its default."""
-    from .runconfig import setting_defaults
-
     defaults = setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}
     changes = []
     for key in dict.fromkeys([*previous, *now]):
@@ -541,7 +536,7 @@ def evaluate(
     `out`/metrics.json (and predictions.csv); returns the metrics. With a checkpoint the backbone is the
     recorded one unless `backbone` is given. `method` defaults to zeroshot; with a checkpoint it is the
     adapter's, and naming another is an error."""
-    from .data import build_dataset
+    # Deferred: loads torch, which this module's import must not.
     from .evaluation import evaluate as score
     from .evaluation import write_predictions
     from .model import build_model, load_model
@@ -549,8 +544,6 @@ def evaluate(
 
     check_run_names(method, dataset)
     if checkpoint and method is not None:
-        from .adapters import read_adapter
-
         recorded = read_adapter(checkpoint)[0].get("method")
         if recorded != method:
             raise ClipadaptError(
@@ -666,6 +659,7 @@ def transfer(
 ) -> dict[str, Any]:
     """Score a source adapter, without training, on its source's test set and every target of the
     cross-dataset or domain-generalization protocol, into `out`/metrics.json; returns the metrics."""
+    # Deferred: loads torch, which this module's import must not.
     from .model import load_model
     from .protocols import TRANSFER_TARGETS, evaluate_transfer, transfer_targets
 
@@ -676,7 +670,6 @@ def transfer(
         raise ClipadaptError(
             f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'"
         )
-    from .adapters import recorded_run, resolve_adapter
 
     given, checkpoint = (
         checkpoint,
@@ -756,8 +749,6 @@ def read_class_names(path: str) -> list[str]:
 
 def check_class_names(names: list[str], where: str) -> list[str]:
     """At least two distinct class names, or a clear error naming where they came from."""
-    from .data.folder import check_distinct
-
     if len(names) < 2:
         raise ClipadaptError("need at least two class names to classify between")
     check_distinct(names, where)
@@ -779,6 +770,7 @@ def predict(
 
     Without `checkpoint`, zero-shot CLIP against `classes`; with one, `classes` default to those it was
     trained on. Every input is checked before the first image is scored."""
+    # Deferred: loads torch, which this module's import must not.
     from .model import build_model, load_model
 
     check_device(device)
@@ -818,8 +810,10 @@ def predict(
 def _predictions(
     model, images: list[str], top_k: int, device: str, batch_size: int
 ) -> Iterator[dict[str, Any]]:
+    # Deferred: loads torch, which this module's import must not.
     import torch
 
+    # Deferred: loads torch, which this module's import must not.
     from .data.loader import load_image
     from .evaluation import model_transform
 
@@ -846,6 +840,7 @@ def _predictions(
 def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, Any]:
     """A method's trainable parameter count and options on a backbone's architecture (a name, built with
     random weights, or a loaded Backbone)."""
+    # Deferred: loads torch, which this module's import must not.
     from .model import build_model
 
     model = build_model(method, ["a", "b"], backbone, "none", **options)

@@ -14,13 +14,14 @@ import logging
 import os
 from typing import Any
 
+import yaml
+
 from .errors import ClipadaptError
 
 log = logging.getLogger(__name__)
 
 TB_DIR = "tb"
 CURVES_FILE = "curves.png"
-LOGGERS = ("auto", "tensorboard", "none")  # auto: TensorBoard when the package is installed
 # Keys of a step record that are not loss parts.
 _STEP_KEYS = (
     "epoch",
@@ -57,6 +58,7 @@ def tensorboard_on(logger: str) -> bool:
 
 
 def _writer(out_dir: str, purge_step: int | None = None):
+    # Deferred: loads torch and the optional tensorboard package; this module imports without them.
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=os.path.join(out_dir, TB_DIR), purge_step=purge_step)
@@ -127,8 +129,6 @@ class RunLog:
 
 
 def _yaml_block(settings: dict[str, Any]) -> str:
-    import yaml
-
     # TensorBoard's text plugin reads markdown: indent four spaces for a code block.
     return "\n".join(
         "    " + line for line in yaml.safe_dump(settings, sort_keys=False).splitlines()
@@ -187,6 +187,7 @@ def finish_run(out_dir: str, record: dict[str, Any], metrics: dict[str, Any], lo
     steps = step_records(records)
     scores = final_metrics(metrics)
     if tensorboard_on(logger):
+        # Deferred: loads torch and the optional tensorboard package.
         from torch.utils.tensorboard.summary import hparams
 
         last = steps[-1]["global_step"] if steps else 0
@@ -210,7 +211,7 @@ def write_curves(
     out_dir: str, steps: list[dict], validations: list[dict], scores: dict[str, float]
 ) -> str | None:
     """curves.png: the training loss and the accuracies against epoch (for those without TensorBoard)."""
-    try:
+    try:  # deferred: matplotlib is slow to import and draws only when a run ends
         from matplotlib.figure import (
             Figure,  # the object API: no backend is chosen for the caller's process
         )

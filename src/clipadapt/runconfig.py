@@ -5,6 +5,10 @@ Presets are package data (`clipadapt/presets/`), keyed by method, protocol and b
 for the shipped tiny CLIP. For a protocol the lookup tries `<method>_<protocol>.yaml`, then the
 protocol's stand-ins (DG runs on ImageNet's settings), then `<method>.yaml` (a preset for every
 protocol); finding none is an error.
+
+What the training settings are (`TrainConfig`) is `clipadapt.settings`; this module says where a run's
+values come from. It imports no torch: the method classes are imported when a run's settings are
+resolved.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from .engine import TrainConfig
 from .errors import ClipadaptError, one_line
-from .methods import make_config, method_class
+from .registry import canonical_protocol
+from .settings import TrainConfig
+from .synthetic_weights import is_shipped
 
 # Settings that have a flag of their own: one setting, one name.
 FLAG_SETTINGS = {"seed": "--seed"}
@@ -56,8 +61,6 @@ PRESET_STAND_INS = {
 
 def backbone_family(backbone: str | None) -> str:
     """'synthetic' for the shipped tiny CLIP, 'clip' for open_clip's models."""
-    from .synthetic_weights import is_shipped
-
     return "synthetic" if backbone is None or is_shipped(backbone) else "clip"
 
 
@@ -146,6 +149,8 @@ def resolve(
     method: str, preset: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
 ):
     """Method config, TrainConfig and the merged flat dict that produced them."""
+    from .methods import make_config, method_class  # deferred: the method classes load torch
+
     cls = method_class(method)
     given = {**(preset or {}), **(overrides or {})}
     for key, flag in FLAG_SETTINGS.items():
@@ -173,6 +178,8 @@ def resolve(
 
 def setting_defaults(method: str) -> dict[str, Any]:
     """Each method option's and training setting's default value, as config.yaml records it."""
+    from .methods import make_config  # deferred: the method classes load torch
+
     record = {**make_config(method, {}).to_dict(), **TrainConfig().to_dict()}
     return yaml.safe_load(yaml.safe_dump(record, sort_keys=False))
 
@@ -197,8 +204,6 @@ def train_settings(
 
     `backbone` None is the CLI's default (the shipped tiny CLIP); `config` is --config (None: the matching
     shipped preset, "none": the method's defaults, else a file or a preset's name)."""
-    from .registry import canonical_protocol
-
     name, preset = choose_preset(config, method, canonical_protocol(protocol), backbone)
     method_cfg, train_cfg, _ = resolve(method, preset, overrides)
     return TrainSettings(name, method_cfg.to_dict(), train_cfg)

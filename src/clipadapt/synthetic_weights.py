@@ -6,11 +6,12 @@ script (`clipadapt.synthetic.pretrain`), which sits above the library and uses i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from .errors import ClipadaptError
-from .fileio import file_digest
+from .fileio import atomic_path, file_digest
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_NAME = "synthetic"
@@ -70,8 +71,7 @@ def shipped_config() -> dict:
 
 def create_shipped_architecture():
     """The shipped tiny CLIP's architecture with its seed-0 random weights (before any weights are loaded)."""
-    import dataclasses
-
+    # Deferred: loads torch, which this module's import must not.
     import open_clip
     import torch
     from open_clip.transform import PreprocessCfg
@@ -90,6 +90,7 @@ def create_shipped_architecture():
 
 def shipped_tokenizer():
     """The tokenizer of the shipped tiny CLIP: open_clip's BPE at the config's context length."""
+    # Deferred: loads torch, which this module's import must not.
     import open_clip
 
     # As open_clip.get_tokenizer would build it for this config, without its root-logger messages.
@@ -98,10 +99,9 @@ def shipped_tokenizer():
 
 def export_weights(model, token_ids: list[int], path: str) -> dict:
     """Save fp16 weights with only the given token-embedding rows (the world's vocabulary); returns the metadata."""
+    # Deferred: loads torch, which this module's import must not.
     import torch
     from safetensors.torch import save_file
-
-    from .fileio import atomic_path
 
     state = {
         k: v.detach().half().contiguous()
@@ -124,6 +124,7 @@ def export_weights(model, token_ids: list[int], path: str) -> dict:
 
 def load_exported(path: str):
     """Build the tiny CLIP and load exported weights (tokens outside the vocabulary keep their init)."""
+    # Deferred: loads torch, which this module's import must not.
     from safetensors.torch import load_file
 
     try:

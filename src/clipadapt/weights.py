@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import zipfile
+from urllib.parse import urlparse
 
 import open_clip
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 
 from .checks import closest_names, unknown_name
 from .errors import ClipadaptError
@@ -96,7 +99,6 @@ HF_SAFE_NAMES = ("open_clip_model.safetensors",)  # what open_clip tries before 
 def _hf_cache_dir(cache_dir: str | None) -> str:
     if cache_dir:
         return cache_dir
-    from huggingface_hub import constants
 
     return constants.HF_HUB_CACHE
 
@@ -104,11 +106,6 @@ def _hf_cache_dir(cache_dir: str | None) -> str:
 def cached_weights(cfg: dict, cache_dir: str | None) -> str | None:
     """The local file open_clip would load for a pretrained tag's config, if it is already cached."""
     hub = cfg.get("hf_hub", "")
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            hub = ""
     if hub:
         model_id, filename = os.path.split(hub)
         for name in (*HF_SAFE_NAMES, filename or "open_clip_pytorch_model.bin"):
@@ -123,8 +120,6 @@ def cached_weights(cfg: dict, cache_dir: str | None) -> str | None:
 
 def host_reachable(host: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to host:443 opens within `timeout` seconds (False when HF_HUB_OFFLINE is set)."""
-    import socket
-
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     try:
@@ -140,7 +135,6 @@ def check_weights_reachable(name: str, pretrained: str, cache_dir: str | None = 
     cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
     if not cfg or "file" in cfg or cached_weights(cfg, cache_dir):
         return
-    from urllib.parse import urlparse
 
     hub = cfg.get("hf_hub", "")
     host = "huggingface.co" if hub else urlparse(cfg.get("url", "")).hostname or ""

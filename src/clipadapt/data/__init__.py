@@ -6,6 +6,7 @@ import random
 
 from ..errors import DataError
 from ..registry import FOLDER_DATASET as FOLDER
+from ..registry import dataset_names
 from .coop import COOP_DATASETS, read_coop_dataset
 from .datum import DatasetSplits, Datum, classnames_of
 from .fewshot import (
@@ -31,12 +32,11 @@ __all__ = [
 
 def known_datasets() -> list[str]:
     """Names accepted by build_dataset (clipadapt.registry's list)."""
-    from ..registry import dataset_names
-
     return dataset_names()
 
 
 def _read(name: str, root: str):
+    # Deferred: numpy and the renderer load only for the synthetic world.
     from .synthetic import SYNTHETIC_DATASETS, read_synthetic
 
     if name in COOP_DATASETS:

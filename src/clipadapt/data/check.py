@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..checks import unknown_name
 from ..errors import DataError
 from ..registry import SYNTHETIC_DATASET_NAMES, dataset_names
+from . import build_dataset
 from .coop import COOP_DATASETS, DATASETS_MD, CoopDataset, read_coop_dataset
 
 _DRIVE = "the Google Drive link in DATASETS.md"
@@ -159,7 +160,7 @@ def format_state(state: DatasetState) -> list[str]:
 def check_own_dataset(name: str, data_root: str) -> DatasetState:
     """The state of a dataset that is not CoOp's: an image folder read as `train` reads it; a synthetic
     one counted when rendered, else said to be rendered on first use (checking never renders it)."""
-    from . import build_dataset
+    # Deferred: numpy and the renderer load only for the synthetic world.
     from .synthetic import split_file_name
 
     root = os.path.abspath(os.path.expanduser(data_root))

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -23,15 +24,30 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data import build_dataset
+from ..data.synthetic import SYNTHETIC_DATASETS
+from ..evaluation import evaluate
 from ..fileio import atomic_path, write_json
+from ..model import build_model
 from ..synthetic_weights import (
     SHIPPED_CONFIG,
+    SHIPPED_RECORD,
+    SHIPPED_WEIGHTS,
     create_shipped_architecture,
     export_weights,
     load_exported,  # noqa: F401  (the format lives with the loader)
     shipped_tokenizer,
 )
-from .render import SHAPES, Scene, caption, contrast_group, random_scene, render, vocabulary
+from .render import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    caption,
+    contrast_group,
+    random_scene,
+    render,
+    vocabulary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +256,6 @@ def pretrain(
 
 def zero_shot_probe(n: int = 300, seed: int = 4242):
     """A function scoring a model's zero-shot accuracy on shape and on colour, on fixed random scenes."""
-    from .render import COLOURS
-
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(n)]
     pixels = normalise(render_images(scenes, progress=False))
@@ -271,9 +285,6 @@ def zero_shot_record(
     weights: str, data_root: str, datasets: list[str], progress: bool = True
 ) -> dict:
     """Zero-shot accuracy (all, base and novel classes) of exported weights on synthetic test splits."""
-    from ..data import build_dataset
-    from ..evaluation import evaluate
-    from ..model import build_model
 
     record = {}
     for name in datasets:
@@ -324,10 +335,6 @@ def pretrain_and_record(
 ) -> dict:
     """`clipadapt pretrain-synthetic`: pretrain, record the zero-shot accuracy in OUT/synthetic-clip.json,
     and with `install` copy the result into the package; returns the record."""
-    import shutil
-
-    from ..data.synthetic import SYNTHETIC_DATASETS
-    from ..synthetic_weights import SHIPPED_RECORD, SHIPPED_WEIGHTS
 
     start = time.time()
     weights = pretrain(
