@@ -90,10 +90,10 @@ def check_run_names(
     method: str | None = None, dataset: str | None = None, protocol: str | None = None
 ) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
-    from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
+    from .registry import PROTOCOL_NAMES, dataset_names, is_known_method, unknown_method_error
 
-    if method is not None and method not in METHOD_NAMES:
-        raise unknown_name("method", method, list(METHOD_NAMES))
+    if method is not None and not is_known_method(method):
+        raise unknown_method_error(method)
     if dataset is not None and dataset not in dataset_names():
         raise unknown_name("dataset", dataset, dataset_names())
     if protocol is not None and protocol not in PROTOCOL_NAMES:

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from .adapters import FILE_NAME as ADAPTER_FILE
 from .errors import ClipadaptError
 from .fileio import write_json
+from .registry import import_path_for_children, method_argument
 
 PACKAGE_PRESETS = Path(__file__).resolve().parent / "presets"
 PACKAGE_SWEEPS = (
@@ -154,7 +155,7 @@ class Sweep:
                 **common,
             }
         kwargs = {
-            "method": run.method,
+            "method": method_argument(run.method),  # a method loaded by class path: that path
             "dataset": run.dataset,
             **common,
             "protocol": run.protocol,
@@ -297,7 +298,7 @@ def describe_sweeps() -> list[tuple[str, str]]:
 def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     """Read and check a sweep file: unknown keys, protocols, methods, datasets and settings fail before any run."""
     from .data import known_datasets
-    from .methods import METHODS
+    from .methods import METHODS, method_name
     from .protocols import TRANSFER_TARGETS
     from .registry import canonical_protocol
     from .runconfig import NO_PRESET, choose_preset, read_preset, read_yaml_mapping, resolve
@@ -321,7 +322,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
             f"sweep file '{path}': a study lists 'variants' (each names its method), not 'methods'"
         )
     methods = (
-        [str(m) for m in _as_list(data, "methods")]
+        [method_name(str(m)) for m in _as_list(data, "methods")]  # a class path: its method's name
         if not variants
         else list(dict.fromkeys(v["method"] for v in variants.values()))
     )
@@ -515,7 +516,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
 def _read_variants(path: str, data: dict) -> dict[str, dict]:
     """A study's variants in file order, checked: names are folder names, each names a known method; the
     reference, the plotted settings and the paper's numbers name variants that exist."""
-    from .methods import METHODS
+    from .methods import METHODS, method_name
 
     variants = data.get("variants")
     study_keys = [k for k in ("reference", "plot", "paper") if k in data]
@@ -541,6 +542,7 @@ def _read_variants(path: str, data: dict) -> dict[str, dict]:
             raise ClipadaptError(
                 f"sweep file '{path}': variant '{name}' needs 'method: NAME' and its settings"
             )
+        spec = {**spec, "method": method_name(str(spec["method"]))}
         if spec["method"] not in METHODS:
             raise ClipadaptError(
                 f"sweep file '{path}': variant '{name}' names unknown method '{spec['method']}'; "
@@ -986,6 +988,7 @@ def _run_parallel(
         gpu = slots.get()
         try:
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+            env = import_path_for_children(env)  # methods loaded by class path import there too
             run_device = device
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
