@@ -133,9 +133,12 @@ def check_adapter_fits(
 # ---- official checkpoints ----------------------------------------------------------------------
 def official_reader(method: str):
     """A method's reader of its official code's checkpoints (`official_adapter` declared on its class itself:
-    a subclass reads its own files, never its base's), or None."""
+    a subclass reads its own files, never its base's); None for one without, or an unknown name."""
     from .methods import method_class
+    from .registry import is_known_method
 
+    if not is_known_method(method):
+        return None
     cls = method_class(method)
     return None if vars(cls).get("official_adapter") is None else cls.official_adapter
 

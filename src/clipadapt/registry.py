@@ -143,13 +143,17 @@ def describe_methods() -> str:
 
 
 def unknown_method_error(name: str):
-    """The one-line error for a method name nothing registers, naming the close ones and every known one."""
+    """The one-line error for a method name nothing registers: the close ones, else every known one (the
+    built-ins and the installed plugins)."""
     from .checks import closest_names
     from .errors import ClipadaptError
 
     close = closest_names(name, list(method_names()))
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return ClipadaptError(f"unknown method '{name}' ({hint}known: {describe_methods()})")
+    if close:  # a typo: the short line
+        return ClipadaptError(
+            f"unknown method '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
+        )
+    return ClipadaptError(f"unknown method '{name}' (known: {describe_methods()})")
 
 
 def method_argument(name: str) -> str:
