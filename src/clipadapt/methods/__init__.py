@@ -17,6 +17,7 @@ from ..errors import ClipadaptError
 from ..registry import (
     is_class_path,
     method_source,
+    refresh_methods,
     registered_methods,
     remember_class_path,
     unknown_method_error,
@@ -148,6 +149,13 @@ class _Methods(Mapping):
 METHODS: Mapping[str, type[Method]] = _Methods()
 
 
+def forget_methods() -> None:
+    """Forget every class looked up and everything discovered (registry.refresh_methods): packages installed
+    or removed since are seen as they are now."""
+    refresh_methods()
+    _CLASSES.clear()
+
+
 def make_config(name: str, options: dict | None = None) -> MethodConfig:
     """A method's config from keyword options, with a clear error on an unknown key."""
     try:
@@ -166,4 +174,5 @@ __all__ = [
     "make_config",
     "load_class",
     "adapter_method",
+    "forget_methods",
 ]
