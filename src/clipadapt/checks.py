@@ -86,11 +86,24 @@ def unknown_name(kind: str, given: str, names: list[str], where: str = "") -> Cl
     return ClipadaptError(f"unknown {kind} '{given}' ({hint})")
 
 
+def unknown_method_error(name: str) -> ClipadaptError:
+    """The one-line error for a method name nothing registers: the close ones, else every known one (the
+    built-ins and the installed plugins)."""
+    from .registry import describe_methods, method_names
+
+    close = closest_names(name, list(method_names()))
+    if close:  # a typo: the short line
+        return ClipadaptError(
+            f"unknown method '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
+        )
+    return ClipadaptError(f"unknown method '{name}' (known: {describe_methods()})")
+
+
 def check_run_names(
     method: str | None = None, dataset: str | None = None, protocol: str | None = None
 ) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
-    from .registry import PROTOCOL_NAMES, dataset_names, is_known_method, unknown_method_error
+    from .registry import PROTOCOL_NAMES, dataset_names, is_known_method
 
     if method is not None and not is_known_method(method):
         raise unknown_method_error(method)

@@ -142,20 +142,6 @@ def describe_methods() -> str:
     return text + "; or a class as module:Class"
 
 
-def unknown_method_error(name: str):
-    """The one-line error for a method name nothing registers: the close ones, else every known one (the
-    built-ins and the installed plugins)."""
-    from .checks import closest_names
-    from .errors import ClipadaptError
-
-    close = closest_names(name, list(method_names()))
-    if close:  # a typo: the short line
-        return ClipadaptError(
-            f"unknown method '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
-        )
-    return ClipadaptError(f"unknown method '{name}' (known: {describe_methods()})")
-
-
 def method_argument(name: str) -> str:
     """What a command line passes as --method to reach the method `name` in a fresh process: its name, or its
     class path when it was loaded by path."""

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 
+from ..checks import unknown_method_error
 from ..errors import ClipadaptError
 from ..registry import (
     is_class_path,
@@ -20,7 +21,6 @@ from ..registry import (
     refresh_methods,
     registered_methods,
     remember_class_path,
-    unknown_method_error,
 )
 from .base import Method, MethodConfig, Paper
 
