@@ -506,7 +506,12 @@ def _import_alias(argv: list[str]) -> argparse.Namespace | None:
 def parse_command_line(
     parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> argparse.Namespace:
-    """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options."""
+    """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options;
+    `import-NAME` is parsed by its own parser (built from the method's reader)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    alias = _import_alias(argv)
+    if alias is not None:
+        return alias
     # argparse fills a `nargs="*"` positional that follows another positional (sweep FILE) as soon as it
     # reads that one, so `sweep FILE --out DIR epochs=1` would leave epochs=1 unrecognised.
     args, extra = parser.parse_known_args(argv)
@@ -522,9 +527,8 @@ def parse_command_line(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a sub-command, turning user errors into one line and exit code 2."""
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = _import_alias(argv) or parse_command_line(parser, argv)
+        args = parse_command_line(parser, argv)
     except ClipadaptError as err:  # import-NAME of an unknown method, or of one without a reader
         print(f"clipadapt: error: {one_line(str(err))}", file=sys.stderr)
         return 2

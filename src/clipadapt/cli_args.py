@@ -315,7 +315,8 @@ def _add_import_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--classes",
-        help="comma-separated class names it was trained on (recorded; MMRL fuses on them)",
+        help="comma-separated class names it was trained on (recorded; methods whose inference "
+        "differs on the classes they were trained on read them)",
     )
     p.add_argument(
         "--classes-file", help="file with the class names it was trained on, one per line"
@@ -548,8 +549,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         "CLIP-LoRA's save_lora .pt, ...) and write a clipadapt adapter file. key=value "
         "arguments are the importer's options (the method's reader declares them; options it "
         "does not fix default to the method's config). `clipadapt import-NAME PATH --out FILE` "
-        "(e.g. import-mma, import-mma-pp, import-mmrl) is the same command for method NAME, with "
-        "the importer's options as flags (`clipadapt import-NAME --help` lists them).",
+        "(NAME: the method's name, '-' for '_') is the same command for that method, with the "
+        "importer's options as flags (`clipadapt import-NAME --help` lists them).",
     )
     _add_import_args(p)
     p.add_argument(
