@@ -55,8 +55,9 @@ def _own_declarations() -> list[tuple[str, str]]:
             project = tomllib.loads(pyproject.read_text()).get("project", {})
         except (OSError, tomllib.TOMLDecodeError):
             project = {}
-        if project.get("name") == OWN_DISTRIBUTION:
-            return list(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}).items())
+        table = project.get("entry-points", {}).get(ENTRY_POINT_GROUP)
+        if project.get("name") == OWN_DISTRIBUTION and table is not None:
+            return list(table.items())
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:
