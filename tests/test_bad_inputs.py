@@ -284,7 +284,7 @@ CASES = [
     ("top-k-zero", [*PREDICT, "--classes", "a,b", "--top-k", "0"], ["--top-k"]),
     (
         "import-scale-zero",
-        ["import-mma", "{root}/tiny_mma.pth.tar", "--out", "{root}/x.safetensors", "--scale", "0"],
+        ["import-mma", "{root}/tiny_mma.pth.tar", "--out", "{root}/x.safetensors", "--scale", "-1"],
         ["--scale"],
     ),
     # data

@@ -258,10 +258,12 @@ def test_a_hub_adapter_comes_with_its_recorded_run_when_the_repository_has_one(
 
 
 def test_every_method_names_its_paper_on_the_model_card():
-    from clipadapt.adapters import PAPERS
-    from clipadapt.registry import METHOD_NAMES
+    from clipadapt.adapters import method_paper
+    from clipadapt.methods import METHODS
 
-    assert set(PAPERS) == set(METHOD_NAMES)
+    for name, cls in METHODS.items():
+        assert cls.paper is not None and cls.paper.title and cls.paper.venue, name
+        assert method_paper(name) == str(cls.paper) and cls.paper.title in method_paper(name)
 
 
 def test_a_cross_dataset_runs_card_and_summary_show_its_source_and_target_accuracies():

@@ -16,6 +16,12 @@ __all__ = [
     "AdaptedCLIP",
     "preprocess",
     "train_settings",
+    "Method",
+    "MethodConfig",
+    "Paper",
+    "Backbone",
+    "TextBatch",
+    "method_class",
 ]
 
 # Imported on first use, so that `clipadapt --help` (which imports this package) does not load torch:
@@ -32,6 +38,14 @@ _LAZY = {
     "AdaptedCLIP": ("clipadapt.model", "AdaptedCLIP"),
     "preprocess": ("clipadapt.evaluation", "model_transform"),
     "train_settings": ("clipadapt.runconfig", "train_settings"),
+    # Writing a method (docs/writing-a-method.md): the base classes, the paper it names, the types its
+    # hooks take, and the one lookup from a method's name (or `module:Class`) to its class.
+    "Method": ("clipadapt.methods", "Method"),
+    "MethodConfig": ("clipadapt.methods", "MethodConfig"),
+    "Paper": ("clipadapt.methods", "Paper"),
+    "Backbone": ("clipadapt.backbone", "Backbone"),
+    "TextBatch": ("clipadapt.backbone", "TextBatch"),
+    "method_class": ("clipadapt.methods", "method_class"),
 }
 
 

@@ -45,10 +45,13 @@ def write_adapter(
     """Write an adapter file atomically: the tensors (moved to the CPU) and the metadata that identifies them."""
     from safetensors.torch import save_file
 
+    from .registry import method_origin
+
     meta = {
         "format": ADAPTER_FORMAT,
         "clipadapt_version": __version__,
         "method": method,
+        **method_origin(method),  # its class path and package: loading it elsewhere finds it
         "method_config": json.dumps(method_config),
         "backbone_identity": backbone_identity,
         "backbone": str(backbone),
@@ -128,32 +131,80 @@ def check_adapter_fits(
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
+def official_reader(method: str):
+    """A method's reader of its official code's checkpoints (`official_adapter` declared on its class itself:
+    a subclass reads its own files, never its base's); None for one without, or an unknown name."""
+    from .methods import method_class
+    from .registry import is_known_method
+
+    if not is_known_method(method):
+        return None
+    cls = method_class(method)
+    return None if vars(cls).get("official_adapter") is None else cls.official_adapter
+
+
 def official_readers() -> dict[str, Any]:
-    """Method -> its module's `official_adapter(path, **options) -> (config, tensors under our names)`.
+    """Method -> its `official_adapter(path, **options) -> (config, tensors under our names)`, for every
+    registered method that has one (each class imported to ask)."""
+    from .methods import METHODS
 
-    Found by looking the function up on each registered method's module, so a method that gains a
-    reader needs no edit here."""
-    import importlib
-
-    from .registry import METHOD_CLASSES
-
-    readers = {}
-    for name, (module, _) in METHOD_CLASSES.items():
-        reader = getattr(
-            importlib.import_module(f"{__package__}.methods.{module}"), "official_adapter", None
-        )
-        if callable(reader):
-            readers[name] = reader
-    return readers
+    readers = {name: official_reader(name) for name in METHODS}
+    return {name: reader for name, reader in readers.items() if reader is not None}
 
 
 def reader_options(method: str) -> tuple[list[str], bool]:
     """The named options a method's official reader takes (its path excluded), and whether it takes others too."""
     import inspect
 
-    params = list(inspect.signature(official_readers()[method]).parameters.values())[1:]
+    params = list(inspect.signature(official_reader(method)).parameters.values())[1:]
     named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def importer_options(method: str) -> list[tuple[str, Any, Any]]:
+    """(name, default, declared type) of each option a method's official reader takes: its named
+    parameters, and every config field when it passes other options on to the config. A config field's
+    default and type are the config's; another parameter's are its signature's."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from .methods import method_class
+    from .validation import field_types
+
+    reader = official_reader(method)
+    if reader is None:
+        raise ClipadaptError(
+            f"no importer for method '{method}'; official checkpoints import for: "
+            f"{', '.join(official_readers())}"
+        )
+    config = method_class(method).Config
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    types = field_types(config)
+    hints = typing.get_type_hints(reader)
+    named, takes_any = reader_options(method)
+    params = inspect.signature(reader).parameters
+    options = []
+    for name in [*named, *(f for f in fields if takes_any and f not in named)]:
+        if name in fields:
+            field = fields[name]
+            default = (
+                field.default_factory()
+                if field.default is dataclasses.MISSING
+                and field.default_factory is not dataclasses.MISSING
+                else field.default
+            )
+            options.append((name, default, types[name]))
+        else:
+            default = params[name].default
+            options.append(
+                (
+                    name,
+                    None if default is inspect.Parameter.empty else default,
+                    hints.get(name, str),
+                )
+            )
+    return options
 
 
 def import_official(
@@ -172,15 +223,17 @@ def import_official(
     architecture (no weights are loaded), and the file records the backbone's identity as training does."""
     from .backbone import load_backbone
     from .checks import check_writable
-    from .methods import method_class
+    from .methods import method_class, method_name
     from .official_checkpoints import check_state_fits
     from .weights import backbone_identity, check_weights_source
 
     check_writable(out, "file")
-    readers = official_readers()
-    if method not in readers:
+    method = method_name(method)
+    reader = official_reader(method)
+    if reader is None:
         raise ClipadaptError(
-            f"no importer for method '{method}'; official checkpoints import for: {', '.join(readers)}"
+            f"no importer for method '{method}'; official checkpoints import for: "
+            f"{', '.join(official_readers())}"
         )
     accepted, takes_any = reader_options(method)
     if takes_any:  # a reader passing options on to the method's config: any of its fields, checked before reading
@@ -199,7 +252,7 @@ def import_official(
         backbone, pretrained
     )  # before any work: the weights must be named rightly
     try:
-        config, state = readers[method](path, **options)
+        config, state = reader(path, **options)
     except (
         TypeError
     ) as err:  # an option the method's config does not know (readers passing **options on)
@@ -236,23 +289,6 @@ EXPORT_CARD = "README.md"
 # A bare `user/name` is a Hub id only when no such local path exists and it does not look like a file.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar")
-# The model card's "paper" line; the method table of the README names the same works.
-PAPERS = {
-    "zeroshot": "CLIP: Learning Transferable Visual Models From Natural Language Supervision (ICML 2021)",
-    "clip_adapter": "CLIP-Adapter: Better Vision-Language Models with Feature Adapters (IJCV 2023)",
-    "coop": "Learning to Prompt for Vision-Language Models (CoOp, IJCV 2022)",
-    "mma": "MMA: Multi-Modal Adapter for Vision-Language Models (CVPR 2024)",
-    "mma_pp": "MMA++ (T-PAMI 2026), the journal extension of MMA",
-    "rmadapter": "RMAdapter: reconstruction-based multi-modal adapter",
-    "rmma": "R-MMA: a recurrent multi-modal adapter",
-    "mma_attn": "MMA of arXiv 2409.02958 (masked attention over output embeddings)",
-    "mmrl": "MMRL: Multi-Modal Representation Learning for Vision-Language Models (CVPR 2025)",
-    "maple": "MaPLe: Multi-modal Prompt Learning (CVPR 2023)",
-    "clip_lora": "Low-Rank Few-Shot Adaptation of Vision-Language Models (CLIP-LoRA, CVPRW 2024)",
-    "cocoop": "Conditional Prompt Learning for Vision-Language Models (CoCoOp, CVPR 2022)",
-    "kgcoop": "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization (KgCoOp, CVPR 2023)",
-    "promptsrc": "Self-regulating Prompts: Foundational Model Adaptation without Forgetting (PromptSRC, ICCV 2023)",
-}
 
 
 def is_hub_id(checkpoint: str) -> bool:
@@ -437,6 +473,17 @@ def _metric_lines(metrics: dict) -> list[str]:
     return [f"| {key} | {value} |" for key, value in scored_accuracies(metrics).items()]
 
 
+def method_paper(method: str) -> str:
+    """The model card's paper line: the work the method's class names (`paper`), else the method's name."""
+    from .methods import method_class
+
+    try:
+        paper = method_class(method).paper
+    except ClipadaptError:  # a plugin no longer installed: its card still gets written
+        return method
+    return str(paper) if paper else method
+
+
 def model_card(meta: dict[str, str], metrics: dict, record: dict, command: str) -> str:
     """The README.md of an exported adapter: YAML front matter (license left for the user) and the run's facts."""
     method = meta["method"]
@@ -460,7 +507,7 @@ def model_card(meta: dict[str, str], metrics: dict, record: dict, command: str) 
             "| | |",
             "| --- | --- |",
             f"| method | `{method}` |",
-            f"| paper | {PAPERS.get(method, method)} |",
+            f"| paper | {method_paper(method)} |",
             f"| backbone | `{meta['backbone']}`, weights `{meta['pretrained']}` |",
             f"| backbone identity | `{meta['backbone_identity']}` |",
             f"| protocol | {record.get('protocol')} |",
@@ -522,7 +569,9 @@ def export_run(run: str, out: str) -> dict[str, Any]:
         "run": {k: v for k, v in record.items() if k != "data_root"},
         "metrics": metrics,
     }
-    command = train_command(meta["method"], record)
+    # A method loaded by its class path (no package records it) is named by that path in the command.
+    by_path = meta.get("method_package") == "" and meta.get("method_source")
+    command = train_command(by_path or meta["method"], record)
     os.makedirs(out, exist_ok=True)
     with atomic_path(os.path.join(out, FILE_NAME)) as tmp:
         shutil.copyfile(adapter, tmp)

@@ -8,7 +8,7 @@ import os
 import re
 
 from .errors import ClipadaptError
-from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
+from .registry import PROTOCOL_NAMES, dataset_names, is_known_method
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
@@ -88,12 +88,25 @@ def unknown_name(kind: str, given: str, names: list[str], where: str = "") -> Cl
     return ClipadaptError(f"unknown {kind} '{given}' ({hint})")
 
 
+def unknown_method_error(name: str) -> ClipadaptError:
+    """The one-line error for a method name nothing registers: the close ones, else every known one (the
+    built-ins and the installed plugins)."""
+    from .registry import describe_methods, method_names
+
+    close = closest_names(name, list(method_names()))
+    if close:  # a typo: the short line
+        return ClipadaptError(
+            f"unknown method '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
+        )
+    return ClipadaptError(f"unknown method '{name}' (known: {describe_methods()})")
+
+
 def check_run_names(
     method: str | None = None, dataset: str | None = None, protocol: str | None = None
 ) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
-    if method is not None and method not in METHOD_NAMES:
-        raise unknown_name("method", method, list(METHOD_NAMES))
+    if method is not None and not is_known_method(method):
+        raise unknown_method_error(method)
     if dataset is not None and dataset not in dataset_names():
         raise unknown_name("dataset", dataset, dataset_names())
     if protocol is not None and protocol not in PROTOCOL_NAMES:

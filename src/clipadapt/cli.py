@@ -269,25 +269,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert a checkpoint of a method's official code into a clipadapt adapter file."""
 
-    method = getattr(args, "import_method", None) or args.method
-    alias_options = {
-        "mma": lambda: {"scale": args.scale},
-        "mma_pp": lambda: {
-            "train_scale": args.train_scale,
-            "test_scale": args.test_scale,
-            "reg_weight": args.reg_weight,
-            "dropout": args.dropout,
-        },
-        "mmrl": lambda: {
-            "last_block": args.last_block,
-            "alpha": args.alpha,
-            "inference": args.inference,
-        },
-    }
-    # `import --method M` takes the reader's options as key=value; the import-<method> aliases as flags.
+    method = args.import_method or args.method
+    # `import --method M` takes the reader's options as key=value; `import-M` as flags (those given).
     options = (
-        alias_options[method]()
-        if getattr(args, "import_method", None)
+        {k: v for k, v in args.import_options.items() if v is not None}
+        if args.import_method
         else parse_overrides(args.overrides)
     )
     written = import_official(
@@ -296,7 +282,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.out,
         args.backbone,
         args.pretrained,
-        classnames=(_class_names(args) if hasattr(args, "classes") else None) or [],
+        classnames=_class_names(args) or [],
         **options,
     )
     config = written["config"]
@@ -470,10 +456,55 @@ def build_parser() -> argparse.ArgumentParser:
     return declare(COMMANDS)
 
 
+IMPORT_ALIAS = "import-"
+
+
+def _import_alias(argv: list[str]) -> argparse.Namespace | None:
+    """`clipadapt [-v|-q] import-NAME ...` parsed as `import --method NAME` with the importer's options as
+    flags, their defaults the method's config; None for any other command line."""
+    position = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if position is None or not argv[position].startswith(IMPORT_ALIAS):
+        return None
+    from .adapters import importer_options
+    from .cli_args import build_import_alias_parser
+    from .methods import method_class
+    from .validation import convert_setting, declared_ranges
+
+    command, rest = argv[position], argv[position + 1 :]
+    method = command.removeprefix(IMPORT_ALIAS).replace("-", "_")
+    options = importer_options(method)  # an unknown method or one without a reader: one line
+    ranges = declared_ranges(method_class(method).Config)
+    alias = build_import_alias_parser(
+        command,
+        method,
+        options,
+        lambda name, text, tp: convert_setting(name, text, tp, "option", ranges.get(name)),
+    )
+    args = alias.parse_args(rest)
+    given = {name: getattr(args, name) for name, _, _ in options}
+    for name in given:
+        delattr(args, name)
+    head = argv[:position]
+    return argparse.Namespace(
+        **vars(args),
+        command="import",
+        func=cmd_import,
+        import_method=method,
+        import_options=given,
+        verbose="-v" in head or "--verbose" in head,
+        quiet="-q" in head or "--quiet" in head,
+    )
+
+
 def parse_command_line(
     parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> argparse.Namespace:
-    """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options."""
+    """Parse argv, accepting key=value overrides anywhere after the sub-command, also after its options;
+    `import-NAME` is parsed by its own parser (built from the method's reader)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    alias = _import_alias(argv)
+    if alias is not None:
+        return alias
     # argparse fills a `nargs="*"` positional that follows another positional (sweep FILE) as soon as it
     # reads that one, so `sweep FILE --out DIR epochs=1` would leave epochs=1 unrecognised.
     args, extra = parser.parse_known_args(argv)
@@ -489,7 +520,11 @@ def parse_command_line(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a sub-command, turning user errors into one line and exit code 2."""
     parser = build_parser()
-    args = parse_command_line(parser, argv)
+    try:
+        args = parse_command_line(parser, argv)
+    except ClipadaptError as err:  # import-NAME of an unknown method, or of one without a reader
+        print(f"clipadapt: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
     if not args.command:  # help asked for by giving nothing: the convention is exit 0
         parser.print_help()
         return 0

@@ -9,7 +9,8 @@ import argparse
 
 from . import __version__
 from .checks import DEVICE_PATTERN
-from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
+from .errors import ClipadaptError
+from .registry import PROTOCOL_NAMES, dataset_names, describe_methods
 
 
 class _Parser(argparse.ArgumentParser):
@@ -303,9 +304,59 @@ def add_datasets_parser(sub, commands: dict) -> None:
     p.set_defaults(func=commands["datasets"])
 
 
+def _add_import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="the official checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument(
+        "--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)"
+    )
+    p.add_argument(
+        "--pretrained", default="openai", help="its weights (default openai, as the official code)"
+    )
+    p.add_argument(
+        "--classes",
+        help="comma-separated class names it was trained on (recorded; methods whose inference "
+        "differs on the classes they were trained on read them)",
+    )
+    p.add_argument(
+        "--classes-file", help="file with the class names it was trained on, one per line"
+    )
+
+
+def build_import_alias_parser(
+    command: str, method: str, options: list[tuple[str, object, object]], convert
+) -> argparse.ArgumentParser:
+    """The parser of `clipadapt import-NAME`: `import --method NAME` with each of the importer's `options`
+    (name, default, declared type) as a flag; `convert(name, text, type)` reads a flag's value."""
+    p = _Parser(
+        prog=f"clipadapt {command}",
+        description=f"Read a checkpoint of the official {method} code and write a clipadapt adapter "
+        f"file: `clipadapt import --method {method}` with the importer's options as flags "
+        "(their defaults are the method's).",
+    )
+    _add_import_args(p)
+    for name, default, declared in options:
+
+        def parse(text: str, name=name, declared=declared):
+            try:
+                return convert(name, text, declared)
+            except ClipadaptError as err:  # argparse's error names the flag
+                raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
+
+        shown = "none" if default is None else default
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=parse,
+            default=None,
+            help=f"{method}'s option {name} (default {shown})",
+        )
+    return p
+
+
 def build_parser(commands: dict) -> argparse.ArgumentParser:
     """The argument parser with every sub-command, each bound to its function in `commands` (by name)."""
-    METHODS = METHOD_NAMES
+    methods = describe_methods()  # entry-point metadata only: no method module is imported
     parser = _Parser(
         prog="clipadapt",
         description="Few-shot adaptation of CLIP with multimodal adapters. Sub-commands evaluate, train, "
@@ -332,7 +383,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        help=f"one of: {', '.join(METHODS)} (default zeroshot; with --checkpoint: "
+        help=f"one of: {methods} (default zeroshot; with --checkpoint: "
         "the adapter's own, which a different --method contradicts)",
     )
     p.add_argument(
@@ -380,7 +431,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         "DIR/metrics.json, DIR/adapter.safetensors, DIR/config.yaml and DIR/log.jsonl. "
         "Rerunning an interrupted run with the same command resumes it.",
     )
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--method", required=True, help=f"one of: {methods}")
     _add_data_args(p)
     p.add_argument(
         "--shots",
@@ -409,8 +460,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         "--config",
         default=None,
         help="YAML settings file, a shipped preset's name (e.g. synthetic/mma.yaml), or 'none' for the "
-        "method's own defaults (default: the shipped preset for the method, protocol and backbone, "
-        "from clipadapt/presets/); key=value arguments override it",
+        "method's own defaults (default: the method's preset for the protocol and backbone, from the "
+        "presets/ folder beside its module: clipadapt/presets/ for the built-ins); key=value "
+        "arguments override it",
     )
     _add_prompts_arg(p)
     p.add_argument(
@@ -451,7 +503,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         help="trainable parameter count of a method on a backbone",
         description="Build a method on a backbone (random weights) and print its trainable parameters.",
     )
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--method", required=True, help=f"one of: {methods}")
     p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
     p.add_argument("--json", action="store_true", help="print JSON (key trainable_params)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="method options")
@@ -492,126 +544,22 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import",
-        help="convert a checkpoint of a method's official code",
+        help="convert a checkpoint of a method's official code (also: import-NAME)",
         description="Read a checkpoint saved by a method's official code (Dassl's model.pth.tar-N, "
         "CLIP-LoRA's save_lora .pt, ...) and write a clipadapt adapter file. key=value "
-        "arguments are the importer's options (mma: scale=0.001; mma_pp: train_scale, "
-        "test_scale, reg_weight, dropout; mmrl: last_block, alpha, inference; maple: "
-        "ctx_init; clip_lora: dropout, text_depth, image_depth; coop, cocoop, kgcoop and "
-        "promptsrc: any of the method's options the file does not fix, e.g. kg_weight, "
-        "text_loss_weight). The import-mma, import-mma-pp and import-mmrl commands are "
-        "aliases that take them as flags.",
+        "arguments are the importer's options (the method's reader declares them; options it "
+        "does not fix default to the method's config). `clipadapt import-NAME PATH --out FILE` "
+        "(NAME: the method's name, '-' for '_') is the same command for that method, with the "
+        "importer's options as flags (`clipadapt import-NAME --help` lists them).",
     )
-    p.add_argument("path", help="the official checkpoint file")
+    _add_import_args(p)
     p.add_argument(
         "--method",
         required=True,
-        help="the method that saved it: mma, mma_pp, mmrl, maple, coop, "
-        "clip_lora, cocoop, kgcoop or promptsrc",
-    )
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument(
-        "--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)"
-    )
-    p.add_argument(
-        "--pretrained", default="openai", help="its weights (default openai, as the official code)"
-    )
-    p.add_argument(
-        "--classes",
-        help="comma-separated class names it was trained on (recorded; MMRL fuses on them)",
-    )
-    p.add_argument(
-        "--classes-file", help="file with the class names it was trained on, one per line"
+        help="the method that saved it (any method whose class has an official_adapter reader)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="the importer's options")
     p.set_defaults(func=commands["import"], import_method=None)
-
-    p = sub.add_parser(
-        "import-mma",
-        help="convert a checkpoint of the official MMA code",
-        description="Read the adapter_learner state dict of an official MMA checkpoint "
-        "(model-best.pth.tar, model.pth.tar-5) and write a clipadapt adapter file.",
-    )
-    p.add_argument("path", help="the official checkpoint file")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument(
-        "--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)"
-    )
-    p.add_argument(
-        "--pretrained", default="openai", help="its weights (default openai, as the official code)"
-    )
-    p.add_argument(
-        "--scale",
-        type=positive_float,
-        default=0.001,
-        help="ADAPTER_SCALE it was trained with (default 0.001)",
-    )
-    p.set_defaults(func=commands["import"], import_method="mma")
-
-    p = sub.add_parser(
-        "import-mmrl",
-        help="convert a checkpoint of the official MMRL code",
-        description="Read the representation learner and proj_rep of an official MMRL checkpoint "
-        "(model-best.pth.tar, model.pth.tar-10) and write a clipadapt adapter file.",
-    )
-    p.add_argument("path", help="the official checkpoint file")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument(
-        "--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)"
-    )
-    p.add_argument(
-        "--pretrained", default="openai", help="its weights (default openai, as the official code)"
-    )
-    p.add_argument(
-        "--last-block", type=int, default=12, help="last REP_LAYERS block (default 12: blocks 6-12)"
-    )
-    p.add_argument(
-        "--alpha", type=float, default=0.7, help="ALPHA it was trained with (default 0.7)"
-    )
-    p.add_argument(
-        "--inference",
-        default="auto",
-        choices=["auto", "fusion", "class"],
-        help="auto: fused logits on the classes it was trained on (give them with --classes or "
-        "--classes-file), class logits elsewhere (default auto)",
-    )
-    p.add_argument("--classes", help="comma-separated class names it was trained on")
-    p.add_argument(
-        "--classes-file", help="file with the class names it was trained on, one per line"
-    )
-    p.set_defaults(func=commands["import"], import_method="mmrl")
-
-    p = sub.add_parser(
-        "import-mma-pp",
-        help="convert a checkpoint of the official MMA++ code",
-        description="Read the adapter_learner state dict of an official MMA++ checkpoint "
-        "(adapter_learner/model.pth.tar-50) and write a clipadapt adapter file. Its keys "
-        "are MMA's, so the scales it was trained with are given here.",
-    )
-    p.add_argument("path", help="the official checkpoint file")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument(
-        "--backbone", default="ViT-B-16", help="the backbone it was trained on (default ViT-B-16)"
-    )
-    p.add_argument(
-        "--pretrained", default="openai", help="its weights (default openai, as the official code)"
-    )
-    p.add_argument(
-        "--train-scale", type=float, default=0.01, help="ADAPTER_TRAIN_SCALE (default 0.01)"
-    )
-    p.add_argument(
-        "--test-scale",
-        type=float,
-        default=0.0065,
-        help="ADAPTER_TEST_SCALE (default 0.0065; 0.005 for the ImageNet-source config)",
-    )
-    p.add_argument(
-        "--reg-weight", type=float, default=2.5, help="ADAPTER_TRAIN_SCALE_REG (default 2.5)"
-    )
-    p.add_argument(
-        "--dropout", type=float, default=0.1, help="ADAPTER_DROP (default 0.1; 0.2 for b2n_hc)"
-    )
-    p.set_defaults(func=commands["import"], import_method="mma_pp")
 
     p = sub.add_parser(
         "export",

@@ -39,7 +39,7 @@ def synthetic_preset(method: str) -> tuple[str, dict]:
     name = find_preset(
         method, "base2novel", "synthetic"
     )  # a missing preset is an error, never a fallback
-    return name, load_preset(name)
+    return name, load_preset(name, method)
 
 
 def machine() -> str:

@@ -20,7 +20,7 @@ from .frozen_cache import (
     text_output,
     text_tokens,
 )
-from .methods import Method, make_config, method_class
+from .methods import Method, adapter_method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
 from .settings import DEFAULT_BUDGET_MB
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
@@ -488,6 +488,7 @@ def load_model(
 
     `prompts` replaces the recorded prompt set ("none": one template a class)."""
     meta, _ = adapters.read_adapter(checkpoint)
+    method = adapter_method(meta, checkpoint)  # a plugin's class, found by what the file records
     options = adapters.recorded_options(meta)
     if prompts is not None:
         options["prompts"] = None if prompts in NO_PROMPT_SET else prompts
@@ -503,7 +504,7 @@ def load_model(
             "give the classes to classify between"
         )
     model = build_model(
-        meta["method"],
+        method,
         trained_names or classnames,
         backbone,
         pretrained,

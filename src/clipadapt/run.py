@@ -33,7 +33,7 @@ from .data import build_dataset
 from .data.folder import check_distinct
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
-from .registry import FOLDER_DATASET, METHOD_NAMES, NUMBER_NEUTRAL_KEYS, canonical_protocol
+from .registry import FOLDER_DATASET, NUMBER_NEUTRAL_KEYS, canonical_protocol, method_names
 from .run_logging import TB_DIR, finish_run, tensorboard_on
 from .runconfig import choose_preset, resolve, setting_defaults
 from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained
@@ -163,7 +163,9 @@ def train(
     preset `config` names (None: the shipped preset for the method, protocol and backbone; "none": the
     method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
     interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
-    protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
+    method, protocol, backbone, pretrained = run_arguments(
+        method, dataset, protocol, backbone, pretrained
+    )
     # Deferred: loads torch, which this module's import must not.
     from . import distributed
     from .weights import check_weights_source
@@ -199,12 +201,25 @@ def train(
 
 def run_arguments(
     method: str, dataset: str, protocol: str | None, backbone: str | None, pretrained: str | None
-) -> tuple[str | None, str, str]:
-    """(protocol, backbone, pretrained) as `train` and `planned_record` both see them: the names checked first
-    (before torch: a typo is not a missing preset), the protocol's canonical name, the default backbone."""
+) -> tuple[str, str | None, str, str]:
+    """(method, protocol, backbone, pretrained) as `train` and `planned_record` both see them: the names checked
+    first (before torch: a typo is not a missing preset), the method's own name (a class path `module:Class`
+    is imported for it), the protocol's canonical name, the default backbone."""
     check_run_names(method, dataset, protocol)
     backbone, pretrained = default_backbone(backbone, pretrained)
-    return (canonical_protocol(protocol) if protocol else None), backbone, pretrained
+    protocol = canonical_protocol(protocol) if protocol else None
+    return _method_name(method), protocol, backbone, pretrained
+
+
+def _method_name(method: str) -> str:
+    """A method's own name; a class path is imported to read it (torch is loaded then, not before)."""
+    from .registry import is_class_path
+
+    if not is_class_path(method):
+        return method
+    from .methods import method_name
+
+    return method_name(method)
 
 
 def check_settings(settings: dict[str, Any]) -> None:
@@ -436,7 +451,7 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
 
     NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
     default: a setting added to clipadapt since keeps the older behaviour at its default."""
-    defaults = setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}
+    defaults = setting_defaults(now["method"]) if now.get("method") in method_names() else {}
     changes = []
     for key in dict.fromkeys([*previous, *now]):
         old, new = previous.get(key, _MISSING), now.get(key, _MISSING)
@@ -477,7 +492,9 @@ def planned_record(
     **settings: Any,
 ) -> dict[str, Any]:
     """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
-    protocol, backbone, pretrained = run_arguments(method, dataset, protocol, backbone, pretrained)
+    method, protocol, backbone, pretrained = run_arguments(
+        method, dataset, protocol, backbone, pretrained
+    )
     check_settings(settings)
     record = _resolve_run(
         method,
@@ -543,6 +560,8 @@ def evaluate(
     from .weights import check_weights_source
 
     check_run_names(method, dataset)
+    if method is not None:
+        method = _method_name(method)
     if checkpoint and method is not None:
         recorded = read_adapter(checkpoint)[0].get("method")
         if recorded != method:
@@ -845,7 +864,7 @@ def method_info(method: str, backbone="ViT-B-16", **options: Any) -> dict[str, A
 
     model = build_model(method, ["a", "b"], backbone, "none", **options)
     return {
-        "method": method,
+        "method": model.method.name,
         "backbone": getattr(backbone, "name", backbone),
         "trainable_params": model.method.num_trainable(),
         "image_blocks": len(model.backbone.image_blocks),

@@ -1,8 +1,9 @@
 """A run's settings: method defaults < YAML preset < key=value overrides, split into method and training parts.
 
-Presets are package data (`clipadapt/presets/`), keyed by method, protocol and backbone family:
-`presets/<method>_<protocol>.yaml` for the CLIP ViTs (the papers' settings), `presets/synthetic/`
-for the shipped tiny CLIP. For a protocol the lookup tries `<method>_<protocol>.yaml`, then the
+Presets live in the `presets/` folder next to the method's module (or next to a package above it:
+clipadapt's own methods have theirs in `clipadapt/presets/`, a plugin's in its own package), keyed
+by method, protocol and backbone family: `presets/<method>_<protocol>.yaml` for the CLIP ViTs (the
+papers' settings), `presets/synthetic/` for the shipped tiny CLIP. For a protocol the lookup tries `<method>_<protocol>.yaml`, then the
 protocol's stand-ins (DG runs on ImageNet's settings), then `<method>.yaml` (a preset for every
 protocol); finding none is an error.
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -64,57 +66,96 @@ def backbone_family(backbone: str | None) -> str:
     return "synthetic" if backbone is None or is_shipped(backbone) else "clip"
 
 
-def _presets_root():
-    return resources.files("clipadapt") / "presets"
+PRESETS_FOLDER = "presets"
 
 
-def preset_names() -> list[str]:
-    """Every shipped preset, as 'name.yaml' or 'family/name.yaml'."""
-    root = _presets_root()
-    names = [e.name for e in root.iterdir() if e.name.endswith(".yaml")]
-    for sub in root.iterdir():
+def _presets_root() -> Path:
+    """clipadapt's own presets folder (the built-in methods' presets)."""
+    return Path(__file__).resolve().parent / PRESETS_FOLDER
+
+
+def preset_folders(method: str | None = None) -> list[Path]:
+    """Where a method's presets are looked for: the `presets/` folder next to its module, then next to each
+    package above it (nearest first); clipadapt's own folder last. Without a method: clipadapt's own."""
+    from .methods import method_class  # deferred: the method classes load torch
+
+    folders = []
+    if method is not None:
+        module = sys.modules[method_class(method).__module__]
+        file = Path(getattr(module, "__file__", "") or "./-").resolve()
+        # the module's folder, and its packages' folders up to the top-level package's (never above it)
+        depth = module.__name__.count(".") + (file.stem == "__init__")
+        folder = file.parent
+        for _ in range(max(1, depth)):
+            folders.append(folder / PRESETS_FOLDER)
+            folder = folder.parent
+    folders.append(_presets_root())
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def _names_in(folder: Path) -> list[str]:
+    names = [e.name for e in folder.iterdir() if e.name.endswith(".yaml")]
+    for sub in folder.iterdir():
         if sub.is_dir():
             names += [f"{sub.name}/{e.name}" for e in sub.iterdir() if e.name.endswith(".yaml")]
-    return sorted(names)
+    return names
+
+
+def preset_names(method: str | None = None) -> list[str]:
+    """Every preset a method can name (clipadapt's own without a method), as 'name.yaml' or 'family/name.yaml'."""
+    return sorted({n for folder in preset_folders(method) for n in _names_in(folder)})
+
+
+def _preset_path(name: str, method: str | None) -> Path | None:
+    for folder in preset_folders(method):
+        path = folder.joinpath(*name.split("/"))
+        if path.is_file():
+            return path
+    return None
 
 
 def find_preset(method: str, protocol: str, backbone: str | None) -> str:
-    """The shipped preset for a method, protocol and backbone ('synthetic/mma.yaml'); ClipadaptError if none fits."""
+    """The preset for a method, protocol and backbone ('synthetic/mma.yaml'), from the `presets/` folder next
+    to the method's module (preset_folders); ClipadaptError if none fits."""
     family = backbone_family(backbone)
+    from .methods import method_class  # deferred: the method classes load torch
+
     folder = "" if family == "clip" else f"{family}/"
-    tried = [f"{folder}{method}_{p}.yaml" for p in (protocol, *PRESET_STAND_INS.get(protocol, ()))]
-    tried.append(f"{folder}{method}.yaml")
-    known = set(preset_names())
-    for name in tried:
-        if name in known:
-            return name
+    name = method_class(method).name
+    tried = [f"{folder}{name}_{p}.yaml" for p in (protocol, *PRESET_STAND_INS.get(protocol, ()))]
+    tried.append(f"{folder}{name}.yaml")
+    for candidate in tried:
+        if _preset_path(candidate, method) is not None:
+            return candidate
+    where = " or ".join(str(f) for f in preset_folders(method)) or "a presets/ folder beside it"
     raise ClipadaptError(
-        f"no preset for method '{method}', protocol '{protocol}' on the {family} backbone family "
-        f"(looked for {', '.join(tried)} in clipadapt/presets); pass --config FILE, or "
+        f"no preset for method '{name}', protocol '{protocol}' on the {family} backbone family "
+        f"(looked for {', '.join(tried)} in {where}); pass --config FILE, or "
         f"--config none for the method's own defaults"
     )
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """A shipped preset by name ('mma_base2novel.yaml', 'synthetic/mma.yaml')."""
-    if name not in preset_names():
-        raise ClipadaptError(f"no shipped preset '{name}'; known: {', '.join(preset_names())}")
-    entry = _presets_root().joinpath(*name.split("/"))
-    with resources.as_file(entry) as path:
-        return read_preset(str(path))
+def load_preset(name: str, method: str | None = None) -> dict[str, Any]:
+    """A preset by name ('mma_base2novel.yaml', 'synthetic/mma.yaml'): the method's own, else clipadapt's."""
+    path = _preset_path(name, method)
+    if path is None:
+        raise ClipadaptError(
+            f"no shipped preset '{name}'; known: {', '.join(preset_names(method))}"
+        )
+    return read_preset(str(path))
 
 
 def choose_preset(
     config: str | None, method: str, protocol: str, backbone: str | None
 ) -> tuple[str, dict]:
-    """What --config means: a file, a shipped preset's name, 'none', or (None) the matching shipped preset."""
+    """What --config means: a file, a preset's name, 'none', or (None) the method's matching preset."""
     if config is None:
         name = find_preset(method, protocol, backbone)
-        return f"preset:{name}", load_preset(name)
+        return f"preset:{name}", load_preset(name, method)
     if config.lower() == NO_PRESET:
         return NO_PRESET, {}
-    if not os.path.exists(config) and config in preset_names():
-        return f"preset:{config}", load_preset(config)
+    if not os.path.exists(config) and _preset_path(config, method) is not None:
+        return f"preset:{config}", load_preset(config, method)
     return os.path.abspath(config), read_preset(config)
 
 

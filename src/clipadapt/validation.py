@@ -3,8 +3,9 @@
 TrainConfig and every method config call `check_fields(self)` in `__post_init__`, so the command
 line (key=value), YAML presets and the Python API go through the same path: a value is converted to
 the field's declared type (`"1e-3"`, which PyYAML reads as a string, becomes 0.001 for a float
-field; `2.5` is refused for an int field), then checked against RANGES by the field's name. A new
-field is type-checked without extra code; a line in RANGES adds its range.
+field; `2.5` is refused for an int field), then checked against its range: RANGES by the field's
+name for training settings, the config class's `option_ranges` for a method's options. A new field
+is type-checked without extra code; a line in one of those tables adds its range.
 
 This module imports nothing heavy (no torch), so the command line can use it to build its parser.
 """
@@ -60,7 +61,8 @@ class Range:
         return self.check(value) if self.check else None
 
 
-def _template_problem(value: Any) -> str | None:
+def template_problem(value: Any) -> str | None:
+    """What is wrong with a prompt template (it needs '{}' for the class name), or None."""
     if isinstance(value, str) and "{}" not in value:
         return "expected a prompt template with '{}' where the class name goes (e.g. 'a photo of a {}.')"
     return None
@@ -75,8 +77,8 @@ def _base_ratio_problem(value: Any) -> str | None:
     return None
 
 
-# Ranges by field name, for training settings and method options alike. A field not listed here is
-# still converted and checked by its declared type.
+# Ranges of the training settings by field name. A method's options have theirs on its config class
+# (`option_ranges`, read by check_fields); a field listed nowhere is still checked by its declared type.
 RANGES: dict[str, Range] = {
     "lr": Range(gt=0),
     "warmup_lr": Range(gt=0),
@@ -91,34 +93,10 @@ RANGES: dict[str, Range] = {
     "log_every": Range(ge=1),
     "seed": Range(ge=0),
     "patience": Range(ge=0),
-    "template": Range(check=_template_problem),
     "train_noise_std": Range(ge=0),
     "eval_noise_std": Range(ge=0),
     "base_ratio": Range(check=_base_ratio_problem),
     "prefix_cache_mb": Range(ge=0),
-    # method options
-    "scale": Range(ge=0),
-    "adapter_dim": Range(ge=1),
-    "adapter_start": Range(ge=1),
-    "adapter_end": Range(ge=1),
-    "reduction": Range(ge=1),
-    "ratio": Range(ge=0, le=1),
-    "n_ctx": Range(ge=1),
-    "heads": Range(ge=1),
-    "residual": Range(ge=0, le=1),
-    "pair_chunk": Range(ge=1),
-    "latent_dim": Range(ge=1),
-    "alpha": Range(ge=0),
-    "lambda_sep": Range(ge=0),
-    "first_block": Range(ge=1),
-    "last_block": Range(ge=1),
-    "head_hidden": Range(ge=1),  # rmadapter checks its own switches (share, recon_towers, ...)
-    "lambda_rec_vision": Range(ge=0),
-    "lambda_rec_text": Range(ge=0),
-    "lambda_con_vision": Range(ge=0),
-    "lambda_con_text": Range(ge=0),
-    "kg_weight": Range(ge=0),
-    "meta_reduction": Range(ge=1),
 }
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
@@ -237,15 +215,18 @@ def _convert(value: Any, tp: Any) -> Any:
     return value  # a type this table does not know: passed through unchanged
 
 
-def convert_setting(key: str, value: Any, tp: Any, owner: str = "setting") -> Any:
-    """`value` converted to the declared type `tp` and checked against RANGES[key]; SettingError otherwise."""
+def convert_setting(
+    key: str, value: Any, tp: Any, owner: str = "setting", rule: Range | None = None
+) -> Any:
+    """`value` converted to the declared type `tp` and checked against `rule` (default RANGES[key]);
+    SettingError otherwise."""
     try:
         converted = _convert(value, tp)
     except _Mismatch:
         raise SettingError(
             f"{owner} '{key}': expected {_describe(tp)}, got {value!r} ({type(value).__name__})"
         ) from None
-    rule = RANGES.get(key)
+    rule = rule or RANGES.get(key)
     problem = rule.problem(converted) if rule else None
     if problem:
         raise SettingError(f"{owner} '{key}': {problem}, got {value!r}")
@@ -258,7 +239,18 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
 
 
+def declared_ranges(cls: type) -> dict[str, Range]:
+    """The ranges a dataclass declares for its fields in `option_ranges`, its bases' first (a subclass's entry
+    replaces its base's), over RANGES."""
+    rules = dict(RANGES)
+    for klass in reversed(cls.__mro__):
+        rules.update(vars(klass).get("option_ranges", {}))
+    return rules
+
+
 def check_fields(obj: Any, owner: str = "setting") -> None:
-    """Convert and check every field of a dataclass instance in place."""
+    """Convert and check every field of a dataclass instance in place (types, and ranges: declared_ranges)."""
+    rules = declared_ranges(type(obj))
     for name, tp in field_types(type(obj)).items():
-        object.__setattr__(obj, name, convert_setting(name, getattr(obj, name), tp, owner))
+        value = convert_setting(name, getattr(obj, name), tp, owner, rules.get(name))
+        object.__setattr__(obj, name, value)

@@ -23,21 +23,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone, TextBatch
-from ..validation import check_fields
+from ..validation import Range, check_fields, template_problem
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The work a method reproduces, as the model card names it."""
+
+    title: str
+    venue: str = ""  # e.g. "CVPR 2024"
+    link: str = ""  # the paper's page (arXiv, the venue's open access)
+
+    def __str__(self) -> str:
+        text = f"{self.title} ({self.venue})" if self.venue else self.title
+        return f"[{text}]({self.link})" if self.link else text
 
 
 @dataclass
 class MethodConfig:
-    """Fields every method has; subclasses add their own."""
+    """Fields every method has; subclasses add their own, and their ranges in `option_ranges`."""
+
+    # Bounds and choices of the options, by field name (validation.Range); a subclass's mapping adds
+    # to its bases'. Types need no entry: every field is converted and checked by its declared type.
+    option_ranges: ClassVar[dict[str, Range]] = {"template": Range(check=template_problem)}
 
     template: str | None = None  # prompt; None means the dataset's CoOp template
     # Several prompts a class (clipadapt.prompts): "openai80", a .json file or folder, a template list
     prompts: str | list[str] | None = None
 
     def __post_init__(self):
-        check_fields(
-            self, "method option"
-        )  # types and ranges by the declared fields (validation.RANGES)
+        check_fields(self, "method option")  # types, and ranges (option_ranges)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for YAML and checkpoint metadata."""
@@ -82,6 +97,16 @@ class Method(nn.Module):
     pooled_final_block: ClassVar[bool] = False
     # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
     training_defaults: ClassVar[dict[str, Any]] = {}
+    # The work the method reproduces, named on the model card of an exported adapter.
+    paper: ClassVar[Paper | None] = None
+    # Presets: the `presets/` folder next to the method's module (or next to a package above it, the
+    # nearest first), in clipadapt's layout: `<name>_<protocol>.yaml` and `<name>.yaml` for the CLIP
+    # ViTs, `synthetic/<name>.yaml` for the shipped tiny CLIP (clipadapt.runconfig.find_preset).
+
+    # A reader of the official code's checkpoints, when the method has one: a classmethod
+    # `official_adapter(path, **options) -> (config, tensors under this method's state_dict names)`;
+    # `clipadapt import --method NAME` and `clipadapt import-NAME` call it, with its options as flags.
+    official_adapter: ClassVar[Any] = None
 
     def __init__(self, config: MethodConfig, backbone: Backbone, classnames: list[str]):
         super().__init__()

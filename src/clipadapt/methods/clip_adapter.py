@@ -10,12 +10,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 
 @dataclass
 class CLIPAdapterConfig(MethodConfig):
     """Bottleneck reduction and residual ratio of the paper."""
+
+    option_ranges = {
+        "reduction": Range(ge=1),
+        "ratio": Range(ge=0, le=1),
+    }
 
     reduction: int = 4
     ratio: float = 0.2
@@ -25,6 +31,11 @@ class CLIPAdapter(Method):
     """Residual MLP on the frozen image features; text prompts as CoOp's hand-crafted ones."""
 
     name = "clip_adapter"
+    paper = Paper(
+        "CLIP-Adapter: Better Vision-Language Models with Feature Adapters",
+        "IJCV 2023",
+        "https://arxiv.org/abs/2110.04544",
+    )
     Config = CLIPAdapterConfig
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once

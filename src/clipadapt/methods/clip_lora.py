@@ -24,7 +24,8 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 ENCODERS = ("text", "vision", "both")
 PROJECTIONS = ("q", "k", "v", "o")
@@ -38,6 +39,10 @@ OFFICIAL_TEMPLATE = (
 @dataclass
 class CLIPLoRAConfig(MethodConfig):
     """CLIP-LoRA's settings (official names: --r, --alpha, --dropout_rate, --encoder, --params, --position)."""
+
+    option_ranges = {
+        "alpha": Range(ge=0),
+    }
 
     # The official prompt: every datasets/*.py of MaxZanella/CLIP-LoRA ends by assigning
     # template = ['a photo of a {}.'] (after the CoOp one, e.g. dtd.py's '{} texture.'), and lora.py
@@ -112,10 +117,79 @@ def check_attention(block: nn.Module, where: str) -> nn.MultiheadAttention:
     return attn
 
 
+def official_adapter(
+    path: str, dropout: float = CLIPLoRAConfig.dropout, text_depth: int = 12, image_depth: int = 12
+) -> tuple[CLIPLoRAConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CLIP-LoRA file (save_lora's .pt); rank, alpha, towers,
+    projections and position read from its metadata; the towers' depths (12 for ViT-B/16) map layer_i to blocks."""
+    from ..official_checkpoints import read_saved_object
+
+    saved = read_saved_object(path, "CLIP-LoRA", "file")
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("weights"), dict)
+        or not isinstance(saved.get("metadata"), dict)
+    ):
+        raise ClipadaptError(
+            f"'{path}' is not an official CLIP-LoRA file (save_lora's 'weights' and 'metadata')"
+        )
+    meta = saved["metadata"]
+    missing = [k for k in ("r", "alpha", "encoder", "params", "position") if k not in meta]
+    if missing:
+        raise ClipadaptError(f"'{path}': CLIP-LoRA metadata lacks {missing}")
+    if meta["position"] not in POSITIONS:
+        raise ClipadaptError(
+            f"'{path}': CLIP-LoRA position '{meta['position']}' is not one clipadapt builds "
+            f"({', '.join(POSITIONS)})"
+        )
+    config = CLIPLoRAConfig(
+        rank=int(meta["r"]),
+        alpha=float(meta["alpha"]),
+        dropout=dropout,
+        encoder=str(meta["encoder"]),
+        params=[p for p in PROJECTIONS if p in meta["params"]],
+        position=str(meta["position"]),
+    )
+    slots = []  # (our tower prefix, block) in apply_lora's order
+    if config.encoder in ("text", "both"):
+        slots += [("text_lora", b) for b in lora_blocks(config.position, text_depth)]
+    if config.encoder in ("vision", "both"):
+        slots += [("image_lora", b) for b in lora_blocks(config.position, image_depth)]
+    layers = saved["weights"]
+    if len(layers) != len(slots):
+        raise ClipadaptError(
+            f"'{path}' holds {len(layers)} LoRA layers; encoder '{config.encoder}' at position "
+            f"'{config.position}' on towers of {text_depth} text / {image_depth} image blocks "
+            f"has {len(slots)}"
+        )
+    state = {}
+    for i, (tower, block) in enumerate(slots):
+        layer = layers.get(f"layer_{i}")
+        if not isinstance(layer, dict):
+            raise ClipadaptError(f"'{path}' has no 'layer_{i}' in its CLIP-LoRA weights")
+        for official, ours in OFFICIAL_PROJECTIONS.items():
+            if ours in config.params:
+                try:
+                    pair = layer[official]
+                    state[f"{tower}.{block}.{ours}.A"] = pair["w_lora_A"]
+                    state[f"{tower}.{block}.{ours}.B"] = pair["w_lora_B"]
+                except (KeyError, TypeError):
+                    raise ClipadaptError(
+                        f"'{path}': layer_{i} lacks {official}.w_lora_A / w_lora_B"
+                    ) from None
+    return config, state
+
+
 class CLIPLoRA(Method):
     """Low-rank q/k/v updates in every block of both towers."""
 
     name = "clip_lora"
+    paper = Paper(
+        "Low-Rank Few-Shot Adaptation of Vision-Language Models (CLIP-LoRA)",
+        "CVPRW 2024",
+        "https://arxiv.org/abs/2405.18541",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = CLIPLoRAConfig
     acts_on_blocks = True
     # The official schedule is 500 x K iterations with a per-iteration cosine (eta_min 1e-6); the
@@ -254,66 +328,3 @@ class CLIPLoRA(Method):
 # "proj": {"w_lora_A": [r, D], "w_lora_B": [D, r]}}}, "metadata": {r, alpha, encoder, params, position}}),
 # layer_i numbering apply_lora's list: the text tower's adapted blocks first, then the vision tower's.
 OFFICIAL_PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "proj": "o"}
-
-
-def official_adapter(
-    path: str, dropout: float = 0.25, text_depth: int = 12, image_depth: int = 12
-) -> tuple[CLIPLoRAConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official CLIP-LoRA file (save_lora's .pt); rank, alpha, towers,
-    projections and position read from its metadata; the towers' depths (12 for ViT-B/16) map layer_i to blocks."""
-    from ..official_checkpoints import read_saved_object
-
-    saved = read_saved_object(path, "CLIP-LoRA", "file")
-    if (
-        not isinstance(saved, dict)
-        or not isinstance(saved.get("weights"), dict)
-        or not isinstance(saved.get("metadata"), dict)
-    ):
-        raise ClipadaptError(
-            f"'{path}' is not an official CLIP-LoRA file (save_lora's 'weights' and 'metadata')"
-        )
-    meta = saved["metadata"]
-    missing = [k for k in ("r", "alpha", "encoder", "params", "position") if k not in meta]
-    if missing:
-        raise ClipadaptError(f"'{path}': CLIP-LoRA metadata lacks {missing}")
-    if meta["position"] not in POSITIONS:
-        raise ClipadaptError(
-            f"'{path}': CLIP-LoRA position '{meta['position']}' is not one clipadapt builds "
-            f"({', '.join(POSITIONS)})"
-        )
-    config = CLIPLoRAConfig(
-        rank=int(meta["r"]),
-        alpha=float(meta["alpha"]),
-        dropout=dropout,
-        encoder=str(meta["encoder"]),
-        params=[p for p in PROJECTIONS if p in meta["params"]],
-        position=str(meta["position"]),
-    )
-    slots = []  # (our tower prefix, block) in apply_lora's order
-    if config.encoder in ("text", "both"):
-        slots += [("text_lora", b) for b in lora_blocks(config.position, text_depth)]
-    if config.encoder in ("vision", "both"):
-        slots += [("image_lora", b) for b in lora_blocks(config.position, image_depth)]
-    layers = saved["weights"]
-    if len(layers) != len(slots):
-        raise ClipadaptError(
-            f"'{path}' holds {len(layers)} LoRA layers; encoder '{config.encoder}' at position "
-            f"'{config.position}' on towers of {text_depth} text / {image_depth} image blocks "
-            f"has {len(slots)}"
-        )
-    state = {}
-    for i, (tower, block) in enumerate(slots):
-        layer = layers.get(f"layer_{i}")
-        if not isinstance(layer, dict):
-            raise ClipadaptError(f"'{path}' has no 'layer_{i}' in its CLIP-LoRA weights")
-        for official, ours in OFFICIAL_PROJECTIONS.items():
-            if ours in config.params:
-                try:
-                    pair = layer[official]
-                    state[f"{tower}.{block}.{ours}.A"] = pair["w_lora_A"]
-                    state[f"{tower}.{block}.{ours}.B"] = pair["w_lora_B"]
-                except (KeyError, TypeError):
-                    raise ClipadaptError(
-                        f"'{path}': layer_{i} lacks {official}.w_lora_A / w_lora_B"
-                    ) from None
-    return config, state

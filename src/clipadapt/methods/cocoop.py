@@ -22,12 +22,19 @@ from torch import nn
 
 from ..backbone import TextBatch
 from ..errors import ClipadaptError
+from ..validation import Range
+from .base import Paper
 from .coop import CoOp, CoOpConfig, official_prompt_learner
 
 
 @dataclass
 class CoCoOpConfig(CoOpConfig):
     """CoOp's context (4 vectors from "a photo of a", as the official config) plus the meta-net's width."""
+
+    option_ranges = {
+        "meta_reduction": Range(ge=1),
+        "pair_chunk": Range(ge=1),
+    }
 
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
@@ -36,10 +43,33 @@ class CoCoOpConfig(CoOpConfig):
     pair_chunk: int = 4096
 
 
+def official_adapter(path: str, **options) -> tuple[CoCoOpConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CoCoOp checkpoint, under this module's names."""
+    state = official_state_dict(path)
+    vis_dim, hidden = (
+        state["meta_net.linear1.weight"].shape[1],
+        state["meta_net.linear1.weight"].shape[0],
+    )
+    # The context's length is read off the tensor; ctx_init only picks the start, so it is dropped.
+    config = CoCoOpConfig(
+        n_ctx=state["ctx"].shape[0],
+        ctx_init="",
+        meta_reduction=max(1, vis_dim // hidden),
+        **options,
+    )
+    return config, state
+
+
 class CoCoOp(CoOp):
     """Instance-conditioned context: per-image prompts, batched over images x classes."""
 
     name = "cocoop"
+    paper = Paper(
+        "Conditional Prompt Learning for Vision-Language Models (CoCoOp)",
+        "CVPR 2022",
+        "https://arxiv.org/abs/2203.05557",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = CoCoOpConfig
     text_depends_on_images = True
     pooled_final_block = (
@@ -161,20 +191,3 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
             "meta_net.linear2.bias",
         ),
     )
-
-
-def official_adapter(path: str, **options) -> tuple[CoCoOpConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official CoCoOp checkpoint, under this module's names."""
-    state = official_state_dict(path)
-    vis_dim, hidden = (
-        state["meta_net.linear1.weight"].shape[1],
-        state["meta_net.linear1.weight"].shape[0],
-    )
-    # The context's length is read off the tensor; ctx_init only picks the start, so it is dropped.
-    config = CoCoOpConfig(
-        n_ctx=state["ctx"].shape[0],
-        ctx_init="",
-        meta_reduction=max(1, vis_dim // hidden),
-        **options,
-    )
-    return config, state

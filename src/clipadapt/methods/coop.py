@@ -15,12 +15,17 @@ from torch import nn
 
 from ..backbone import TextBatch
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig, with_learned_context
+from ..validation import Range
+from .base import Method, MethodConfig, Paper, with_learned_context
 
 
 @dataclass
 class CoOpConfig(MethodConfig):
     """Number of context vectors, or an initial phrase whose word embeddings start the context."""
+
+    option_ranges = {
+        "n_ctx": Range(ge=1),
+    }
 
     n_ctx: int = 16
     ctx_init: str = ""  # e.g. "a photo of a": n_ctx must be its token count (4)
@@ -29,10 +34,24 @@ class CoOpConfig(MethodConfig):
     )
 
 
+def official_adapter(path: str, **options) -> tuple[CoOpConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official CoOp checkpoint (prompt_learner/model.pth.tar-N); n_ctx read off `ctx`."""
+    state = official_prompt_learner(path, "CoOp")
+    # An official ctx_init ("a photo of a") only sets the prompt's placeholder words, which the learned
+    # context replaces position for position: "X X X X {}." tokenizes to the same layout.
+    return CoOpConfig(n_ctx=int(state["ctx"].shape[0]), **options), state
+
+
 class CoOp(Method):
     """Unified learned context, class token at the end."""
 
     name = "coop"
+    paper = Paper(
+        "Learning to Prompt for Vision-Language Models (CoOp)",
+        "IJCV 2022",
+        "https://arxiv.org/abs/2109.01134",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = CoOpConfig
     pooled_final_block = (
         True  # its blocks are CLIP's own: every token maps as open_clip's block maps it
@@ -122,11 +141,3 @@ def official_prompt_learner(
             f"'{path}': {paper_name}'s ctx has shape {tuple(ctx.shape)}, expected [n_ctx, width]"
         )
     return {k: state[k] for k in ("ctx", *also)}
-
-
-def official_adapter(path: str, **options) -> tuple[CoOpConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official CoOp checkpoint (prompt_learner/model.pth.tar-N); n_ctx read off `ctx`."""
-    state = official_prompt_learner(path, "CoOp")
-    # An official ctx_init ("a photo of a") only sets the prompt's placeholder words, which the learned
-    # context replaces position for position: "X X X X {}." tokenizes to the same layout.
-    return CoOpConfig(n_ctx=int(state["ctx"].shape[0]), **options), state

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from ..errors import ClipadaptError
 from ..frozen_cache import frozen_text_features
+from ..validation import Range
+from .base import Paper
 from .coop import CoOp, CoOpConfig, official_prompt_learner
 
 # trainers/kgcoop.py CUSTOM_TEMPLATES, under clipadapt's dataset names. They are CoOp's templates but
@@ -48,6 +50,10 @@ KNOWLEDGE_TEMPLATES = {
 class KgCoOpConfig(CoOpConfig):
     """CoOp's context (4 vectors from "a photo of a", as the official script) and the knowledge term."""
 
+    option_ranges = {
+        "kg_weight": Range(ge=0),
+    }
+
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     kg_weight: float = 8.0  # W in scripts/run.sh
@@ -57,10 +63,22 @@ class KgCoOpConfig(CoOpConfig):
     knowledge_template: str | None = None
 
 
+def official_adapter(path: str, **options) -> tuple[KgCoOpConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official KgCoOp checkpoint, under this module's names."""
+    state = official_state_dict(path)
+    return KgCoOpConfig(n_ctx=state["ctx"].shape[0], ctx_init="", **options), state
+
+
 class KgCoOp(CoOp):
     """CoOp plus the distance of its class text to CLIP's hand-crafted class text."""
 
     name = "kgcoop"
+    paper = Paper(
+        "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization (KgCoOp)",
+        "CVPR 2023",
+        "https://arxiv.org/abs/2303.13283",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = KgCoOpConfig
     # configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (Dassl's SGD momentum and weight decay)
     training_defaults = {
@@ -149,9 +167,3 @@ def official_state_dict(path: str) -> dict[str, torch.Tensor]:
     (ctx, bias_vectors, meta_net.linear1.*, token_prefix, token_suffix); only `ctx` is trained (the
     trainer freezes every parameter without 'ctx' in its name) and the forward reads no other."""
     return official_prompt_learner(path, "KgCoOp")
-
-
-def official_adapter(path: str, **options) -> tuple[KgCoOpConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official KgCoOp checkpoint, under this module's names."""
-    state = official_state_dict(path)
-    return KgCoOpConfig(n_ctx=state["ctx"].shape[0], ctx_init="", **options), state

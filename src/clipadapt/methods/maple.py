@@ -24,12 +24,17 @@ from torch import nn
 
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig, with_learned_context
+from ..validation import Range
+from .base import Method, MethodConfig, Paper, with_learned_context
 
 
 @dataclass
 class MaPLeConfig(MethodConfig):
     """MaPLe's settings (official names: N_CTX, CTX_INIT, PROMPT_DEPTH)."""
+
+    option_ranges = {
+        "n_ctx": Range(ge=1),
+    }
 
     n_ctx: int = 2
     ctx_init: str = "a photo of a"  # "" for random context ("X X" placeholders, N(0, 0.02))
@@ -41,10 +46,39 @@ class MaPLeConfig(MethodConfig):
     )
 
 
+def official_adapter(
+    path: str, ctx_init: str = MaPLeConfig.ctx_init
+) -> tuple[MaPLeConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MaPLe checkpoint; n_ctx and the prompt depth read off the tensors,
+    `ctx_init` as it was trained (CTX_INIT of the official config; it fixes the words after the context)."""
+    from ..official_checkpoints import read_state_dict
+
+    state = {
+        k[len(OFFICIAL_PREFIX) :]: v
+        for k, v in read_state_dict(path, "MaPLe").items()
+        if k.startswith(OFFICIAL_PREFIX) and k[len(OFFICIAL_PREFIX) :] not in OFFICIAL_FIXED_KEYS
+    }
+    if "ctx" not in state or "proj.weight" not in state:
+        raise ClipadaptError(
+            f"'{path}' has no MaPLe prompt learner (prompt_learner.ctx, prompt_learner.proj.*)"
+        )
+    deep = {int(k.split(".")[1]) for k in state if k.startswith("compound_prompts_text.")}
+    config = MaPLeConfig(
+        n_ctx=int(state["ctx"].shape[0]), ctx_init=ctx_init, prompt_depth=len(deep) + 1
+    )
+    return config, state
+
+
 class MaPLe(Method):
     """Multi-modal Prompt Learning: coupled deep prompts in the first `prompt_depth` blocks."""
 
     name = "maple"
+    paper = Paper(
+        "MaPLe: Multi-modal Prompt Learning",
+        "CVPR 2023",
+        "https://arxiv.org/abs/2210.03117",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = MaPLeConfig
     acts_on_blocks = True
     training_defaults = {
@@ -163,26 +197,3 @@ class MaPLe(Method):
 # are this module's. The fixed token_prefix / token_suffix buffers are dropped, as the official load_model does.
 OFFICIAL_PREFIX = "prompt_learner."
 OFFICIAL_FIXED_KEYS = ("token_prefix", "token_suffix")
-
-
-def official_adapter(
-    path: str, ctx_init: str = "a photo of a"
-) -> tuple[MaPLeConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official MaPLe checkpoint; n_ctx and the prompt depth read off the tensors,
-    `ctx_init` as it was trained (CTX_INIT of the official config; it fixes the words after the context)."""
-    from ..official_checkpoints import read_state_dict
-
-    state = {
-        k[len(OFFICIAL_PREFIX) :]: v
-        for k, v in read_state_dict(path, "MaPLe").items()
-        if k.startswith(OFFICIAL_PREFIX) and k[len(OFFICIAL_PREFIX) :] not in OFFICIAL_FIXED_KEYS
-    }
-    if "ctx" not in state or "proj.weight" not in state:
-        raise ClipadaptError(
-            f"'{path}' has no MaPLe prompt learner (prompt_learner.ctx, prompt_learner.proj.*)"
-        )
-    deep = {int(k.split(".")[1]) for k in state if k.startswith("compound_prompts_text.")}
-    config = MaPLeConfig(
-        n_ctx=int(state["ctx"].shape[0]), ctx_init=ctx_init, prompt_depth=len(deep) + 1
-    )
-    return config, state

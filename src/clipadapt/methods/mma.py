@@ -21,7 +21,8 @@ from torch import nn
 from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
 from ..official_checkpoints import check_state_fits, read_state_dict
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 
 class _GradScale(torch.autograd.Function):
@@ -43,6 +44,13 @@ def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
 @dataclass
 class MMAConfig(MethodConfig):
     """MMA's settings; block indices are 1-based and inclusive, as in the official config."""
+
+    option_ranges = {
+        "adapter_start": Range(ge=1),
+        "adapter_end": Range(ge=1),
+        "adapter_dim": Range(ge=1),
+        "scale": Range(ge=0),
+    }
 
     template: str | None = "a photo of a {}."
     adapter_start: int | None = (
@@ -90,10 +98,24 @@ def _tower_adapter(width: int, dim: int) -> nn.Sequential:
     )
 
 
+def official_adapter(
+    path: str, scale: float = MMAConfig.scale
+) -> tuple[MMAConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMA checkpoint, under this module's names (they are the same)."""
+    state = official_state_dict(path)
+    return official_config(state, scale, path), state
+
+
 class MMA(Method):
     """Multi-Modal Adapter inside the upper blocks of both towers."""
 
     name = "mma"
+    paper = Paper(
+        "MMA: Multi-Modal Adapter for Vision-Language Models",
+        "CVPR 2024",
+        "https://github.com/ZjjConan/Multi-Modal-Adapter",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = MMAConfig
     acts_on_blocks = True
     prompt_sets = "draw"
@@ -201,12 +223,6 @@ def official_config(
         )
     dim = state[f"shared_adapter.{blocks[0]}.0.weight"].shape[0]
     return MMAConfig(adapter_start=blocks[0], adapter_end=blocks[-1], adapter_dim=dim, scale=scale)
-
-
-def official_adapter(path: str, scale: float = 0.001) -> tuple[MMAConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official MMA checkpoint, under this module's names (they are the same)."""
-    state = official_state_dict(path)
-    return official_config(state, scale, path), state
 
 
 def load_official(model, path: str) -> None:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 MASKS = ("bias", "blocked", "none")
 
@@ -40,6 +41,11 @@ MASKS = ("bias", "blocked", "none")
 @dataclass
 class MMAAttnConfig(MethodConfig):
     """Widths, heads, mask and the residual weight of the authors' adapter."""
+
+    option_ranges = {
+        "heads": Range(ge=1),
+        "residual": Range(ge=0, le=1),
+    }
 
     bottleneck: int = 32  # D -> 32 -> attn_dim and attn_dim -> 32 -> D, as the reference
     attn_dim: int = 128  # the attention's width (the reference's `downsamling_dim`)
@@ -55,6 +61,11 @@ class MMAAttn(Method):
     """Attention adapter on output embeddings: each image attends with all class prompts."""
 
     name = "mma_attn"
+    paper = Paper(
+        "MMA of arXiv 2409.02958 (masked attention over output embeddings)",
+        "arXiv 2409.02958",
+        "https://arxiv.org/abs/2409.02958",
+    )
     Config = MMAAttnConfig
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once

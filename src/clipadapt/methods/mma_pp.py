@@ -22,13 +22,20 @@ from torch import nn
 
 from ..backbone import Backbone, at_queries
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 from .mma import MMA, official_config, official_state_dict
 
 
 @dataclass
 class MMAPPConfig(MethodConfig):
     """MMA's adapter structure plus MMA++'s two scales, consistency weight and dropout."""
+
+    option_ranges = {
+        "adapter_start": Range(ge=1),
+        "adapter_end": Range(ge=1),
+        "adapter_dim": Range(ge=1),
+    }
 
     template: str | None = "a photo of a {}."
     adapter_start: int | None = (
@@ -53,10 +60,39 @@ def init_like_official_pp(module: nn.Module) -> None:
             nn.init.uniform_(m.bias, -bound, bound)
 
 
+def official_adapter(
+    path: str,
+    train_scale: float = MMAPPConfig.train_scale,
+    test_scale: float = MMAPPConfig.test_scale,
+    reg_weight: float = MMAPPConfig.reg_weight,
+    dropout: float = MMAPPConfig.dropout,
+) -> tuple[MMAPPConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMA++ checkpoint; it saves MMA's keys (its dropout has no
+    parameters), so the scales, weight and dropout it was trained with are given here."""
+    state = official_state_dict(path)
+    blocks = official_config(state, path=path)
+    config = MMAPPConfig(
+        adapter_start=blocks.adapter_start,
+        adapter_end=blocks.adapter_end,
+        adapter_dim=blocks.adapter_dim,
+        dropout=dropout,
+        train_scale=train_scale,
+        test_scale=test_scale,
+        reg_weight=reg_weight,
+    )
+    return config, state
+
+
 class MMAPP(MMA):
     """MMA's adapters with α-consistency in training and α-decoupling at evaluation."""
 
     name = "mma_pp"
+    paper = Paper(
+        "MMA++, the journal extension of MMA",
+        "T-PAMI 2026",
+        "https://github.com/ZjjConan/VLM-MMApp",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = MMAPPConfig
     prompt_sets = "draw"
     training_defaults = {
@@ -197,26 +233,3 @@ class MMAPP(MMA):
         if self.drawn_scale is not None and self._drawn_features:
             parts["drawn_scale"] = self.drawn_scale
         return total, parts
-
-
-def official_adapter(
-    path: str,
-    train_scale: float = 0.01,
-    test_scale: float = 0.0065,
-    reg_weight: float = 2.5,
-    dropout: float = 0.1,
-) -> tuple[MMAPPConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official MMA++ checkpoint; it saves MMA's keys (its dropout has no
-    parameters), so the scales, weight and dropout it was trained with are given here."""
-    state = official_state_dict(path)
-    blocks = official_config(state, path=path)
-    config = MMAPPConfig(
-        adapter_start=blocks.adapter_start,
-        adapter_end=blocks.adapter_end,
-        adapter_dim=blocks.adapter_dim,
-        dropout=dropout,
-        train_scale=train_scale,
-        test_scale=test_scale,
-        reg_weight=reg_weight,
-    )
-    return config, state

@@ -30,7 +30,8 @@ from torch import nn
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
 from ..official_checkpoints import read_state_dict
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 INFERENCE_MODES = ("auto", "fusion", "class")
 # The official per-dataset settings (trainers/config.py), applied by its train.py after the config
@@ -68,6 +69,10 @@ def official_overrides(dataset: str, protocol: str) -> dict:
 class MMRLConfig(MethodConfig):
     """MMRL's settings (official names: N_REP_TOKENS, REP_DIM, REP_LAYERS, ALPHA, REG_WEIGHT)."""
 
+    option_ranges = {
+        "alpha": Range(ge=0),
+    }
+
     template: str | None = None  # the dataset's template, as the official CUSTOM_TEMPLATES
     n_rep_tokens: int = 5
     rep_dim: int = 512
@@ -100,10 +105,24 @@ def _clones(layer: nn.Module, n: int) -> nn.ModuleList:
     return nn.ModuleList([copy.deepcopy(layer) for _ in range(n)])
 
 
+def official_adapter(
+    path: str, last_block: int = 12, **options
+) -> tuple[MMRLConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official MMRL checkpoint (options: alpha, inference, ...)."""
+    state = official_state_dict(path)
+    return official_config(state, last_block, **options), state
+
+
 class MMRL(Method):
     """Multi-Modal Representation Learning: shared representation tokens in the upper blocks."""
 
     name = "mmrl"
+    paper = Paper(
+        "MMRL: Multi-Modal Representation Learning for Vision-Language Models",
+        "CVPR 2025",
+        "https://arxiv.org/abs/2503.08497",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = MMRLConfig
     acts_on_blocks = True
     compares_with_frozen = True
@@ -306,11 +325,3 @@ def official_config(state: dict[str, torch.Tensor], last_block: int = 12, **opti
     k, d = state["rep_tokens"].shape
     layers = list(range(last_block - n_layers + 1, last_block + 1))
     return MMRLConfig(n_rep_tokens=int(k), rep_dim=int(d), rep_layers=layers, **options)
-
-
-def official_adapter(
-    path: str, last_block: int = 12, **options
-) -> tuple[MMRLConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official MMRL checkpoint (options: alpha, inference, ...)."""
-    state = official_state_dict(path)
-    return official_config(state, last_block, **options), state

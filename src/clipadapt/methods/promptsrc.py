@@ -33,7 +33,7 @@ from ..errors import ClipadaptError
 from ..frozen_cache import frozen_text_features
 from ..official_checkpoints import read_state_dict
 from ..prompts import format_prompt, openai_templates
-from .base import Method, MethodConfig, with_learned_context
+from .base import Method, MethodConfig, Paper, with_learned_context
 
 # The official IMAGENET_TEMPLATES (trainers/imagenet_templates.py) hold 60 of CLIP's 80 templates:
 # these 20 are the ones it leaves out. The order does not matter (a mean).
@@ -105,10 +105,26 @@ class PromptSRCConfig(MethodConfig):
     template: str | None = None  # derived: "<ctx_init> {}." as the official prompt
 
 
+def official_adapter(path: str, **options) -> tuple[PromptSRCConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of an official PromptSRC checkpoint (options: gpa, loss weights, ...)."""
+    state = official_state_dict(path)
+    try:
+        config = official_config(state, **options)
+    except TypeError as err:
+        raise ClipadaptError(f"promptsrc import: {err}") from None
+    return config, {k: v.float() for k, v in state.items()}
+
+
 class PromptSRC(Method):
     """Independent deep vision-language prompts with self-regularisation and GPA."""
 
     name = "promptsrc"
+    paper = Paper(
+        "Self-regulating Prompts: Foundational Model Adaptation without Forgetting (PromptSRC)",
+        "ICCV 2023",
+        "https://arxiv.org/abs/2307.06948",
+    )
+    official_adapter = staticmethod(official_adapter)
     Config = PromptSRCConfig
     acts_on_blocks = True
     compares_with_frozen = True
@@ -375,13 +391,3 @@ def official_config(state: dict[str, torch.Tensor], **options) -> PromptSRCConfi
         prompt_depth_vision=depth_v,
         **options,
     )
-
-
-def official_adapter(path: str, **options) -> tuple[PromptSRCConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of an official PromptSRC checkpoint (options: gpa, loss weights, ...)."""
-    state = official_state_dict(path)
-    try:
-        config = official_config(state, **options)
-    except TypeError as err:
-        raise ClipadaptError(f"promptsrc import: {err}") from None
-    return config, {k: v.float() for k, v in state.items()}

@@ -33,6 +33,8 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..errors import ClipadaptError
+from ..validation import Range
+from .base import Paper
 from .mma import MMA, MMAConfig, init_adapter_weights
 
 RECON_TOWERS = ("both", "vision", "text", "none")
@@ -43,6 +45,14 @@ CONSISTENCY = ("l1", "cosine", "kl", "none")
 @dataclass
 class RMAdapterConfig(MMAConfig):
     """MMA's settings plus the reconstruction branch, its ablation switches and the loss weights."""
+
+    option_ranges = {
+        "head_hidden": Range(ge=1),
+        "lambda_rec_vision": Range(ge=0),
+        "lambda_rec_text": Range(ge=0),
+        "lambda_con_vision": Range(ge=0),
+        "lambda_con_text": Range(ge=0),
+    }
 
     recon_towers: str = "both"  # which towers reconstruct: both | vision | text | none
     share: str = "down"  # what the branches share: down | up | none
@@ -81,6 +91,11 @@ class RMAdapter(MMA):
     """MMA with a reconstruction branch sharing the down-projection, and L1 consistency."""
 
     name = "rmadapter"
+    paper = Paper(
+        "RMAdapter: reconstruction-based multi-modal adapter",
+        "arXiv 2512.06811",
+        "https://arxiv.org/abs/2512.06811",
+    )
     Config = RMAdapterConfig
     compares_with_frozen = True
     training_defaults = dict(MMA.training_defaults)

@@ -51,12 +51,21 @@ from torch import nn
 
 from ..backbone import TextBatch
 from ..errors import ClipadaptError
-from .base import Method, MethodConfig
+from ..validation import Range
+from .base import Method, MethodConfig, Paper
 
 
 @dataclass
 class RMMAConfig(MethodConfig):
     """Latent size d, injection weight α, L_sep weight λ and the adapted blocks (1-based)."""
+
+    option_ranges = {
+        "latent_dim": Range(ge=1),
+        "alpha": Range(ge=0),
+        "lambda_sep": Range(ge=0),
+        "first_block": Range(ge=1),
+        "last_block": Range(ge=1),
+    }
 
     template: str | None = "a photo of a {}."
     latent_dim: int = 64
@@ -157,6 +166,10 @@ class RMMA(Method):
     """One recurrent adapter shared by all blocks of both towers."""
 
     name = "rmma"
+    paper = Paper(
+        "R-MMA: a recurrent multi-modal adapter",
+        "poster",
+    )
     Config = RMMAConfig
     acts_on_blocks = True
     image_depends_on_text = True

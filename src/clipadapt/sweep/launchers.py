@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..errors import ClipadaptError
 from ..fileio import write_json
+from ..registry import import_path_for_children
 from .execution import execute_in_process, execute_subprocess, record_failure
 from .planning import Run, Sweep, check_changed, command_line, plan_sweep
 
@@ -229,6 +230,7 @@ def _run_parallel(
         gpu = slots.get()
         try:
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+            env = import_path_for_children(env)  # methods loaded by class path import there too
             run_device = device
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..adapters import FILE_NAME as ADAPTER_FILE
 from ..errors import ClipadaptError
+from ..registry import method_argument
 from ..run import changed_settings
 
 
@@ -94,7 +95,7 @@ class Sweep:
                 **common,
             }
         kwargs = {
-            "method": run.method,
+            "method": method_argument(run.method),  # a method loaded by class path: that path
             "dataset": run.dataset,
             **common,
             "protocol": run.protocol,

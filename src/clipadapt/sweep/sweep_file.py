@@ -133,7 +133,7 @@ def describe_sweeps() -> list[tuple[str, str]]:
 def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
     """Read and check a sweep file: unknown keys, protocols, methods, datasets and settings fail before any run."""
     # Deferred: the method classes and the protocols load torch.
-    from ..methods import METHODS
+    from ..methods import METHODS, method_name
     from ..protocols import TRANSFER_TARGETS
 
     data = read_yaml_mapping(path, "sweep file", f"keys ({', '.join(KEYS)})")
@@ -154,7 +154,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
             f"sweep file '{path}': a study lists 'variants' (each names its method), not 'methods'"
         )
     methods = (
-        [str(m) for m in _as_list(data, "methods")]
+        [method_name(str(m)) for m in _as_list(data, "methods")]  # a class path: its method's name
         if not variants
         else list(dict.fromkeys(v["method"] for v in variants.values()))
     )
@@ -344,7 +344,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
 def _read_variants(path: str, data: dict) -> dict[str, dict]:
     """A study's variants in file order, checked: names are folder names, each names a known method; the
     reference, the plotted settings and the paper's numbers name variants that exist."""
-    from ..methods import METHODS  # deferred: the method classes load torch
+    from ..methods import METHODS, method_name  # deferred: the method classes load torch
 
     variants = data.get("variants")
     study_keys = [k for k in ("reference", "plot", "paper") if k in data]
@@ -370,6 +370,7 @@ def _read_variants(path: str, data: dict) -> dict[str, dict]:
             raise ClipadaptError(
                 f"sweep file '{path}': variant '{name}' needs 'method: NAME' and its settings"
             )
+        spec = {**spec, "method": method_name(str(spec["method"]))}
         if spec["method"] not in METHODS:
             raise ClipadaptError(
                 f"sweep file '{path}': variant '{name}' names unknown method '{spec['method']}'; "
