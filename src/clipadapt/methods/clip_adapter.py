@@ -26,6 +26,7 @@ class CLIPAdapter(Method):
 
     name = "clip_adapter"
     Config = CLIPAdapterConfig
+    off_options = {"ratio": 0.0}  # no adapted feature mixed in
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     training_defaults = {

@@ -95,6 +95,7 @@ class MMA(Method):
 
     name = "mma"
     Config = MMAConfig
+    off_options = {"scale": 0.0}  # every adapter output scaled to zero
     acts_on_blocks = True
     prompt_sets = "draw"
     pooled_final_block = True  # the adapter reads ln_1 of the block input at the same token

@@ -56,6 +56,7 @@ class MMAAttn(Method):
 
     name = "mma_attn"
     Config = MMAAttnConfig
+    off_options = {"residual": 0.0}  # no adapted direction mixed in
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     # The reference's Learner: Adam (wd 1e-4), no schedule (its cosine call is commented out), up to

@@ -58,6 +58,7 @@ class MMAPP(MMA):
 
     name = "mma_pp"
     Config = MMAPPConfig
+    off_options = {"test_scale": 0.0}  # the evaluation scale α
     prompt_sets = "draw"
     training_defaults = {
         "optimizer": "sgd",

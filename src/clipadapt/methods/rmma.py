@@ -158,6 +158,7 @@ class RMMA(Method):
 
     name = "rmma"
     Config = RMMAConfig
+    off_options = {"alpha": 0.0}  # the routed latent is mixed in with weight 0
     acts_on_blocks = True
     image_depends_on_text = True
     training_defaults = {

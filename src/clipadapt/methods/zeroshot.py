@@ -8,4 +8,5 @@ class ZeroShot(Method):
 
     name = "zeroshot"
     Config = MethodConfig
+    off_options = {}  # it changes nothing
     prompt_sets = "mean"  # the classic CLIP ensemble baseline
