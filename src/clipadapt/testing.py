@@ -209,6 +209,14 @@ class _Kit:
         tensors.update(dict(self.backbone.named_buffers()))
         return tensors
 
+    def changed_backbone_tensors(self) -> list[str]:
+        """The backbone tensors that differ from their values when the kit began, and by how much."""
+        return [
+            f"{n} (by up to {(t.detach().float() - self.pristine[n].float()).abs().max().item():.3g})"
+            for n, t in self.backbone_tensors().items()
+            if not torch.equal(t, self.pristine[n])
+        ]
+
     def restore_backbone(self) -> None:
         """Undo whatever a broken method did to the shared backbone, before the next check."""
         with torch.no_grad():
@@ -403,16 +411,24 @@ def check_frozen_backbone(kit: _Kit) -> str | None:
     requires = [n for n, t in backbone.items() if t.requires_grad]
     if requires:
         problems.append(f"backbone parameters require grad: {_listed(requires)}")
-    changed = [
-        f"{n} (by up to {(t.detach().float() - kit.pristine[n].float()).abs().max().item():.3g})"
-        for n, t in backbone.items()
-        if not torch.equal(t, kit.pristine[n])
-    ]
+    changed = kit.changed_backbone_tensors()
     if changed:
         problems.append(
             f"{len(changed)} backbone tensor(s) changed by forward passes and an optimizer step: "
             f"{_listed(changed)}"
         )
+    kit.restore_backbone()
+    if trainable:
+        try:
+            kit.trained()
+        except Exception:  # noqa: BLE001 - a run that fails is the same-seed check's finding
+            pass
+        else:
+            changed = kit.changed_backbone_tensors()
+            if changed:
+                problems.append(
+                    f"{len(changed)} backbone tensor(s) changed by a training run: {_listed(changed)}"
+                )
     if problems:
         raise AssertionError("; ".join(problems))
     return None
@@ -429,7 +445,15 @@ def check_gradients(kit: _Kit) -> str | None:
     foreign = [p for p in trainable if id(p) not in names]
     if foreign:
         raise AssertionError(
-            f"trainable_parameters() lists {len(foreign)} tensor(s) that are not parameters of the method"
+            f"trainable_parameters() lists {len(foreign)} tensor(s) that are not parameters of "
+            "the method"
+        )
+    listed = {id(p) for p in trainable}
+    idle = [n for n, p in model.method.named_parameters() if id(p) not in listed]
+    if idle:
+        raise AssertionError(
+            f"parameters {_listed(idle)} are not among trainable_parameters(): the optimizer never "
+            "updates them (a tensor that does not train belongs in a buffer)"
         )
     model.train()
     torch.manual_seed(3)
@@ -490,12 +514,16 @@ def check_cached(kit: _Kit) -> str | None:
                     f"the class prompts' frozen prefix was not kept at text block {text_block}"
                 )
         evaluation = kit.run_pass(model, images, train=False).no_grad_logits
-        frozen_tower = None
-        if method.image_tower_is_frozen(backbone):  # the evaluation feature cache's path
+        frozen_tower = {}
+        if method.image_tower_is_frozen(backbone):  # the feature caches' path: CLIP's own features
             features = model.frozen_image_features(images)
             model.eval()
             with torch.no_grad():
-                frozen_tower = model.logits_from_frozen_image_features(features)
+                frozen_tower["evaluation"] = model.logits_from_frozen_image_features(features)
+            torch.manual_seed(3)
+            model.seed_draws(3)
+            model.train()
+            frozen_tower["training"] = model.logits_from_frozen_image_features(features).detach()
     for what, got in (
         ("from the stems with the declared blocks skipped", plain),
         (f"with the images cached at image block {image_block} and the prompt prefix", cached),
@@ -504,13 +532,14 @@ def check_cached(kit: _Kit) -> str | None:
         _close(f"training loss {what}", got.loss, reference.loss, **LOGITS_TOL)
         _same_gradients(f"gradients {what}", got.grads, reference.grads)
     _close(f"evaluation logits {declared}", evaluation, reference_eval, **LOGITS_TOL)
-    if frozen_tower is not None:
-        _close(
-            "evaluation logits from the frozen image features (image_tower_is_frozen)",
-            frozen_tower,
-            reference_eval,
-            **LOGITS_TOL,
-        )
+    for mode, want in (("evaluation", reference_eval), ("training", reference.logits)):
+        if mode in frozen_tower:
+            _close(
+                f"{mode} logits from the frozen image features (image_tower_is_frozen)",
+                frozen_tower[mode],
+                want,
+                **LOGITS_TOL,
+            )
     return None
 
 
