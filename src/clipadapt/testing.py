@@ -187,7 +187,7 @@ class _Kit:
         self.method_class, self.options, self.workdir = method_class, options, workdir
         torch.manual_seed(0)
         self.backbone = load_backbone(BACKBONE, "none")
-        self.pristine = self._backbone_state()
+        self.pristine = _snapshot(self.backbone_tensors())
         size = self.backbone.image_size
         draws = torch.Generator().manual_seed(0)
         self.images = torch.randn(5, 3, size, size, generator=draws)
@@ -198,11 +198,6 @@ class _Kit:
         self._trained: tuple[AdaptedCLIP, dict] | None = None
 
     # ---- the frozen backbone, shared by every model of the kit --------------------------------
-    def _backbone_state(self) -> dict[str, torch.Tensor]:
-        tensors = dict(self.backbone.named_parameters())
-        tensors.update(dict(self.backbone.named_buffers()))
-        return _snapshot(tensors)
-
     def backbone_tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter and buffer of the backbone, by name."""
         tensors = dict(self.backbone.named_parameters())
