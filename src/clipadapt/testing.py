@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -392,14 +394,13 @@ def check_frozen_backbone(kit: _Kit) -> str | None:
         problems.append(
             "trainable tensors of the method are backbone tensors: " + "; ".join(shared)
         )
-    kit.run_pass(model, kit.images)  # training mode, with and without gradient
-    if trainable:
-        model.train()
-        model.method.zero_grad(set_to_none=True)
-        loss = model.method.loss(model(kit.images).float(), kit.labels)[0]
-        if loss.requires_grad:  # (one that does not is the gradient check's finding)
-            loss.backward()
-            torch.optim.AdamW(trainable, lr=0.1, weight_decay=0.0).step()
+    model.train()
+    loss = model.method.loss(model(kit.images).float(), kit.labels)[0]
+    if trainable and loss.requires_grad:  # (a loss that reaches nothing: the gradient check's)
+        loss.backward()
+        torch.optim.AdamW(trainable, lr=0.1, weight_decay=0.0).step()
+    with torch.no_grad():
+        model(kit.images)  # training mode without gradient
     kit.eval_logits(model, kit.images)
     model.eval()
     model(kit.images)  # evaluation mode with gradient: the joint text-and-image pass
@@ -786,14 +787,21 @@ INVARIANTS: dict[str, Callable[[_Kit], str | None]] = {
 @contextlib.contextmanager
 def _tiny_work_settings() -> Iterator[None]:
     """One CPU thread (tensors this small run many times faster without the thread pool's
-    overhead, most of all on a busy machine) and the caller's random state given back after."""
-    threads = torch.get_num_threads()
+    overhead, most of all on a busy machine), and the caller's random states (Python's, NumPy's,
+    torch's: the trainer seeds all three) given back after."""
+    threads, python_state, numpy_state = (
+        torch.get_num_threads(),
+        random.getstate(),
+        np.random.get_state(),
+    )
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng():
             yield
     finally:
         torch.set_num_threads(threads)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def check_method(method_class: type[Method], **options: Any) -> dict[str, str]:
