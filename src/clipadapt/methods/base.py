@@ -95,6 +95,9 @@ class Method(nn.Module):
     # backbone's block and read its own inputs there (`backbone.at_queries`); its sequences come
     # out [N, 1, width]. Logits and gradients are those of the whole block, to float rounding.
     pooled_final_block: ClassVar[bool] = False
+    # Config options that zero the method's contribution at evaluation whatever its parameters hold
+    # (its logits are then zero-shot CLIP's: clipadapt.testing checks it); None: no such switch.
+    off_options: ClassVar[dict[str, Any] | None] = None
     # Paper settings for the trainer: optimizer, lr, epochs, batch size, ...
     training_defaults: ClassVar[dict[str, Any]] = {}
     # The work the method reproduces, named on the model card of an exported adapter.

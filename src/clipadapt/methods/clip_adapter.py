@@ -37,6 +37,7 @@ class CLIPAdapter(Method):
         "https://arxiv.org/abs/2110.04544",
     )
     Config = CLIPAdapterConfig
+    off_options = {"ratio": 0.0}  # no adapted feature mixed in
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     training_defaults = {

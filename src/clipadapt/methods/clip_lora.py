@@ -191,6 +191,7 @@ class CLIPLoRA(Method):
     )
     official_adapter = staticmethod(official_adapter)
     Config = CLIPLoRAConfig
+    off_options = {"alpha": 0.0}  # s = alpha / sqrt(r) = 0
     acts_on_blocks = True
     # The official schedule is 500 x K iterations with a per-iteration cosine (eta_min 1e-6); the
     # engine counts epochs: 500 K iterations of 32 images over K C images are 16000 / C epochs

@@ -117,6 +117,7 @@ class MMA(Method):
     )
     official_adapter = staticmethod(official_adapter)
     Config = MMAConfig
+    off_options = {"scale": 0.0}  # every adapter output scaled to zero
     acts_on_blocks = True
     prompt_sets = "draw"
     pooled_final_block = True  # the adapter reads ln_1 of the block input at the same token

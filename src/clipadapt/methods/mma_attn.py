@@ -67,6 +67,7 @@ class MMAAttn(Method):
         "https://arxiv.org/abs/2409.02958",
     )
     Config = MMAAttnConfig
+    off_options = {"residual": 0.0}  # no adapted direction mixed in
     output_only = True
     prompt_sets = "mean"  # frozen text: the ensemble mean is computed once
     # The reference's Learner: Adam (wd 1e-4), no schedule (its cosine call is commented out), up to

@@ -94,6 +94,7 @@ class MMAPP(MMA):
     )
     official_adapter = staticmethod(official_adapter)
     Config = MMAPPConfig
+    off_options = {"test_scale": 0.0}  # the evaluation scale α
     prompt_sets = "draw"
     training_defaults = {
         "optimizer": "sgd",

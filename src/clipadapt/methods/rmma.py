@@ -171,6 +171,7 @@ class RMMA(Method):
         "poster",
     )
     Config = RMMAConfig
+    off_options = {"alpha": 0.0}  # the routed latent is mixed in with weight 0
     acts_on_blocks = True
     image_depends_on_text = True
     training_defaults = {

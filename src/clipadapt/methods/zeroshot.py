@@ -13,4 +13,5 @@ class ZeroShot(Method):
         "https://arxiv.org/abs/2103.00020",
     )
     Config = MethodConfig
+    off_options = {}  # it changes nothing
     prompt_sets = "mean"  # the classic CLIP ensemble baseline
