@@ -261,6 +261,7 @@ def test_help_lists_installed_plugins_and_imports_no_torch(installed):
     assert "installed plugins: plug_ep (plugpkg)" in text and "mma_pp" in text
 
 
+@pytest.mark.cli  # the sweep's children: fresh processes importing torch
 def test_a_sweep_runs_a_class_path_method_in_child_processes(fake_root, tmp_path, by_path, capsys):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
