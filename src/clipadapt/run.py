@@ -40,10 +40,7 @@ from .runspec import (
 
 log = logging.getLogger(__name__)
 
-SETTING_ARGUMENTS = {
-    "prompts",
-    "base_ratio",
-}  # arguments of `train` that are settings too (its flags set them)
+SETTING_ARGUMENTS = RunSpec.setting_names()  # arguments of `train` that are settings too
 RUN_FILES = (
     "metrics.json",
     "checkpoint.pt",

@@ -92,6 +92,11 @@ class RunSpec:
         return tuple(f.name for f in fields(cls) if f.name != "settings")
 
     @classmethod
+    def setting_names(cls) -> frozenset[str]:
+        """The fields that are settings too (their flags set them; prompts=... does as well)."""
+        return frozenset(f.name for f in fields(cls) if f.metadata.get("kind") == SETTING)
+
+    @classmethod
     def from_arguments(cls, method: str, dataset: str, data_root: str, **arguments: Any) -> RunSpec:
         """The run `train(method, dataset, data_root, **arguments)` is, normalised: keywords that name
         a field set it, every other one is a setting (checked when the run is resolved)."""
