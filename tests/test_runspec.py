@@ -48,6 +48,11 @@ def test_a_record_reads_back_into_a_run_that_records_it_again(protocol):
     assert again.config == "none" and "world_size" not in again.settings_dict
     assert _record(again) == {**record, "preset": "none"}  # every setting spelt out, no preset
     assert record_changes(record, _record(again)) == []
+    older = {
+        k: v for k, v in record.items() if k != "pretrained"
+    }  # a field added since, at its default
+    assert record_changes(older, {**record, "pretrained": None}) == []
+    assert record_changes(older, record) == [("pretrained", None, "shipped")]
     assert RunSpec.from_record(_record(again)) == again  # the second trip changes nothing
 
 

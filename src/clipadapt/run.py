@@ -279,10 +279,14 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
     """(key, recorded, now) for each setting two config.yaml records of one run give differently.
 
     NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
-    default: a setting added to clipadapt since keeps the older behaviour at its default."""
+    (or the RunSpec field's) default: a setting added to clipadapt since keeps the older behaviour at its
+    default."""
     from .runconfig import setting_defaults
 
-    defaults = setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}
+    defaults = {
+        **RunSpec.recorded_defaults(),
+        **(setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}),
+    }
     changes = []
     for key in dict.fromkeys([*previous, *now]):
         old, new = previous.get(key, _MISSING), now.get(key, _MISSING)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 import yaml
@@ -90,6 +90,15 @@ class RunSpec:
     def argument_names(cls) -> tuple[str, ...]:
         """The keyword arguments a run takes besides its settings (train's, planned_record's)."""
         return tuple(f.name for f in fields(cls) if f.name != "settings")
+
+    @classmethod
+    def recorded_defaults(cls) -> dict[str, Any]:
+        """Each RECORDED field's default: what a record written before the field existed meant."""
+        return {
+            f.name: f.default
+            for f in fields(cls)
+            if f.metadata.get("kind") == RECORDED and f.default is not MISSING
+        }
 
     @classmethod
     def setting_names(cls) -> frozenset[str]:
