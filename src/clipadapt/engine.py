@@ -443,24 +443,14 @@ class Trainer:
             augment=cfg.augment,
             noise_std=cfg.train_noise_std,
         )
-        self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = (
-            0,
-            0.0,
-            0,
-            float("nan"),
-        )
-        self.last_good_epoch = 0  # the epoch of the newest checkpoint on disk
-        self.data_seconds = 0.0
-        self.step_seconds: float | None = 0.0
+        # Counters, validation-driven selection and the epoch average (TrainerState's fields) start at
+        # their defaults; last_good_epoch is the epoch of the newest checkpoint on disk.
+        self.restore_state(TrainerState())
         self._epoch_loader = self._epoch_sampler = (
             None  # one image loader for every epoch (its workers persist)
         )
-        # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
-        self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
-        self.since_best, self.stopped = 0, False
         # Epoch averaging (the method's `epoch_weights`, e.g. PromptSRC's GPA): the running weighted sum.
         self.epoch_weights = model.method.epoch_weights(cfg.epochs)
-        self.epoch_average: dict[str, torch.Tensor] | None = None
         self._val_features = None
         self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = (
             None  # (items key, images, labels)
