@@ -5,6 +5,8 @@ import dataclasses
 import inspect
 import math
 import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -220,3 +222,12 @@ def test_a_checkpoint_in_the_older_layouts_still_loads():
         False,
         None,
     )
+
+
+def test_the_run_object_reads_records_without_torch():
+    code = (
+        "import sys; from clipadapt.runspec import RunSpec; "
+        "RunSpec.from_record({'method': 'mma', 'dataset': 'eurosat', 'data_root': 'd'}); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
