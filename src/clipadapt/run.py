@@ -156,11 +156,10 @@ def train(
 ) -> dict[str, Any]:
     """Train `method` on `dataset` under `protocol` into the folder `out` and score it; returns the metrics.
 
-    `run` are the RunSpec fields (protocol, shots, seed, backbone, pretrained, config, prompts,
-    base_ratio, study, variant) and the settings: method options and training settings (scale=0.001,
-    epochs=5, lr=2e-3, ...) over the preset `config` names (None: the shipped preset for the method,
-    protocol and backbone; "none": the method's own defaults; else a YAML file or a shipped preset's
-    name). Rerunning the same call after an interruption resumes from the last epoch; under torchrun
+    `run` are RunSpec's fields (protocol, shots, seed, ...: this function's signature lists them all)
+    and the settings: method options and training settings (scale=0.001, epochs=5, lr=2e-3, ...) over
+    the preset `config` names (None: the shipped preset for the method, protocol and backbone; "none":
+    the method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an interruption resumes from the last epoch; under torchrun
     every process calls it and rank 0 writes."""
     spec = RunSpec.from_arguments(method, dataset, data_root, **run)
     from . import distributed
