@@ -67,18 +67,22 @@ def test_a_study_run_records_its_study_and_variant_and_reads_them_back():
 
 
 def test_normalisation_checks_names_and_fills_the_defaults():
-    spec = RunSpec.from_arguments("mma", "eurosat", "data", protocol="dg")
-    assert spec.protocol == "domain_generalization"
+    given = RunSpec.from_arguments("mma", "eurosat", "data", protocol="dg")
+    spec = given.normalised()
+    assert given.protocol == "dg" and spec.protocol == "domain_generalization"
     assert (spec.backbone, spec.pretrained) == ("synthetic", "shipped")
-    assert RunSpec.from_arguments("mma", "eurosat", "data").protocol == "base2novel"
-    assert RunSpec.from_arguments("mma", "folder", "data").protocol == "fewshot"
-    vit = RunSpec.from_arguments("mma", "eurosat", "data", backbone="ViT-B-16")
+    assert (
+        RunSpec(method="mma", dataset="eurosat", data_root="d").normalised().protocol
+        == "base2novel"
+    )
+    assert RunSpec(method="mma", dataset="folder", data_root="d").normalised().protocol == "fewshot"
+    vit = RunSpec.from_arguments("mma", "eurosat", "data", backbone="ViT-B-16").normalised()
     assert (vit.backbone, vit.pretrained) == ("ViT-B-16", "openai")
     assert vit.normalised() == vit
     with pytest.raises(ClipadaptError, match="mmma"):
-        RunSpec.from_arguments("mmma", "eurosat", "data")
+        RunSpec.from_arguments("mmma", "eurosat", "data").normalised()
     with pytest.raises(ClipadaptError, match="protocol"):
-        RunSpec.from_arguments("mma", "eurosat", "data", protocol="base2nvel")
+        RunSpec.from_arguments("mma", "eurosat", "data", protocol="base2nvel").normalised()
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.shots = 4
 

@@ -162,18 +162,13 @@ def train(
     the method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an interruption resumes from the last epoch; under torchrun
     every process calls it and rank 0 writes."""
     spec = RunSpec.from_arguments(method, dataset, data_root, **run)
+    normal = spec.normalised()  # names checked before torch: a typo is not a missing preset
     from . import distributed
     from .weights import check_weights_source
 
-    check_weights_source(spec.backbone, spec.pretrained)
+    check_weights_source(normal.backbone, normal.pretrained)
     check_device(device)
     check_writable(out, "dir")
-    if not run.get("protocol"):
-        log.info(
-            "protocol: %s (the default for --dataset %s; set it with --protocol)",
-            spec.protocol,
-            dataset,
-        )
     device = distributed.init_from_env(device)  # under torchrun: join the group; one GPU per rank
     metrics = _train(spec, out, device, feature_cache, overwrite, progress)
     distributed.shutdown()  # after success only: an error leaves without the final barrier, which would wait forever
@@ -194,6 +189,7 @@ def check_settings(settings: dict[str, Any]) -> None:
 def _train(
     spec: RunSpec, out: str, device: str, feature_cache, overwrite: bool, progress: bool
 ) -> dict[str, Any]:
+    """`train` after its argument checks; `spec` as given (its protocol None: the default, said so)."""
     import yaml
 
     from . import distributed
@@ -231,6 +227,12 @@ def _train(
                 f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                 "rerun with the same settings to resume, or pass --overwrite"
             )
+    if spec.protocol is None:
+        log.info(
+            "protocol: %s (the default for --dataset %s; set it with --protocol)",
+            resolved.protocol,
+            spec.dataset,
+        )
     log.info(
         "settings: %s%s",
         resolved.preset,

@@ -107,14 +107,13 @@ class RunSpec:
 
     @classmethod
     def from_arguments(cls, method: str, dataset: str, data_root: str, **arguments: Any) -> RunSpec:
-        """The run `train(method, dataset, data_root, **arguments)` is, normalised: keywords that name
-        a field set it, every other one is a setting (checked when the run is resolved)."""
+        """The run `train(method, dataset, data_root, **arguments)` is, as given (`normalised()` fills
+        its defaults): keywords that name a field set it, every other one is a setting (checked when
+        the run is resolved)."""
         names = set(cls.argument_names())
         given = {k: v for k, v in arguments.items() if k in names}
         settings = tuple((k, v) for k, v in arguments.items() if k not in names)
-        return cls(
-            method=method, dataset=dataset, data_root=data_root, settings=settings, **given
-        ).normalised()
+        return cls(method=method, dataset=dataset, data_root=data_root, settings=settings, **given)
 
     def normalised(self) -> RunSpec:
         """This run with its names checked (before torch: a typo is not a missing preset), the protocol's
