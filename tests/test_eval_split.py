@@ -8,7 +8,8 @@ from clipadapt import protocols
 from clipadapt.data import build_dataset
 from clipadapt.errors import ClipadaptError
 from clipadapt.report import write_report
-from clipadapt.runconfig import resolve
+from clipadapt.runconfig import resolve, resolve_run
+from clipadapt.runspec import RunSpec
 
 
 def _scored_paths(learn_root, monkeypatch, protocol="base2novel", dataset="eurosat", **settings):
@@ -21,13 +22,21 @@ def _scored_paths(learn_root, monkeypatch, protocol="base2novel", dataset="euros
         return real_evaluate(model, items, **kwargs)
 
     monkeypatch.setattr(protocols, "evaluate", spy)
-    method_cfg, train_cfg, _ = resolve(
-        "mma", {}, {"epochs": 1, "batch_size": 8, "augment": False, **settings}
+    run = resolve_run(
+        RunSpec.from_arguments(
+            "mma",
+            dataset,
+            learn_root,
+            protocol=protocol,
+            shots=2,
+            backbone="clipadapt-tiny",
+            pretrained="none",
+            config="none",
+            **{"epochs": 1, "batch_size": 8, "augment": False, **settings},
+        )
     )
-    spec = protocols.RunSpec(
-        "mma", dataset, learn_root, 2, 1, "clipadapt-tiny", "none", None, progress=False
-    )
-    return seen, protocols.run_protocol(protocol, spec, method_cfg.to_dict(), train_cfg)
+    execution = protocols.Execution(None, progress=False)
+    return seen, protocols.run_protocol(run, execution)
 
 
 def test_eval_split_val_scores_the_validation_images_of_base_and_novel_classes(

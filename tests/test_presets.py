@@ -197,9 +197,11 @@ def test_the_readme_vit_folder_command_resolves_a_preset(method, tmp_path, monke
 
     seen = {}
 
-    def no_training(protocol, spec, method_options, cfg):
-        seen.update(protocol=protocol, backbone=spec.backbone, options=method_options)
-        return {"protocol": protocol, "accuracy": 0.0}
+    def no_training(run, execution):
+        seen.update(
+            protocol=run.protocol, backbone=run.spec.backbone, options=run.method_config.to_dict()
+        )
+        return {"protocol": run.protocol, "accuracy": 0.0}
 
     monkeypatch.setattr(protocols, "run_protocol", no_training)
     args = _readme_vit_folder_command()

@@ -151,7 +151,8 @@ def test_eval_noise_is_a_function_of_the_image():
 def _test_inputs_of_a_run(learn_root, monkeypatch, **settings):
     """The image tensors the test-time evaluation feeds the model during one base-to-novel run."""
     from clipadapt import protocols
-    from clipadapt.runconfig import resolve
+    from clipadapt.runconfig import resolve_run
+    from clipadapt.runspec import RunSpec
 
     seen = []
     real_evaluate = protocols.evaluate
@@ -170,13 +171,21 @@ def _test_inputs_of_a_run(learn_root, monkeypatch, **settings):
             model.__dict__.pop("forward", None)
 
     monkeypatch.setattr(protocols, "evaluate", spy)
-    method_cfg, train_cfg, _ = resolve(
-        "mma", {}, {"epochs": 1, "batch_size": 8, "augment": False, **settings}
+    run = resolve_run(
+        RunSpec.from_arguments(
+            "mma",
+            "eurosat",
+            learn_root,
+            protocol="base2novel",
+            shots=2,
+            backbone="clipadapt-tiny",
+            pretrained="none",
+            config="none",
+            **{"epochs": 1, "batch_size": 8, "augment": False, **settings},
+        )
     )
-    spec = protocols.RunSpec(
-        "mma", "eurosat", learn_root, 2, 1, "clipadapt-tiny", "none", None, progress=False
-    )
-    metrics = protocols.run_protocol("base2novel", spec, method_cfg.to_dict(), train_cfg)
+    execution = protocols.Execution(None, progress=False)
+    metrics = protocols.run_protocol(run, execution)
     return torch.cat(seen), metrics
 
 

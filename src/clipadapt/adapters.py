@@ -419,52 +419,10 @@ def train_command(method: str, record: dict) -> str:
     """The `clipadapt train` command that remakes a run from its config.yaml (every resolved setting spelt out)."""
     import shlex
 
-    from .registry import RUN_CIRCUMSTANCES
+    from .runspec import RunSpec
 
-    own = (
-        "protocol",
-        "dataset",
-        "data_root",
-        "shots",
-        "seed",
-        "backbone",
-        "pretrained",
-        "preset",
-        "study",
-        "variant",
-        *RUN_CIRCUMSTANCES,
-    )  # the command's own flags, and what is not a setting (world_size)
-    words = [
-        "clipadapt",
-        "train",
-        "--method",
-        method,
-        "--dataset",
-        str(record.get("dataset")),
-        "--data-root",
-        "DATA",
-        "--protocol",
-        str(record.get("protocol")),
-        "--shots",
-        str(record.get("shots")),
-        "--seed",
-        str(record.get("seed")),
-        "--backbone",
-        str(record.get("backbone")),
-        "--pretrained",
-        str(record.get("pretrained")),
-        "--config",
-        "none",
-        "--out",
-        "RUN",
-    ]
-    for key, value in record.items():
-        if key in own or key == "method" or value is None:
-            continue
-        words.append(
-            f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"
-        )
-    return shlex.join(words)
+    spec = RunSpec.from_record({**record, "method": method})
+    return shlex.join(["clipadapt", *spec.train_argv(data_root="DATA", out="RUN")])
 
 
 def _metric_lines(metrics: dict) -> list[str]:

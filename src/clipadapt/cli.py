@@ -35,6 +35,7 @@ from .run import (
     transfer,
 )
 from .runconfig import parse_overrides
+from .runspec import RunSpec
 from .sweep import (
     describe_sweeps,
     dry_run_lines,
@@ -155,32 +156,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = parse_overrides(args.overrides)
     check_settings(settings)
-    named = {"prompts": args.prompts, "base_ratio": args.base_ratio}
+    run = {name: getattr(args, name) for name in RunSpec.argument_names()}  # a flag each
     for key in SETTING_ARGUMENTS & set(
         settings
     ):  # prompts=... and base_ratio=... are their flags' settings
-        if named[key] is not None:
+        if run[key] is not None:
             flag = "--" + key.replace("_", "-")
             raise ClipadaptError(f"{flag} and {key}=... contradict each other; give one")
-        named[key] = settings.pop(key)
+        run[key] = settings.pop(key)
     metrics = train(
-        args.method,
-        args.dataset,
-        args.data_root,
-        args.out,
-        protocol=args.protocol,
-        shots=args.shots,
-        seed=args.seed,
-        backbone=args.backbone,
-        pretrained=args.pretrained,
-        config=args.config,
-        study=args.study,
-        variant=args.variant,
+        out=args.out,
         device=args.device,
         feature_cache=_feature_cache(args),
         overwrite=args.overwrite,
         progress=not args.quiet,
-        **named,
+        **run,
         **settings,
     )
     if metrics:  # under torchrun only rank 0 has results

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,67 @@ class TrainResult:
             if self.step_seconds is None
             else 1000.0 * self.step_seconds / max(1, self.images_seen)
         )
+
+
+@dataclass
+class TrainerState:
+    """What a Trainer carries from epoch to epoch besides the weights, the optimiser and the gradient
+    scaler: what its checkpoint saves and a resumed run restores. Each field is the Trainer attribute of
+    the same name; `state_dict()` is the checkpoint's layout, which checkpoints written before this
+    class existed share (their missing keys read as the defaults below)."""
+
+    start_epoch: int = 0  # epochs done: a resumed run starts at this one (the checkpoint's "epoch")
+    train_seconds: float = 0.0
+    data_seconds: float = 0.0
+    step_seconds: float | None = (
+        0.0  # None: resumed from a checkpoint written before steps were timed
+    )
+    images_seen: int = 0
+    last_loss: float = float("nan")
+    # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it, stop.
+    best_val: float = -1.0
+    best_epoch: int = 0
+    since_best: int = 0
+    stopped: bool = False
+    best_state: dict[str, torch.Tensor] | None = None  # the checkpoint's "best_method"
+    epoch_average: dict[str, torch.Tensor] | None = None  # the running weighted sum of epoch states
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's entries for this state (tensors as they are, for torch.save)."""
+        return {
+            "epoch": self.start_epoch,
+            "train_seconds": self.train_seconds,
+            "data_seconds": self.data_seconds,
+            "step_seconds": self.step_seconds,
+            "images_seen": self.images_seen,
+            "last_loss": self.last_loss,
+            "selection": {
+                "best_val": self.best_val,
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+                "stopped": self.stopped,
+            },
+            "best_method": self.best_state,
+            "epoch_average": self.epoch_average,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint's entries; keys an older checkpoint lacks keep their defaults
+        (its steps untimed: step_seconds None)."""
+        selection = state.get("selection") or {}
+        steps_timed = state.get("step_seconds")
+        self.start_epoch = int(state["epoch"])
+        self.train_seconds = float(state["train_seconds"])
+        self.data_seconds = float(state.get("data_seconds", 0.0))
+        self.step_seconds = None if steps_timed is None else float(steps_timed)
+        self.images_seen = int(state["images_seen"])
+        self.last_loss = float(state["last_loss"])
+        self.best_val = float(selection.get("best_val", -1.0))
+        self.best_epoch = int(selection.get("best_epoch", 0))
+        self.since_best = int(selection.get("since_best", 0))
+        self.stopped = bool(selection.get("stopped", False))
+        self.best_state = state.get("best_method")
+        self.epoch_average = state.get("epoch_average")
 
 
 class _StepClock:
@@ -309,24 +370,14 @@ class Trainer:
             augment=cfg.augment,
             noise_std=cfg.train_noise_std,
         )
-        self.start_epoch, self.train_seconds, self.images_seen, self.last_loss = (
-            0,
-            0.0,
-            0,
-            float("nan"),
-        )
-        self.last_good_epoch = 0  # the epoch of the newest checkpoint on disk
-        self.data_seconds = 0.0
-        self.step_seconds: float | None = 0.0
+        # Counters, validation-driven selection and the epoch average (TrainerState's fields) start at
+        # their defaults; last_good_epoch is the epoch of the newest checkpoint on disk.
+        self.restore_state(TrainerState())
         self._epoch_loader = self._epoch_sampler = (
             None  # one image loader for every epoch (its workers persist)
         )
-        # Validation-driven selection: best accuracy so far, its epoch and weights, epochs since it.
-        self.best_val, self.best_epoch, self.best_state = -1.0, 0, None
-        self.since_best, self.stopped = 0, False
         # Epoch averaging (the method's `epoch_weights`, e.g. PromptSRC's GPA): the running weighted sum.
         self.epoch_weights = model.method.epoch_weights(cfg.epochs)
-        self.epoch_average: dict[str, torch.Tensor] | None = None
         self._val_features = None
         self._frozen: tuple[tuple, FrozenImages, torch.Tensor] | None = (
             None  # (items key, images, labels)
@@ -342,26 +393,25 @@ class Trainer:
         """Where the per-epoch checkpoint lives."""
         return os.path.join(self.out_dir, "checkpoint.pt") if self.out_dir else None
 
+    def resumable_state(self) -> TrainerState:
+        """The state a checkpoint saves besides the weights, the optimiser and the scaler."""
+        return TrainerState(**{f.name: getattr(self, f.name) for f in fields(TrainerState)})
+
+    def restore_state(self, state: TrainerState) -> None:
+        """Continue from `state`: the Trainer's attributes of the same names take its values."""
+        for f in fields(TrainerState):
+            setattr(self, f.name, getattr(state, f.name))
+        self.last_good_epoch = state.start_epoch
+
     def save_checkpoint(self, epoch: int) -> None:
         """Method state and optimiser state after `epoch` epochs, written atomically."""
+        progress = self.resumable_state()
+        progress.start_epoch = epoch
         state = {
-            "epoch": epoch,
             "method": self.model.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "train_seconds": self.train_seconds,
-            "data_seconds": self.data_seconds,
-            "step_seconds": self.step_seconds,
-            "images_seen": self.images_seen,
-            "last_loss": self.last_loss,
-            "selection": {
-                "best_val": self.best_val,
-                "best_epoch": self.best_epoch,
-                "since_best": self.since_best,
-                "stopped": self.stopped,
-            },
-            "best_method": self.best_state,
-            "epoch_average": self.epoch_average,
+            **progress.state_dict(),
         }
         if (
             distributed.is_main()
@@ -380,28 +430,9 @@ class Trainer:
             self.model.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-            self.start_epoch = self.last_good_epoch = int(state["epoch"])
-            self.train_seconds, self.images_seen = (
-                float(state["train_seconds"]),
-                int(state["images_seen"]),
-            )
-            self.last_loss = float(state["last_loss"])
-            self.data_seconds = float(state.get("data_seconds", 0.0))
-            steps_timed = state.get(
-                "step_seconds"
-            )  # absent from checkpoints written before steps were timed
-            self.step_seconds = None if steps_timed is None else float(steps_timed)
-            sel = state.get("selection") or {}
-            self.best_val, self.best_epoch = (
-                float(sel.get("best_val", -1.0)),
-                int(sel.get("best_epoch", 0)),
-            )
-            self.since_best, self.stopped = (
-                int(sel.get("since_best", 0)),
-                bool(sel.get("stopped", False)),
-            )
-            self.best_state = state.get("best_method")
-            self.epoch_average = state.get("epoch_average")
+            progress = TrainerState()
+            progress.load_state_dict(state)
+            self.restore_state(progress)
         except Exception as err:  # torch raises many types for a truncated or foreign file
             reason = " ".join(str(err).split())[:200]
             raise ClipadaptError(

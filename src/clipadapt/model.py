@@ -20,7 +20,7 @@ from .frozen_cache import (
     text_output,
     text_tokens,
 )
-from .methods import Method, adapter_method, make_config, method_class
+from .methods import Method, MethodConfig, adapter_method, make_config, method_class
 from .prompts import NO_PROMPT_SET, class_prompts, ensemble_features, format_prompt
 from .settings import DEFAULT_BUDGET_MB
 from .synthetic_weights import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, default_pretrained
@@ -450,9 +450,11 @@ def build_model(
     default_template: str | None = None,
     device: str = "cpu",
     dataset: str | None = None,
+    method_config: MethodConfig | None = None,
     **options: Any,
 ) -> AdaptedCLIP:
-    """A CLIP adapted by `method` (options are the method's config fields), for these class names.
+    """A CLIP adapted by `method` (options are the method's config fields, or `method_config` the
+    config itself, as a resolved run passes it), for these class names.
 
     The prompt is the method's `template` option if set, else `default_template` (a dataset's CoOp
     template), else "a photo of a {}."; the `prompts` option gives several a class (`dataset` picks
@@ -461,7 +463,15 @@ def build_model(
     if pretrained == DEFAULT_WEIGHTS and not isinstance(backbone, Backbone):
         pretrained = default_pretrained(backbone)
     cls = method_class(method)
-    config = make_config(method, options)
+    if method_config is None:
+        config = make_config(method, options)
+    elif options or not isinstance(method_config, cls.Config):
+        raise ClipadaptError(
+            f"build_model takes method '{method}' options or its config "
+            f"({cls.Config.__name__}), not {'both' if options else type(method_config).__name__}"
+        )
+    else:
+        config = method_config
     if isinstance(backbone, Backbone):
         bb = backbone.to(device)
         source = {"backbone": backbone.name, "pretrained": pretrained}

@@ -13,12 +13,13 @@ from . import distributed
 from .data import build_dataset
 from .data.synthetic import BENCHMARK
 from .data.synthetic import DG_TARGETS as SYNTHETIC_DG_TARGETS
-from .engine import TrainConfig, Trainer, seed_everything
+from .engine import Trainer, seed_everything
 from .errors import ClipadaptError
 from .evaluation import evaluate
 from .feature_cache import FeatureCache
 from .model import build_model
 from .registry import canonical_protocol
+from .runspec import ResolvedRun
 from .scoring import harmonic_mean
 
 # Domain generalization: train on the source (all classes), test on its shifted versions.
@@ -56,17 +57,11 @@ def transfer_targets(protocol: str, source: str) -> list[str]:
     return table[source]
 
 
-@dataclass
-class RunSpec:
-    """Everything a protocol run needs besides the method's and the trainer's settings."""
+@dataclass(frozen=True)
+class Execution:
+    """Where and how a run executes, which is not what it is (runspec.RunSpec): its folder, device,
+    progress bars and feature cache; two executions of one run give the same numbers."""
 
-    method: str
-    dataset: str
-    data_root: str
-    shots: int
-    seed: int
-    backbone: str
-    pretrained: str | None
     out_dir: str | None
     device: str = "cpu"
     progress: bool = True
@@ -75,7 +70,8 @@ class RunSpec:
     )
 
 
-def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig):
+def _train(run: ResolvedRun, execution: Execution, classes_split):
+    spec = run.spec
     seed_everything(spec.seed)  # the adapters' initial weights depend on the run's seed only
     model = build_model(
         spec.method,
@@ -83,19 +79,19 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
         spec.backbone,
         spec.pretrained,
         default_template=classes_split.template,
-        device=spec.device,
+        device=execution.device,
         dataset=spec.dataset,
-        **method_options,
+        method_config=run.method_config,
     )
     training: dict = {}
     if model.method.trainable_parameters():
         result = Trainer(
             model,
             classes_split.train,
-            cfg,
-            spec.out_dir,
-            spec.device,
-            spec.progress,
+            run.train_config,
+            execution.out_dir,
+            execution.device,
+            execution.progress,
             val_items=classes_split.val,
         ).run()
         seconds = result.train_seconds
@@ -111,8 +107,8 @@ def _train(spec: RunSpec, classes_split, method_options: dict, cfg: TrainConfig)
     else:
         seconds = 0.0
         training.update(train_step_ms_per_image=0.0, train_epoch_ms_per_image=0.0)
-    if spec.out_dir and distributed.is_main():
-        model.save_adapter(os.path.join(spec.out_dir, "adapter.safetensors"))
+    if execution.out_dir and distributed.is_main():
+        model.save_adapter(os.path.join(execution.out_dir, "adapter.safetensors"))
     return model, seconds, training
 
 
@@ -200,18 +196,19 @@ def _scored(data, split: str, dataset: str) -> list:
     return items
 
 
-def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainConfig) -> dict:
-    """Train and evaluate under `protocol`; returns the metrics dict."""
+def run_protocol(run: ResolvedRun, execution: Execution) -> dict:
+    """Train and evaluate a resolved run under its protocol; returns the metrics dict."""
     start = time.time()
-    reset_peak_memory(spec.device)
-    protocol = canonical_protocol(protocol)
+    spec, cfg, feature_cache = run.spec, run.train_config, execution.feature_cache
+    reset_peak_memory(execution.device)
+    protocol = canonical_protocol(run.protocol)
     kwargs = dict(
         batch_size=cfg.eval_batch_size,
         workers=cfg.workers,
-        device=spec.device,
-        progress=spec.progress,
+        device=execution.device,
+        progress=execution.progress,
         noise_std=cfg.eval_noise_std,
-        feature_cache=spec.feature_cache,
+        feature_cache=feature_cache,
     )
     clock = _EvalClock()
     data_settings = {
@@ -225,9 +222,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
             f"eval_split={split} is for base2novel and fewshot runs; {protocol} scores the test "
             "splits of its targets"
         )
-    cache_counts = (
-        (spec.feature_cache.reads, spec.feature_cache.writes) if spec.feature_cache else (0, 0)
-    )
+    cache_counts = (feature_cache.reads, feature_cache.writes) if feature_cache else (0, 0)
     if protocol == "base2novel":
         base = build_dataset(
             spec.dataset, spec.data_root, spec.shots, spec.seed, "base", cfg.base_ratio
@@ -244,7 +239,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
             _scored(base, split, spec.dataset),
             _scored(new, split, spec.dataset),
         )
-        model, seconds, training = _train(spec, base, method_options, cfg)
+        model, seconds, training = _train(run, execution, base)
         if not distributed.is_main():
             return {}  # under torchrun rank 0 evaluates
         eval_start = time.time()
@@ -275,7 +270,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol == "fewshot":
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
         items = _scored(data, split, spec.dataset)
-        model, seconds, training = _train(spec, data, method_options, cfg)
+        model, seconds, training = _train(run, execution, data)
         if not distributed.is_main():
             return {}
         eval_start = time.time()
@@ -286,7 +281,7 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
     elif protocol in TRANSFER_TARGETS:
         transfer_targets(protocol, spec.dataset)  # an unknown source fails before any training
         data = build_dataset(spec.dataset, spec.data_root, spec.shots, spec.seed, "all")
-        model, seconds, training = _train(spec, data, method_options, cfg)
+        model, seconds, training = _train(run, execution, data)
         if not distributed.is_main():
             return {}
         eval_start = time.time()
@@ -296,13 +291,11 @@ def run_protocol(protocol: str, spec: RunSpec, method_options: dict, cfg: TrainC
         )
     metrics.update(training)
     metrics["eval_seconds"] = round(time.time() - eval_start, 3)
-    if (
-        spec.feature_cache is not None
-    ):  # how many test splits read their image features from the cache
-        metrics["feature_cache_reads"] = spec.feature_cache.reads - cache_counts[0]
-        metrics["feature_cache_writes"] = spec.feature_cache.writes - cache_counts[1]
+    if feature_cache is not None:  # how many test splits read their image features from the cache
+        metrics["feature_cache_reads"] = feature_cache.reads - cache_counts[0]
+        metrics["feature_cache_writes"] = feature_cache.writes - cache_counts[1]
     metrics.update(data_settings)
-    peak, peak_kind = peak_memory_mb(spec.device)
+    peak, peak_kind = peak_memory_mb(execution.device)
     if clock.seconds:
         metrics["eval_images_per_s"] = round(clock.images / clock.seconds, 2)
     metrics.update(

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import yaml
@@ -33,17 +34,20 @@ from .data import build_dataset
 from .data.folder import check_distinct
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
-from .registry import FOLDER_DATASET, NUMBER_NEUTRAL_KEYS, canonical_protocol, method_names
+from .registry import NUMBER_NEUTRAL_KEYS, canonical_protocol, method_names
 from .run_logging import TB_DIR, finish_run, tensorboard_on
-from .runconfig import choose_preset, resolve, setting_defaults
-from .synthetic_weights import DEFAULT_BACKBONE, default_pretrained
+from .runspec import (
+    ResolvedRun,
+    RunSpec,
+    as_read_back,
+    default_backbone,
+    own_method_name,
+    read_record,
+)
 
 log = logging.getLogger(__name__)
 
-SETTING_ARGUMENTS = {
-    "prompts",
-    "base_ratio",
-}  # arguments of `train` that are settings too (its flags set them)
+SETTING_ARGUMENTS = RunSpec.setting_names()  # arguments of `train` that are settings too
 RUN_FILES = (
     "metrics.json",
     "checkpoint.pt",
@@ -52,13 +56,6 @@ RUN_FILES = (
     ADAPTER_FILE,
     "curves.png",
 )  # what --overwrite discards
-
-
-def default_backbone(backbone: str | None, pretrained: str | None) -> tuple[str, str]:
-    """The backbone and weights a run uses when none are named: the shipped tiny CLIP and its weights;
-    a named open_clip model gets OpenAI's weights unless told."""
-    backbone = backbone or DEFAULT_BACKBONE
-    return backbone, str(pretrained) if pretrained is not None else default_pretrained(backbone)
 
 
 def feature_cache_of(setting):
@@ -76,31 +73,30 @@ def feature_cache_of(setting):
     return FeatureCache(os.path.abspath(os.path.expanduser(str(setting))))
 
 
-def default_protocol(dataset: str) -> str:
-    """A user's own folder has no base/novel convention: it trains and tests on all its classes."""
-    return "fewshot" if dataset == FOLDER_DATASET else "base2novel"
-
-
-def _check_data(
-    protocol: str, dataset: str, data_root: str, shots: int, seed: int, base_ratio
-) -> None:
+def _check_data(run: ResolvedRun) -> None:
     """Read every split the run will use (file lists only), so that a missing one fails before training."""
     # Deferred: loads torch, which this module's import must not.
     from .protocols import TRANSFER_TARGETS, transfer_targets
 
+    spec, protocol, base_ratio = run.spec, run.protocol, run.train_config.base_ratio
     subsamples = ("base", "new") if protocol == "base2novel" else ("all",)
     for subsample in subsamples:
         check_scored_classes(
-            build_dataset(dataset, data_root, shots, seed, subsample, base_ratio),
-            dataset,
-            data_root,
+            build_dataset(
+                spec.dataset, spec.data_root, spec.shots, spec.seed, subsample, base_ratio
+            ),
+            spec.dataset,
+            spec.data_root,
             subsample,
             base_ratio if protocol == "base2novel" else None,
         )
     if protocol in TRANSFER_TARGETS:
-        for target in transfer_targets(protocol, dataset):
+        for target in transfer_targets(protocol, spec.dataset):
             check_scored_classes(
-                build_dataset(target, data_root, -1, seed, "all"), target, data_root, "all"
+                build_dataset(target, spec.data_root, -1, spec.seed, "all"),
+                target,
+                spec.data_root,
+                "all",
             )
 
 
@@ -129,106 +125,67 @@ def check_scored_classes(
     )
 
 
-def _read_yaml(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
-
-
 # ---- train ---------------------------------------------------------------------------------------
+def _keywords_of_a_run(wrapper):
+    """Show a wrapper's `**run` keywords as the RunSpec fields they set (help(), inspect, editors): the
+    wrappers take them through **, so that a new field of RunSpec is an argument of each at once."""
+    shown = inspect.signature(wrapper)
+    own = [p for p in shown.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    named = {p.name for p in own}
+    run_fields = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in fields(RunSpec)
+        if f.name in RunSpec.argument_names() and f.name not in named
+    ]
+    first_keyword = next(
+        (i for i, p in enumerate(own) if p.kind is p.KEYWORD_ONLY), len(own)
+    )  # the run's fields before the wrapper's own keywords, as they read in the docs
+    settings = inspect.Parameter("settings", inspect.Parameter.VAR_KEYWORD, annotation=Any)
+    wrapper.__signature__ = shown.replace(
+        parameters=[*own[:first_keyword], *run_fields, *own[first_keyword:], settings]
+    )
+    return wrapper
+
+
+@_keywords_of_a_run
 def train(
     method: str,
     dataset: str,
     data_root: str,
     out: str,
     *,
-    protocol: str | None = None,
-    shots: int = 16,
-    seed: int = 1,
-    backbone: str | None = None,
-    pretrained: str | None = None,
-    config: str | None = None,
-    prompts: str | None = None,
-    base_ratio: str | None = None,
-    study: str | None = None,
-    variant: str | None = None,
     device: str = "cpu",
     feature_cache=True,
     overwrite: bool = False,
     progress: bool = True,
-    **settings: Any,
+    **run: Any,
 ) -> dict[str, Any]:
     """Train `method` on `dataset` under `protocol` into the folder `out` and score it; returns the metrics.
 
-    `settings` are method options and training settings (scale=0.001, epochs=5, lr=2e-3, ...), over the
-    preset `config` names (None: the shipped preset for the method, protocol and backbone; "none": the
-    method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an
-    interruption resumes from the last epoch; under torchrun every process calls it and rank 0 writes."""
-    method, protocol, backbone, pretrained = run_arguments(
-        method, dataset, protocol, backbone, pretrained
-    )
-    # Deferred: loads torch, which this module's import must not.
+    `run` are RunSpec's fields (protocol, shots, seed, ...: this function's signature lists them all)
+    and the settings: method options and training settings (scale=0.001, epochs=5, lr=2e-3, ...) over
+    the preset `config` names (None: the shipped preset for the method, protocol and backbone; "none":
+    the method's own defaults; else a YAML file or a shipped preset's name). Rerunning the same call after an interruption resumes from the last epoch; under torchrun
+    every process calls it and rank 0 writes."""
+    spec = RunSpec.from_arguments(method, dataset, data_root, **run)
+    normal = spec.normalised()  # names checked before torch: a typo is not a missing preset
     from . import distributed
     from .weights import check_weights_source
 
-    check_weights_source(backbone, pretrained)
+    check_weights_source(normal.backbone, normal.pretrained)
     check_device(device)
     check_writable(out, "dir")
     device = distributed.init_from_env(device)  # under torchrun: join the group; one GPU per rank
-    metrics = _train(
-        method,
-        dataset,
-        data_root,
-        out,
-        protocol,
-        shots,
-        seed,
-        backbone,
-        pretrained,
-        config,
-        prompts,
-        base_ratio,
-        study,
-        variant,
-        device,
-        feature_cache,
-        overwrite,
-        progress,
-        settings,
-    )
+    metrics = _train(spec, out, device, feature_cache, overwrite, progress)
     distributed.shutdown()  # after success only: an error leaves without the final barrier, which would wait forever
     return metrics
 
 
-def run_arguments(
-    method: str, dataset: str, protocol: str | None, backbone: str | None, pretrained: str | None
-) -> tuple[str, str | None, str, str]:
-    """(method, protocol, backbone, pretrained) as `train` and `planned_record` both see them: the names checked
-    first (before torch: a typo is not a missing preset), the method's own name (a class path `module:Class`
-    is imported for it), the protocol's canonical name, the default backbone."""
-    check_run_names(method, dataset, protocol)
-    backbone, pretrained = default_backbone(backbone, pretrained)
-    protocol = canonical_protocol(protocol) if protocol else None
-    return _method_name(method), protocol, backbone, pretrained
-
-
-def _method_name(method: str) -> str:
-    """A method's own name; a class path is imported to read it (torch is loaded then, not before)."""
-    from .registry import is_class_path
-
-    if not is_class_path(method):
-        return method
-    from .methods import method_name
-
-    return method_name(method)
-
-
 def check_settings(settings: dict[str, Any]) -> None:
     """Refuse settings that name one of `train`'s own arguments (seed=3 is the seed argument, --seed 3)."""
-    own = {
-        name
-        for name, p in inspect.signature(train).parameters.items()
-        if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
-    } - SETTING_ARGUMENTS
+    own = (set(RunSpec.argument_names()) | set(NOT_RECORDED)) - SETTING_ARGUMENTS
     for key in settings:
         if key in own:
             flag = "--" + key.replace("_", "-")
@@ -237,134 +194,27 @@ def check_settings(settings: dict[str, Any]) -> None:
             )
 
 
-def run_record(
-    method: str,
-    dataset: str,
-    data_root: str,
-    protocol: str,
-    shots: int,
-    seed: int,
-    backbone: str,
-    pretrained: str,
-    preset_name: str,
-    resolved: dict,
-    study: str | None,
-    variant: str | None,
-) -> dict:
-    """What config.yaml records of a run: everything that defines it, in a fixed order."""
-    record = {
-        "protocol": protocol,
-        "dataset": dataset,
-        "data_root": os.path.abspath(data_root),
-        "shots": shots,
-        "seed": seed,
-        "backbone": backbone,
-        "pretrained": str(pretrained),
-        "preset": preset_name,
-        **resolved,
-    }
-    if (
-        study or variant
-    ):  # a study's run: the report groups it by study and names its row by variant
-        record.update(study=study, variant=variant or method)
-    return record
-
-
-def _resolve_run(
-    method,
-    dataset,
-    data_root,
-    protocol,
-    shots,
-    seed,
-    backbone,
-    pretrained,
-    config,
-    prompts,
-    base_ratio,
-    study,
-    variant,
-    settings,
-):
-    """A train call's protocol, preset name, method and training configs and config.yaml record, computed without
-    running it."""
-    chosen_protocol = protocol or default_protocol(dataset)
-    preset_name, preset = choose_preset(config, method, chosen_protocol, backbone)
-    overrides = dict(settings)
-    if prompts is not None:
-        overrides["prompts"] = prompts
-    if base_ratio is not None:
-        overrides["base_ratio"] = base_ratio
-    method_cfg, train_cfg, resolved = resolve(method, preset, overrides)
-    train_cfg.seed = seed
-    resolved["seed"] = seed
-    record = run_record(
-        method,
-        dataset,
-        data_root,
-        chosen_protocol,
-        shots,
-        seed,
-        backbone,
-        pretrained,
-        preset_name,
-        resolved,
-        study,
-        variant,
-    )
-    return chosen_protocol, preset_name, method_cfg, train_cfg, record
-
-
 def _train(
-    method,
-    dataset,
-    data_root,
-    out,
-    protocol,
-    shots,
-    seed,
-    backbone,
-    pretrained,
-    config,
-    prompts,
-    base_ratio,
-    study,
-    variant,
-    device,
-    feature_cache,
-    overwrite,
-    progress,
-    settings,
+    spec: RunSpec, out: str, device: str, feature_cache, overwrite: bool, progress: bool
 ) -> dict[str, Any]:
+    """`train` after its argument checks; `spec` as given (its protocol None: the default, said so)."""
     # Deferred: loads torch, which this module's import must not.
     from . import distributed
-    from .protocols import RunSpec, run_protocol
+    from .protocols import Execution, run_protocol
+    from .runconfig import resolve_run
 
-    chosen_protocol, preset_name, method_cfg, train_cfg, record = _resolve_run(
-        method,
-        dataset,
-        data_root,
-        protocol,
-        shots,
-        seed,
-        backbone,
-        pretrained,
-        config,
-        prompts,
-        base_ratio,
-        study,
-        variant,
-        settings,
-    )
+    resolved = resolve_run(spec)
+    record = resolved.record()
     record["world_size"] = (
         distributed.world_size()
     )  # how it ran, not what it is: a resume may use another
 
+    train_config = resolved.train_config
     tensorboard_on(
-        train_cfg.logger
+        train_config.logger
     )  # logger=tensorboard without the package: refused before anything is written
     metrics_path, config_path = os.path.join(out, "metrics.json"), os.path.join(out, "config.yaml")
-    _check_data(chosen_protocol, dataset, data_root, shots, seed, train_cfg.base_ratio)
+    _check_data(resolved)
     main_rank = distributed.is_main()
     if overwrite and main_rank:
         for name in RUN_FILES:
@@ -375,45 +225,35 @@ def _train(
     check_not_finished(out)
     if os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(config_path):
         changed = sorted(
-            key for key, _, _ in record_changes(_read_yaml(config_path), _as_read_back(record))
+            key for key, _, _ in record_changes(read_record(config_path), as_read_back(record))
         )
         if changed:
             raise ClipadaptError(
                 f"'{out}' holds an interrupted run with other settings ({', '.join(changed)}); "
                 "rerun with the same settings to resume, or pass --overwrite"
             )
-    if not protocol:
+    if spec.protocol is None:
         log.info(
             "protocol: %s (the default for --dataset %s; set it with --protocol)",
-            chosen_protocol,
-            dataset,
+            resolved.protocol,
+            spec.dataset,
         )
     log.info(
         "settings: %s%s",
-        preset_name,
+        resolved.preset,
         " (the shipped preset for this method, protocol and backbone; "
         "--config FILE or --config none to change)"
-        if config is None
+        if spec.config is None
         else "",
     )
     distributed.barrier()
     if main_rank:
         os.makedirs(out, exist_ok=True)
         write_text(config_path, yaml.safe_dump(record, sort_keys=False))
-    spec = RunSpec(
-        method,
-        dataset,
-        data_root,
-        shots,
-        seed,
-        backbone,
-        pretrained,
-        out,
-        device,
-        progress=progress and main_rank,
-        feature_cache=feature_cache_of(feature_cache),
+    execution = Execution(
+        out, device, progress=progress and main_rank, feature_cache=feature_cache_of(feature_cache)
     )
-    metrics = run_protocol(chosen_protocol, spec, method_cfg.to_dict(), train_cfg)
+    metrics = run_protocol(resolved, execution)
     if not main_rank:
         return {}
     if "variant" in record:
@@ -423,7 +263,7 @@ def _train(
     log.info("wrote %s", metrics_path)
 
     try:  # evaluation and settings in tb/, curves.png: a finished run stays finished if drawing them fails
-        finish_run(out, record, metrics, train_cfg.logger)
+        finish_run(out, record, metrics, train_config.logger)
     except Exception as err:  # noqa: BLE001
         log.warning(
             "the run finished (%s) but its TensorBoard summary or curves.png could not be written: %s",
@@ -440,18 +280,18 @@ def _train(
 _MISSING = object()
 
 
-def _as_read_back(record: dict) -> dict:
-    return yaml.safe_load(
-        yaml.safe_dump(record, sort_keys=False)
-    )  # tuples as lists, as config.yaml reads back
-
-
 def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
     """(key, recorded, now) for each setting two config.yaml records of one run give differently.
 
     NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
-    default: a setting added to clipadapt since keeps the older behaviour at its default."""
-    defaults = setting_defaults(now["method"]) if now.get("method") in method_names() else {}
+    (or the RunSpec field's) default: a setting added to clipadapt since keeps the older behaviour at its
+    default."""
+    from .runconfig import setting_defaults
+
+    defaults = {
+        **RunSpec.recorded_defaults(),
+        **(setting_defaults(now["method"]) if now.get("method") in method_names() else {}),
+    }
     changes = []
     for key in dict.fromkeys([*previous, *now]):
         old, new = previous.get(key, _MISSING), now.get(key, _MISSING)
@@ -474,45 +314,14 @@ NOT_RECORDED = (
 )  # train arguments config.yaml lacks
 
 
-def planned_record(
-    method: str,
-    dataset: str,
-    data_root: str,
-    *,
-    protocol: str | None = None,
-    shots: int = 16,
-    seed: int = 1,
-    backbone: str | None = None,
-    pretrained: str | None = None,
-    config: str | None = None,
-    prompts: str | None = None,
-    base_ratio: str | None = None,
-    study: str | None = None,
-    variant: str | None = None,
-    **settings: Any,
-) -> dict[str, Any]:
+@_keywords_of_a_run
+def planned_record(method: str, dataset: str, data_root: str, **run: Any) -> dict[str, Any]:
     """The config.yaml that `train` with these arguments would write, computed without training or reading data."""
-    method, protocol, backbone, pretrained = run_arguments(
-        method, dataset, protocol, backbone, pretrained
-    )
-    check_settings(settings)
-    record = _resolve_run(
-        method,
-        dataset,
-        data_root,
-        protocol,
-        shots,
-        seed,
-        backbone,
-        pretrained,
-        config,
-        prompts,
-        base_ratio,
-        study,
-        variant,
-        settings,
-    )[-1]
-    return _as_read_back(record)
+    from .runconfig import resolve_run
+
+    spec = RunSpec.from_arguments(method, dataset, data_root, **run)
+    check_settings(spec.settings_dict)
+    return as_read_back(resolve_run(spec).record())
 
 
 def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]] | None:
@@ -522,7 +331,7 @@ def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]
     if not os.path.exists(config_path):
         return None
     now = planned_record(**{k: v for k, v in train_kwargs.items() if k not in NOT_RECORDED})
-    return record_changes(_read_yaml(config_path), now)
+    return record_changes(read_record(config_path), now)
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
@@ -561,7 +370,7 @@ def evaluate(
 
     check_run_names(method, dataset)
     if method is not None:
-        method = _method_name(method)
+        method = own_method_name(method)
     if checkpoint and method is not None:
         recorded = read_adapter(checkpoint)[0].get("method")
         if recorded != method:

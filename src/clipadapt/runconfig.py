@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 
 from .errors import ClipadaptError, one_line
 from .registry import canonical_protocol
+from .runspec import ResolvedRun, RunSpec
 from .settings import TrainConfig
 from .synthetic_weights import is_shipped
 
@@ -215,6 +216,15 @@ def resolve(
     train_cfg = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys})
     resolved = {"method": method, **method_cfg.to_dict(), **train_cfg.to_dict()}
     return method_cfg, train_cfg, resolved
+
+
+def resolve_run(spec: RunSpec) -> ResolvedRun:
+    """A run's preset, method config and training settings (the run's seed in them); an unknown or
+    ill-typed setting is refused here, before any work."""
+    spec = spec.normalised()
+    preset_name, preset = choose_preset(spec.config, spec.method, spec.protocol, spec.backbone)
+    method_config, train_config, _ = resolve(spec.method, preset, spec.overrides())
+    return ResolvedRun(spec, preset_name, method_config, replace(train_config, seed=spec.seed))
 
 
 def setting_defaults(method: str) -> dict[str, Any]:
