@@ -2,6 +2,8 @@
 break an invariant makes it fail naming that invariant."""
 
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -264,3 +266,8 @@ def test_the_kit_refuses_what_is_not_a_method_class_and_bad_options_as_themselve
         check_method(object)
     with pytest.raises(ValueError, match="unknown option"):
         check_method(BUILT_IN["mma"], no_such_option=1)
+
+
+def test_the_kit_imports_without_pytest():
+    code = "import sys; sys.modules['pytest'] = None; import clipadapt.testing"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
