@@ -1,7 +1,9 @@
 """The conformance kit (clipadapt.testing): every built-in method passes it, and a method written to
 break an invariant makes it fail naming that invariant."""
 
+import importlib
 import random
+import sys
 import time
 
 import numpy as np
@@ -264,3 +266,9 @@ def test_the_kit_refuses_what_is_not_a_method_class_and_bad_options_as_themselve
         check_method(object)
     with pytest.raises(ValueError, match="unknown option"):
         check_method(BUILT_IN["mma"], no_such_option=1)
+
+
+def test_the_kit_imports_without_pytest(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest", None)  # `import pytest` now raises ImportError
+    monkeypatch.delitem(sys.modules, "clipadapt.testing")
+    assert importlib.import_module("clipadapt.testing").check_method

@@ -110,6 +110,7 @@ def _same_gradients(what: str, got: dict, want: dict) -> None:
 
 
 def _snapshot(state: dict) -> dict[str, torch.Tensor]:
+    """Detached copies of a name -> tensor mapping."""
     return {k: v.detach().clone() for k, v in state.items()}
 
 
@@ -131,6 +132,7 @@ def _overridden(obj: Any, **attributes: Any) -> Iterator[None]:
 
 
 def _every_block_through_the_hooks(backbone: Backbone) -> tuple[int, int]:
+    """A first_active_blocks that skips nothing."""
     return 0, 0
 
 
@@ -245,6 +247,7 @@ class _Kit:
         return model
 
     def labels_for(self, inputs) -> torch.Tensor:
+        """Labels for a batch of the kit's images (or of images cached from them)."""
         return self.labels[: len(inputs)]
 
     def run_pass(self, model: AdaptedCLIP, inputs, train: bool = True, seed: int = 3) -> _Pass:
@@ -762,6 +765,7 @@ def check_resume(kit: _Kit) -> str | None:
 
 
 def _listed(names: list[str], most: int = 6) -> str:
+    """The first few names, and how many more."""
     if not names:
         return "none"
     more = f" and {len(names) - most} more" if len(names) > most else ""
