@@ -90,9 +90,10 @@ def check_run_names(
     method: str | None = None, dataset: str | None = None, protocol: str | None = None
 ) -> None:
     """Refuse an unknown method, dataset or protocol by name, before any preset lookup (no torch needed)."""
+    from .hybrid_names import is_known_method
     from .registry import METHOD_NAMES, PROTOCOL_NAMES, dataset_names
 
-    if method is not None and method not in METHOD_NAMES:
+    if method is not None and not is_known_method(method, METHOD_NAMES):
         raise unknown_name("method", method, list(METHOD_NAMES))
     if dataset is not None and dataset not in dataset_names():
         raise unknown_name("dataset", dataset, dataset_names())

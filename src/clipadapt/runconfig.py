@@ -157,7 +157,7 @@ def resolve(
     preset_method = merged.pop("method", method)
     if preset_method != method:
         raise ClipadaptError(f"the config is for method '{preset_method}', not '{method}'")
-    method_keys = {f for f in cls.Config.__dataclass_fields__}
+    method_keys = set(cls.Config.option_names())
     train_keys = TrainConfig.field_names()
     unknown = sorted(set(merged) - method_keys - train_keys)
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import ClipadaptError
 from ..registry import METHOD_CLASSES
 from .base import Method, MethodConfig
+from .hybrid import MethodTable
 
 
 def _load_classes() -> dict[str, type[Method]]:
@@ -22,7 +23,8 @@ def _load_classes() -> dict[str, type[Method]]:
     return classes
 
 
-METHODS: dict[str, type[Method]] = _load_classes()
+# A hybrid of known methods ('rmadapter+coop') is found too (clipadapt.methods.hybrid).
+METHODS: dict[str, type[Method]] = MethodTable(_load_classes())
 
 
 def method_class(name: str) -> type[Method]:
