@@ -192,3 +192,32 @@ def test_without_a_part_replacing_prompts_the_teacher_is_the_model_s_frozen_prom
         tiny_backbone, [f"a photo of a {c}." for c in ["circle", "square", "red star"]]
     )
     assert torch.allclose(teacher.float(), hand_crafted, atol=1e-5)
+
+
+def _composable_pairs():
+    names = [n for n in METHODS if n != "zeroshot"]
+    pairs = []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            try:
+                method_class(f"{first}+{second}")
+            except ClipadaptError:
+                continue
+            pairs.append(f"{first}+{second}")
+    return pairs
+
+
+# A few minutes on a shared 2-core CPU (PromptSRC's 60 frozen templates, MMA++'s drawn-scale stream, ...).
+@pytest.mark.slow
+def test_every_composable_pair_of_built_ins_reaches_every_part_with_a_gradient(tiny_backbone):
+    pairs = _composable_pairs()
+    assert "coop+rmadapter" in pairs and "rmadapter+kgcoop" in pairs and len(pairs) >= 20
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for name in pairs:
+        torch.manual_seed(0)
+        model = build_model(name, CLASSES, backbone=tiny_backbone).train()
+        loss, _ = model.method.loss(model(images), labels)
+        loss.backward()
+        for part, method in model.method.parts().items():
+            grads = [p.grad for p in method.parameters() if p.requires_grad]
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), (name, part)
