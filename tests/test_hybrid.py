@@ -8,6 +8,7 @@ import yaml
 import clipadapt
 from clipadapt import build_dataset, build_model
 from clipadapt.checks import check_run_names
+from clipadapt.cli import main
 from clipadapt.engine import TrainConfig, Trainer
 from clipadapt.errors import ClipadaptError
 from clipadapt.frozen_cache import frozen_text_features
@@ -68,7 +69,9 @@ def test_rmadapter_coop_trains_the_context_and_the_adapters_together(
     assert record["rmadapter.scale"] == 0.1 and record["rmadapter.consistency"] == "l1"
 
 
-def test_a_pair_that_cannot_compose_is_refused_in_one_line_naming_the_hook(learn_root, tmp_path):
+def test_a_pair_that_cannot_compose_is_refused_in_one_line_naming_the_hook(
+    learn_root, tmp_path, capsys
+):
     cases = {
         "coop+kgcoop": "hook 'prompt_embeddings'",
         "mma+rmadapter": "hook 'step'",
@@ -83,6 +86,24 @@ def test_a_pair_that_cannot_compose_is_refused_in_one_line_naming_the_hook(learn
         clipadapt.train(
             "mma+rmadapter", "eurosat", learn_root, str(tmp_path / "x"), config="none", **TINY
         )
+    # On the command line: refused before any preset is looked up, one line, exit 2.
+    argv = ["train", "--method", "coop+kgcoop", "--dataset", "eurosat", "--data-root", learn_root]
+    assert (
+        main(
+            [
+                *argv,
+                "--out",
+                str(tmp_path / "y"),
+                "--backbone",
+                "clipadapt-tiny",
+                "--pretrained",
+                "none",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hook 'prompt_embeddings'" in err[0], err
 
 
 def test_names_before_torch_accept_a_hybrid_of_known_methods():

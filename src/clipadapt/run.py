@@ -439,9 +439,14 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
 
     NUMBER_NEUTRAL_KEYS aside. A key the older record lacks is unchanged when its value now is the setting's
     default: a setting added to clipadapt since keeps the older behaviour at its default."""
+    from .hybrid_names import is_known_method
     from .runconfig import setting_defaults
 
-    defaults = setting_defaults(now["method"]) if now.get("method") in METHOD_NAMES else {}
+    defaults = (
+        setting_defaults(now["method"])
+        if is_known_method(str(now.get("method")), METHOD_NAMES)
+        else {}
+    )
     changes = []
     for key in dict.fromkeys([*previous, *now]):
         old, new = previous.get(key, _MISSING), now.get(key, _MISSING)

@@ -105,6 +105,7 @@ def choose_preset(
     config: str | None, method: str, protocol: str, backbone: str | None
 ) -> tuple[str, dict]:
     """What --config means: a file, a shipped preset's name, 'none', or (None) the matching shipped preset."""
+    method_class(method)  # a hybrid that cannot compose is refused before any preset is looked up
     if config is None:
         name = find_preset(method, protocol, backbone)
         return f"preset:{name}", load_preset(name)
