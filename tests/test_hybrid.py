@@ -20,6 +20,7 @@ TINY = dict(backbone="clipadapt-tiny", pretrained="none")
 CLASSES = ["circle", "square", "red_star"]
 # The learning settings of tests/conftest.py FAST_LEARNING for rmadapter (and coop's optimizer).
 FAST = {"rmadapter.scale": 0.1, "optimizer": "adamw", "weight_decay": 0.0, "lr": 0.01}
+FAST_OPTIONS = {k: v for k, v in FAST.items() if "." in k}
 WORDS = {"coop.ctx_init": "a photo of a", "coop.n_ctx": 4}  # CoOp's context starts as these words
 
 
@@ -156,7 +157,7 @@ def test_both_parts_switched_off_give_zero_shot_logits(tiny_backbone):
 
 def test_save_load_round_trip(learn_root, tmp_path):
     data = build_dataset("eurosat", learn_root, shots=2, seed=1, subsample="base")
-    options = {**{k: v for k, v in FAST.items() if "." in k}, "coop.n_ctx": 4}
+    options = {**FAST_OPTIONS, "coop.n_ctx": 4}
     model = build_model("rmadapter+coop", data.classnames, **TINY, **options)
     cfg = TrainConfig(epochs=1, augment=False, batch_size=8, optimizer="adamw", lr=0.01)
     Trainer(model, data.train, cfg, progress=False).run()
@@ -242,3 +243,24 @@ def test_every_composable_pair_of_built_ins_reaches_every_part_with_a_gradient(t
         for part, method in model.method.parts().items():
             grads = [p.grad for p in method.parameters() if p.requires_grad]
             assert any(g is not None and g.abs().sum() > 0 for g in grads), (name, part)
+
+
+def test_cached_frozen_images_give_the_uncached_logits_loss_and_gradients(tiny_backbone):
+    model = build_model("rmadapter+coop", CLASSES, backbone=tiny_backbone, **FAST_OPTIONS).train()
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    block = model.method.first_active_blocks(tiny_backbone)[0]
+    assert 0 < block < len(tiny_backbone.image_blocks)  # RMAdapter's first adapted block
+    results = []
+    for given in (images, model.frozen_images(images, block, with_final=True)):
+        model.method.zero_grad()
+        loss, _ = model.method.loss(model(given), labels)
+        loss.backward()
+        grads = {
+            k: p.grad.clone() for k, p in model.method.named_parameters() if p.grad is not None
+        }
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
+    assert set(grads_a) == set(grads_b) and "coop.ctx" in grads_a
+    for key in grads_a:
+        assert torch.allclose(grads_a[key], grads_b[key], atol=1e-5, rtol=1e-4), key
