@@ -265,7 +265,8 @@ def test_every_method_has_presets_that_resolve(folder):
         data = read_preset(path)
         resolve(data["method"], data)
         covered.add(data["method"])
-    assert covered == set(METHODS)
+    # Every built-in has presets; hybrids (rmadapter+coop) may have their own.
+    assert {m for m in covered if "+" not in m} == set(METHODS)
 
 
 def test_train_help_and_info_list_every_method(capsys):
