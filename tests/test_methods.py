@@ -249,7 +249,9 @@ def test_every_method_has_presets_that_resolve(folder):
         data = read_preset(path)
         resolve(data["method"], data)
         covered.add(data["method"])
-    assert covered == set(builtin_method_names())  # an installed plugin's presets are its own
+    # Every built-in has presets (an installed plugin's presets are its own); hybrids
+    # (rmadapter+coop) may have their own.
+    assert {m for m in covered if "+" not in m} == set(builtin_method_names())
 
 
 def test_train_help_and_info_list_every_method(capsys):

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hybrid_names import hybrid_parts
+
 ENTRY_POINT_GROUP = "clipadapt.methods"
 OWN_DISTRIBUTION = "clipadapt"
 
@@ -130,7 +132,13 @@ def method_names() -> tuple[str, ...]:
 
 
 def is_known_method(text: str) -> bool:
-    """Whether a --method value is usable: a known name or a class path (checked when it is imported)."""
+    """Whether a --method value is usable: a known name, a class path (checked when it is imported), or
+    a hybrid ('rmadapter+coop') of two or more different such methods."""
+    parts = hybrid_parts(text)
+    if parts is not None:
+        return (
+            len(parts) >= 2 and len(set(parts)) == len(parts) and all(map(is_known_method, parts))
+        )
     return text in method_names() or is_class_path(text)
 
 

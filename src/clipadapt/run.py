@@ -34,7 +34,7 @@ from .data import build_dataset
 from .data.folder import check_distinct
 from .errors import ClipadaptError
 from .fileio import write_json, write_text
-from .registry import NUMBER_NEUTRAL_KEYS, canonical_protocol, method_names
+from .registry import NUMBER_NEUTRAL_KEYS, canonical_protocol, is_known_method
 from .run_logging import TB_DIR, finish_run, tensorboard_on
 from .runspec import (
     ResolvedRun,
@@ -290,7 +290,7 @@ def record_changes(previous: dict, now: dict) -> list[tuple[str, Any, Any]]:
 
     defaults = {
         **RunSpec.recorded_defaults(),
-        **(setting_defaults(now["method"]) if now.get("method") in method_names() else {}),
+        **(setting_defaults(now["method"]) if is_known_method(str(now.get("method"))) else {}),
     }
     changes = []
     for key in dict.fromkeys([*previous, *now]):

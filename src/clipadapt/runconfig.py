@@ -150,6 +150,11 @@ def choose_preset(
     config: str | None, method: str, protocol: str, backbone: str | None
 ) -> tuple[str, dict]:
     """What --config means: a file, a preset's name, 'none', or (None) the method's matching preset."""
+    # Deferred: the method classes load torch. A hybrid that cannot compose is refused here, before
+    # any preset is looked up.
+    from .methods import method_class
+
+    method_class(method)
     if config is None:
         name = find_preset(method, protocol, backbone)
         return f"preset:{name}", load_preset(name, method)
@@ -204,7 +209,7 @@ def resolve(
     preset_method = merged.pop("method", method)
     if preset_method != method:
         raise ClipadaptError(f"the config is for method '{preset_method}', not '{method}'")
-    method_keys = {f for f in cls.Config.__dataclass_fields__}
+    method_keys = set(cls.Config.option_names())
     train_keys = TrainConfig.field_names()
     unknown = sorted(set(merged) - method_keys - train_keys)
     if unknown:

@@ -15,14 +15,17 @@ from collections.abc import Iterator, Mapping
 
 from ..checks import unknown_method_error
 from ..errors import ClipadaptError
+from ..hybrid_names import hybrid_parts
 from ..registry import (
     is_class_path,
+    is_known_method,
     method_source,
     refresh_methods,
     registered_methods,
     remember_class_path,
 )
 from .base import Method, MethodConfig, Paper
+from .hybrid import compose
 
 _CLASSES: dict[str, type[Method]] = {}  # every class looked up so far, by method name
 
@@ -82,6 +85,12 @@ def method_class(name: str) -> type[Method]:
             remember_class_path(cls.name, name)
         _CLASSES[cls.name] = _CLASSES[name] = cls
         return cls
+    parts = hybrid_parts(name)
+    if (
+        parts is not None
+    ):  # 'rmadapter+coop': one method chaining its parts' hooks (methods/hybrid.py)
+        _CLASSES[name] = compose(name, tuple(method_class(part) for part in parts))
+        return _CLASSES[name]
     source = registered_methods().get(name)
     if source is None:
         raise unknown_method_error(name)
@@ -127,7 +136,7 @@ class _Methods(Mapping):
     process are also found by their name."""
 
     def __getitem__(self, name: str) -> type[Method]:
-        if name not in registered_methods() and name not in _CLASSES:
+        if name not in self:
             raise KeyError(name)
         return method_class(name)
 
@@ -140,7 +149,11 @@ class _Methods(Mapping):
         return sum(1 for _ in self)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in registered_methods() or name in _CLASSES)
+        if not isinstance(name, str):
+            return False
+        if hybrid_parts(name) is not None:  # a hybrid of registered methods is found, not listed
+            return is_known_method(name) and not any(map(is_class_path, hybrid_parts(name)))
+        return name in registered_methods() or name in _CLASSES
 
     def __repr__(self) -> str:
         return f"METHODS({', '.join(self)})"

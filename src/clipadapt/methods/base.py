@@ -59,6 +59,11 @@ class MethodConfig:
         return asdict(self)
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """The option keys this config takes: its fields (a hybrid's are '<part>.<option>')."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
         """Build from a dict, rejecting unknown keys with the list of known ones."""
         known = {f.name for f in fields(cls)}
