@@ -142,7 +142,8 @@ class _Methods(Mapping):
 
     def __iter__(self) -> Iterator[str]:
         seen = dict.fromkeys(registered_methods())
-        seen.update((n, None) for n in _CLASSES if not is_class_path(n))
+        # methods loaded by class path, by their names; hybrids are found (`in`), not listed
+        seen.update((n, None) for n in _CLASSES if not is_class_path(n) and not hybrid_parts(n))
         return iter(seen)
 
     def __len__(self) -> int:

@@ -192,7 +192,7 @@ def read_sweep(path: str, extra_overrides: dict | None = None) -> Sweep:
         ("method_overrides", method_overrides),
         ("dataset_overrides", dataset_overrides),
     ):
-        for m in set(section) - set(METHODS):
+        for m in [m for m in section if m not in METHODS]:  # a hybrid (a+b) is known too
             raise ClipadaptError(
                 f"sweep file '{path}': '{name}' names unknown method '{m}'; known methods: "
                 f"{', '.join(METHODS)}"
