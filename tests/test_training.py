@@ -268,13 +268,17 @@ def test_validation_scores_through_the_same_path_as_a_cached_evaluation(
 
     data, cfg, model = _moved_off_its_initialisation(learn_root, "coop")
     monkeypatch.setattr(FeatureCache, "names_weights", staticmethod(lambda identity: True))
+    from clipadapt import engine
+
     calls = []
     scorer = evaluation.evaluate_frozen_features
-    monkeypatch.setattr(
-        evaluation,
-        "evaluate_frozen_features",
-        lambda *a, **k: calls.append(a[1]) or scorer(*a, **k),
-    )
+
+    def spy(*a, **k):
+        return calls.append(a[1]) or scorer(*a, **k)
+
+    # the trainer holds its own reference (imported at engine's top): both are watched
+    monkeypatch.setattr(evaluation, "evaluate_frozen_features", spy)
+    monkeypatch.setattr(engine, "evaluate_frozen_features", spy)
     cached = evaluation.evaluate(
         model,
         data.val,
