@@ -210,6 +210,8 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_and_recomputed(
         cache.save(key, torch.zeros(len(data.test), 8))
         os.replace(cache.path(key), path)
     caplog.clear()
+    # the root logger is quiet in tests (conftest): the warning is watched where it is logged
+    caplog.set_level(logging.WARNING, logger="clipadapt.feature_cache")
     again = evaluate(
         model, data.test, progress=False, feature_cache=cache, dataset="eurosat", split="test/base"
     )
