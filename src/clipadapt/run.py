@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import yaml
@@ -33,6 +33,14 @@ from .checks import check_device, check_not_finished, check_run_names, check_wri
 from .data import build_dataset
 from .data.folder import check_distinct
 from .errors import ClipadaptError
+from .evalspec import (
+    TRANSFER_EXECUTION,
+    EvalExecution,
+    EvalSpec,
+    TransferSpec,
+    field_names,
+    split_keywords,
+)
 from .fileio import write_json, write_text
 from .registry import NUMBER_NEUTRAL_KEYS, canonical_protocol, is_known_method
 from .run_logging import TB_DIR, finish_run, tensorboard_on
@@ -335,118 +343,168 @@ def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
-def evaluate(
-    dataset: str,
-    data_root: str,
-    out: str,
-    *,
-    method: str | None = None,
-    checkpoint: str | None = None,
-    split: str = "test",
-    subsample: str = "all",
-    shots: int = -1,
-    seed: int = 1,
-    backbone: str | None = None,
-    pretrained: str | None = None,
-    backbone_from_checkpoint: bool = False,
-    prompts: str | None = None,
-    device: str = "cpu",
-    batch_size: int = 100,
-    workers: int | None = None,
-    feature_cache=True,
-    save_predictions: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
+def _keywords_from(*parts: tuple[type, tuple[str, ...]]):
+    """Show a wrapper's `**given` keywords as the dataclass fields they set (help(), inspect, editors):
+    each part is a dataclass and the names of its fields the wrapper takes, after its own parameters."""
+
+    def decorate(wrapper):
+        shown = inspect.signature(wrapper)
+        own = [p for p in shown.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        named = {p.name for p in own}
+        keywords = [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+            )
+            for cls, names in parts
+            for f in fields(cls)
+            if f.name in names and f.name not in named
+        ]
+        wrapper.__signature__ = shown.replace(parameters=[*own, *keywords])
+        return wrapper
+
+    return decorate
+
+
+@_keywords_from((EvalSpec, field_names(EvalSpec)), (EvalExecution, field_names(EvalExecution)))
+def evaluate(dataset: str, data_root: str, out: str, **given: Any) -> dict[str, Any]:
     """Score zero-shot CLIP (`method`) or a saved adapter (`checkpoint`) on one split of a dataset into
     `out`/metrics.json (and predictions.csv); returns the metrics. With a checkpoint the backbone is the
     recorded one unless `backbone` is given. `method` defaults to zeroshot; with a checkpoint it is the
-    adapter's, and naming another is an error."""
-    # Deferred: loads torch, which this module's import must not.
-    from .evaluation import evaluate as score
-    from .evaluation import write_predictions
-    from .model import build_model, load_model
-    from .weights import check_weights_source
+    adapter's, and naming another is an error. `given` are EvalSpec's and EvalExecution's fields (this
+    function's signature lists them all)."""
+    what, how = split_keywords("evaluate", given, field_names(EvalSpec), field_names(EvalExecution))
+    return _evaluate(EvalSpec(dataset, data_root, **what), EvalExecution(**how), out)
 
-    check_run_names(method, dataset)
-    if method is not None:
-        method = own_method_name(method)
-    if checkpoint and method is not None:
-        recorded = read_adapter(checkpoint)[0].get("method")
-        if recorded != method:
-            raise ClipadaptError(
-                f"--method {method} contradicts the checkpoint '{checkpoint}', an adapter of "
-                f"method '{recorded}'; drop --method (the adapter's method is used)"
-            )
-    method = method or "zeroshot"
-    if not (checkpoint and backbone is None):
-        backbone, pretrained = default_backbone(backbone, pretrained)
-        check_weights_source(backbone, pretrained)
-    check_device(device)
-    check_writable(out, "dir")
-    if split not in ("test", "val"):
-        raise ClipadaptError(f"split must be test or val, got '{split}'")
-    data = build_dataset(dataset, data_root, shots=shots, seed=seed, subsample=subsample)
-    check_scored_classes(data, dataset, data_root, subsample)
-    items = data.test if split == "test" else data.val
-    if not items:
-        raise ClipadaptError(
-            f"dataset '{dataset}' at '{data_root}' has no {split} images ({subsample} classes)"
-        )
-    if checkpoint:
-        from_file = backbone_from_checkpoint or backbone is None
-        model = load_model(
-            checkpoint,
-            data.classnames,
-            device=device,
-            backbone=None if from_file else backbone,
-            pretrained=None if from_file else pretrained,
-            prompts=prompts,
-            default_template=data.template,
-            dataset=dataset,
-        )
-        method = model.method.name
-    else:
-        options = {} if prompts is None else {"prompts": prompts}
-        model = build_model(
-            method,
-            data.classnames,
-            backbone,
-            pretrained,
-            default_template=data.template,
-            device=device,
-            dataset=dataset,
-            **options,
-        )
-        if model.method.num_trainable():
-            raise ClipadaptError(
-                f"method '{method}' has trainable parameters: evaluating it untrained measures "
-                "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)"
-            )
-    if not overwrite:
+
+def _evaluate(spec: EvalSpec, how: EvalExecution, out: str) -> dict[str, Any]:
+    """`evaluate` on its two objects: every input checked, then the split scored and written."""
+    spec = _checked_evaluation(spec, how, out)
+    data, items = _scored_split(spec)
+    model = _evaluated_model(spec, data, how.device)
+    if not how.overwrite:
         check_not_finished(out)  # after every input check: a bad input names itself
     start = time.time()
-    result = score(
+    result = _score_split(spec, model, items, how)
+    metrics = _evaluation_metrics(spec, model, data, result, time.time() - start)
+    os.makedirs(out, exist_ok=True)
+    if how.save_predictions:
+        # Deferred: loads torch, which this module's import must not.
+        from .evaluation import write_predictions
+
+        write_predictions(os.path.join(out, "predictions.csv"), items, result, data.classnames)
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    log.info("wrote %s", os.path.join(out, "metrics.json"))
+    return metrics
+
+
+def _checked_evaluation(spec: EvalSpec, how: EvalExecution, out: str) -> EvalSpec:
+    """The names, device, folder and split checked; the spec with its method (zeroshot by default, the
+    own name of a method from elsewhere) and, unless the checkpoint's is used, its backbone resolved."""
+    # Deferred: loads torch, which this module's import must not.
+    from .weights import check_weights_source
+
+    check_run_names(spec.method, spec.dataset)
+    method = None if spec.method is None else own_method_name(spec.method)
+    if spec.checkpoint and method is not None:
+        recorded = read_adapter(spec.checkpoint)[0].get("method")
+        if recorded != method:
+            raise ClipadaptError(
+                f"--method {method} contradicts the checkpoint '{spec.checkpoint}', an adapter of "
+                f"method '{recorded}'; drop --method (the adapter's method is used)"
+            )
+    backbone, pretrained = spec.backbone, spec.pretrained
+    if not (spec.checkpoint and backbone is None):
+        backbone, pretrained = default_backbone(backbone, pretrained)
+        check_weights_source(backbone, pretrained)
+    check_device(how.device)
+    check_writable(out, "dir")
+    if spec.split not in ("test", "val"):
+        raise ClipadaptError(f"split must be test or val, got '{spec.split}'")
+    return replace(spec, method=method or "zeroshot", backbone=backbone, pretrained=pretrained)
+
+
+def _scored_split(spec: EvalSpec):
+    """The dataset (its classes checked) and the images of the split to score."""
+    data = build_dataset(
+        spec.dataset, spec.data_root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample
+    )
+    check_scored_classes(data, spec.dataset, spec.data_root, spec.subsample)
+    items = data.test if spec.split == "test" else data.val
+    if not items:
+        raise ClipadaptError(
+            f"dataset '{spec.dataset}' at '{spec.data_root}' has no {spec.split} images "
+            f"({spec.subsample} classes)"
+        )
+    return data, items
+
+
+def _evaluated_model(spec: EvalSpec, data, device: str):
+    """The saved adapter loaded for the dataset's classes, or the untrained method built (refused when
+    it has trainable parameters: untrained, it measures nothing)."""
+    # Deferred: loads torch, which this module's import must not.
+    from .model import build_model, load_model
+
+    if spec.checkpoint:
+        from_file = spec.backbone_from_checkpoint or spec.backbone is None
+        return load_model(
+            spec.checkpoint,
+            data.classnames,
+            device=device,
+            backbone=None if from_file else spec.backbone,
+            pretrained=None if from_file else spec.pretrained,
+            prompts=spec.prompts,
+            default_template=data.template,
+            dataset=spec.dataset,
+        )
+    options = {} if spec.prompts is None else {"prompts": spec.prompts}
+    model = build_model(
+        spec.method,
+        data.classnames,
+        spec.backbone,
+        spec.pretrained,
+        default_template=data.template,
+        device=device,
+        dataset=spec.dataset,
+        **options,
+    )
+    if model.method.num_trainable():
+        raise ClipadaptError(
+            f"method '{spec.method}' has trainable parameters: evaluating it untrained measures "
+            "nothing; pass --checkpoint ADAPTER (written by `clipadapt train`)"
+        )
+    return model
+
+
+def _score_split(spec: EvalSpec, model, items, how: EvalExecution):
+    """The model's result on the split's images, run as `how` says."""
+    # Deferred: loads torch, which this module's import must not.
+    from .evaluation import evaluate as score
+
+    return score(
         model,
         items,
-        batch_size,
-        workers,
-        device,
-        desc=f"{dataset}/{split}/{subsample}",
-        feature_cache=feature_cache_of(feature_cache),
-        dataset=dataset,
-        split=f"{split}/{subsample}",
-        progress=progress,
+        how.batch_size,
+        how.workers,
+        how.device,
+        desc=f"{spec.dataset}/{spec.split}/{spec.subsample}",
+        feature_cache=feature_cache_of(how.feature_cache),
+        dataset=spec.dataset,
+        split=f"{spec.split}/{spec.subsample}",
+        progress=how.progress,
     )
-    metrics = {
+
+
+def _evaluation_metrics(spec: EvalSpec, model, data, result, seconds: float) -> dict[str, Any]:
+    """metrics.json of an evaluation: the accuracy, what it was measured on and what measured it."""
+    return {
         "accuracy": round(result.accuracy, 4),
         "num_images": result.num_images,
-        "dataset": dataset,
-        "split": split,
-        "shots": shots,
-        "seed": seed,
-        "subsample": subsample,
-        "method": method,
+        "dataset": spec.dataset,
+        "split": spec.split,
+        "shots": spec.shots,
+        "seed": spec.seed,
+        "subsample": spec.subsample,
+        "method": model.method.name if spec.checkpoint else spec.method,
         "backbone": model.backbone.name,
         "pretrained": str(model.backbone_source.get("pretrained")),
         "backbone_identity": model.backbone.identity,
@@ -454,95 +512,96 @@ def evaluate(
         "scored": {"accuracy": result.counts()},
         "prompt_template": model.template,
         "prompts": model.method.config.prompts,
-        "data_root": os.path.abspath(data_root),
-        "checkpoint": checkpoint,
-        "eval_seconds": round(time.time() - start, 2),
+        "data_root": os.path.abspath(spec.data_root),
+        "checkpoint": spec.checkpoint,
+        "eval_seconds": round(seconds, 2),
         "clipadapt": __version__,
     }
-    os.makedirs(out, exist_ok=True)
-    if save_predictions:
-        write_predictions(os.path.join(out, "predictions.csv"), items, result, data.classnames)
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    log.info("wrote %s", os.path.join(out, "metrics.json"))
-    return metrics
 
 
+@_keywords_from((TransferSpec, field_names(TransferSpec)), (EvalExecution, TRANSFER_EXECUTION))
 def transfer(
-    checkpoint: str,
-    protocol: str,
-    data_root: str,
-    out: str,
-    *,
-    source: str | None = None,
-    shots: int = 16,
-    seed: int = 1,
-    backbone: str | None = None,
-    pretrained: str | None = None,
-    device: str = "cpu",
-    batch_size: int = 100,
-    workers: int | None = None,
-    feature_cache=True,
-    overwrite: bool = False,
-    progress: bool = True,
+    checkpoint: str, protocol: str, data_root: str, out: str, **given: Any
 ) -> dict[str, Any]:
     """Score a source adapter, without training, on its source's test set and every target of the
-    cross-dataset or domain-generalization protocol, into `out`/metrics.json; returns the metrics."""
+    cross-dataset or domain-generalization protocol, into `out`/metrics.json; returns the metrics.
+    `given` are TransferSpec's and EvalExecution's fields (this function's signature lists them)."""
+    what, how = split_keywords("transfer", given, field_names(TransferSpec), TRANSFER_EXECUTION)
+    return _transfer(
+        TransferSpec(checkpoint, protocol, data_root, **what), EvalExecution(**how), out
+    )
+
+
+def _transfer(spec: TransferSpec, how: EvalExecution, out: str) -> dict[str, Any]:
+    """`transfer` on its two objects: every input checked, then the source and targets scored."""
     # Deferred: loads torch, which this module's import must not.
     from .model import load_model
-    from .protocols import TRANSFER_TARGETS, evaluate_transfer, transfer_targets
+    from .protocols import evaluate_transfer
 
-    check_device(device)
-    check_writable(out, "dir")
-    protocol = canonical_protocol(protocol)
-    if protocol not in TRANSFER_TARGETS:
-        raise ClipadaptError(
-            f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'"
-        )
-
-    given, checkpoint = (
-        checkpoint,
-        resolve_adapter(checkpoint),
-    )  # a folder or a Hub id: its adapter file
-    trained = recorded_run(checkpoint)  # the training run says what it saw
-    source = source or trained.get("dataset")
-    if not source:
-        raise ClipadaptError(
-            f"give --source: no config.yaml or config.json recorded with '{given}' names the "
-            "training dataset"
-        )
-    transfer_targets(protocol, source)
-    if not overwrite:
-        check_not_finished(out)
+    spec, trained = _checked_transfer(spec, how, out)
     model = load_model(
-        checkpoint, device=device, backbone=backbone, pretrained=pretrained if backbone else None
+        spec.checkpoint,
+        device=how.device,
+        backbone=spec.backbone,
+        pretrained=spec.pretrained if spec.backbone else None,
     )
     start = time.time()
     kwargs = dict(
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress,
-        feature_cache=feature_cache_of(feature_cache),
+        batch_size=how.batch_size,
+        workers=how.workers,
+        device=how.device,
+        progress=how.progress,
+        feature_cache=feature_cache_of(how.feature_cache),
     )
-    metrics = evaluate_transfer(model, protocol, source, data_root, kwargs)
+    metrics = evaluate_transfer(model, spec.protocol, spec.source, spec.data_root, kwargs)
     metrics.update(
         {
             "trainable_params": model.method.num_trainable(),
             "total_seconds": round(time.time() - start, 2),
-            "protocol": protocol,
+            "protocol": spec.protocol,
             "method": model.method.name,
-            "dataset": source,
-            "shots": trained.get("shots", shots),
-            "seed": trained.get("seed", seed),
+            "dataset": spec.source,
+            "shots": trained.get("shots", spec.shots),
+            "seed": trained.get("seed", spec.seed),
             "backbone": model.backbone_source.get("backbone"),
             "pretrained": str(model.backbone_source.get("pretrained")),
             "backbone_identity": model.backbone.identity,
-            "checkpoint": os.path.abspath(checkpoint),
+            "checkpoint": os.path.abspath(spec.checkpoint),
         }
     )
     write_json(os.path.join(out, "metrics.json"), metrics)
     log.info("wrote %s", os.path.join(out, "metrics.json"))
     return metrics
+
+
+def _checked_transfer(
+    spec: TransferSpec, how: EvalExecution, out: str
+) -> tuple[TransferSpec, dict[str, Any]]:
+    """The device, folder, protocol and source checked; the spec with its protocol's canonical name, its
+    adapter file (of a folder or a Hub id) and its source (the recorded training dataset by default),
+    and the training run's record."""
+    # Deferred: loads torch, which this module's import must not.
+    from .protocols import TRANSFER_TARGETS, transfer_targets
+
+    check_device(how.device)
+    check_writable(out, "dir")
+    protocol = canonical_protocol(spec.protocol)
+    if protocol not in TRANSFER_TARGETS:
+        raise ClipadaptError(
+            f"transfer evaluates the {' and '.join(TRANSFER_TARGETS)} protocols, not '{protocol}'"
+        )
+    checkpoint = resolve_adapter(spec.checkpoint)
+    trained = recorded_run(checkpoint)  # the training run says what it saw
+    source = spec.source or trained.get("dataset")
+    if not source:
+        raise ClipadaptError(
+            f"give --source: no config.yaml or config.json recorded with '{spec.checkpoint}' names "
+            "the training dataset"
+        )
+    transfer_targets(protocol, source)
+    if not how.overwrite:
+        check_not_finished(out)
+    return replace(spec, protocol=protocol, checkpoint=checkpoint, source=source), trained
 
 
 # ---- predict and describe ------------------------------------------------------------------------
