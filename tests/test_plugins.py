@@ -210,7 +210,7 @@ def test_a_class_path_option_out_of_its_declared_range_is_refused(by_path):
 def test_an_installed_package_registers_its_method_by_entry_point(
     fake_root, tmp_path, installed, capsys, monkeypatch
 ):
-    assert registry.plugin_method_names() == ("plug_ep",)
+    assert "plug_ep" in registry.plugin_method_names()  # beside any plugin installed here
     assert registry.builtin_method_names()[:3] == ("zeroshot", "clip_adapter", "coop")
     assert "plug_ep (plugpkg)" in registry.describe_methods()
     assert method_class("plug_ep").__module__ == "plugpkg.method"
