@@ -134,27 +134,38 @@ def check_scored_classes(
 
 
 # ---- train ---------------------------------------------------------------------------------------
-def _keywords_of_a_run(wrapper):
-    """Show a wrapper's `**run` keywords as the RunSpec fields they set (help(), inspect, editors): the
-    wrappers take them through **, so that a new field of RunSpec is an argument of each at once."""
-    shown = inspect.signature(wrapper)
-    own = [p for p in shown.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    named = {p.name for p in own}
-    run_fields = [
-        inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+def _keywords_from(*parts: tuple[type, tuple[str, ...]], var_keyword: str | None = None):
+    """Show a wrapper's `**` keywords as the dataclass fields they set (help(), inspect, editors): each
+    part is a dataclass and the names of its fields the wrapper takes, placed before the wrapper's own
+    keyword-only parameters (as they read in the docs); `var_keyword` names a trailing `**` (settings).
+    The wrappers take the fields through **, so that a new field is an argument of each at once."""
+
+    def decorate(wrapper):
+        shown = inspect.signature(wrapper)
+        own = [p for p in shown.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        named = {p.name for p in own}
+        keywords = [
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+            )
+            for cls, names in parts
+            for f in fields(cls)
+            if f.name in names and f.name not in named
+        ]
+        first_keyword = next((i for i, p in enumerate(own) if p.kind is p.KEYWORD_ONLY), len(own))
+        rest = []
+        if var_keyword:
+            rest = [inspect.Parameter(var_keyword, inspect.Parameter.VAR_KEYWORD, annotation=Any)]
+        wrapper.__signature__ = shown.replace(
+            parameters=[*own[:first_keyword], *keywords, *own[first_keyword:], *rest]
         )
-        for f in fields(RunSpec)
-        if f.name in RunSpec.argument_names() and f.name not in named
-    ]
-    first_keyword = next(
-        (i for i, p in enumerate(own) if p.kind is p.KEYWORD_ONLY), len(own)
-    )  # the run's fields before the wrapper's own keywords, as they read in the docs
-    settings = inspect.Parameter("settings", inspect.Parameter.VAR_KEYWORD, annotation=Any)
-    wrapper.__signature__ = shown.replace(
-        parameters=[*own[:first_keyword], *run_fields, *own[first_keyword:], settings]
-    )
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+# train's and planned_record's `**run`: RunSpec's fields, then the settings
+_keywords_of_a_run = _keywords_from((RunSpec, RunSpec.argument_names()), var_keyword="settings")
 
 
 @_keywords_of_a_run
@@ -343,28 +354,6 @@ def changed_settings(out: str, **train_kwargs: Any) -> list[tuple[str, Any, Any]
 
 
 # ---- evaluate and transfer a saved adapter -------------------------------------------------------
-def _keywords_from(*parts: tuple[type, tuple[str, ...]]):
-    """Show a wrapper's `**given` keywords as the dataclass fields they set (help(), inspect, editors):
-    each part is a dataclass and the names of its fields the wrapper takes, after its own parameters."""
-
-    def decorate(wrapper):
-        shown = inspect.signature(wrapper)
-        own = [p for p in shown.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        named = {p.name for p in own}
-        keywords = [
-            inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
-            )
-            for cls, names in parts
-            for f in fields(cls)
-            if f.name in names and f.name not in named
-        ]
-        wrapper.__signature__ = shown.replace(parameters=[*own, *keywords])
-        return wrapper
-
-    return decorate
-
-
 @_keywords_from((EvalSpec, field_names(EvalSpec)), (EvalExecution, field_names(EvalExecution)))
 def evaluate(dataset: str, data_root: str, out: str, **given: Any) -> dict[str, Any]:
     """Score zero-shot CLIP (`method`) or a saved adapter (`checkpoint`) on one split of a dataset into

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..backbone import Backbone, TextBatch
 from ..errors import ClipadaptError
 from ..frozen_cache import frozen_text_features
-from ..hybrid_names import SEPARATOR, hybrid_parts, is_known_method
+from ..hybrid_names import SEPARATOR, hybrid_parts
 from ..prompts import format_prompt
 from ..validation import SettingError
 from .base import Method, MethodConfig
@@ -437,22 +437,4 @@ def compose(name: str, parts: tuple[type[Method], ...]) -> type[Hybrid]:
     )
 
 
-class MethodTable(dict):
-    """The built-in methods by name; a hybrid of known methods is found too (`METHODS['a+b']`)."""
-
-    def __contains__(self, name) -> bool:
-        if super().__contains__(name):
-            return True
-        return isinstance(name, str) and is_known_method(name, self.keys())
-
-    def __missing__(self, name):
-        if name not in self:
-            raise KeyError(name)
-        return compose(name, tuple(dict.__getitem__(self, part) for part in hybrid_parts(name)))
-
-    def get(self, name, default=None):
-        """The class by name (a hybrid too), else `default`."""
-        return self[name] if name in self else default
-
-
-__all__ = ["Hybrid", "HybridConfig", "compose", "MethodTable", "hook_roles", "check_composable"]
+__all__ = ["Hybrid", "HybridConfig", "compose", "hook_roles", "check_composable"]
